@@ -1,0 +1,58 @@
+//! Parse arguments, set up logging and the runtime, dispatch to a command, map the exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::commands;
+use crate::exit::Exit;
+use crate::ui::Ui;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let ui = Ui::new(cli.global.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            ui.error(&anyhow::anyhow!(e).context("start the async runtime"));
+            return Exit::BadInput.into();
+        }
+    };
+    let exit = match runtime.block_on(run(&cli, &ui)) {
+        Ok(exit) => exit,
+        Err(err) => {
+            ui.error(&err);
+            Exit::for_error(&err)
+        }
+    };
+    exit.into()
+}
+
+pub async fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Exit> {
+    match &cli.command {
+        Command::Validate => commands::validate::run(&cli.global, ui),
+        Command::Lab { action } => commands::lab::run(action, ui).await,
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIGRATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("migrate={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

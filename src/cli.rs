@@ -1,0 +1,80 @@
+//! Command-line arguments (clap derive). Converted once into validated values by the commands.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "migrate",
+    version,
+    about = "Move a live PostgreSQL cluster to new hosts by chained streaming replication",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand understands.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The migration spec (TOML).
+    #[arg(
+        short = 'f',
+        long = "spec",
+        global = true,
+        value_name = "FILE",
+        env = "MIGRATE_SPEC"
+    )]
+    pub spec: Option<PathBuf>,
+    /// Machine-readable JSON on stdout; logs stay on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Answer yes to confirmations (for automation).
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short = 'v', long = "verbose", global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a spec file and print the topology it describes.
+    Validate,
+    /// The embedded local lab: real PostgreSQL and PgBouncer on loopback for rehearsals.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// Create (if needed) and start the lab; writes DIR/lab.toml, a spec for it.
+    Up(LabArgs),
+    /// Show each lab node's port, role and whether it is up.
+    Status(LabDir),
+    /// Stop every process the lab started. Safe to run twice.
+    Down(LabDir),
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    #[command(flatten)]
+    pub dir: LabDir,
+    /// First of the lab's ports: old primary = N, new = N+1, new_replica = N+2, dr = N+3,
+    /// PgBouncer = N+4.
+    #[arg(long, default_value_t = crate::lab::DEFAULT_BASE_PORT)]
+    pub base_port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct LabDir {
+    /// The lab's directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+}

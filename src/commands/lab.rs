@@ -1,0 +1,80 @@
+//! `migrate lab up|status|down`.
+
+use anyhow::Result;
+
+use crate::cli::LabAction;
+use crate::exit::Exit;
+use crate::lab::{Lab, LabStatus};
+use crate::ui::Ui;
+
+pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
+    match action {
+        LabAction::Up(args) => {
+            let lab = Lab::new(&args.dir.dir, args.base_port)?;
+            let status = lab.up().await?;
+            show(ui, &status);
+            if !ui.json() {
+                ui.line("");
+                ui.line(format!(
+                    "application endpoint (PgBouncer): PGPASSFILE={} psql -h 127.0.0.1 -p {} -U postgres app",
+                    status.passfile.display(),
+                    status.pgbouncer_port
+                ));
+                ui.line(format!("spec for this lab: {}", status.spec.display()));
+            }
+            Ok(Exit::Done)
+        }
+        LabAction::Status(d) => {
+            let status = Lab::open(&d.dir)?.status().await?;
+            show(ui, &status);
+            Ok(Exit::Done)
+        }
+        LabAction::Down(d) => {
+            let lab = match Lab::open(&d.dir) {
+                Ok(lab) => lab,
+                // Nothing was ever started there.
+                Err(_) if !d.dir.join("lab-state.json").exists() => {
+                    ui.line(format!("no lab in {}; nothing to stop", d.dir.display()));
+                    return Ok(Exit::Done);
+                }
+                Err(e) => return Err(e),
+            };
+            lab.down().await?;
+            ui.line(format!("lab in {} stopped", lab.dir.display()));
+            Ok(Exit::Done)
+        }
+    }
+}
+
+fn show(ui: &Ui, s: &LabStatus) {
+    if ui.json() {
+        ui.emit_json(s);
+        return;
+    }
+    let mut rows: Vec<Vec<String>> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                format!("{:?}", n.role).to_lowercase(),
+                n.port.to_string(),
+                n.state.clone(),
+                n.serving_as.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "pgbouncer".into(),
+        "app endpoint".into(),
+        s.pgbouncer_port.to_string(),
+        if s.pgbouncer_running {
+            "running"
+        } else {
+            "stopped"
+        }
+        .into(),
+        "-".into(),
+    ]);
+    ui.table(&["node", "role", "port", "state", "serving as"], &rows);
+}

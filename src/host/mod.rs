@@ -1,0 +1,123 @@
+//! Host control: run commands and handle files on the machine that holds a node.
+//!
+//! One trait, [`Host`], with three implementations: [`local::LocalHost`] (optionally running
+//! commands as another OS user), [`remote::RemoteHost`] over the system `ssh` client, and the
+//! same over `docker exec`. Remote file operations are small POSIX `sh` scripts; every argument
+//! is quoted by [`quote::shell_quote`].
+
+pub mod exec;
+pub mod local;
+pub mod quote;
+pub mod remote;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use exec::{Cmd, Output};
+
+/// How to reach a node's host, as the spec says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum HostSpec {
+    Local {
+        run_as: Option<String>,
+    },
+    Ssh {
+        host: String,
+        port: Option<u16>,
+        user: Option<String>,
+        identity_file: Option<PathBuf>,
+        options: Vec<String>,
+    },
+    Docker {
+        container: String,
+        user: Option<String>,
+        docker: Option<PathBuf>,
+    },
+}
+
+impl HostSpec {
+    /// A key that is equal for two nodes on the same machine.
+    pub fn identity(&self) -> String {
+        match self {
+            HostSpec::Local { .. } => "local".into(),
+            HostSpec::Ssh { host, port, .. } => format!("ssh:{host}:{}", port.unwrap_or(22)),
+            HostSpec::Docker { container, .. } => format!("docker:{container}"),
+        }
+    }
+
+    pub fn open(&self) -> Result<Arc<dyn Host>> {
+        Ok(match self {
+            HostSpec::Local { run_as } => Arc::new(local::LocalHost::new(run_as.as_deref())?),
+            HostSpec::Ssh {
+                host,
+                port,
+                user,
+                identity_file,
+                options,
+            } => Arc::new(remote::RemoteHost::ssh(
+                host,
+                *port,
+                user.as_deref(),
+                identity_file.as_deref(),
+                options,
+            )),
+            HostSpec::Docker {
+                container,
+                user,
+                docker,
+            } => Arc::new(remote::RemoteHost::docker(
+                container,
+                user.as_deref(),
+                docker.as_deref(),
+            )),
+        })
+    }
+}
+
+#[async_trait]
+pub trait Host: Send + Sync + std::fmt::Debug {
+    /// For messages: `local (as postgres)`, `ssh postgres@db1:22`, `docker container pg-old`.
+    fn describe(&self) -> String;
+
+    /// Run an argv; fails only if it could not be run or timed out. See [`Host::run_ok`].
+    async fn run(&self, cmd: &Cmd) -> Result<Output>;
+
+    async fn read_file(&self, path: &Path) -> Result<Vec<u8>>;
+
+    /// Replace `path` atomically (temporary file, fsync, rename, fsync of the directory) with
+    /// the given mode. The owner is `owner` if given; a local host with `run_as` defaults to
+    /// that user.
+    async fn write_file(
+        &self,
+        path: &Path,
+        contents: &[u8],
+        mode: u32,
+        owner: Option<&str>,
+    ) -> Result<()>;
+
+    async fn exists(&self, path: &Path) -> Result<bool>;
+
+    /// Run and require exit status 0; the error names the host, the command and its stderr.
+    async fn run_ok(&self, cmd: &Cmd) -> Result<Output> {
+        let out = self.run(cmd).await?;
+        if !out.success() {
+            bail!(
+                "on {}: `{}` failed ({}): {}",
+                self.describe(),
+                cmd.display(),
+                out.status_text(),
+                out.stderr_tail()
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// The default time limit for host commands that should be quick.
+pub const QUICK: Duration = Duration::from_secs(60);

@@ -1,0 +1,222 @@
+//! Hosts reached through a command wrapper: the system `ssh` client or `docker exec`.
+//! Commands are argvs; for ssh they are joined with POSIX quoting, because the remote side
+//! hands the command line to the login shell.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+
+use super::exec::run_process;
+use super::quote::shell_join;
+use super::{Cmd, Host, Output};
+
+#[derive(Debug, Clone)]
+enum Transport {
+    Ssh { prefix: Vec<String>, dest: String },
+    Docker { prefix: Vec<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteHost {
+    transport: Transport,
+    label: String,
+}
+
+/// Atomic write on the far side: temp file, chmod/chown, sync, rename, sync the directory.
+const WRITE_SCRIPT: &str = r#"set -e
+dest=$1; mode=$2; owner=$3
+dir=$(dirname -- "$dest")
+tmp="$dir/.$(basename -- "$dest").migrate-tmp.$$"
+trap 'rm -f -- "$tmp"' EXIT
+umask 077
+cat > "$tmp"
+chmod "$mode" "$tmp"
+if [ -n "$owner" ]; then chown "$owner:" "$tmp"; fi
+sync "$tmp" 2>/dev/null || true
+mv -f -- "$tmp" "$dest"
+trap - EXIT
+sync "$dir" 2>/dev/null || true
+"#;
+
+impl RemoteHost {
+    pub fn ssh(
+        host: &str,
+        port: Option<u16>,
+        user: Option<&str>,
+        identity: Option<&Path>,
+        options: &[String],
+    ) -> RemoteHost {
+        let mut prefix: Vec<String> = [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "ServerAliveInterval=15",
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(p) = port {
+            prefix.extend(["-p".into(), p.to_string()]);
+        }
+        if let Some(u) = user {
+            prefix.extend(["-l".into(), u.to_string()]);
+        }
+        if let Some(i) = identity {
+            prefix.extend([
+                "-i".into(),
+                i.display().to_string(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+            ]);
+        }
+        for o in options {
+            prefix.extend(["-o".into(), o.clone()]);
+        }
+        // `--` ends ssh's options, so the destination can never be read as one.
+        prefix.push("--".into());
+        let label = format!(
+            "ssh {}{}:{}",
+            user.map(|u| format!("{u}@")).unwrap_or_default(),
+            host,
+            port.unwrap_or(22)
+        );
+        RemoteHost {
+            transport: Transport::Ssh {
+                prefix,
+                dest: host.to_string(),
+            },
+            label,
+        }
+    }
+
+    pub fn docker(container: &str, user: Option<&str>, docker: Option<&Path>) -> RemoteHost {
+        let bin = docker
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("docker"));
+        let mut prefix = vec![bin.display().to_string(), "exec".into(), "-i".into()];
+        if let Some(u) = user {
+            prefix.extend(["-u".into(), u.to_string()]);
+        }
+        prefix.push(container.to_string());
+        RemoteHost {
+            transport: Transport::Docker { prefix },
+            label: format!("docker container {container}"),
+        }
+    }
+
+    /// The local argv that runs `argv` on the far side.
+    pub fn wrap(&self, argv: &[String]) -> Vec<String> {
+        match &self.transport {
+            Transport::Ssh { prefix, dest } => {
+                let mut v = prefix.clone();
+                v.push(dest.clone());
+                v.push(shell_join(argv));
+                v
+            }
+            Transport::Docker { prefix } => {
+                let mut v = prefix.clone();
+                v.extend(argv.iter().cloned());
+                v
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Host for RemoteHost {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    async fn run(&self, cmd: &Cmd) -> Result<Output> {
+        if !cmd.env.is_empty() {
+            bail!(
+                "environment variables cannot be passed to {} (command `{}`)",
+                self.label,
+                cmd.display()
+            );
+        }
+        let wrapped = Cmd {
+            argv: self.wrap(&cmd.argv),
+            stdin: cmd.stdin.clone(),
+            timeout: cmd.timeout,
+            env: Vec::new(),
+        };
+        let out = run_process(&wrapped, None)
+            .await
+            .with_context(|| format!("on {}", self.label))?;
+        // ssh reports its own failures (unreachable, auth) with status 255.
+        if matches!(self.transport, Transport::Ssh { .. }) && out.code == Some(255) {
+            bail!("cannot reach {}: {}", self.label, out.stderr_tail());
+        }
+        Ok(out)
+    }
+
+    async fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
+        let out = self
+            .run_ok(&Cmd::new(["cat", "--", &path.display().to_string()]))
+            .await?;
+        Ok(out.stdout)
+    }
+
+    async fn write_file(
+        &self,
+        path: &Path,
+        contents: &[u8],
+        mode: u32,
+        owner: Option<&str>,
+    ) -> Result<()> {
+        let cmd = Cmd::new([
+            "sh".to_string(),
+            "-c".into(),
+            WRITE_SCRIPT.into(),
+            "migrate-write".into(),
+            path.display().to_string(),
+            format!("{mode:o}"),
+            owner.unwrap_or("").to_string(),
+        ])
+        .stdin(contents.to_vec());
+        self.run_ok(&cmd).await.map(|_| ())
+    }
+
+    async fn exists(&self, path: &Path) -> Result<bool> {
+        let out = self
+            .run(&Cmd::new(["test", "-e", &path.display().to_string()]))
+            .await?;
+        match out.code {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => bail!(
+                "on {}: cannot check {}: {}",
+                self.label,
+                path.display(),
+                out.stderr_tail()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_argv_quotes_the_remote_command_and_ends_options() {
+        let h = RemoteHost::ssh(
+            "db1",
+            Some(2222),
+            Some("postgres"),
+            Some(Path::new("/k/id")),
+            &["StrictHostKeyChecking=yes".into()],
+        );
+        let argv = h.wrap(&["psql".into(), "-c".into(), "SELECT 'x'".into()]);
+        let dash = argv.iter().position(|a| a == "--").unwrap();
+        assert_eq!(argv[dash + 1], "db1");
+        assert_eq!(argv[dash + 2], r#"psql -c 'SELECT '\''x'\'''"#);
+        assert!(argv.windows(2).any(|w| w == ["-o", "BatchMode=yes"]));
+        assert!(argv.windows(2).any(|w| w == ["-p", "2222"]));
+    }
+}

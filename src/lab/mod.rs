@@ -1,0 +1,536 @@
+//! The embedded lab: real PostgreSQL servers and a PgBouncer on loopback, for rehearsals and
+//! as the integration-test harness.
+//!
+//! Layout of a lab directory:
+//! ```text
+//! DIR/lab-state.json      base port and binaries of this lab
+//! DIR/lab.toml            a complete migration spec for the lab's topology
+//! DIR/pgpass              passwords (libpq passfile, 0600)
+//! DIR/run/                unix sockets
+//! DIR/nodes/<name>/data   data directories (only `old` exists until the migration clones)
+//! DIR/nodes/<name>/server.log
+//! DIR/pgbouncer/          PgBouncer config, log, pidfile
+//! ```
+//! As root, servers and PgBouncer run as the `postgres` OS user (both refuse root).
+
+pub mod pgbouncer;
+pub mod ports;
+pub mod template;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Serialize};
+
+use crate::host::exec::RunAs;
+use crate::host::local::LocalHost;
+use crate::host::Host;
+use crate::pg::server::{find_local_bin_dir, RunState, Server, StopMode};
+use crate::pg::{connect, Conninfo, Endpoint, SecretRef};
+use crate::spec::Role;
+use pgbouncer::Bouncer;
+
+pub const DEFAULT_BASE_PORT: u16 = 55430;
+pub const PGBOUNCER_OFFSET: u16 = 4;
+/// How many ports a lab uses from its base port.
+pub const PORT_SPAN: u16 = 5;
+
+/// The lab's topology: the old primary, the target, and two replicas cascaded from it.
+pub const NODES: [LabNode; 4] = [
+    LabNode {
+        name: "old",
+        role: Role::Primary,
+        upstream: None,
+        offset: 0,
+    },
+    LabNode {
+        name: "new",
+        role: Role::Target,
+        upstream: Some("old"),
+        offset: 1,
+    },
+    LabNode {
+        name: "new_replica",
+        role: Role::Replica,
+        upstream: Some("new"),
+        offset: 2,
+    },
+    LabNode {
+        name: "dr",
+        role: Role::Replica,
+        upstream: Some("new"),
+        offset: 3,
+    },
+];
+
+#[derive(Debug, Clone, Copy)]
+pub struct LabNode {
+    pub name: &'static str,
+    pub role: Role,
+    pub upstream: Option<&'static str>,
+    pub offset: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LabState {
+    base_port: u16,
+    bin_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lab {
+    pub dir: PathBuf,
+    pub base_port: u16,
+    pub bin_dir: PathBuf,
+    host: LocalHost,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub role: Role,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    /// `running`, `stopped` or `absent` (no data directory yet).
+    pub state: String,
+    /// For a running server: `primary` or `standby`.
+    pub serving_as: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LabStatus {
+    pub dir: PathBuf,
+    pub spec: PathBuf,
+    pub passfile: PathBuf,
+    pub nodes: Vec<NodeStatus>,
+    pub pgbouncer_port: u16,
+    pub pgbouncer_running: bool,
+}
+
+/// Create a directory (if missing) with a mode, owned by the host's run-as user.
+pub(crate) fn make_dir(path: &Path, mode: u32, host: &LocalHost) -> Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("create {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let (Some(u), true) = (host.run_as(), nix::unistd::geteuid().is_root()) {
+        std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid))
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// A lab in `dir` on `base_port`. An existing lab keeps its recorded port; asking for
+    /// another one is refused.
+    pub fn new(dir: &Path, base_port: u16) -> Result<Lab> {
+        let dir = absolute(dir)?;
+        if base_port.checked_add(PORT_SPAN).is_none() || base_port < 1024 {
+            bail!(
+                "--base-port {base_port} is out of range; choose one between 1024 and {}",
+                u16::MAX - PORT_SPAN
+            );
+        }
+        if let Some(state) = read_state(&dir)? {
+            if state.base_port != base_port {
+                bail!(
+                    "the lab in {} already uses base port {}; run `migrate lab down --dir {}` and remove the directory to change it, or pass --base-port {}",
+                    dir.display(), state.base_port, dir.display(), state.base_port
+                );
+            }
+        }
+        let bin_dir = find_local_bin_dir()?;
+        Ok(Lab {
+            dir,
+            base_port,
+            bin_dir,
+            host: lab_host()?,
+        })
+    }
+
+    /// An existing lab.
+    pub fn open(dir: &Path) -> Result<Lab> {
+        let dir = absolute(dir)?;
+        let state = read_state(&dir)?.with_context(|| {
+            format!(
+                "no lab in {}: run `migrate lab up --dir {}` first",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        Ok(Lab {
+            dir,
+            base_port: state.base_port,
+            bin_dir: state.bin_dir,
+            host: lab_host()?,
+        })
+    }
+
+    pub fn port(&self, node: &str) -> u16 {
+        let n = NODES.iter().find(|n| n.name == node).expect("a lab node");
+        self.base_port + n.offset
+    }
+    pub fn pgbouncer_port(&self) -> u16 {
+        self.base_port + PGBOUNCER_OFFSET
+    }
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(node)
+    }
+    pub fn data_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("data")
+    }
+    pub fn server_log(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("server.log")
+    }
+    pub fn spec_path(&self) -> PathBuf {
+        self.dir.join("lab.toml")
+    }
+    pub fn passfile(&self) -> PathBuf {
+        self.dir.join("pgpass")
+    }
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+    pub fn host(&self) -> Arc<dyn Host> {
+        Arc::new(self.host.clone())
+    }
+    pub fn server(&self, node: &str) -> Server {
+        Server::new(self.host(), &self.bin_dir, self.data_dir(node))
+    }
+    fn bouncer(&self) -> Bouncer {
+        Bouncer {
+            dir: self.dir.join("pgbouncer"),
+            port: self.pgbouncer_port(),
+        }
+    }
+
+    /// The superuser endpoint of a node, over TCP with the lab's passfile.
+    pub fn endpoint(&self, node: &str, dbname: &str) -> Endpoint {
+        let c = Conninfo::parse(&format!(
+            "host=127.0.0.1 port={} user=postgres dbname={dbname} sslmode=disable",
+            self.port(node)
+        ))
+        .expect("well-formed");
+        Endpoint::new(node, c, Some(SecretRef::Passfile(self.passfile())))
+    }
+
+    /// The application endpoint: the `app` database through PgBouncer.
+    pub fn app_endpoint(&self) -> Endpoint {
+        let c = Conninfo::parse(&format!(
+            "host=127.0.0.1 port={} user=postgres dbname=app sslmode=disable",
+            self.pgbouncer_port()
+        ))
+        .expect("well-formed");
+        Endpoint::new("pgbouncer", c, Some(SecretRef::Passfile(self.passfile())))
+    }
+
+    /// Create what is missing and start what is stopped. Running it twice is harmless.
+    pub async fn up(&self) -> Result<LabStatus> {
+        self.check_ports().await?;
+        make_dir(&self.dir, 0o755, &LocalHost::new(None)?)?;
+        make_dir(&self.socket_dir(), 0o755, &self.host)?;
+        make_dir(&self.dir.join("nodes"), 0o755, &self.host)?;
+        for n in NODES {
+            make_dir(&self.node_dir(n.name), 0o755, &self.host)?;
+        }
+        make_dir(&self.dir.join("pgbouncer"), 0o755, &self.host)?;
+        write_state(
+            &self.dir,
+            &LabState {
+                base_port: self.base_port,
+                bin_dir: self.bin_dir.clone(),
+            },
+        )?;
+
+        let old = self.data_dir("old");
+        let fresh = !old.join("PG_VERSION").exists();
+        if fresh {
+            let template = template::ensure(&self.host, &self.bin_dir).await?;
+            let _ = std::fs::remove_dir_all(&old);
+            let out = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&template)
+                .arg(&old)
+                .output()
+                .context("copy the template cluster")?;
+            if !out.status.success() {
+                bail!(
+                    "cp -a {} {} failed: {}",
+                    template.display(),
+                    old.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            self.write_node_conf("old").await?;
+        }
+        // Empty locations for the nodes the migration will clone.
+        for n in NODES.iter().filter(|n| n.role != Role::Primary) {
+            if !self.data_dir(n.name).exists() {
+                make_dir(&self.data_dir(n.name), 0o700, &self.host)?;
+            }
+        }
+        let passwords = self.passwords(fresh).await?;
+        for n in NODES {
+            if self.server(n.name).state().await? == RunState::Stopped {
+                self.server(n.name)
+                    .start(&self.server_log(n.name), Duration::from_secs(60))
+                    .await?;
+            }
+        }
+        if fresh {
+            self.set_passwords(&passwords).await?;
+        }
+        let bouncer = self.bouncer();
+        bouncer
+            .configure(
+                &self.host,
+                self.port("old"),
+                &[
+                    ("postgres", passwords[0].1.as_str()),
+                    ("repl", passwords[1].1.as_str()),
+                ],
+            )
+            .await?;
+        bouncer.start(&self.host).await?;
+        self.write_spec().await?;
+        self.status().await
+    }
+
+    /// Stop every process the lab started (servers by their data directories, PgBouncer by
+    /// its pidfile). Safe to run twice, and on a half-created lab.
+    pub async fn down(&self) -> Result<()> {
+        self.bouncer().stop().await?;
+        let mut errors = Vec::new();
+        for n in NODES {
+            let server = self.server(n.name);
+            if self.data_dir(n.name).join("postmaster.pid").exists() {
+                if let Err(e) = server.stop(StopMode::Fast, Duration::from_secs(60)).await {
+                    tracing::warn!(
+                        "fast stop of {} failed ({e:#}); stopping immediately",
+                        n.name
+                    );
+                    if let Err(e) = server
+                        .stop(StopMode::Immediate, Duration::from_secs(30))
+                        .await
+                    {
+                        errors.push(format!("{}: {e:#}", n.name));
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            bail!("could not stop: {}", errors.join("; "));
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self) -> Result<LabStatus> {
+        let mut nodes = Vec::new();
+        for n in NODES {
+            let state = self.server(n.name).state().await?;
+            let serving_as = if state == RunState::Running {
+                match connect(&self.endpoint(n.name, "postgres")).await {
+                    Ok(c) => {
+                        let recovery: bool =
+                            c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
+                        Some(if recovery { "standby" } else { "primary" }.to_string())
+                    }
+                    Err(e) => Some(format!("unreachable: {e:#}")),
+                }
+            } else {
+                None
+            };
+            nodes.push(NodeStatus {
+                name: n.name.into(),
+                role: n.role,
+                port: self.port(n.name),
+                data_dir: self.data_dir(n.name),
+                state: match state {
+                    RunState::Running => "running",
+                    RunState::Stopped => "stopped",
+                    RunState::NoCluster => "absent",
+                }
+                .into(),
+                serving_as,
+            });
+        }
+        Ok(LabStatus {
+            dir: self.dir.clone(),
+            spec: self.spec_path(),
+            passfile: self.passfile(),
+            nodes,
+            pgbouncer_port: self.pgbouncer_port(),
+            pgbouncer_running: self.bouncer().running_pid().is_some(),
+        })
+    }
+
+    async fn check_ports(&self) -> Result<()> {
+        for n in NODES {
+            let ours = self.data_dir(n.name).join("postmaster.pid").exists()
+                && self.server(n.name).state().await? == RunState::Running;
+            let port = self.port(n.name);
+            if !ours && !ports::is_free(port) {
+                bail!("port {port} (lab node {}) is already in use on 127.0.0.1; choose another --base-port", n.name);
+            }
+        }
+        let port = self.pgbouncer_port();
+        if self.bouncer().running_pid().is_none() && !ports::is_free(port) {
+            bail!("port {port} (lab PgBouncer) is already in use on 127.0.0.1; choose another --base-port");
+        }
+        Ok(())
+    }
+
+    /// Node-local settings appended to the node's postgresql.conf (later lines win).
+    pub async fn write_node_conf(&self, node: &str) -> Result<()> {
+        let conf = self.data_dir(node).join("postgresql.conf");
+        let mut text =
+            std::fs::read_to_string(&conf).with_context(|| format!("read {}", conf.display()))?;
+        text.push_str(&format!(
+            "\n# --- migrate lab: node-local settings for {node:?} ---\nport = {}\ncluster_name = '{node}'\nunix_socket_directories = '{}'\n",
+            self.port(node),
+            self.socket_dir().display()
+        ));
+        self.host
+            .write_file(&conf, text.as_bytes(), 0o600, None)
+            .await
+    }
+
+    /// The lab's passwords: new ones for a fresh lab, else those in the passfile.
+    async fn passwords(&self, fresh: bool) -> Result<Vec<(String, String)>> {
+        let users = ["postgres", "repl"];
+        if !fresh {
+            if let Ok(text) = std::fs::read_to_string(self.passfile()) {
+                let found: Vec<(String, String)> = users
+                    .iter()
+                    .filter_map(|u| {
+                        text.lines()
+                            .find_map(|l| l.strip_prefix(&format!("*:*:*:{u}:")))
+                            .map(|p| (u.to_string(), p.to_string()))
+                    })
+                    .collect();
+                if found.len() == users.len() {
+                    return Ok(found);
+                }
+            }
+            bail!("the lab's passfile {} is missing or damaged; remove the lab directory and run `lab up` again", self.passfile().display());
+        }
+        let pw: Vec<(String, String)> = users
+            .iter()
+            .map(|u| {
+                (
+                    u.to_string(),
+                    Alphanumeric.sample_string(&mut rand::rng(), 24),
+                )
+            })
+            .collect();
+        let text: String = pw.iter().map(|(u, p)| format!("*:*:*:{u}:{p}\n")).collect();
+        self.host
+            .write_file(&self.passfile(), text.as_bytes(), 0o600, None)
+            .await?;
+        Ok(pw)
+    }
+
+    async fn set_passwords(&self, pw: &[(String, String)]) -> Result<()> {
+        let sock = Conninfo::parse(&format!(
+            "host={} port={} user=postgres dbname=postgres sslmode=disable",
+            self.socket_dir().display(),
+            self.port("old")
+        ))?;
+        let c = connect(&Endpoint::new("old", sock, None)).await?;
+        for (user, password) in pw {
+            // Alphanumeric only, so plain quoting is exact.
+            c.batch_execute(&format!("ALTER ROLE {user} PASSWORD '{password}'"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn write_spec(&self) -> Result<()> {
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let pass = q(&self.passfile().display().to_string());
+        let run_as = match self.host.run_as() {
+            Some(u) => format!(", run_as = {}", q(&u.name)),
+            None => String::new(),
+        };
+        let mut s = format!(
+            "# Written by `migrate lab up`: a complete spec for the lab in {dir}.\n\
+             name = \"lab\"\n\
+             state_dir = {state}\n\n\
+             [replication]\n\
+             user = \"repl\"\n\
+             password = {{ passfile = {pass} }}\n",
+            dir = self.dir.display(),
+            state = q(&self.dir.join("state").display().to_string()),
+        );
+        for n in NODES {
+            s.push_str(&format!(
+                "\n[nodes.{}]\nrole = \"{}\"\n",
+                n.name,
+                role_name(n.role)
+            ));
+            if let Some(up) = n.upstream {
+                s.push_str(&format!("upstream = \"{up}\"\n"));
+            }
+            s.push_str(&format!(
+                "conninfo = \"host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable\"\n\
+                 password = {{ passfile = {pass} }}\n\
+                 data_dir = {}\n\
+                 bin_dir = {}\n\
+                 host = {{ kind = \"local\"{run_as} }}\n",
+                self.port(n.name),
+                q(&self.data_dir(n.name).display().to_string()),
+                q(&self.bin_dir.display().to_string()),
+            ));
+        }
+        s.push_str("\n[cutover]\nlag_threshold = \"16MiB\"\nlag_stable_for = \"2s\"\nproof_timeout = \"30s\"\n\n[[route]]\nkind = \"none\"\n");
+        LocalHost::new(None)?
+            .write_file(&self.spec_path(), s.as_bytes(), 0o644, None)
+            .await
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Primary => "primary",
+        Role::Target => "target",
+        Role::Replica => "replica",
+    }
+}
+
+/// Servers must not run as root: as root, the lab runs them as `postgres`.
+fn lab_host() -> Result<LocalHost> {
+    if nix::unistd::geteuid().is_root() {
+        RunAs::lookup("postgres").context(
+            "as root the lab runs PostgreSQL as the `postgres` OS user, which is missing",
+        )?;
+        LocalHost::new(Some("postgres"))
+    } else {
+        LocalHost::new(None)
+    }
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf> {
+    if dir.is_absolute() {
+        Ok(dir.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(dir))
+    }
+}
+
+fn read_state(dir: &Path) -> Result<Option<LabState>> {
+    let path = dir.join("lab-state.json");
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).with_context(|| format!("read {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+fn write_state(dir: &Path, state: &LabState) -> Result<()> {
+    let path = dir.join("lab-state.json");
+    crate::host::local::write_atomic(&path, &serde_json::to_vec_pretty(state)?, 0o644, None)
+}

@@ -1,0 +1,14 @@
+//! `migrate`: move a live PostgreSQL cluster to new hosts by chained streaming replication.
+//!
+//! Library code never writes to the terminal; only [`ui`] does.
+
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod exit;
+pub mod host;
+pub mod lab;
+pub mod pg;
+pub mod spec;
+pub mod ui;
+pub mod units;

@@ -1,0 +1,11 @@
+//! Talking to PostgreSQL: conninfo parsing, secrets, TLS and connections.
+
+pub mod conn;
+pub mod conninfo;
+pub mod secret;
+pub mod server;
+pub mod tls;
+
+pub use conn::{connect, Endpoint};
+pub use conninfo::Conninfo;
+pub use secret::{Secret, SecretRef};

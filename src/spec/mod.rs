@@ -1,0 +1,700 @@
+//! The migration spec: a TOML file validated once into typed values.
+//!
+//! Every refusal is a [`SpecError`] naming the file, the field and the fix. Passwords are only
+//! accepted by reference (`{ env = "VAR" }` or `{ passfile = "PATH" }`).
+
+mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset};
+use serde::Serialize;
+
+use crate::host::HostSpec;
+use crate::pg::{Conninfo, Endpoint, SecretRef};
+use crate::units::{parse_duration, parse_size};
+use raw::{RawHost, RawSpec};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {problem}\n  fix: {fix}")]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub field: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The database being moved off (the old primary).
+    Primary,
+    /// The future primary; its upstream is the primary.
+    Target,
+    /// Any other standby: cascaded from the target (local replica, DR) or an existing replica
+    /// of the old primary.
+    Replica,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub role: Role,
+    pub upstream: Option<String>,
+    pub conninfo: Conninfo,
+    pub password: Option<SecretRef>,
+    pub data_dir: PathBuf,
+    pub bin_dir: Option<PathBuf>,
+    pub host: HostSpec,
+}
+
+impl Node {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(&self.name, self.conninfo.clone(), self.password.clone())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Replication {
+    pub user: String,
+    pub password: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub start: DateTime<FixedOffset>,
+    pub end: DateTime<FixedOffset>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cutover {
+    pub window: Option<Window>,
+    /// Byte lag every hop must stay under before the fence.
+    pub lag_threshold: u64,
+    /// How long the lag must stay under the threshold.
+    pub lag_stable_for: Duration,
+    pub catchup_timeout: Duration,
+    /// How long the proof (target has every byte of the stopped primary) may take before the
+    /// cutover is aborted and the old primary restarted.
+    pub proof_timeout: Duration,
+    pub promote_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// No traffic layer: the cutover verifies the new primary directly.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: String,
+    pub path: PathBuf,
+    pub state_dir: PathBuf,
+    pub replication: Replication,
+    /// Primary first, then each node after its upstream (ties by name).
+    pub nodes: Vec<Node>,
+    pub cutover: Cutover,
+    pub routes: Vec<Route>,
+}
+
+impl Spec {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+    pub fn primary(&self) -> &Node {
+        &self.nodes[0]
+    }
+    pub fn target(&self) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.role == Role::Target)
+            .expect("validated: one target")
+    }
+    pub fn downstream_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
+        self.nodes
+            .iter()
+            .filter(move |n| n.upstream.as_deref() == Some(name))
+    }
+}
+
+/// Read and validate a spec file.
+pub fn load(path: &Path) -> Result<Spec, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+        file: path.to_path_buf(),
+        field: "(file)".into(),
+        problem: format!("cannot read the spec: {e}"),
+        fix: "check the path given with -f/--spec".into(),
+    })?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Spec, SpecError> {
+    let v = Validator {
+        file: path.to_path_buf(),
+    };
+    let raw: RawSpec = match toml::Deserializer::parse(text) {
+        Ok(de) => serde_path_to_error::deserialize(de).map_err(|e| v.serde_error(text, e))?,
+        Err(e) => return Err(v.toml_error(text, &e)),
+    };
+    v.spec(raw)
+}
+
+struct Validator {
+    file: PathBuf,
+}
+
+const NODE_FIX_KNOWN_ROLES: &str = "role is one of \"primary\", \"target\", \"replica\"";
+
+impl Validator {
+    fn err(
+        &self,
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> SpecError {
+        SpecError {
+            file: self.file.clone(),
+            field: field.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
+    fn toml_error(&self, text: &str, e: &toml::de::Error) -> SpecError {
+        let at = e
+            .span()
+            .map(|s| line_col(text, s.start))
+            .unwrap_or_default();
+        self.err(
+            at,
+            e.message().trim(),
+            "correct the TOML syntax at that place",
+        )
+    }
+
+    fn serde_error(&self, text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> SpecError {
+        let path = e.path().to_string();
+        let inner = e.inner();
+        let msg = inner.message().trim().to_string();
+        let mut field = if path == "." { String::new() } else { path };
+        // The path stops at the table holding an unknown key; name the key itself.
+        if let Some(key) = msg
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+        {
+            field = if field.is_empty() {
+                key.to_string()
+            } else {
+                format!("{field}.{key}")
+            };
+        }
+        if field.is_empty() {
+            field = inner
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or_else(|| "(top level)".into());
+        }
+        let fix = if msg.starts_with("unknown field") {
+            "remove the key or correct its spelling (see the README's spec reference)"
+        } else if msg.starts_with("missing field") {
+            "add the missing key (see the README's spec reference)"
+        } else if msg.starts_with("unknown variant") {
+            "use one of the listed values"
+        } else {
+            "see the README's spec reference for this key"
+        };
+        self.err(field, msg, fix)
+    }
+
+    fn secret(
+        &self,
+        field: &str,
+        value: Option<toml::Value>,
+    ) -> Result<Option<SecretRef>, SpecError> {
+        let fix = "reference the secret instead: { env = \"PGPASSWORD_OLD\" } or { passfile = \"/path/.pgpass\" }";
+        let Some(value) = value else { return Ok(None) };
+        let toml::Value::Table(t) = value else {
+            return Err(self.err(field, "inline passwords are not allowed in a spec", fix));
+        };
+        let keys: Vec<&str> = t.keys().map(String::as_str).collect();
+        match (keys.as_slice(), t.get("env"), t.get("passfile")) {
+            (["env"], Some(toml::Value::String(var)), _) if !var.is_empty() => {
+                Ok(Some(SecretRef::Env(var.clone())))
+            }
+            (["passfile"], _, Some(toml::Value::String(p))) if !p.is_empty() => Ok(Some(
+                SecretRef::Passfile(self.relative_to_spec(Path::new(p))),
+            )),
+            _ => Err(self.err(
+                field,
+                "expected exactly one of env = \"VAR\" or passfile = \"PATH\"",
+                fix,
+            )),
+        }
+    }
+
+    fn relative_to_spec(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.file.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    fn conninfo(&self, field: &str, text: &str) -> Result<Conninfo, SpecError> {
+        let c = Conninfo::parse(text).map_err(|e| {
+            self.err(field, e.to_string(), "write a libpq conninfo such as \"host=db1 port=5432 user=postgres dbname=postgres\"")
+        })?;
+        if c.has_password() {
+            return Err(self.err(
+                field,
+                "the conninfo contains a password; secrets are not allowed inline",
+                "remove it from the conninfo and set the node's password = { env = \"VAR\" } or { passfile = \"PATH\" }",
+            ));
+        }
+        if c.get("host").is_some_and(|h| h.contains(',')) {
+            return Err(self.err(
+                field,
+                "several hosts in one conninfo",
+                "a node is one server: give one host",
+            ));
+        }
+        Ok(c)
+    }
+
+    fn host(&self, field: &str, raw: RawHost) -> Result<HostSpec, SpecError> {
+        Ok(match raw {
+            RawHost::Local { run_as } => {
+                if let Some(user) = &run_as {
+                    if nix::unistd::User::from_name(user).ok().flatten().is_none() {
+                        return Err(self.err(
+                            format!("{field}.run_as"),
+                            format!("no OS user {user:?} on this machine"),
+                            "name an existing user (usually \"postgres\") or leave run_as out",
+                        ));
+                    }
+                }
+                HostSpec::Local { run_as }
+            }
+            RawHost::Ssh {
+                host,
+                port,
+                user,
+                identity_file,
+                options,
+            } => {
+                if host.trim().is_empty() || host.starts_with('-') {
+                    return Err(self.err(
+                        format!("{field}.host"),
+                        format!("{host:?} is not a host name"),
+                        "give the ssh host name or address",
+                    ));
+                }
+                for o in &options {
+                    if !o.contains('=') || o.starts_with('-') {
+                        return Err(self.err(
+                            format!("{field}.options"),
+                            format!("{o:?} is not an ssh option"),
+                            "write options as \"Key=value\", e.g. \"StrictHostKeyChecking=yes\"",
+                        ));
+                    }
+                }
+                HostSpec::Ssh {
+                    host,
+                    port,
+                    user,
+                    identity_file: identity_file.map(|p| self.relative_to_spec(&p)),
+                    options,
+                }
+            }
+            RawHost::Docker {
+                container,
+                user,
+                docker,
+            } => {
+                if container.trim().is_empty() || container.starts_with('-') {
+                    return Err(self.err(
+                        format!("{field}.container"),
+                        "a container name is required",
+                        "give the container name or id",
+                    ));
+                }
+                HostSpec::Docker {
+                    container,
+                    user,
+                    docker,
+                }
+            }
+        })
+    }
+
+    fn duration(
+        &self,
+        field: &str,
+        v: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, SpecError> {
+        match v {
+            None => Ok(default),
+            Some(t) => parse_duration(&t)
+                .map_err(|e| self.err(field, e, "write a duration such as \"30s\" or \"2m\"")),
+        }
+    }
+
+    fn timestamp(&self, field: &str, v: &str) -> Result<DateTime<FixedOffset>, SpecError> {
+        DateTime::parse_from_rfc3339(v).map_err(|e| {
+            self.err(
+                field,
+                format!("{v:?} is not an RFC 3339 time ({e})"),
+                "write it with its offset, e.g. \"2026-11-28T01:00:00+01:00\" or \"2026-11-28T00:00:00Z\"",
+            )
+        })
+    }
+
+    fn cutover(&self, raw: raw::RawCutover) -> Result<Cutover, SpecError> {
+        let window = match (&raw.window_start, &raw.window_end) {
+            (None, None) => None,
+            (Some(s), Some(e)) => {
+                let start = self.timestamp("cutover.window_start", s)?;
+                let end = self.timestamp("cutover.window_end", e)?;
+                if end <= start {
+                    return Err(self.err(
+                        "cutover.window_end",
+                        format!("the window ends ({e}) before it starts ({s})"),
+                        "make window_end later than window_start",
+                    ));
+                }
+                Some(Window { start, end })
+            }
+            (Some(_), None) => {
+                return Err(self.err(
+                    "cutover.window_end",
+                    "window_start is set but window_end is not",
+                    "set both or neither",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(
+                    "cutover.window_start",
+                    "window_end is set but window_start is not",
+                    "set both or neither",
+                ))
+            }
+        };
+        let lag_threshold = match raw.lag_threshold {
+            None => 16 << 20,
+            Some(t) => parse_size(&t).map_err(|e| {
+                self.err("cutover.lag_threshold", e, "write a size such as \"16MiB\"")
+            })?,
+        };
+        Ok(Cutover {
+            window,
+            lag_threshold,
+            lag_stable_for: self.duration(
+                "cutover.lag_stable_for",
+                raw.lag_stable_for,
+                Duration::from_secs(5),
+            )?,
+            catchup_timeout: self.duration(
+                "cutover.catchup_timeout",
+                raw.catchup_timeout,
+                Duration::from_secs(600),
+            )?,
+            proof_timeout: self.duration(
+                "cutover.proof_timeout",
+                raw.proof_timeout,
+                Duration::from_secs(30),
+            )?,
+            promote_timeout: self.duration(
+                "cutover.promote_timeout",
+                raw.promote_timeout,
+                Duration::from_secs(60),
+            )?,
+        })
+    }
+
+    fn route(&self, i: usize, r: raw::RawRoute) -> Result<Route, SpecError> {
+        match r.kind.as_str() {
+            "none" => {
+                if let Some(k) = r.settings.keys().next() {
+                    return Err(self.err(
+                        format!("route[{i}].{k}"),
+                        "a route of kind \"none\" takes no settings",
+                        "remove the key",
+                    ));
+                }
+                Ok(Route::None)
+            }
+            other => Err(self.err(
+                format!("route[{i}].kind"),
+                format!("route provider {other:?} is not available in this version"),
+                "use kind = \"none\" (the cutover then verifies the new primary directly)",
+            )),
+        }
+    }
+
+    fn spec(&self, raw: RawSpec) -> Result<Spec, SpecError> {
+        if raw.name.is_empty()
+            || !raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(self.err(
+                "name",
+                format!("{:?} is not a usable run name", raw.name),
+                "use letters, digits, '-' and '_' only",
+            ));
+        }
+        if raw.replication.user.trim().is_empty() {
+            return Err(self.err(
+                "replication.user",
+                "the replication user is empty",
+                "name a role with the REPLICATION attribute",
+            ));
+        }
+        let replication = Replication {
+            user: raw.replication.user,
+            password: self.secret("replication.password", raw.replication.password)?,
+        };
+        let known: Vec<String> = raw.nodes.keys().cloned().collect();
+        let mut nodes = BTreeMap::new();
+        for (name, rn) in raw.nodes {
+            let f = format!("nodes.{name}");
+            if name.is_empty()
+                || name.len() > 40
+                || !name.starts_with(|c: char| c.is_ascii_lowercase())
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(self.err(&f, format!("node name {name:?} is not usable (it names replication slots)"), "use lower-case letters, digits and '_', starting with a letter, at most 40 characters"));
+            }
+            let role = match rn.role.as_str() {
+                "primary" => Role::Primary,
+                "target" => Role::Target,
+                "replica" => Role::Replica,
+                other => {
+                    return Err(self.err(
+                        format!("{f}.role"),
+                        format!("unknown role {other:?}"),
+                        NODE_FIX_KNOWN_ROLES,
+                    ))
+                }
+            };
+            if let Some(up) = &rn.upstream {
+                if !known.contains(up) {
+                    return Err(self.err(
+                        format!("{f}.upstream"),
+                        format!("{up:?} is not a node; known nodes: {}", known.join(", ")),
+                        "name one of the known nodes",
+                    ));
+                }
+                if up == &name {
+                    return Err(self.err(
+                        format!("{f}.upstream"),
+                        "a node cannot be its own upstream",
+                        "name the node it replicates from",
+                    ));
+                }
+            }
+            match (role, &rn.upstream) {
+                (Role::Primary, Some(_)) => {
+                    return Err(self.err(
+                        format!("{f}.upstream"),
+                        "the primary has no upstream",
+                        "remove upstream from the primary",
+                    ))
+                }
+                (Role::Target | Role::Replica, None) => {
+                    return Err(self.err(
+                        format!("{f}.upstream"),
+                        "missing: every node but the primary replicates from an upstream",
+                        "set upstream to the node it replicates from",
+                    ))
+                }
+                _ => {}
+            }
+            if !rn.data_dir.is_absolute() {
+                return Err(self.err(
+                    format!("{f}.data_dir"),
+                    format!("{} is not an absolute path", rn.data_dir.display()),
+                    "give the data directory's absolute path on that node's host",
+                ));
+            }
+            if rn.bin_dir.as_ref().is_some_and(|b| !b.is_absolute()) {
+                return Err(self.err(
+                    format!("{f}.bin_dir"),
+                    "not an absolute path",
+                    "give the absolute path of the PostgreSQL bin directory on that host",
+                ));
+            }
+            let node = Node {
+                conninfo: self.conninfo(&format!("{f}.conninfo"), &rn.conninfo)?,
+                password: self.secret(&format!("{f}.password"), rn.password)?,
+                host: self.host(&format!("{f}.host"), rn.host)?,
+                name: name.clone(),
+                role,
+                upstream: rn.upstream,
+                data_dir: rn.data_dir,
+                bin_dir: rn.bin_dir,
+            };
+            nodes.insert(name, node);
+        }
+        self.topology(&nodes)?;
+        let ordered = order_nodes(nodes);
+        let state_dir = match raw.state_dir {
+            Some(d) => self.relative_to_spec(&d),
+            None => self.relative_to_spec(Path::new(".migrate")).join(&raw.name),
+        };
+        let routes = raw
+            .routes
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| self.route(i, r))
+            .collect::<Result<_, _>>()?;
+        Ok(Spec {
+            name: raw.name,
+            path: self.file.clone(),
+            state_dir,
+            replication,
+            nodes: ordered,
+            cutover: self.cutover(raw.cutover)?,
+            routes,
+        })
+    }
+
+    fn topology(&self, nodes: &BTreeMap<String, Node>) -> Result<(), SpecError> {
+        let with_role = |r: Role| {
+            nodes
+                .values()
+                .filter(|n| n.role == r)
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+        };
+        let primaries = with_role(Role::Primary);
+        match primaries.as_slice() {
+            [_] => {}
+            [] => {
+                return Err(self.err(
+                    "nodes",
+                    "no node has role = \"primary\"",
+                    "mark the database being moved off as role = \"primary\"",
+                ))
+            }
+            many => {
+                return Err(self.err(
+                    format!("nodes.{}.role", many[1]),
+                    format!("two primaries: {}", many.join(", ")),
+                    "exactly one node is the primary (the one being moved off)",
+                ))
+            }
+        }
+        let targets = with_role(Role::Target);
+        match targets.as_slice() {
+            [t] => {
+                let up = nodes[*t].upstream.as_deref().unwrap_or_default();
+                if up != primaries[0] {
+                    return Err(self.err(
+                        format!("nodes.{t}.upstream"),
+                        format!(
+                            "the target replicates from {up:?}, not from the primary {:?}",
+                            primaries[0]
+                        ),
+                        format!("set upstream = \"{}\" on the target", primaries[0]),
+                    ));
+                }
+            }
+            [] => {
+                return Err(self.err(
+                    "nodes",
+                    "no node has role = \"target\"",
+                    "mark the future primary as role = \"target\" with upstream = the primary",
+                ))
+            }
+            many => {
+                return Err(self.err(
+                    format!("nodes.{}.role", many[1]),
+                    format!("two targets: {}", many.join(", ")),
+                    "exactly one node is the target (the future primary)",
+                ))
+            }
+        }
+        for start in nodes.keys() {
+            let mut seen = vec![start.as_str()];
+            let mut cur = start.as_str();
+            while let Some(up) = nodes[cur].upstream.as_deref() {
+                if seen.contains(&up) {
+                    seen.push(up);
+                    return Err(self.err(
+                        format!("nodes.{cur}.upstream"),
+                        format!("replication cycle: {}", seen.join(" -> ")),
+                        "every chain of upstreams must end at the primary",
+                    ));
+                }
+                seen.push(up);
+                cur = up;
+            }
+        }
+        let mut ports = BTreeMap::new();
+        let mut dirs = BTreeSet::new();
+        for n in nodes.values() {
+            let key = (n.conninfo.host().to_ascii_lowercase(), n.conninfo.port());
+            if let Some(other) = ports.insert(key.clone(), n.name.clone()) {
+                return Err(self.err(
+                    format!("nodes.{}.conninfo", n.name),
+                    format!("{} and {} both use {}:{}", other, n.name, key.0, key.1),
+                    "give each node its own host:port",
+                ));
+            }
+            if !dirs.insert((n.host.identity(), n.data_dir.clone())) {
+                return Err(self.err(
+                    format!("nodes.{}.data_dir", n.name),
+                    format!(
+                        "{} is used by another node on the same host",
+                        n.data_dir.display()
+                    ),
+                    "give each node its own data directory",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {col}")
+}
+
+/// Primary first, then breadth-first down the tree, siblings by name.
+fn order_nodes(mut nodes: BTreeMap<String, Node>) -> Vec<Node> {
+    let mut out: Vec<Node> = Vec::new();
+    let primary = nodes
+        .values()
+        .find(|n| n.role == Role::Primary)
+        .map(|n| n.name.clone())
+        .expect("validated");
+    out.push(nodes.remove(&primary).expect("present"));
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i].name.clone();
+        let children: Vec<String> = nodes
+            .values()
+            .filter(|n| n.upstream.as_deref() == Some(&parent))
+            .map(|n| n.name.clone())
+            .collect();
+        for c in children {
+            out.push(nodes.remove(&c).expect("present"));
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,88 @@
+//! The spec file exactly as written (serde, unknown keys refused). Only [`super::load`] reads
+//! these; everything else uses the validated [`super::Spec`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpec {
+    pub name: String,
+    pub state_dir: Option<PathBuf>,
+    pub replication: RawReplication,
+    pub nodes: BTreeMap<String, RawNode>,
+    #[serde(default)]
+    pub cutover: RawCutover,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplication {
+    pub user: String,
+    /// A table `{ env = "VAR" }` or `{ passfile = "PATH" }`; a string is refused by validation
+    /// with a clear message (hence a loose type here).
+    pub password: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub role: String,
+    pub upstream: Option<String>,
+    pub conninfo: String,
+    pub password: Option<toml::Value>,
+    pub data_dir: PathBuf,
+    pub bin_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub host: RawHost,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RawHost {
+    Local {
+        run_as: Option<String>,
+    },
+    Ssh {
+        host: String,
+        port: Option<u16>,
+        user: Option<String>,
+        identity_file: Option<PathBuf>,
+        #[serde(default)]
+        options: Vec<String>,
+    },
+    Docker {
+        container: String,
+        user: Option<String>,
+        docker: Option<PathBuf>,
+    },
+}
+
+impl Default for RawHost {
+    fn default() -> Self {
+        RawHost::Local { run_as: None }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCutover {
+    pub window_start: Option<String>,
+    pub window_end: Option<String>,
+    pub lag_threshold: Option<String>,
+    pub lag_stable_for: Option<String>,
+    pub catchup_timeout: Option<String>,
+    pub proof_timeout: Option<String>,
+    pub promote_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRoute {
+    pub kind: String,
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}

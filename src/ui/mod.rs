@@ -1,0 +1,71 @@
+//! Everything the user sees. The only module that writes to the terminal.
+
+use std::io::{IsTerminal, Write};
+
+use serde::Serialize;
+
+pub struct Ui {
+    json: bool,
+}
+
+impl Ui {
+    pub fn new(json: bool) -> Ui {
+        Ui { json }
+    }
+
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        std::io::stdout().is_terminal()
+    }
+
+    /// A line of human output on stdout (suppressed in JSON mode, where stdout is data).
+    pub fn line(&self, text: impl AsRef<str>) {
+        if !self.json {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", text.as_ref());
+        }
+    }
+
+    /// A JSON document on stdout.
+    pub fn emit_json<T: Serialize>(&self, value: &T) {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer_pretty(&mut out, value);
+        let _ = writeln!(out);
+    }
+
+    /// A failed command: the message and each cause, on stderr.
+    pub fn error(&self, err: &anyhow::Error) {
+        let mut e = std::io::stderr().lock();
+        let _ = writeln!(e, "error: {err}");
+        for cause in err.chain().skip(1) {
+            let _ = writeln!(e, "  caused by: {cause}");
+        }
+    }
+
+    /// A simple aligned table.
+    pub fn table(&self, header: &[&str], rows: &[Vec<String>]) {
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+        for row in rows {
+            for (i, cell) in row.iter().enumerate() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+        let fmt_row = |cells: Vec<&str>| {
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        };
+        self.line(fmt_row(header.to_vec()));
+        for row in rows {
+            self.line(fmt_row(row.iter().map(String::as_str).collect()));
+        }
+    }
+}
