@@ -180,9 +180,9 @@ impl Validator {
         let inner = e.inner();
         let msg = inner.message().trim().to_string();
         let mut field = if path == "." { String::new() } else { path };
-        // The path stops at the table holding an unknown key; name the key itself.
+        // For a missing key the path stops at the table that lacks it; name the key itself.
         if let Some(key) = msg
-            .strip_prefix("unknown field `")
+            .strip_prefix("missing field `")
             .and_then(|r| r.split('`').next())
         {
             field = if field.is_empty() {
@@ -500,23 +500,6 @@ impl Validator {
                     ));
                 }
             }
-            match (role, &rn.upstream) {
-                (Role::Primary, Some(_)) => {
-                    return Err(self.err(
-                        format!("{f}.upstream"),
-                        "the primary has no upstream",
-                        "remove upstream from the primary",
-                    ))
-                }
-                (Role::Target | Role::Replica, None) => {
-                    return Err(self.err(
-                        format!("{f}.upstream"),
-                        "missing: every node but the primary replicates from an upstream",
-                        "set upstream to the node it replicates from",
-                    ))
-                }
-                _ => {}
-            }
             if !rn.data_dir.is_absolute() {
                 return Err(self.err(
                     format!("{f}.data_dir"),
@@ -590,6 +573,26 @@ impl Validator {
                     format!("two primaries: {}", many.join(", ")),
                     "exactly one node is the primary (the one being moved off)",
                 ))
+            }
+        }
+        for n in nodes.values() {
+            let f = format!("nodes.{}.upstream", n.name);
+            match (n.role, &n.upstream) {
+                (Role::Primary, Some(_)) => {
+                    return Err(self.err(
+                        f,
+                        "the primary has no upstream",
+                        "remove upstream from the primary",
+                    ))
+                }
+                (Role::Target | Role::Replica, None) => {
+                    return Err(self.err(
+                        f,
+                        "missing: every node but the primary replicates from an upstream",
+                        "set upstream to the node it replicates from",
+                    ))
+                }
+                _ => {}
             }
         }
         let targets = with_role(Role::Target);

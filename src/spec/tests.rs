@@ -1,1 +1,87 @@
+use std::path::Path;
+use std::time::Duration;
 
+use super::*;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
+}
+
+#[test]
+fn example_spec_parses_into_typed_values() {
+    let spec = load(&fixture("good/example.toml")).unwrap();
+    assert_eq!(spec.name, "dc-move");
+    let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["old", "new", "dr", "new_replica"],
+        "primary first, then down the tree"
+    );
+    assert_eq!(spec.primary().name, "old");
+    assert_eq!(spec.target().name, "new");
+    assert_eq!(spec.downstream_of("new").count(), 2);
+    assert_eq!(spec.cutover.lag_threshold, 16 << 20);
+    assert_eq!(spec.cutover.catchup_timeout, Duration::from_secs(1800));
+    let w = spec.cutover.window.unwrap();
+    assert_eq!((w.end - w.start).num_hours(), 2);
+    assert_eq!(
+        spec.replication.password,
+        Some(SecretRef::Env("MIGRATE_REPL_PASSWORD".into()))
+    );
+    assert!(matches!(
+        spec.node("dr").unwrap().host,
+        HostSpec::Docker { .. }
+    ));
+    assert_eq!(
+        spec.node("new").unwrap().conninfo.get("sslmode"),
+        Some("verify-full")
+    );
+    assert_eq!(spec.routes, vec![Route::None]);
+}
+
+#[test]
+fn defaults_and_relative_paths_follow_the_spec_file() {
+    let spec = load(&fixture("good/minimal.toml")).unwrap();
+    assert_eq!(spec.state_dir, fixture("good/.migrate/t"));
+    assert_eq!(spec.cutover.proof_timeout, Duration::from_secs(30));
+    assert_eq!(spec.cutover.lag_threshold, 16 << 20);
+    assert!(spec.cutover.window.is_none());
+    assert!(spec.routes.is_empty());
+    let text = std::fs::read_to_string(fixture("good/minimal.toml"))
+        .unwrap()
+        .replace(
+            "{ passfile = \"/etc/pgpass\" }",
+            "{ passfile = \"secrets/pgpass\" }",
+        );
+    let spec = parse(Path::new("/etc/migrate/spec.toml"), &text).unwrap();
+    assert_eq!(
+        spec.primary().password,
+        Some(SecretRef::Passfile("/etc/migrate/secrets/pgpass".into()))
+    );
+}
+
+#[test]
+fn errors_name_file_field_and_fix() {
+    let text = std::fs::read_to_string(fixture("good/minimal.toml"))
+        .unwrap()
+        .replace("upstream = \"old\"", "upstream = \"nowhere\"");
+    let err = parse(Path::new("/x/spec.toml"), &text).unwrap_err();
+    assert_eq!(err.field, "nodes.new.upstream");
+    let shown = err.to_string();
+    assert!(shown.starts_with("/x/spec.toml: nodes.new.upstream: \"nowhere\" is not a node; known nodes: dr, new, new_replica, old"), "{shown}");
+    assert!(shown.contains("fix:"), "{shown}");
+}
+
+#[test]
+fn replicas_of_the_old_primary_are_allowed() {
+    let text = std::fs::read_to_string(fixture("good/minimal.toml"))
+        .unwrap()
+        .replace(
+            "[nodes.dr]\nrole = \"replica\"\nupstream = \"new\"",
+            "[nodes.dr]\nrole = \"replica\"\nupstream = \"old\"",
+        );
+    let spec = parse(Path::new("/x/spec.toml"), &text).unwrap();
+    assert_eq!(spec.downstream_of("old").count(), 2);
+}

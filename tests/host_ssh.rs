@@ -1,0 +1,108 @@
+//! ssh host control against a real sshd on loopback, as the `postgres` user.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use migrate::host::remote::RemoteHost;
+use migrate::host::{Cmd, Host};
+
+use crate::support::sshd::Sshd;
+
+#[tokio::test]
+async fn ssh_runs_commands_and_files_as_the_remote_user() {
+    let sshd = Sshd::start();
+    let host = sshd.host();
+
+    let out = host.run_ok(&Cmd::new(["id", "-un"])).await.unwrap();
+    assert_eq!(out.stdout_text().trim(), "postgres");
+
+    // Quoting survives the remote login shell exactly.
+    let tricky = "it's $(touch /tmp/pwned) `x` \"q\" ; echo no";
+    let out = host
+        .run_ok(&Cmd::new(["printf", "%s", tricky]))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), tricky);
+    let out = host
+        .run_ok(&Cmd::new(["cat"]).stdin("over ssh stdin"))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), "over ssh stdin");
+
+    // Files: atomic write with a mode, read back, existence.
+    let dir = sshd.dir.path().join("remote");
+    std::fs::create_dir(&dir).unwrap();
+    let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    std::os::unix::fs::chown(&dir, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    let file = dir.join("postgresql.auto.conf");
+    host.write_file(&file, b"primary_slot_name = 'migrate_old'\n", 0o640, None)
+        .await
+        .unwrap();
+    host.write_file(&file, b"primary_slot_name = 'migrate_new'\n", 0o640, None)
+        .await
+        .unwrap();
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.uid(), pg.uid.as_raw());
+    assert_eq!(
+        host.read_file(&file).await.unwrap(),
+        b"primary_slot_name = 'migrate_new'\n"
+    );
+    assert!(host.exists(&file).await.unwrap());
+    assert!(!host.exists(&dir.join("absent")).await.unwrap());
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "temporary file left behind"
+    );
+
+    // A failing command: status and stderr in the message.
+    let err = host
+        .run_ok(&Cmd::new(["ls", "/definitely/not/here"]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ssh postgres@127.0.0.1") && err.contains("/definitely/not/here"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn ssh_failures_are_named() {
+    let sshd = Sshd::start();
+    // Wrong key: authentication refused, reported as unreachable with ssh's own words.
+    let other = sshd.dir.path().join("other_key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let host = RemoteHost::ssh(
+        "127.0.0.1",
+        Some(sshd.port),
+        Some("postgres"),
+        Some(&other),
+        &sshd.options(),
+    );
+    let err = host.run(&Cmd::new(["true"])).await.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot reach") && err.contains("Permission denied"),
+        "{err}"
+    );
+
+    // Nothing listening.
+    let port = migrate::lab::ports::PortBlock::reserve(1).unwrap();
+    let host = RemoteHost::ssh(
+        "127.0.0.1",
+        Some(port.base),
+        Some("postgres"),
+        Some(&sshd.key()),
+        &sshd.options(),
+    );
+    let err = host.run(&Cmd::new(["true"])).await.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot reach") && err.contains("refused"),
+        "{err}"
+    );
+}

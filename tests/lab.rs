@@ -1,0 +1,154 @@
+//! `migrate lab up|status|down` through the real binary.
+
+use std::net::TcpListener;
+use std::process::Command;
+
+use migrate::lab::ports::PortBlock;
+use migrate::lab::PORT_SPAN;
+
+use crate::support::{alive, migrate, postmaster_pid, text};
+
+/// Stops the lab through the binary on drop, so a failing test leaves nothing running.
+struct Down(String);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = migrate(&["lab", "down", "--dir", &self.0]);
+    }
+}
+
+fn lab_passwords(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("pgpass"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit(':').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn lab_up_serves_app_through_pgbouncer_and_down_stops_everything() {
+    let ports = PortBlock::reserve(PORT_SPAN).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let d = dir.to_str().unwrap().to_string();
+    let _down = Down(d.clone());
+    let base = ports.base.to_string();
+
+    let up = migrate(&["lab", "up", "--dir", &d, "--base-port", &base]);
+    assert_eq!(up.status.code(), Some(0), "{}", text(&up.stderr));
+    let bouncer = ports.base + 4;
+    assert!(
+        text(&up.stdout).contains(&format!("-p {bouncer}")),
+        "prints the PgBouncer port: {}",
+        text(&up.stdout)
+    );
+
+    // psql through PgBouncer reaches the app database on the old primary.
+    let psql = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &bouncer.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "app",
+            "-Atc",
+        ])
+        .arg("SELECT count(*) FROM accounts; SELECT current_setting('cluster_name')")
+        .env("PGPASSFILE", dir.join("pgpass"))
+        .output()
+        .expect("psql");
+    assert!(psql.status.success(), "{}", text(&psql.stderr));
+    assert_eq!(text(&psql.stdout).trim(), "10000\nold");
+
+    let pg_pid = postmaster_pid(&dir.join("nodes/old/data")).expect("postmaster.pid");
+    let bouncer_pid: i32 = std::fs::read_to_string(dir.join("pgbouncer/pgbouncer.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(pg_pid) && alive(bouncer_pid));
+
+    // Twice is harmless: nothing restarted.
+    let again = migrate(&["lab", "up", "--dir", &d, "--base-port", &base]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert_eq!(postmaster_pid(&dir.join("nodes/old/data")), Some(pg_pid));
+
+    let status = migrate(&["lab", "status", "--dir", &d, "--json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["nodes"][0]["name"], "old");
+    assert_eq!(v["nodes"][0]["state"], "running");
+    assert_eq!(v["nodes"][0]["serving_as"], "primary");
+    assert_eq!(v["nodes"][1]["state"], "absent");
+    assert_eq!(v["pgbouncer_running"], true);
+
+    // The written spec is valid, and no output carries a password.
+    let validate = migrate(&["validate", "-f", dir.join("lab.toml").to_str().unwrap()]);
+    assert_eq!(
+        validate.status.code(),
+        Some(0),
+        "{}",
+        text(&validate.stderr)
+    );
+    let all_output = [&up, &again, &status, &validate]
+        .iter()
+        .map(|o| text(&o.stdout) + &text(&o.stderr))
+        .collect::<String>();
+    let spec_text = std::fs::read_to_string(dir.join("lab.toml")).unwrap();
+    for pw in lab_passwords(&dir) {
+        assert!(!all_output.contains(&pw), "a password was printed");
+        assert!(!spec_text.contains(&pw), "a password is in the spec");
+    }
+
+    let down = migrate(&["lab", "down", "--dir", &d]);
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down.stderr));
+    assert!(!alive(pg_pid), "postgres still running after lab down");
+    assert!(
+        !alive(bouncer_pid),
+        "pgbouncer still running after lab down"
+    );
+    let twice = migrate(&["lab", "down", "--dir", &d]);
+    assert_eq!(twice.status.code(), Some(0), "{}", text(&twice.stderr));
+}
+
+#[test]
+fn lab_refuses_a_taken_port_and_starts_nothing() {
+    let ports = PortBlock::reserve(PORT_SPAN).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let d = dir.to_str().unwrap().to_string();
+    let _down = Down(d.clone());
+    let _squatter = TcpListener::bind(("127.0.0.1", ports.base + 4)).unwrap();
+    let up = migrate(&[
+        "lab",
+        "up",
+        "--dir",
+        &d,
+        "--base-port",
+        &ports.base.to_string(),
+    ]);
+    assert_eq!(up.status.code(), Some(2));
+    let err = text(&up.stderr);
+    assert!(
+        err.contains(&format!("port {}", ports.base + 4)) && err.contains("--base-port"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("nodes/old/data/postmaster.pid").exists(),
+        "a server was started anyway"
+    );
+}
+
+#[test]
+fn lab_status_without_a_lab_says_how_to_make_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = migrate(&["lab", "status", "--dir", tmp.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("migrate lab up"),
+        "{}",
+        text(&out.stderr)
+    );
+}

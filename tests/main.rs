@@ -1,0 +1,10 @@
+//! Integration tests: one binary, against real PostgreSQL, PgBouncer and sshd started by the
+//! project's own harness on loopback.
+
+mod support;
+
+mod conn;
+mod host_local;
+mod host_ssh;
+mod lab;
+mod spec_fixtures;

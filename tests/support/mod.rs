@@ -1,0 +1,94 @@
+//! The test harness: labs in temporary directories that are always torn down, the real
+//! binary, and an sshd on a loopback port.
+
+pub mod sshd;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use migrate::lab::ports::PortBlock;
+use migrate::lab::{Lab, PORT_SPAN};
+
+/// A lab in its own temporary directory on its own ports; stopped on drop, even when the test
+/// panics.
+pub struct TestLab {
+    pub lab: Lab,
+    _ports: PortBlock,
+    _dir: tempfile::TempDir,
+}
+
+impl TestLab {
+    pub async fn up() -> TestLab {
+        let dir = tempfile::Builder::new()
+            .prefix("migrate-lab-")
+            .tempdir()
+            .expect("temp dir");
+        let ports = PortBlock::reserve(PORT_SPAN).expect("free ports");
+        let lab = Lab::new(dir.path(), ports.base).expect("lab");
+        let guard = TestLab {
+            lab,
+            _ports: ports,
+            _dir: dir,
+        };
+        guard.lab.up().await.expect("lab up");
+        guard
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let lab = self.lab.clone();
+        // Drop may run inside a runtime: stop the lab from a thread with a runtime of its own.
+        let stopped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(lab.down())
+        })
+        .join();
+        if let Ok(Err(e)) = stopped {
+            eprintln!("warning: lab teardown: {e:#}");
+        }
+    }
+}
+
+pub fn migrate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_migrate"))
+}
+
+/// Run the real binary; no terminal, no inherited spec.
+pub fn migrate(args: &[&str]) -> Output {
+    std::process::Command::new(migrate_bin())
+        .args(args)
+        .env_remove("MIGRATE_SPEC")
+        .output()
+        .expect("run migrate")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Is a process with this pid alive (and not a zombie)?
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
