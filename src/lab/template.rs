@@ -82,6 +82,9 @@ pub async fn ensure(host: &LocalHost, bin_dir: &Path) -> Result<PathBuf> {
     if root.join("READY").exists() {
         return Ok(data);
     }
+    if let Some(parent) = root.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
     let lock_path = root.with_extension("lock");
     let file = std::fs::File::create(&lock_path)
         .with_context(|| format!("create {}", lock_path.display()))?;
