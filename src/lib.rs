@@ -5,6 +5,7 @@
 pub mod app;
 pub mod cli;
 pub mod commands;
+pub mod engine;
 pub mod exit;
 pub mod host;
 pub mod lab;

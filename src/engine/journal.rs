@@ -1,0 +1,455 @@
+//! The journal: append-only JSON Lines, one record per event, each fsynced before the side
+//! effect it announces.
+//!
+//! A line is `{"seq":N,"ts":"…","event":{…},"crc":"xxxxxxxx"}` where `crc` is the CRC-32 of the
+//! line's text without its `,"crc":"…"` suffix (closing brace kept). The reader tolerates a torn
+//! last line (a crash mid-write), reports it, and ignores it; a bad line anywhere else is
+//! corruption and is refused with its line number.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::step::Kind;
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const JOURNAL_FILE: &str = "journal.jsonl";
+
+/// One planned step as recorded in the header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub id: String,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Completed,
+    RolledBack,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Header {
+        format: u32,
+        run_id: String,
+        /// Which plan this run executes (`cutover`, …); `resume` rebuilds it from this name.
+        operation: String,
+        spec_hash: String,
+        tool_version: String,
+        steps: Vec<PlannedStep>,
+    },
+    /// A process began (or resumed) work on the run.
+    RunStarted {
+        pid: u32,
+        command: String,
+    },
+    StepStarted {
+        step: String,
+    },
+    StepSucceeded {
+        step: String,
+        output: Value,
+    },
+    StepFailed {
+        step: String,
+        error: String,
+    },
+    /// Recorded just before the first side effect that cannot be undone.
+    PointOfNoReturn {
+        step: String,
+    },
+    CompensationStarted {
+        step: String,
+    },
+    CompensationFinished {
+        step: String,
+    },
+    CompensationFailed {
+        step: String,
+        error: String,
+    },
+    RunFinished {
+        outcome: Outcome,
+    },
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Header { .. } => "header",
+            Event::RunStarted { .. } => "run_started",
+            Event::StepStarted { .. } => "step_started",
+            Event::StepSucceeded { .. } => "step_succeeded",
+            Event::StepFailed { .. } => "step_failed",
+            Event::PointOfNoReturn { .. } => "point_of_no_return",
+            Event::CompensationStarted { .. } => "compensation_started",
+            Event::CompensationFinished { .. } => "compensation_finished",
+            Event::CompensationFailed { .. } => "compensation_failed",
+            Event::RunFinished { .. } => "run_finished",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    pub ts: DateTime<Utc>,
+    pub event: Event,
+}
+
+const CRC_PREFIX: &str = ",\"crc\":\"";
+
+pub fn encode(record: &Record) -> Result<String> {
+    let body = serde_json::to_string(record)?;
+    let crc = crc32fast::hash(body.as_bytes());
+    let open = &body[..body.len() - 1];
+    Ok(format!("{open}{CRC_PREFIX}{crc:08x}\"}}"))
+}
+
+#[derive(Debug)]
+pub enum LineError {
+    /// Not a complete, well-formed line: the expected result of a crash mid-append.
+    Torn,
+    Checksum,
+    Json(String),
+}
+
+pub fn decode(line: &str) -> Result<Record, LineError> {
+    // `…,"crc":"xxxxxxxx"}` is exactly 19 characters after the body's last field.
+    let Some(idx) = line.rfind(CRC_PREFIX) else {
+        return Err(LineError::Torn);
+    };
+    let tail = &line[idx + CRC_PREFIX.len()..];
+    if tail.len() != 10 || !tail.ends_with("\"}") {
+        return Err(LineError::Torn);
+    }
+    let crc = u32::from_str_radix(&tail[..8], 16).map_err(|_| LineError::Torn)?;
+    let body = format!("{}}}", &line[..idx]);
+    if crc32fast::hash(body.as_bytes()) != crc {
+        return Err(LineError::Checksum);
+    }
+    serde_json::from_str(&body).map_err(|e| LineError::Json(e.to_string()))
+}
+
+/// What [`read`] found.
+#[derive(Debug)]
+pub struct Contents {
+    pub records: Vec<Record>,
+    /// A torn last line was found and ignored (1-based line number).
+    pub torn_tail: Option<usize>,
+    /// Bytes of the file that hold complete records (where the next append belongs).
+    pub valid_len: usize,
+    /// The last record is complete but its newline was never written.
+    pub missing_newline: bool,
+}
+
+pub fn read(path: &Path) -> Result<Contents> {
+    let bytes = std::fs::read(path).with_context(|| format!("read journal {}", path.display()))?;
+    parse(&bytes, path)
+}
+
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Contents> {
+    let mut records = Vec::new();
+    let mut torn_tail = None;
+    let mut valid_len = 0;
+    let mut missing_newline = false;
+    let mut offset = 0;
+    let mut number = 0;
+    while offset < bytes.len() {
+        number += 1;
+        let (line, terminated, next) = match bytes[offset..].iter().position(|b| *b == b'\n') {
+            Some(i) => (&bytes[offset..offset + i], true, offset + i + 1),
+            None => (&bytes[offset..], false, bytes.len()),
+        };
+        let decoded = std::str::from_utf8(line)
+            .map_err(|_| LineError::Torn)
+            .and_then(decode);
+        match decoded {
+            Ok(r) => {
+                if r.seq != records.len() as u64 {
+                    bail!(
+                        "journal {} is corrupt at line {number}: sequence number {} where {} was expected",
+                        path.display(),
+                        r.seq,
+                        records.len()
+                    );
+                }
+                records.push(r);
+                valid_len = next;
+                missing_newline = !terminated;
+            }
+            // Only a last line without its newline can have been torn by a crash mid-append.
+            Err(_) if !terminated => torn_tail = Some(number),
+            Err(e) => bail!(
+                "journal {} is corrupt at line {number}: {}; it is the run's only record, so it is not repaired automatically (keep a copy, then fix or remove that line by hand)",
+                path.display(),
+                match e {
+                    LineError::Torn => "the line is incomplete".to_string(),
+                    LineError::Checksum => "the checksum does not match".to_string(),
+                    LineError::Json(m) => format!("the record does not parse ({m})"),
+                }
+            ),
+        }
+        offset = next;
+    }
+    Ok(Contents {
+        records,
+        torn_tail,
+        valid_len,
+        missing_newline,
+    })
+}
+
+/// The open journal of a run. Appends are written and fsynced before returning.
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    next_seq: u64,
+}
+
+impl Journal {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Create a new journal holding only the header: the file and its directory are fsynced.
+    pub fn create(dir: &Path, header: Event) -> Result<Journal> {
+        ensure_state_dir(dir)?;
+        let path = dir.join(JOURNAL_FILE);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("create journal {}", path.display()))?;
+        let mut j = Journal {
+            path,
+            file,
+            next_seq: 0,
+        };
+        j.append(header)?;
+        File::open(dir)?
+            .sync_all()
+            .with_context(|| format!("fsync {}", dir.display()))?;
+        Ok(j)
+    }
+
+    /// Open an existing journal for appending: a torn tail (if any) is cut off, a missing
+    /// final newline restored.
+    pub fn open(dir: &Path) -> Result<(Journal, Contents)> {
+        let path = dir.join(JOURNAL_FILE);
+        let contents = read(&path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open journal {}", path.display()))?;
+        if contents.torn_tail.is_some() {
+            file.set_len(contents.valid_len as u64)?;
+        }
+        file.seek(std::io::SeekFrom::End(0))?;
+        if contents.missing_newline {
+            file.write_all(b"\n")?;
+        }
+        file.sync_all()?;
+        let next_seq = contents.records.len() as u64;
+        Ok((
+            Journal {
+                path,
+                file,
+                next_seq,
+            },
+            contents,
+        ))
+    }
+
+    pub fn append(&mut self, event: Event) -> Result<Record> {
+        let record = Record {
+            seq: self.next_seq,
+            ts: Utc::now(),
+            event,
+        };
+        let mut line = encode(&record)?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .with_context(|| format!("append to {}", self.path.display()))?;
+        self.file
+            .sync_data()
+            .with_context(|| format!("fsync {}", self.path.display()))?;
+        self.next_seq += 1;
+        Ok(record)
+    }
+}
+
+/// The state directory: created 0700 (and tightened if it exists looser).
+pub fn ensure_state_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("create state directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 700 {}", dir.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, event: Event) -> Record {
+        Record {
+            seq,
+            ts: Utc::now(),
+            event,
+        }
+    }
+
+    fn lines(records: &[Record]) -> String {
+        records.iter().map(|r| encode(r).unwrap() + "\n").collect()
+    }
+
+    fn sample() -> Vec<Record> {
+        vec![
+            rec(
+                0,
+                Event::RunStarted {
+                    pid: 1,
+                    command: "x".into(),
+                },
+            ),
+            rec(1, Event::StepStarted { step: "a".into() }),
+            rec(
+                2,
+                Event::StepSucceeded {
+                    step: "a".into(),
+                    output: serde_json::json!({"lsn": "0/3000060"}),
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn round_trip() {
+        let r = sample();
+        let c = parse(lines(&r).as_bytes(), Path::new("j")).unwrap();
+        assert_eq!(c.records, r);
+        assert_eq!(c.torn_tail, None);
+    }
+
+    #[test]
+    fn torn_last_line_is_reported_and_ignored() {
+        let r = sample();
+        let full = lines(&r);
+        for cut in [
+            1,
+            10,
+            full.trim_end().len() - encode(&r[2]).unwrap().len() + 20,
+            full.len() - 2,
+        ] {
+            let c = parse(&full.as_bytes()[..cut.min(full.len() - 1)], Path::new("j")).unwrap();
+            assert!(c.torn_tail.is_some(), "cut at {cut}");
+            assert!(c.records.len() < 3);
+        }
+    }
+
+    #[test]
+    fn corrupt_middle_line_is_refused_with_its_number() {
+        let r = sample();
+        let text = lines(&r).replacen("\"a\"", "\"b\"", 1);
+        let err = parse(text.as_bytes(), Path::new("j"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("checksum"), "{err}");
+        let text = lines(&r).replacen('\n', "garbage\n", 1);
+        let err = parse(text.as_bytes(), Path::new("j"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn complete_last_line_with_bad_checksum_is_corruption_not_a_tear() {
+        let r = sample();
+        let text = lines(&r).replace("0/3000060", "0/3000061");
+        let err = parse(text.as_bytes(), Path::new("j"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn sequence_gaps_are_corruption() {
+        let mut r = sample();
+        r.remove(1);
+        let err = parse(lines(&r).as_bytes(), Path::new("j"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sequence number 2"), "{err}");
+    }
+
+    #[test]
+    fn appends_survive_reopen_and_torn_tails_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let header = Event::Header {
+            format: FORMAT_VERSION,
+            run_id: "r".into(),
+            operation: "test".into(),
+            spec_hash: "h".into(),
+            tool_version: "0".into(),
+            steps: vec![],
+        };
+        let mut j = Journal::create(&state, header).unwrap();
+        j.append(Event::StepStarted { step: "a".into() }).unwrap();
+        drop(j);
+        assert_eq!(
+            std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            std::fs::metadata(state.join(JOURNAL_FILE))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        // Simulate a crash mid-append.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(state.join(JOURNAL_FILE))
+            .unwrap();
+        f.write_all(b"{\"seq\":2,\"ts\":\"20").unwrap();
+        let (mut j, c) = Journal::open(&state).unwrap();
+        assert_eq!(c.torn_tail, Some(3));
+        assert_eq!(c.records.len(), 2);
+        j.append(Event::StepSucceeded {
+            step: "a".into(),
+            output: Value::Null,
+        })
+        .unwrap();
+        let c = read(&state.join(JOURNAL_FILE)).unwrap();
+        assert_eq!(c.records.len(), 3);
+        assert_eq!(c.torn_tail, None);
+        // A complete record whose newline was lost: kept, and the next append starts a new line.
+        let path = state.join(JOURNAL_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let (mut j, c) = Journal::open(&state).unwrap();
+        assert!(c.missing_newline && c.torn_tail.is_none() && c.records.len() == 3);
+        j.append(Event::RunFinished {
+            outcome: Outcome::Completed,
+        })
+        .unwrap();
+        let c = read(&path).unwrap();
+        assert_eq!(c.records.len(), 4);
+    }
+}

@@ -1,0 +1,364 @@
+//! Executing a plan, resuming it after a crash, and rolling it back before the point of no
+//! return. Every event is checked against the replay rules, then journaled (fsynced), before
+//! anything it announces happens.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use rand::Rng;
+
+use super::events::{EventSink, RunEvent};
+use super::failpoint;
+use super::journal::{self, Event, Journal, Outcome, PlannedStep, FORMAT_VERSION, JOURNAL_FILE};
+use super::replay::{check, replay, RunState, StepStatus};
+use super::step::{Cx, Kind, Probe, Step};
+use crate::exit::OperatorNeeded;
+
+/// An ordered list of steps for one operation (`cutover`, …).
+pub struct Plan {
+    pub operation: String,
+    pub steps: Vec<Box<dyn Step>>,
+}
+
+impl Plan {
+    pub fn planned(&self) -> Vec<PlannedStep> {
+        self.steps
+            .iter()
+            .map(|s| PlannedStep {
+                id: s.id(),
+                kind: s.kind(),
+            })
+            .collect()
+    }
+}
+
+/// What the runner needs to know about the invocation, for messages and the journal.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub state_dir: PathBuf,
+    pub spec_hash: String,
+    /// The spec path as the operator gave it, for "run `migrate resume -f …`" messages.
+    pub spec_arg: String,
+    /// The command line, journaled in `run_started`.
+    pub command: String,
+}
+
+pub struct Runner {
+    plan: Plan,
+    journal: Journal,
+    state: RunState,
+    events: EventSink,
+    inv: Invocation,
+}
+
+/// The journal of the current run, if any, replayed.
+pub fn current_run(state_dir: &Path) -> Result<Option<(RunState, Option<usize>)>> {
+    let path = state_dir.join(JOURNAL_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let contents = journal::read(&path)?;
+    Ok(Some((replay(&contents.records)?, contents.torn_tail)))
+}
+
+impl Runner {
+    /// Begin a new run. Refuses while an unfinished run exists; a finished run's journal is
+    /// kept as `journal-<run id>.jsonl`.
+    pub fn start(plan: Plan, inv: Invocation, events: EventSink) -> Result<Runner> {
+        if let Some((old, _)) = current_run(&inv.state_dir)? {
+            match old.finished() {
+                None => bail!(
+                    "run {} ({}) is not finished: continue it with `migrate resume -f {}` or undo it with `migrate rollback -f {}`",
+                    old.run_id, old.operation, inv.spec_arg, inv.spec_arg
+                ),
+                Some(_) => {
+                    let archived = inv.state_dir.join(format!("journal-{}.jsonl", old.run_id));
+                    std::fs::rename(inv.state_dir.join(JOURNAL_FILE), &archived)
+                        .with_context(|| format!("archive the finished run's journal as {}", archived.display()))?;
+                }
+            }
+        }
+        let run_id = format!(
+            "{}-{:06x}",
+            Utc::now().format("%Y%m%dT%H%M%SZ"),
+            rand::rng().random_range(0..0x100_0000)
+        );
+        let header = Event::Header {
+            format: FORMAT_VERSION,
+            run_id,
+            operation: plan.operation.clone(),
+            spec_hash: inv.spec_hash.clone(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            steps: plan.planned(),
+        };
+        let journal = Journal::create(&inv.state_dir, header)?;
+        let contents = journal::read(journal.path())?;
+        let state = replay(&contents.records)?;
+        let mut r = Runner {
+            plan,
+            journal,
+            state,
+            events,
+            inv,
+        };
+        r.record(Event::RunStarted {
+            pid: std::process::id(),
+            command: r.inv.command.clone(),
+        })?;
+        r.emit(RunEvent::RunStarted {
+            run_id: r.state.run_id.clone(),
+            operation: r.state.operation.clone(),
+            resumed: false,
+        });
+        Ok(r)
+    }
+
+    /// Continue the current run with the plan rebuilt for its operation.
+    pub fn resume(plan: Plan, inv: Invocation, events: EventSink) -> Result<Runner> {
+        if !inv.state_dir.join(JOURNAL_FILE).exists() {
+            bail!("no run to continue in {}", inv.state_dir.display());
+        }
+        let (journal, contents) = Journal::open(&inv.state_dir)?;
+        let state = replay(&contents.records)?;
+        if state.spec_hash != inv.spec_hash {
+            bail!(
+                "the spec changed since run {} started (it was {}, it is now {}); put the original spec back to continue, or roll back",
+                state.run_id, short(&state.spec_hash), short(&inv.spec_hash)
+            );
+        }
+        let planned: Vec<PlannedStep> = state
+            .steps
+            .iter()
+            .map(|s| PlannedStep {
+                id: s.id.clone(),
+                kind: s.kind,
+            })
+            .collect();
+        if planned != plan.planned() {
+            bail!("this version of migrate plans run {} differently from the one that started it; continue it with migrate {}", state.run_id, state.tool_version);
+        }
+        if let Some(o) = state.finished() {
+            bail!(
+                "run {} already finished ({o:?}); there is nothing to continue",
+                state.run_id
+            );
+        }
+        let mut r = Runner {
+            plan,
+            journal,
+            state,
+            events,
+            inv,
+        };
+        if let Some(line) = contents.torn_tail {
+            r.emit(RunEvent::Notice {
+                message: format!(
+                    "the journal's last line ({line}) was torn by a crash and was dropped"
+                ),
+            });
+        }
+        r.record(Event::RunStarted {
+            pid: std::process::id(),
+            command: r.inv.command.clone(),
+        })?;
+        r.emit(RunEvent::RunStarted {
+            run_id: r.state.run_id.clone(),
+            operation: r.state.operation.clone(),
+            resumed: true,
+        });
+        Ok(r)
+    }
+
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    fn emit(&self, e: RunEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn record(&mut self, event: Event) -> Result<()> {
+        let next = check(&self.state, &event)?;
+        self.journal.append(event)?;
+        self.state = next;
+        Ok(())
+    }
+
+    fn cx(&self) -> Cx {
+        Cx {
+            run_id: self.state.run_id.clone(),
+            outputs: self.state.outputs(),
+        }
+    }
+
+    fn continue_hint(&self) -> String {
+        format!(
+            "fix the cause, then continue with `migrate resume -f {s}` or undo with `migrate rollback -f {s}`",
+            s = self.inv.spec_arg
+        )
+    }
+
+    /// Run every step not yet done, in order.
+    pub async fn execute(&mut self) -> Result<Outcome> {
+        if self.state.phase != super::replay::Phase::Forward {
+            bail!(
+                "run {} is rolling back; finish it with `migrate rollback -f {}`",
+                self.state.run_id,
+                self.inv.spec_arg
+            );
+        }
+        for i in 0..self.plan.steps.len() {
+            let id = self.plan.steps[i].id();
+            let status = self.state.steps[i].status;
+            if status == StepStatus::Succeeded {
+                self.emit(RunEvent::StepSkipped { step: id });
+                continue;
+            }
+            let cx = self.cx();
+            let step = &self.plan.steps[i];
+            if status != StepStatus::Pending {
+                self.emit(RunEvent::StepProbing { step: id.clone() });
+            }
+            let probe = step
+                .probe(&cx)
+                .await
+                .with_context(|| format!("probe step {id}"))?;
+            match probe {
+                Probe::Done(output) => {
+                    if status == StepStatus::Pending {
+                        self.record(Event::StepStarted { step: id.clone() })?;
+                    }
+                    self.emit(RunEvent::StepSucceeded {
+                        step: id.clone(),
+                        elapsed_ms: 0,
+                        output: output.clone(),
+                    });
+                    self.record(Event::StepSucceeded { step: id, output })?;
+                    continue;
+                }
+                Probe::Unsafe(reason) => {
+                    return Err(OperatorNeeded(format!(
+                        "step {id} cannot go on safely: {reason}; {}",
+                        self.continue_hint()
+                    ))
+                    .into());
+                }
+                Probe::NotDone => {}
+            }
+            if step.kind() == Kind::PointOfNoReturn && self.state.point_of_no_return.is_none() {
+                self.record(Event::PointOfNoReturn { step: id.clone() })?;
+                self.emit(RunEvent::PointOfNoReturn { step: id.clone() });
+            }
+            let d = self.plan.steps[i].describe();
+            self.record(Event::StepStarted { step: id.clone() })?;
+            self.emit(RunEvent::StepStarted {
+                step: id.clone(),
+                action: d.action,
+                host: d.host,
+            });
+            failpoint::point(&id, "before").await;
+            let t0 = Instant::now();
+            let result = self.plan.steps[i].apply(&cx).await;
+            let elapsed_ms = t0.elapsed().as_millis() as u64;
+            match result {
+                Ok(output) => {
+                    failpoint::point(&id, "after").await;
+                    self.record(Event::StepSucceeded {
+                        step: id.clone(),
+                        output: output.clone(),
+                    })?;
+                    self.emit(RunEvent::StepSucceeded {
+                        step: id,
+                        elapsed_ms,
+                        output,
+                    });
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    self.record(Event::StepFailed {
+                        step: id.clone(),
+                        error: error.clone(),
+                    })?;
+                    self.emit(RunEvent::StepFailed {
+                        step: id.clone(),
+                        elapsed_ms,
+                        error: error.clone(),
+                    });
+                    return Err(OperatorNeeded(format!(
+                        "step {id} failed: {error}; {}",
+                        self.continue_hint()
+                    ))
+                    .into());
+                }
+            }
+        }
+        self.record(Event::RunFinished {
+            outcome: Outcome::Completed,
+        })?;
+        self.emit(RunEvent::RunFinished {
+            outcome: Outcome::Completed,
+        });
+        Ok(Outcome::Completed)
+    }
+
+    /// Undo every step that may have left an effect, latest first. Refused after the point of
+    /// no return: from there, going back is a procedure of its own, never an undo.
+    pub async fn rollback(&mut self) -> Result<Outcome> {
+        if let Some(p) = &self.state.point_of_no_return {
+            bail!(
+                "run {} passed the point of no return at step {p}; it cannot be undone step by step (going back is a switchover in the other direction)",
+                self.state.run_id
+            );
+        }
+        for i in (0..self.plan.steps.len()).rev() {
+            if !self.state.steps[i].needs_compensation() {
+                continue;
+            }
+            let id = self.plan.steps[i].id();
+            let output = self.state.steps[i].output.clone();
+            self.record(Event::CompensationStarted { step: id.clone() })?;
+            self.emit(RunEvent::CompensationStarted { step: id.clone() });
+            failpoint::point(&id, "compensate").await;
+            let cx = self.cx();
+            let t0 = Instant::now();
+            match self.plan.steps[i].compensate(&cx, output.as_ref()).await {
+                Ok(()) => {
+                    self.record(Event::CompensationFinished { step: id.clone() })?;
+                    self.emit(RunEvent::CompensationFinished {
+                        step: id,
+                        elapsed_ms: t0.elapsed().as_millis() as u64,
+                    });
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    self.record(Event::CompensationFailed {
+                        step: id.clone(),
+                        error: error.clone(),
+                    })?;
+                    self.emit(RunEvent::CompensationFailed {
+                        step: id.clone(),
+                        error: error.clone(),
+                    });
+                    return Err(OperatorNeeded(format!(
+                        "undoing step {id} failed: {error}; fix the cause and run `migrate rollback -f {}` again",
+                        self.inv.spec_arg
+                    ))
+                    .into());
+                }
+            }
+        }
+        self.record(Event::RunFinished {
+            outcome: Outcome::RolledBack,
+        })?;
+        self.emit(RunEvent::RunFinished {
+            outcome: Outcome::RolledBack,
+        });
+        Ok(Outcome::RolledBack)
+    }
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
