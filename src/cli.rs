@@ -45,6 +45,17 @@ pub struct Global {
 pub enum Command {
     /// Check a spec file and print the topology it describes.
     Validate,
+    /// The current run's state from its journal: each step, its times and outputs, and the
+    /// command that continues it. Safe while another process runs.
+    Status,
+    /// Continue an interrupted run from its journal.
+    Resume,
+    /// Undo a run that has not passed its point of no return (compensations, latest first).
+    Rollback,
+    /// Run the engine drill plan (test builds only).
+    #[cfg(feature = "failpoints")]
+    #[command(hide = true)]
+    Drill,
     /// The embedded local lab: real PostgreSQL and PgBouncer on loopback for rehearsals.
     Lab {
         #[command(subcommand)]

@@ -10,6 +10,7 @@ pub mod exit;
 pub mod host;
 pub mod lab;
 pub mod pg;
+pub mod plans;
 pub mod spec;
 pub mod ui;
 pub mod units;

@@ -4,6 +4,7 @@
 mod support;
 
 mod conn;
+mod engine;
 mod host_local;
 mod host_ssh;
 mod lab;

@@ -1,6 +1,12 @@
 //! One module per subcommand.
 
+#[cfg(feature = "failpoints")]
+pub mod drill;
 pub mod lab;
+pub mod resume;
+pub mod rollback;
+pub mod run;
+pub mod status;
 pub mod validate;
 
 use std::path::PathBuf;

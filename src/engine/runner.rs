@@ -362,3 +362,156 @@ impl Runner {
 fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::engine::events;
+    use crate::engine::step::Description;
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    struct Fake {
+        id: &'static str,
+        kind: Kind,
+        log: Log,
+        unsafe_probe: bool,
+    }
+
+    #[async_trait]
+    impl Step for Fake {
+        fn id(&self) -> String {
+            self.id.into()
+        }
+        fn describe(&self) -> Description {
+            Description::default()
+        }
+        fn kind(&self) -> Kind {
+            self.kind
+        }
+        async fn probe(&self, _: &Cx) -> Result<Probe> {
+            Ok(if self.unsafe_probe {
+                Probe::Unsafe("the data directory belongs to another cluster".into())
+            } else {
+                Probe::NotDone
+            })
+        }
+        async fn apply(&self, cx: &Cx) -> Result<Value> {
+            self.log.lock().unwrap().push(format!(
+                "apply {} seeing {:?}",
+                self.id,
+                cx.outputs.keys().collect::<Vec<_>>()
+            ));
+            Ok(json!({ "by": self.id }))
+        }
+        async fn compensate(&self, _: &Cx, out: Option<&Value>) -> Result<()> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("undo {} {}", self.id, out.is_some()));
+            Ok(())
+        }
+    }
+
+    fn plan(log: &Log, unsafe_last: bool) -> Plan {
+        let f = |id, kind, unsafe_probe| {
+            Box::new(Fake {
+                id,
+                kind,
+                log: log.clone(),
+                unsafe_probe,
+            }) as Box<dyn Step>
+        };
+        Plan {
+            operation: "test".into(),
+            steps: vec![
+                f("fence", Kind::Reversible, false),
+                f("promote", Kind::PointOfNoReturn, false),
+                f("reverse", Kind::Reversible, unsafe_last),
+            ],
+        }
+    }
+
+    fn inv(dir: &Path) -> Invocation {
+        Invocation {
+            state_dir: dir.join("state"),
+            spec_hash: "h".into(),
+            spec_arg: "spec.toml".into(),
+            command: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rollback_is_refused_after_the_point_of_no_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::default();
+        let (tx, _rx) = events::channel();
+        let mut r = Runner::start(plan(&log, true), inv(dir.path()), tx.clone()).unwrap();
+        let err = r.execute().await.unwrap_err();
+        assert!(
+            err.chain().any(|e| e.is::<OperatorNeeded>()),
+            "an unsafe probe needs the operator: {err:#}"
+        );
+        assert!(err.to_string().contains("another cluster"), "{err:#}");
+        assert_eq!(r.state().point_of_no_return.as_deref(), Some("promote"));
+        // Steps saw the earlier steps' outputs, from the journal.
+        assert_eq!(log.lock().unwrap()[1], "apply promote seeing [\"fence\"]");
+        drop(r);
+        let mut r = Runner::resume(plan(&log, false), inv(dir.path()), tx).unwrap();
+        let err = r.rollback().await.unwrap_err().to_string();
+        assert!(err.contains("point of no return at step promote"), "{err}");
+        assert!(
+            !log.lock().unwrap().iter().any(|l| l.starts_with("undo")),
+            "nothing may be undone"
+        );
+        assert_eq!(r.execute().await.unwrap(), Outcome::Completed);
+    }
+
+    #[tokio::test]
+    async fn a_new_run_is_refused_while_one_is_unfinished_and_archives_a_finished_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::default();
+        let (tx, _rx) = events::channel();
+        let first = Runner::start(plan(&log, false), inv(dir.path()), tx.clone()).unwrap();
+        let id = first.state().run_id.clone();
+        drop(first);
+        let err = Runner::start(plan(&log, false), inv(dir.path()), tx.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(&id) && err.contains("migrate resume -f spec.toml"),
+            "{err}"
+        );
+        let mut r = Runner::resume(plan(&log, false), inv(dir.path()), tx.clone()).unwrap();
+        r.execute().await.unwrap();
+        drop(r);
+        let again = Runner::start(plan(&log, false), inv(dir.path()), tx).unwrap();
+        assert_ne!(again.state().run_id, id);
+        assert!(dir
+            .path()
+            .join("state")
+            .join(format!("journal-{id}.jsonl"))
+            .exists());
+    }
+
+    #[tokio::test]
+    async fn resume_refuses_a_changed_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::default();
+        let (tx, _rx) = events::channel();
+        drop(Runner::start(plan(&log, false), inv(dir.path()), tx.clone()).unwrap());
+        let mut changed = inv(dir.path());
+        changed.spec_hash = "other".into();
+        let err = Runner::resume(plan(&log, false), changed, tx)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("the spec changed"), "{err}");
+    }
+}

@@ -69,6 +69,15 @@ impl Host for LocalHost {
             .await
             .with_context(|| format!("check {}", path.display()))
     }
+
+    async fn remove_file(&self, path: &Path) -> Result<()> {
+        match tokio::fs::remove_file(path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("remove {} on {}", path.display(), self.describe()))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Temporary file in the same directory, fsync, chown/chmod, rename, fsync the directory.

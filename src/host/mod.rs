@@ -103,6 +103,9 @@ pub trait Host: Send + Sync + std::fmt::Debug {
 
     async fn exists(&self, path: &Path) -> Result<bool>;
 
+    /// Remove a file; a missing file is not an error.
+    async fn remove_file(&self, path: &Path) -> Result<()>;
+
     /// Run and require exit status 0; the error names the host, the command and its stderr.
     async fn run_ok(&self, cmd: &Cmd) -> Result<Output> {
         let out = self.run(cmd).await?;

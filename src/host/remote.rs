@@ -197,6 +197,12 @@ impl Host for RemoteHost {
             ),
         }
     }
+
+    async fn remove_file(&self, path: &Path) -> Result<()> {
+        self.run_ok(&Cmd::new(["rm", "-f", "--", &path.display().to_string()]))
+            .await
+            .map(|_| ())
+    }
 }
 
 #[cfg(test)]

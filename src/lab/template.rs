@@ -85,7 +85,7 @@ pub async fn ensure(host: &LocalHost, bin_dir: &Path) -> Result<PathBuf> {
     if let Some(parent) = root.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
-    let lock_path = root.with_extension("lock");
+    let lock_path = sibling(&root, "lock");
     let file = std::fs::File::create(&lock_path)
         .with_context(|| format!("create {}", lock_path.display()))?;
     let _lock = tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
@@ -94,7 +94,7 @@ pub async fn ensure(host: &LocalHost, bin_dir: &Path) -> Result<PathBuf> {
     if root.join("READY").exists() {
         return Ok(data);
     }
-    let build = root.with_extension(format!("build-{}", std::process::id()));
+    let build = sibling(&root, &format!("build-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&build);
     build_template(host, bin_dir, &build)
         .await
@@ -104,6 +104,14 @@ pub async fn ensure(host: &LocalHost, bin_dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("move the template into {}", root.display()))?;
     std::fs::write(root.join("READY"), version)?;
     Ok(data)
+}
+
+/// `…/migrate-template-15.18-v1` → `…/migrate-template-15.18-v1.<suffix>` (the version's dots
+/// are not an extension).
+fn sibling(root: &Path, suffix: &str) -> PathBuf {
+    let mut name = root.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    root.with_file_name(name)
 }
 
 async fn server_version(host: &LocalHost, bin_dir: &Path) -> Result<String> {

@@ -1,5 +1,7 @@
 //! Everything the user sees. The only module that writes to the terminal.
 
+pub mod progress;
+
 use std::io::{IsTerminal, Write};
 
 use serde::Serialize;
@@ -67,5 +69,24 @@ impl Ui {
         for row in rows {
             self.line(fmt_row(row.iter().map(String::as_str).collect()));
         }
+    }
+}
+
+impl Ui {
+    /// How run events are shown: JSON lines, spinners on a terminal, or timestamped lines.
+    pub fn progress_mode(&self) -> progress::Mode {
+        if self.json {
+            progress::Mode::Json
+        } else if self.is_terminal() {
+            progress::Mode::Terminal
+        } else {
+            progress::Mode::Plain
+        }
+    }
+
+    /// A warning on stderr.
+    pub fn warn(&self, text: impl AsRef<str>) {
+        let mut e = std::io::stderr().lock();
+        let _ = writeln!(e, "warning: {}", text.as_ref());
     }
 }

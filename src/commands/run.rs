@@ -1,0 +1,66 @@
+//! What every journaled command shares: the spec, its hash, the locks, the event renderer.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::cli::Global;
+use crate::engine::events::{self, EventSink};
+use crate::engine::journal::Outcome;
+use crate::engine::lock::{AdvisoryLock, AdvisoryOutcome, StateLock};
+use crate::engine::Invocation;
+use crate::exit::Exit;
+use crate::spec::{self, Spec};
+use crate::ui::{progress, Ui};
+
+pub struct Session {
+    pub spec: Arc<Spec>,
+    pub inv: Invocation,
+    _state_lock: StateLock,
+    _advisory: Option<AdvisoryLock>,
+}
+
+/// Load the spec, take the run's lock file, then the advisory lock on the old primary (when it
+/// is reachable). A second run fails here, before anything changes.
+pub async fn open(g: &Global, command: &str, ui: &Ui) -> Result<Session> {
+    let path = super::spec_path(g)?;
+    let spec = spec::load(&path)?;
+    let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    let spec_hash = format!("{:x}", Sha256::digest(&bytes));
+    let state_lock = StateLock::acquire(&spec.state_dir, &format!("migrate {command}"))?;
+    let advisory = match AdvisoryLock::acquire(&spec.primary().endpoint(), &spec.name).await? {
+        AdvisoryOutcome::Held(l) => Some(l),
+        AdvisoryOutcome::Unreachable(why) => {
+            ui.warn(format!(
+                "the old primary is unreachable, so only the lock file guards this run: {why}"
+            ));
+            None
+        }
+    };
+    let inv = Invocation {
+        state_dir: spec.state_dir.clone(),
+        spec_hash,
+        spec_arg: path.display().to_string(),
+        command: format!("migrate {command} -f {}", path.display()),
+    };
+    Ok(Session {
+        spec: Arc::new(spec),
+        inv,
+        _state_lock: state_lock,
+        _advisory: advisory,
+    })
+}
+
+/// Run `work` with a renderer attached to the runner's events.
+pub async fn drive<F, Fut>(ui: &Ui, work: F) -> Result<Exit>
+where
+    F: FnOnce(EventSink) -> Fut,
+    Fut: std::future::Future<Output = Result<Outcome>>,
+{
+    let (tx, rx) = events::channel();
+    let renderer = progress::spawn(ui.progress_mode(), rx);
+    let result = work(tx).await;
+    let _ = renderer.await;
+    result.map(|_| Exit::Done)
+}

@@ -1,0 +1,173 @@
+//! `migrate status`: the run's state from its journal. Read-only and lock-free, so it works
+//! while another process is running.
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cli::Global;
+use crate::engine::journal::Outcome;
+use crate::engine::replay::{Phase, RunState, StepStatus};
+use crate::engine::runner::current_run;
+use crate::engine::Kind;
+use crate::exit::Exit;
+use crate::spec;
+use crate::ui::Ui;
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub run_id: String,
+    pub operation: String,
+    /// `in_progress`, `rolling_back`, `completed` or `rolled_back`.
+    pub state: &'static str,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub point_of_no_return: Option<String>,
+    pub spec_hash: String,
+    pub tool_version: String,
+    /// The journal's last line was torn by a crash (it is ignored).
+    pub torn_tail: bool,
+    pub steps: Vec<StepReport>,
+    /// The command that continues the run, if any.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepReport {
+    pub id: String,
+    pub kind: Kind,
+    pub status: StepStatus,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub duration_ms: Option<i64>,
+    pub attempts: u32,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+pub fn report(state: &RunState, torn_tail: bool, spec_arg: &str) -> StatusReport {
+    let (label, next) = match state.phase {
+        Phase::Finished(Outcome::Completed) => ("completed", None),
+        Phase::Finished(Outcome::RolledBack) => ("rolled_back", None),
+        Phase::RollingBack => (
+            "rolling_back",
+            Some(format!("migrate rollback -f {spec_arg}")),
+        ),
+        Phase::Forward => ("in_progress", Some(format!("migrate resume -f {spec_arg}"))),
+    };
+    StatusReport {
+        run_id: state.run_id.clone(),
+        operation: state.operation.clone(),
+        state: label,
+        started_at: state.started_at,
+        updated_at: state.updated_at,
+        point_of_no_return: state.point_of_no_return.clone(),
+        spec_hash: state.spec_hash.clone(),
+        tool_version: state.tool_version.clone(),
+        torn_tail,
+        steps: state
+            .steps
+            .iter()
+            .map(|s| StepReport {
+                id: s.id.clone(),
+                kind: s.kind,
+                status: s.status,
+                started_at: s.started_at,
+                finished_at: s.finished_at,
+                duration_ms: match (s.started_at, s.finished_at) {
+                    (Some(a), Some(b)) => Some((b - a).num_milliseconds()),
+                    _ => None,
+                },
+                attempts: s.attempts,
+                output: s.output.clone(),
+                error: s.error.clone(),
+            })
+            .collect(),
+        next,
+    }
+}
+
+pub fn run(g: &Global, ui: &Ui) -> Result<Exit> {
+    let path = super::spec_path(g)?;
+    let spec = spec::load(&path)?;
+    let spec_arg = path.display().to_string();
+    let Some((state, torn)) = current_run(&spec.state_dir)? else {
+        if ui.json() {
+            ui.emit_json(&serde_json::json!({ "run": null }));
+        } else {
+            ui.line(format!(
+                "no run yet for {} (state directory {})",
+                spec.name,
+                spec.state_dir.display()
+            ));
+        }
+        return Ok(Exit::Done);
+    };
+    let r = report(&state, torn.is_some(), &spec_arg);
+    if ui.json() {
+        ui.emit_json(&r);
+        return Ok(Exit::Done);
+    }
+    ui.line(format!(
+        "run {} ({}): {}",
+        r.run_id,
+        r.operation,
+        r.state.replace('_', " ")
+    ));
+    if let Some(p) = &r.point_of_no_return {
+        ui.line(format!("passed the point of no return at {p}"));
+    }
+    if r.torn_tail {
+        ui.line("note: the journal's last line was torn by a crash and is ignored");
+    }
+    let rows: Vec<Vec<String>> = r
+        .steps
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                serde_json::to_value(s.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                s.started_at
+                    .map(|t| t.format("%H:%M:%S").to_string())
+                    .unwrap_or_else(|| "-".into()),
+                s.finished_at
+                    .map(|t| t.format("%H:%M:%S").to_string())
+                    .unwrap_or_else(|| "-".into()),
+                s.duration_ms
+                    .map(|d| format!("{:.1}s", d as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                s.error
+                    .clone()
+                    .or_else(|| s.output.as_ref().map(compact))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    ui.table(
+        &[
+            "step",
+            "status",
+            "started",
+            "finished",
+            "took",
+            "output / error",
+        ],
+        &rows,
+    );
+    if let Some(n) = &r.next {
+        ui.line(format!("continue with: {n}"));
+    }
+    Ok(Exit::Done)
+}
+
+fn compact(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 70 {
+        format!("{}…", s.chars().take(69).collect::<String>())
+    } else {
+        s
+    }
+}

@@ -1,0 +1,143 @@
+//! Rendering run events: indicatif spinners on a terminal, timestamped lines otherwise, JSON
+//! lines with `--json`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::engine::events::{EventStream, RunEvent};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Json,
+    Terminal,
+    Plain,
+}
+
+pub fn spawn(mode: Mode, mut rx: EventStream) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut r = Renderer {
+            mode,
+            multi: MultiProgress::new(),
+            bars: HashMap::new(),
+        };
+        while let Some(e) = rx.recv().await {
+            r.render(&e);
+        }
+    })
+}
+
+struct Renderer {
+    mode: Mode,
+    multi: MultiProgress,
+    bars: HashMap<String, ProgressBar>,
+}
+
+fn secs(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+impl Renderer {
+    fn line(&self, text: String) {
+        match self.mode {
+            Mode::Terminal => {
+                let _ = self.multi.println(text);
+            }
+            _ => {
+                let ts = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{ts} {text}");
+            }
+        }
+    }
+
+    fn spinner(&mut self, key: &str, msg: String) {
+        let pb = self.multi.add(ProgressBar::new_spinner());
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("template"),
+        );
+        pb.set_message(msg);
+        pb.enable_steady_tick(Duration::from_millis(120));
+        self.bars.insert(key.to_string(), pb);
+    }
+
+    fn finish(&mut self, key: &str, msg: String) {
+        match self.bars.remove(key) {
+            Some(pb) => {
+                pb.set_style(ProgressStyle::with_template("{msg}").expect("template"));
+                pb.finish_with_message(msg);
+            }
+            None => self.line(msg),
+        }
+    }
+
+    fn render(&mut self, e: &RunEvent) {
+        if self.mode == Mode::Json {
+            let mut v = serde_json::to_value(e).unwrap_or_default();
+            v["ts"] = Utc::now()
+                .to_rfc3339_opts(SecondsFormat::Millis, true)
+                .into();
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{v}");
+            return;
+        }
+        let terminal = self.mode == Mode::Terminal;
+        match e {
+            RunEvent::RunStarted {
+                run_id,
+                operation,
+                resumed,
+            } => self.line(format!(
+                "{} {operation} run {run_id}",
+                if *resumed { "resuming" } else { "starting" }
+            )),
+            RunEvent::Notice { message } => self.line(format!("note: {message}")),
+            RunEvent::StepSkipped { step } => self.line(format!("· {step}: already done")),
+            RunEvent::StepProbing { step } => self.line(format!(
+                "? {step}: was interrupted; checking whether it took effect"
+            )),
+            RunEvent::StepStarted { step, action, host } => {
+                let msg = format!("{step}: {action} on {host}");
+                if terminal {
+                    self.spinner(step, msg);
+                } else {
+                    self.line(format!("▶ {msg}"));
+                }
+            }
+            RunEvent::StepProgress { step, message } => match self.bars.get(step) {
+                Some(pb) => pb.set_message(format!("{step}: {message}")),
+                None => self.line(format!("  {step}: {message}")),
+            },
+            RunEvent::StepSucceeded {
+                step, elapsed_ms, ..
+            } => self.finish(step, format!("✓ {step} ({})", secs(*elapsed_ms))),
+            RunEvent::StepFailed {
+                step,
+                elapsed_ms,
+                error,
+            } => self.finish(step, format!("✗ {step} ({}): {error}", secs(*elapsed_ms))),
+            RunEvent::PointOfNoReturn { step } => {
+                self.line(format!("! point of no return: {step}"))
+            }
+            RunEvent::CompensationStarted { step } => {
+                let key = format!("undo:{step}");
+                if terminal {
+                    self.spinner(&key, format!("undo {step}"));
+                } else {
+                    self.line(format!("↶ undo {step}"));
+                }
+            }
+            RunEvent::CompensationFinished { step, elapsed_ms } => self.finish(
+                &format!("undo:{step}"),
+                format!("✓ undone {step} ({})", secs(*elapsed_ms)),
+            ),
+            RunEvent::CompensationFailed { step, error } => {
+                self.finish(&format!("undo:{step}"), format!("✗ undo {step}: {error}"))
+            }
+            RunEvent::RunFinished { outcome } => self.line(format!("run finished: {outcome:?}")),
+        }
+    }
+}
