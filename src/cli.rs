@@ -45,6 +45,9 @@ pub struct Global {
 pub enum Command {
     /// Check a spec file and print the topology it describes.
     Validate,
+    /// Build the chain: the target streams from the old primary, the cascaded replicas from the
+    /// target (slots, pg_basebackup, start, verify), then wait until every hop has caught up.
+    Replicate,
     /// The current run's state from its journal: each step, its times and outputs, and the
     /// command that continues it. Safe while another process runs.
     Status,

@@ -11,6 +11,8 @@ pub mod host;
 pub mod lab;
 pub mod pg;
 pub mod plans;
+pub mod replication;
 pub mod spec;
+pub mod steps;
 pub mod ui;
 pub mod units;

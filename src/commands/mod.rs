@@ -3,6 +3,7 @@
 #[cfg(feature = "failpoints")]
 pub mod drill;
 pub mod lab;
+pub mod replicate;
 pub mod resume;
 pub mod rollback;
 pub mod run;

@@ -59,6 +59,11 @@ pub enum RunEvent {
     RunFinished {
         outcome: Outcome,
     },
+    /// A lag sample of the whole chain (catch-up).
+    Lag {
+        step: String,
+        sample: crate::replication::lag::ChainSample,
+    },
 }
 
 pub type EventSink = mpsc::UnboundedSender<RunEvent>;

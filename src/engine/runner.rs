@@ -190,6 +190,7 @@ impl Runner {
         Cx {
             run_id: self.state.run_id.clone(),
             outputs: self.state.outputs(),
+            events: Some(self.events.clone()),
         }
     }
 

@@ -44,11 +44,22 @@ pub struct Description {
 pub struct Cx {
     pub run_id: String,
     pub outputs: BTreeMap<String, Value>,
+    /// For progress reports while a step works (base-backup bytes, lag).
+    pub events: Option<super::events::EventSink>,
 }
 
 impl Cx {
     pub fn output(&self, step: &str) -> Option<&Value> {
         self.outputs.get(step)
+    }
+
+    pub fn progress(&self, step: &str, message: impl Into<String>) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(super::events::RunEvent::StepProgress {
+                step: step.into(),
+                message: message.into(),
+            });
+        }
     }
 }
 

@@ -477,10 +477,12 @@ impl Lab {
                 "conninfo = \"host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable\"\n\
                  password = {{ passfile = {pass} }}\n\
                  data_dir = {}\n\
+                 log_file = {}\n\
                  bin_dir = {}\n\
                  host = {{ kind = \"local\"{run_as} }}\n",
                 self.port(n.name),
                 q(&self.data_dir(n.name).display().to_string()),
+                q(&self.server_log(n.name).display().to_string()),
                 q(&self.bin_dir.display().to_string()),
             ));
         }

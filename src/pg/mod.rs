@@ -2,10 +2,12 @@
 
 pub mod conn;
 pub mod conninfo;
+pub mod lsn;
 pub mod secret;
 pub mod server;
 pub mod tls;
 
 pub use conn::{connect, Endpoint};
 pub use conninfo::Conninfo;
+pub use lsn::Lsn;
 pub use secret::{Secret, SecretRef};

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "failpoints")]
 pub mod drill;
+pub mod replicate;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ pub fn build(operation: &str, spec: &Arc<Spec>) -> Result<Plan> {
     match operation {
         #[cfg(feature = "failpoints")]
         drill::OPERATION => drill::plan(spec),
+        replicate::OPERATION => replicate::plan(spec),
         other => {
             let _ = spec;
             bail!("this build of migrate does not know the operation {other:?} recorded in the journal")

@@ -47,6 +47,8 @@ pub struct Node {
     pub password: Option<SecretRef>,
     pub data_dir: PathBuf,
     pub bin_dir: Option<PathBuf>,
+    /// Where `pg_ctl start -l` sends the server's output; default `<data_dir>/migrate-server.log`.
+    pub log_file: PathBuf,
     pub host: HostSpec,
 }
 
@@ -507,6 +509,13 @@ impl Validator {
                     "give the data directory's absolute path on that node's host",
                 ));
             }
+            if rn.log_file.as_ref().is_some_and(|b| !b.is_absolute()) {
+                return Err(self.err(
+                    format!("{f}.log_file"),
+                    "not an absolute path",
+                    "give the absolute path of the server log on that host",
+                ));
+            }
             if rn.bin_dir.as_ref().is_some_and(|b| !b.is_absolute()) {
                 return Err(self.err(
                     format!("{f}.bin_dir"),
@@ -521,6 +530,10 @@ impl Validator {
                 name: name.clone(),
                 role,
                 upstream: rn.upstream,
+                log_file: rn
+                    .log_file
+                    .clone()
+                    .unwrap_or_else(|| rn.data_dir.join("migrate-server.log")),
                 data_dir: rn.data_dir,
                 bin_dir: rn.bin_dir,
             };

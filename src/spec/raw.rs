@@ -37,6 +37,7 @@ pub struct RawNode {
     pub password: Option<toml::Value>,
     pub data_dir: PathBuf,
     pub bin_dir: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
     #[serde(default)]
     pub host: RawHost,
 }

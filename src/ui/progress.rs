@@ -9,6 +9,8 @@ use chrono::{SecondsFormat, Utc};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::engine::events::{EventStream, RunEvent};
+use crate::replication::lag::HopState;
+use crate::units::format_bytes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -74,6 +76,20 @@ impl Renderer {
         }
     }
 
+    fn finish_lag_bars(&mut self) {
+        let keys: Vec<String> = self
+            .bars
+            .keys()
+            .filter(|k| k.starts_with("lag:"))
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some(pb) = self.bars.remove(&k) {
+                pb.finish();
+            }
+        }
+    }
+
     fn render(&mut self, e: &RunEvent) {
         if self.mode == Mode::Json {
             let mut v = serde_json::to_value(e).unwrap_or_default();
@@ -113,7 +129,10 @@ impl Renderer {
             },
             RunEvent::StepSucceeded {
                 step, elapsed_ms, ..
-            } => self.finish(step, format!("✓ {step} ({})", secs(*elapsed_ms))),
+            } => {
+                self.finish_lag_bars();
+                self.finish(step, format!("✓ {step} ({})", secs(*elapsed_ms)))
+            }
             RunEvent::StepFailed {
                 step,
                 elapsed_ms,
@@ -138,6 +157,43 @@ impl Renderer {
                 self.finish(&format!("undo:{step}"), format!("✗ undo {step}: {error}"))
             }
             RunEvent::RunFinished { outcome } => self.line(format!("run finished: {outcome:?}")),
+            RunEvent::Lag { sample, .. } => {
+                let hop_text = |h: &crate::replication::lag::HopSample| match &h.state {
+                    HopState::Streaming {
+                        receive_behind_bytes,
+                        replay_behind_bytes,
+                        ..
+                    } => format!(
+                        "{} → {}: streaming, {} to receive, {} to replay",
+                        h.upstream,
+                        h.node,
+                        format_bytes(*receive_behind_bytes),
+                        format_bytes(*replay_behind_bytes)
+                    ),
+                    HopState::Down { reason } => {
+                        format!("{} → {}: DOWN ({reason})", h.upstream, h.node)
+                    }
+                };
+                if terminal {
+                    for h in &sample.hops {
+                        let key = format!("lag:{}", h.node);
+                        if !self.bars.contains_key(&key) {
+                            self.spinner(&key, String::new());
+                        }
+                        self.bars[&key].set_message(hop_text(h));
+                    }
+                } else {
+                    self.line(format!(
+                        "lag: {}",
+                        sample
+                            .hops
+                            .iter()
+                            .map(hop_text)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ));
+                }
+            }
         }
     }
 }

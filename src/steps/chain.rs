@@ -1,0 +1,702 @@
+//! Building the chain: for each standby, `prepare` (adopt an existing standby or claim an
+//! empty location), `slot` on its upstream, `clone` with pg_basebackup, `start` and verify it
+//! streams; then `catchup` until the whole chain is within the lag threshold.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use super::member::{DirState, Member};
+use crate::engine::events::RunEvent;
+use crate::engine::{failpoint, Cx, Description, Kind, Probe, Step};
+use crate::host::Cmd;
+use crate::pg::server::{RunState, StopMode};
+use crate::pg::{connect, Endpoint};
+use crate::replication::gate::{catch_up_gate, Decision};
+use crate::replication::lag::{sample_chain, sample_hop, ChainSample, Hop, HopState};
+use crate::units::format_bytes;
+
+const MARKER: &str = "migrate-clone.json";
+const PASSFILE: &str = "migrate.pgpass";
+
+/// What `prepare:<node>` decided, read back from the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Already a streaming standby of the right upstream: verified and kept.
+    Adopt,
+    /// Cloned by this run into a location that was empty (`existed`) or absent.
+    Clone { existed: bool },
+}
+
+fn mode(cx: &Cx, node: &str) -> Result<Mode> {
+    let out = cx
+        .output(&format!("prepare:{node}"))
+        .ok_or_else(|| anyhow!("prepare:{node} recorded nothing"))?;
+    Ok(match out["mode"].as_str() {
+        Some("adopt") => Mode::Adopt,
+        Some("clone") => Mode::Clone {
+            existed: out["existed"].as_bool().unwrap_or(false),
+        },
+        other => bail!("prepare:{node} recorded an unknown mode {other:?}"),
+    })
+}
+
+fn hop(m: &Member) -> Result<Hop> {
+    Ok(Hop {
+        upstream: m.upstream()?.endpoint(),
+        node: m.endpoint(),
+        application_name: m.name().to_string(),
+    })
+}
+
+async fn system_identifier(ep: &Endpoint) -> Result<String> {
+    let c = connect(ep).await?;
+    Ok(c.query_one(
+        "SELECT system_identifier::text FROM pg_control_system()",
+        &[],
+    )
+    .await?
+    .get(0))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Prepare {
+    pub m: Member,
+    pub primary: Endpoint,
+}
+
+#[async_trait]
+impl Step for Prepare {
+    fn id(&self) -> String {
+        format!("prepare:{}", self.m.name())
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self.m.host_label(),
+            action: format!(
+                "check {}: a streaming standby of {} is adopted; otherwise {} must be empty or absent",
+                self.m.name(),
+                self.m.node.upstream.as_deref().unwrap_or("-"),
+                self.m.node.data_dir.display()
+            ),
+            proof: "the decision (adopt or clone) is journaled".into(),
+            undo: "nothing (read-only)".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::ReadOnly
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, _: &Cx) -> Result<Value> {
+        let name = self.m.name();
+        let up = self.m.upstream()?;
+        let addr = format!(
+            "{}:{}",
+            self.m.node.conninfo.host(),
+            self.m.node.conninfo.port()
+        );
+        if let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_secs(10), connect(&self.m.endpoint())).await
+        {
+            let row = c
+                .query_one(
+                    "SELECT pg_is_in_recovery(), system_identifier::text FROM pg_control_system()",
+                    &[],
+                )
+                .await?;
+            let (recovery, sysid): (bool, String) = (row.get(0), row.get(1));
+            if !recovery {
+                bail!("{name} at {addr} is a running primary, not a standby; refusing to touch it");
+            }
+            let primary_sysid = system_identifier(&self.primary)
+                .await
+                .context("read the primary's system identifier")?;
+            if sysid != primary_sysid {
+                bail!(
+                    "{name} at {addr} belongs to another cluster (system identifier {sysid}; the primary's is {primary_sysid}); stop it and empty {} to have it cloned",
+                    self.m.node.data_dir.display()
+                );
+            }
+            if matches!(
+                sample_hop(&hop(&self.m)?).await.state,
+                HopState::Streaming { .. }
+            ) {
+                return Ok(json!({ "mode": "adopt" }));
+            }
+            bail!(
+                "{name} at {addr} is a standby of this cluster but is not streaming from {} as application_name {name}; fix its primary_conninfo, or stop it and empty {} to have it cloned",
+                up.name,
+                self.m.node.data_dir.display()
+            );
+        }
+        let where_ = format!(
+            "{} on {}",
+            self.m.node.data_dir.display(),
+            self.m.host.describe()
+        );
+        match self.m.dir_state().await? {
+            DirState::Absent => Ok(json!({ "mode": "clone", "existed": false })),
+            DirState::Empty => Ok(json!({ "mode": "clone", "existed": true })),
+            DirState::Cluster => bail!(
+                "{where_} holds a cluster whose server does not answer at {addr}; start it as a standby of {} to adopt it, or empty the directory to have it cloned",
+                up.name
+            ),
+            DirState::Other => bail!("{where_} is not empty and is not a PostgreSQL data directory; empty it or choose another data_dir"),
+        }
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Slot(pub Member);
+
+impl Slot {
+    async fn exists(&self) -> Result<bool> {
+        let c = connect(&self.0.upstream()?.endpoint()).await?;
+        Ok(c.query_one(
+            "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&self.0.slot()],
+        )
+        .await?
+        .get(0))
+    }
+}
+
+#[async_trait]
+impl Step for Slot {
+    fn id(&self) -> String {
+        format!("slot:{}", self.0.name())
+    }
+    fn describe(&self) -> Description {
+        let up = self.0.node.upstream.clone().unwrap_or_default();
+        Description {
+            host: up.clone(),
+            action: format!(
+                "SELECT pg_create_physical_replication_slot('{}', true)",
+                self.0.slot()
+            ),
+            proof: format!("the slot is listed in pg_replication_slots on {up}"),
+            undo: format!("SELECT pg_drop_replication_slot('{}')", self.0.slot()),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn probe(&self, cx: &Cx) -> Result<Probe> {
+        if mode(cx, self.0.name())? == Mode::Adopt {
+            return Ok(Probe::Done(json!({ "adopted": true })));
+        }
+        Ok(if self.exists().await? {
+            Probe::Done(json!({ "slot": self.0.slot() }))
+        } else {
+            Probe::NotDone
+        })
+    }
+    async fn apply(&self, _: &Cx) -> Result<Value> {
+        let c = connect(&self.0.upstream()?.endpoint()).await?;
+        c.execute(
+            "SELECT pg_create_physical_replication_slot($1, true)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&self.0.slot()],
+        )
+        .await?;
+        Ok(json!({ "slot": self.0.slot() }))
+    }
+    async fn compensate(&self, cx: &Cx, _: Option<&Value>) -> Result<()> {
+        if mode(cx, self.0.name())? == Mode::Adopt {
+            return Ok(());
+        }
+        let up = self.0.upstream()?.endpoint();
+        let c = connect(&up).await.context("drop the slot")?;
+        let slot = self.0.slot();
+        for _ in 0..100 {
+            let row = c
+                .query_opt(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await?;
+            match row.map(|r| r.get::<_, bool>(0)) {
+                None => return Ok(()),
+                Some(false) => {
+                    c.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                        .await?;
+                    return Ok(());
+                }
+                Some(true) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        bail!(
+            "slot {slot} on {} is still in use; stop the standby using it, then roll back again",
+            up.name
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Clone(pub Member);
+
+impl Clone {
+    fn data(&self) -> String {
+        self.0.node.data_dir.display().to_string()
+    }
+
+    fn temp_passfile(&self) -> String {
+        format!("/tmp/migrate-{}-clone.pgpass", self.0.name())
+    }
+
+    async fn marker(&self) -> Option<Value> {
+        let bytes = self
+            .0
+            .host
+            .read_file(&self.0.node.data_dir.join(MARKER))
+            .await
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Remove what an earlier, interrupted attempt left (prepare proved the location was ours).
+    async fn clean(&self, keep_dir: bool) -> Result<()> {
+        let d = self.data();
+        if self.0.node.data_dir.components().count() < 3 {
+            bail!("refusing to clean {d}: the path is too short to be a data directory");
+        }
+        if let Ok(server) = self.0.server() {
+            if server.state().await? == RunState::Running {
+                server.stop(StopMode::Fast, Duration::from_secs(60)).await?;
+            }
+        }
+        let cmd = if keep_dir {
+            Cmd::new(["find", &d, "-mindepth", "1", "-delete"])
+        } else {
+            Cmd::new(["rm", "-rf", "--", &d])
+        };
+        if self.0.host.exists(&self.0.node.data_dir).await? {
+            self.0
+                .host
+                .run_ok(&cmd.timeout(Duration::from_secs(3600)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// postgresql.auto.conf as copied from the upstream, minus what we set, plus this node's
+    /// own settings: port, cluster_name, and how it streams.
+    fn settings(&self, copied: &str, password: bool) -> Result<String> {
+        const OURS: &[&str] = &[
+            "port",
+            "cluster_name",
+            "primary_conninfo",
+            "primary_slot_name",
+            "recovery_target_timeline",
+        ];
+        let mut out: String = copied
+            .lines()
+            .filter(|l| {
+                let key = l.split('=').next().unwrap_or("").trim();
+                !OURS.contains(&key) && !l.starts_with("# migrate:")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let passfile = password.then(|| self.0.node.data_dir.join(PASSFILE).display().to_string());
+        let conninfo = self
+            .0
+            .replication_conninfo(passfile.as_deref())?
+            .to_libpq_string();
+        let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        out.push_str(&format!(
+            "# migrate: node-local settings for {name}\nport = {port}\ncluster_name = {cn}\nprimary_conninfo = {pc}\nprimary_slot_name = {slot}\nrecovery_target_timeline = 'latest'\n",
+            name = self.0.name(),
+            port = self.0.node.conninfo.port(),
+            cn = q(self.0.name()),
+            pc = q(&conninfo),
+            slot = q(&self.0.slot()),
+        ));
+        Ok(out)
+    }
+
+    async fn upstream_size(&self) -> Option<u64> {
+        let c = connect(&self.0.upstream().ok()?.endpoint()).await.ok()?;
+        let n: i64 = c
+            .query_one(
+                "SELECT sum(pg_database_size(oid))::bigint FROM pg_database",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        Some(n as u64)
+    }
+
+    async fn bytes_on_disk(&self) -> Option<u64> {
+        let out = self
+            .0
+            .host
+            .run(&Cmd::new(["du", "-sb", &self.data()]))
+            .await
+            .ok()?;
+        out.stdout_text().split_whitespace().next()?.parse().ok()
+    }
+}
+
+#[async_trait]
+impl Step for Clone {
+    fn id(&self) -> String {
+        format!("clone:{}", self.0.name())
+    }
+    fn describe(&self) -> Description {
+        let conninfo = self
+            .0
+            .replication_conninfo(Some(&self.temp_passfile()))
+            .map(|c| c.to_libpq_string())
+            .unwrap_or_default();
+        Description {
+            host: self.0.host_label(),
+            action: format!(
+                "pg_basebackup -d '{conninfo}' -D {} -X stream -S {} -c fast -w; then standby.signal, primary_conninfo, primary_slot_name, port and cluster_name in postgresql.auto.conf",
+                self.data(),
+                self.0.slot()
+            ),
+            proof: format!("{MARKER} written in the data directory after a complete backup"),
+            undo: format!("stop the server and remove {} (only if this run created its contents)", self.data()),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn probe(&self, cx: &Cx) -> Result<Probe> {
+        if mode(cx, self.0.name())? == Mode::Adopt {
+            return Ok(Probe::Done(json!({ "adopted": true })));
+        }
+        Ok(match self.marker().await {
+            Some(m) if m["node"] == self.0.name() && m["run_id"] == cx.run_id.as_str() => {
+                Probe::Done(m)
+            }
+            _ => Probe::NotDone,
+        })
+    }
+    async fn apply(&self, cx: &Cx) -> Result<Value> {
+        let Mode::Clone { existed } = mode(cx, self.0.name())? else {
+            return Ok(json!({ "adopted": true }));
+        };
+        let id = self.id();
+        let server = self.0.server()?;
+        if !matches!(
+            self.0.dir_state().await?,
+            DirState::Absent | DirState::Empty
+        ) {
+            cx.progress(&id, "removing what an interrupted clone left");
+            self.clean(existed).await?;
+        }
+        let password = self.0.replication_password()?;
+        let tmp = self.temp_passfile();
+        if let Some(pw) = &password {
+            self.0
+                .host
+                .write_file(
+                    tmp.as_ref(),
+                    self.0.passfile_line(pw).as_bytes(),
+                    0o600,
+                    None,
+                )
+                .await?;
+        }
+        let conninfo = self
+            .0
+            .replication_conninfo(password.as_ref().map(|_| tmp.as_str()))?;
+        let total = self.upstream_size().await;
+        let started = Instant::now();
+        let monitor = {
+            let me = Clone(self.0.clone());
+            let cx = cx.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let Some(done) = me.bytes_on_disk().await else {
+                        continue;
+                    };
+                    if done > 0 {
+                        failpoint::point(&id, "during").await;
+                    }
+                    let secs = started.elapsed().as_secs_f64().max(0.001);
+                    let rate = done as f64 / secs;
+                    let msg = match total {
+                        Some(t) if t > 0 => {
+                            let eta = if rate > 0.0 {
+                                t.saturating_sub(done) as f64 / rate
+                            } else {
+                                0.0
+                            };
+                            format!(
+                                "{} / {} ({:.0}%), {}/s, ETA {:.0}s",
+                                format_bytes(done),
+                                format_bytes(t),
+                                (done as f64 * 100.0 / t as f64).min(100.0),
+                                format_bytes(rate as u64),
+                                eta
+                            )
+                        }
+                        _ => format!(
+                            "{} copied, {}/s",
+                            format_bytes(done),
+                            format_bytes(rate as u64)
+                        ),
+                    };
+                    cx.progress(&id, msg);
+                }
+            })
+        };
+        let backup = Cmd::new([
+            server.tool("pg_basebackup"),
+            "-d".into(),
+            conninfo.to_libpq_string(),
+            "-D".into(),
+            self.data(),
+            "-X".into(),
+            "stream".into(),
+            "-S".into(),
+            self.0.slot(),
+            "-c".into(),
+            "fast".into(),
+            "-w".into(),
+        ])
+        .timeout(Duration::from_secs(24 * 3600));
+        let result = self.0.host.run_ok(&backup).await;
+        monitor.abort();
+        if password.is_some() {
+            let _ = self.0.host.remove_file(tmp.as_ref()).await;
+        }
+        result.context("clone with pg_basebackup")?;
+        let secs = started.elapsed().as_secs_f64();
+
+        let data = &self.0.node.data_dir;
+        let copied = self
+            .0
+            .host
+            .read_file(&data.join("postgresql.auto.conf"))
+            .await
+            .unwrap_or_default();
+        let settings = self.settings(&String::from_utf8_lossy(&copied), password.is_some())?;
+        self.0
+            .host
+            .write_file(
+                &data.join("postgresql.auto.conf"),
+                settings.as_bytes(),
+                0o600,
+                None,
+            )
+            .await?;
+        if let Some(pw) = &password {
+            self.0
+                .host
+                .write_file(
+                    &data.join(PASSFILE),
+                    self.0.passfile_line(pw).as_bytes(),
+                    0o600,
+                    None,
+                )
+                .await?;
+        }
+        self.0
+            .host
+            .write_file(&data.join("standby.signal"), b"", 0o600, None)
+            .await?;
+        let bytes = self.bytes_on_disk().await.unwrap_or(0);
+        let marker = json!({
+            "node": self.0.name(),
+            "run_id": cx.run_id,
+            "upstream": self.0.upstream()?.name,
+            "slot": self.0.slot(),
+            "bytes": bytes,
+            "seconds": (secs * 1000.0).round() / 1000.0,
+        });
+        self.0
+            .host
+            .write_file(
+                &data.join(MARKER),
+                marker.to_string().as_bytes(),
+                0o600,
+                None,
+            )
+            .await?;
+        Ok(marker)
+    }
+    async fn compensate(&self, cx: &Cx, _: Option<&Value>) -> Result<()> {
+        match mode(cx, self.0.name())? {
+            Mode::Adopt => Ok(()),
+            Mode::Clone { existed } => {
+                let _ = self.0.host.remove_file(self.temp_passfile().as_ref()).await;
+                self.clean(existed).await
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Start(pub Member);
+
+#[async_trait]
+impl Step for Start {
+    fn id(&self) -> String {
+        format!("start:{}", self.0.name())
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self.0.host_label(),
+            action: format!("pg_ctl start -D {} -l {} -w", self.0.node.data_dir.display(), self.0.node.log_file.display()),
+            proof: format!(
+                "pg_stat_wal_receiver.status = 'streaming' on {} and a streaming row for it in pg_stat_replication on {}",
+                self.0.name(),
+                self.0.node.upstream.as_deref().unwrap_or("-")
+            ),
+            undo: "pg_ctl stop -m fast".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn probe(&self, cx: &Cx) -> Result<Probe> {
+        if mode(cx, self.0.name())? == Mode::Adopt {
+            return Ok(Probe::Done(json!({ "adopted": true })));
+        }
+        if self.0.server()?.state().await? != RunState::Running {
+            return Ok(Probe::NotDone);
+        }
+        Ok(match sample_hop(&hop(&self.0)?).await.state {
+            HopState::Streaming { .. } => Probe::Done(json!({ "streaming": true })),
+            HopState::Down { .. } => Probe::NotDone,
+        })
+    }
+    async fn apply(&self, cx: &Cx) -> Result<Value> {
+        let server = self.0.server()?;
+        if server.state().await? != RunState::Running {
+            server
+                .start(&self.0.node.log_file, Duration::from_secs(300))
+                .await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match sample_hop(&hop(&self.0)?).await.state {
+                HopState::Streaming {
+                    replay_behind_bytes,
+                    ..
+                } => {
+                    return Ok(
+                        json!({ "streaming": true, "replay_behind_bytes": replay_behind_bytes }),
+                    )
+                }
+                HopState::Down { reason } => {
+                    if Instant::now() > deadline {
+                        bail!(
+                            "{} started but does not stream: {reason}; see {}",
+                            self.0.name(),
+                            self.0.node.log_file.display()
+                        );
+                    }
+                    cx.progress(&self.id(), format!("waiting to stream: {reason}"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    async fn compensate(&self, cx: &Cx, _: Option<&Value>) -> Result<()> {
+        if mode(cx, self.0.name())? == Mode::Adopt {
+            return Ok(());
+        }
+        self.0
+            .server()?
+            .stop(StopMode::Fast, Duration::from_secs(120))
+            .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct CatchUp {
+    pub primary: Endpoint,
+    pub hops: Vec<Hop>,
+    pub threshold: u64,
+    pub stable_for: Duration,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl Step for CatchUp {
+    fn id(&self) -> String {
+        "catchup".into()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: "every node".into(),
+            action: format!(
+                "sample pg_stat_replication and pg_stat_wal_receiver on every hop until all stream within {} for {:?}",
+                format_bytes(self.threshold),
+                self.stable_for
+            ),
+            proof: "the catch-up gate says go (journaled with the last sample)".into(),
+            undo: "nothing (read-only)".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::ReadOnly
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, cx: &Cx) -> Result<Value> {
+        let started = Instant::now();
+        let mut samples: Vec<ChainSample> = Vec::new();
+        loop {
+            let s = sample_chain(&self.primary, &self.hops).await;
+            if let Some(tx) = &cx.events {
+                let _ = tx.send(RunEvent::Lag {
+                    step: self.id(),
+                    sample: s.clone(),
+                });
+            }
+            samples.push(s);
+            let keep_from = chrono::Utc::now()
+                - chrono::Duration::from_std(self.stable_for + Duration::from_secs(2))
+                    .unwrap_or_default();
+            if samples.len() > 2 {
+                let first_kept = samples
+                    .iter()
+                    .position(|x| x.at >= keep_from)
+                    .unwrap_or(0)
+                    .saturating_sub(1);
+                samples.drain(..first_kept);
+            }
+            match catch_up_gate(
+                &samples,
+                self.threshold,
+                self.stable_for,
+                chrono::Utc::now(),
+            ) {
+                Decision::Go => return Ok(serde_json::to_value(samples.last().expect("sampled"))?),
+                Decision::Wait(why) => {
+                    if started.elapsed() > self.timeout {
+                        bail!(
+                            "the chain did not catch up within {:?}: {why}",
+                            self.timeout
+                        );
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! A spec node as steps see it: its endpoint, host control, server, and how it reaches its
+//! upstream for replication.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::host::{Cmd, Host, HostSpec};
+use crate::pg::secret::resolve_password;
+use crate::pg::server::{find_local_bin_dir, Server};
+use crate::pg::{Conninfo, Endpoint, Secret};
+use crate::replication::slot_name;
+use crate::spec::{Node, Spec};
+
+/// Conninfo keys a replication connection inherits from the upstream's conninfo (connection
+/// and TLS settings; never user, dbname or application_name).
+const INHERITED: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslcrl",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "channel_binding",
+];
+
+#[derive(Clone)]
+pub struct Member {
+    pub node: Node,
+    pub upstream: Option<Node>,
+    pub repl_user: String,
+    pub repl_password: Option<crate::pg::SecretRef>,
+    pub host: Arc<dyn Host>,
+}
+
+impl Member {
+    pub fn new(spec: &Spec, name: &str) -> Result<Member> {
+        let node = spec
+            .node(name)
+            .ok_or_else(|| anyhow!("no node {name}"))?
+            .clone();
+        let upstream = node.upstream.as_deref().and_then(|u| spec.node(u)).cloned();
+        let host = node.host.open()?;
+        Ok(Member {
+            node,
+            upstream,
+            repl_user: spec.replication.user.clone(),
+            repl_password: spec.replication.password.clone(),
+            host,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.node.name
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        self.node.endpoint()
+    }
+
+    pub fn upstream(&self) -> Result<&Node> {
+        self.upstream
+            .as_ref()
+            .ok_or_else(|| anyhow!("{} has no upstream", self.node.name))
+    }
+
+    pub fn slot(&self) -> String {
+        slot_name(&self.node.name)
+    }
+
+    /// The PostgreSQL bin directory on the node's host.
+    pub fn bin_dir(&self) -> Result<PathBuf> {
+        match (&self.node.bin_dir, &self.node.host) {
+            (Some(d), _) => Ok(d.clone()),
+            (None, HostSpec::Local { .. }) => find_local_bin_dir(),
+            (None, _) => Err(anyhow!(
+                "nodes.{}.bin_dir is needed for a remote host (e.g. \"/usr/lib/postgresql/15/bin\")",
+                self.node.name
+            )),
+        }
+    }
+
+    pub fn server(&self) -> Result<Server> {
+        Ok(Server::new(
+            self.host.clone(),
+            self.bin_dir()?,
+            &self.node.data_dir,
+        ))
+    }
+
+    pub fn host_label(&self) -> String {
+        format!("{} ({})", self.node.name, self.host.describe())
+    }
+
+    /// The OS user files on the node's host should belong to (local `run_as`).
+    pub fn file_owner(&self) -> Option<String> {
+        match &self.node.host {
+            HostSpec::Local { run_as } => run_as.clone(),
+            _ => None,
+        }
+    }
+
+    /// How this node connects to its upstream for streaming: the upstream's address and TLS
+    /// settings, the replication user, this node's name, and a passfile on this node's host.
+    pub fn replication_conninfo(&self, passfile: Option<&str>) -> Result<Conninfo> {
+        let up = self.upstream()?;
+        let mut c = Conninfo::parse("").expect("empty");
+        for (k, v) in up.conninfo.params() {
+            if INHERITED.contains(&k) {
+                c.set(k, v);
+            }
+        }
+        c.set("user", &self.repl_user);
+        c.set("application_name", &self.node.name);
+        if let Some(p) = passfile {
+            c.set("passfile", p);
+        }
+        Ok(c)
+    }
+
+    /// The replication password, resolved on this machine from the spec's reference.
+    pub fn replication_password(&self) -> Result<Option<Secret>> {
+        let c = self
+            .replication_conninfo(None)?
+            .with("dbname", "replication");
+        resolve_password(self.repl_password.as_ref(), &c)
+            .context("resolve the replication password")
+    }
+
+    /// A libpq passfile line granting the replication user everywhere.
+    pub fn passfile_line(&self, password: &Secret) -> String {
+        let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+        format!(
+            "*:*:*:{}:{}\n",
+            esc(&self.repl_user),
+            esc(password.expose())
+        )
+    }
+
+    pub async fn dir_state(&self) -> Result<DirState> {
+        let d = self.node.data_dir.display().to_string();
+        let out = self
+            .host
+            .run(&Cmd::new([
+                "sh",
+                "-c",
+                "if [ ! -e \"$1\" ]; then echo absent; elif [ -z \"$(ls -A -- \"$1\")\" ]; then echo empty; \
+                 elif [ -f \"$1/PG_VERSION\" ]; then echo cluster; else echo other; fi",
+                "sh",
+                &d,
+            ]))
+            .await?;
+        Ok(match out.stdout_text().trim() {
+            "absent" => DirState::Absent,
+            "empty" => DirState::Empty,
+            "cluster" => DirState::Cluster,
+            "other" => DirState::Other,
+            _ => anyhow::bail!(
+                "on {}: cannot inspect {d}: {}",
+                self.host.describe(),
+                out.stderr_tail()
+            ),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirState {
+    Absent,
+    Empty,
+    Cluster,
+    Other,
+}

@@ -1,0 +1,4 @@
+//! The steps that plans are made of.
+
+pub mod chain;
+pub mod member;
