@@ -8,4 +8,5 @@ mod engine;
 mod host_local;
 mod host_ssh;
 mod lab;
+mod replication;
 mod spec_fixtures;

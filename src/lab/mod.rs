@@ -16,6 +16,7 @@
 pub mod pgbouncer;
 pub mod ports;
 pub mod template;
+pub mod workload;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

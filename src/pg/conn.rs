@@ -170,7 +170,7 @@ fn explain(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
     }
 }
 
-fn error_chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut src = e.source();
     while let Some(s) = src {

@@ -19,6 +19,13 @@ use crate::replication::lag::{sample_chain, sample_hop, ChainSample, Hop, HopSta
 use crate::units::format_bytes;
 
 const MARKER: &str = "migrate-clone.json";
+
+/// Where the replication password waits on the node's host while pg_basebackup runs: unique per
+/// data directory, so two clones on one host never share (or remove) each other's file.
+pub fn temp_passfile(node: &str, data_dir: &std::path::Path) -> String {
+    let h = crc32fast::hash(data_dir.as_os_str().as_encoded_bytes());
+    format!("/tmp/migrate-{node}-{h:08x}-clone.pgpass")
+}
 const PASSFILE: &str = "migrate.pgpass";
 
 /// What `prepare:<node>` decided, read back from the journal.
@@ -251,7 +258,7 @@ impl Clone {
     }
 
     fn temp_passfile(&self) -> String {
-        format!("/tmp/migrate-{}-clone.pgpass", self.0.name())
+        temp_passfile(self.0.name(), &self.0.node.data_dir)
     }
 
     async fn marker(&self) -> Option<Value> {
@@ -270,6 +277,7 @@ impl Clone {
         if self.0.node.data_dir.components().count() < 3 {
             bail!("refusing to clean {d}: the path is too short to be a data directory");
         }
+        self.kill_stray_backup().await?;
         if let Ok(server) = self.0.server() {
             if server.state().await? == RunState::Running {
                 server.stop(StopMode::Fast, Duration::from_secs(60)).await?;
@@ -285,6 +293,38 @@ impl Clone {
                 .host
                 .run_ok(&cmd.timeout(Duration::from_secs(3600)))
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// A pg_basebackup from an interrupted attempt may still write into the directory (on a
+    /// remote host nothing kills it when we die): stop it before cleaning.
+    async fn kill_stray_backup(&self) -> Result<()> {
+        let escaped: String = self
+            .data()
+            .chars()
+            .map(|c| {
+                if ".[]()*+?^$\\|{}".contains(c) {
+                    format!("\\{c}")
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        let pattern = format!("pg_basebackup.* -D {escaped}( |$)");
+        let script = "pkill -KILL -f -- \"$1\"; i=0; while pgrep -f -- \"$1\" >/dev/null; do \
+                      i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done; exit 0";
+        let out = self
+            .0
+            .host
+            .run(&Cmd::new(["sh", "-c", script, "sh", &pattern]))
+            .await?;
+        if !out.success() {
+            bail!(
+                "a pg_basebackup into {} on {} does not stop; stop it by hand and retry",
+                self.data(),
+                self.0.host.describe()
+            );
         }
         Ok(())
     }
@@ -421,7 +461,7 @@ impl Step for Clone {
             let id = id.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                     let Some(done) = me.bytes_on_disk().await else {
                         continue;
                     };
@@ -693,7 +733,7 @@ impl Step for CatchUp {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
     async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
