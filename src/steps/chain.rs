@@ -460,8 +460,12 @@ impl Step for Clone {
             let cx = cx.clone();
             let id = id.clone();
             tokio::spawn(async move {
+                // du walks the growing directory: often enough for progress, rare enough not to
+                // slow the copy down.
+                let mut interval = Duration::from_millis(200);
                 loop {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tokio::time::sleep(interval).await;
+                    interval = Duration::from_secs(1);
                     let Some(done) = me.bytes_on_disk().await else {
                         continue;
                     };
