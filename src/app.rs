@@ -38,7 +38,7 @@ pub async fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Exit> {
     match &cli.command {
         Command::Validate => commands::validate::run(&cli.global, ui),
         Command::Replicate => commands::replicate::run(&cli.global, ui).await,
-        Command::Status => commands::status::run(&cli.global, ui),
+        Command::Status => commands::status::run(&cli.global, ui).await,
         Command::Resume => commands::resume::run(&cli.global, ui).await,
         Command::Rollback => commands::rollback::run(&cli.global, ui).await,
         #[cfg(feature = "failpoints")]

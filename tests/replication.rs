@@ -467,4 +467,12 @@ async fn the_monitor_reports_idle_as_zero_and_a_stopped_target_as_down() {
     // And `migrate status` shows the run while the target is down.
     let out = chain.run(&["status", "--json"], None).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "completed");
+    assert_eq!(v["lag"]["hops"][0]["node"], "new");
+    assert_eq!(v["lag"]["hops"][0]["state"], "down", "{}", v["lag"]);
+    assert!(
+        v["lag"]["hops"][0].get("replay_behind_bytes").is_none(),
+        "a down hop has no lag figure"
+    );
 }

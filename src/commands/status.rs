@@ -11,8 +11,10 @@ use crate::engine::replay::{Phase, RunState, StepStatus};
 use crate::engine::runner::current_run;
 use crate::engine::Kind;
 use crate::exit::Exit;
+use crate::replication::lag::HopState;
 use crate::spec;
 use crate::ui::Ui;
+use crate::units::format_bytes;
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
@@ -30,6 +32,8 @@ pub struct StatusReport {
     pub steps: Vec<StepReport>,
     /// The command that continues the run, if any.
     pub next: Option<String>,
+    /// Live lag of every hop, sampled now (hops whose nodes are unreachable show as down).
+    pub lag: Option<crate::replication::lag::ChainSample>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,10 +88,11 @@ pub fn report(state: &RunState, torn_tail: bool, spec_arg: &str) -> StatusReport
             })
             .collect(),
         next,
+        lag: None,
     }
 }
 
-pub fn run(g: &Global, ui: &Ui) -> Result<Exit> {
+pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
     let path = super::spec_path(g)?;
     let spec = spec::load(&path)?;
     let spec_arg = path.display().to_string();
@@ -103,7 +108,12 @@ pub fn run(g: &Global, ui: &Ui) -> Result<Exit> {
         }
         return Ok(Exit::Done);
     };
-    let r = report(&state, torn.is_some(), &spec_arg);
+    let mut r = report(&state, torn.is_some(), &spec_arg);
+    let hops = crate::plans::replicate::hops(&spec);
+    if !hops.is_empty() {
+        r.lag =
+            Some(crate::replication::lag::sample_chain(&spec.primary().endpoint(), &hops).await);
+    }
     if ui.json() {
         ui.emit_json(&r);
         return Ok(Exit::Done);
@@ -157,6 +167,32 @@ pub fn run(g: &Global, ui: &Ui) -> Result<Exit> {
         ],
         &rows,
     );
+    if let Some(lag) = &r.lag {
+        ui.line("");
+        ui.line(format!("replication now ({}):", lag.at.format("%H:%M:%S")));
+        let rows: Vec<Vec<String>> = lag
+            .hops
+            .iter()
+            .map(|h| {
+                let (state, recv, replay) = match &h.state {
+                    HopState::Streaming {
+                        receive_behind_bytes,
+                        replay_behind_bytes,
+                        ..
+                    } => (
+                        "streaming".to_string(),
+                        format_bytes(*receive_behind_bytes),
+                        format_bytes(*replay_behind_bytes),
+                    ),
+                    HopState::Down { reason } => {
+                        (format!("DOWN: {reason}"), "-".into(), "-".into())
+                    }
+                };
+                vec![format!("{} → {}", h.upstream, h.node), recv, replay, state]
+            })
+            .collect();
+        ui.table(&["hop", "to receive", "to replay", "state"], &rows);
+    }
     if let Some(n) = &r.next {
         ui.line(format!("continue with: {n}"));
     }
