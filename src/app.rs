@@ -39,7 +39,8 @@ pub async fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Exit> {
         Command::Validate => commands::validate::run(&cli.global, ui),
         Command::Replicate => commands::replicate::run(&cli.global, ui).await,
         Command::Status => commands::status::run(&cli.global, ui).await,
-        Command::Resume => commands::resume::run(&cli.global, ui).await,
+        Command::Resume(args) => commands::resume::run(&cli.global, args, ui).await,
+        Command::Cutover(args) => commands::cutover::run(&cli.global, args, ui).await,
         Command::Rollback => commands::rollback::run(&cli.global, ui).await,
         #[cfg(feature = "failpoints")]
         Command::Drill => commands::drill::run(&cli.global, ui).await,

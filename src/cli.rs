@@ -48,11 +48,14 @@ pub enum Command {
     /// Build the chain: the target streams from the old primary, the cascaded replicas from the
     /// target (slots, pg_basebackup, start, verify), then wait until every hop has caught up.
     Replicate,
+    /// The switchover: wait for the window, confirm, fence and stop the old primary, prove the
+    /// target has every byte, promote it, make the old primary its standby, verify.
+    Cutover(CutoverArgs),
     /// The current run's state from its journal: each step, its times and outputs, and the
     /// command that continues it. Safe while another process runs.
     Status,
     /// Continue an interrupted run from its journal.
-    Resume,
+    Resume(ResumeArgs),
     /// Undo a run that has not passed its point of no return (compensations, latest first).
     Rollback,
     /// Run the engine drill plan (test builds only).
@@ -64,6 +67,23 @@ pub enum Command {
         #[command(subcommand)]
         action: LabAction,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct CutoverArgs {
+    /// Go even outside the spec's maintenance window.
+    #[arg(long)]
+    pub force_window: bool,
+    /// Stop cleanly before this step (e.g. `fence`); continue later with `migrate resume`.
+    #[arg(long, value_name = "STEP")]
+    pub pause_before: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Go even outside the spec's maintenance window.
+    #[arg(long)]
+    pub force_window: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -28,7 +28,9 @@ impl Exit {
 
     /// The exit for a failed command.
     pub fn for_error(err: &anyhow::Error) -> Exit {
-        if err.chain().any(|e| e.is::<OperatorNeeded>()) {
+        if err.chain().any(|e| e.is::<Aborted>()) {
+            Exit::NotReady
+        } else if err.chain().any(|e| e.is::<OperatorNeeded>()) {
             Exit::OperatorNeeded
         } else {
             Exit::BadInput
@@ -46,3 +48,9 @@ impl From<Exit> for ExitCode {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct OperatorNeeded(pub String);
+
+/// A cutover that was aborted and undone before its point of no return: nothing changed, it can
+/// be tried again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Aborted(pub String);

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod cutover;
 #[cfg(feature = "failpoints")]
 pub mod drill;
 pub mod lab;

@@ -45,7 +45,13 @@ pub struct Invocation {
     pub command: String,
 }
 
+/// The run stopped cleanly before a step, as asked (`--pause-before`).
+#[derive(Debug, thiserror::Error)]
+#[error("paused before step {0}")]
+pub struct Paused(pub String);
+
 pub struct Runner {
+    pause_before: Option<String>,
     plan: Plan,
     journal: Journal,
     state: RunState,
@@ -97,6 +103,7 @@ impl Runner {
         let contents = journal::read(journal.path())?;
         let state = replay(&contents.records)?;
         let mut r = Runner {
+            pause_before: None,
             plan,
             journal,
             state,
@@ -146,6 +153,7 @@ impl Runner {
             );
         }
         let mut r = Runner {
+            pause_before: None,
             plan,
             journal,
             state,
@@ -169,6 +177,21 @@ impl Runner {
             resumed: true,
         });
         Ok(r)
+    }
+
+    /// Stop cleanly before this step (it must be in the plan).
+    pub fn pause_before(&mut self, step: Option<String>) -> Result<()> {
+        if let Some(s) = &step {
+            if !self.plan.steps.iter().any(|x| &x.id() == s) {
+                let ids: Vec<String> = self.plan.steps.iter().map(|x| x.id()).collect();
+                bail!(
+                    "--pause-before {s}: no such step; the steps are {}",
+                    ids.join(", ")
+                );
+            }
+        }
+        self.pause_before = step;
+        Ok(())
     }
 
     pub fn state(&self) -> &RunState {
@@ -216,6 +239,13 @@ impl Runner {
             if status == StepStatus::Succeeded {
                 self.emit(RunEvent::StepSkipped { step: id });
                 continue;
+            }
+            if status == StepStatus::Pending && self.pause_before.as_deref() == Some(id.as_str()) {
+                let msg = format!(
+                    "paused before step {id} as asked; continue with `migrate resume -f {}`",
+                    self.inv.spec_arg
+                );
+                return Err(anyhow::Error::from(Paused(id)).context(OperatorNeeded(msg)));
             }
             let cx = self.cx();
             let step = &self.plan.steps[i];

@@ -1,6 +1,7 @@
 //! Plans: the ordered steps of each operation, built from the spec. `resume` and `rollback`
 //! rebuild a run's plan from the operation name in its journal header.
 
+pub mod cutover;
 #[cfg(feature = "failpoints")]
 pub mod drill;
 pub mod replicate;
@@ -13,7 +14,13 @@ use crate::engine::Plan;
 use crate::spec::Spec;
 
 pub fn build(operation: &str, spec: &Arc<Spec>) -> Result<Plan> {
+    build_with(operation, spec, false)
+}
+
+/// `force_window`: go even outside the maintenance window (`--force-window`).
+pub fn build_with(operation: &str, spec: &Arc<Spec>, force_window: bool) -> Result<Plan> {
     match operation {
+        cutover::CUTOVER | cutover::SWITCHBACK => cutover::plan(spec, operation, force_window),
         #[cfg(feature = "failpoints")]
         drill::OPERATION => drill::plan(spec),
         replicate::OPERATION => replicate::plan(spec),

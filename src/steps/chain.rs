@@ -26,7 +26,7 @@ pub fn temp_passfile(node: &str, data_dir: &std::path::Path) -> String {
     let h = crc32fast::hash(data_dir.as_os_str().as_encoded_bytes());
     format!("/tmp/migrate-{node}-{h:08x}-clone.pgpass")
 }
-const PASSFILE: &str = "migrate.pgpass";
+use super::member::PASSFILE;
 
 /// What `prepare:<node>` decided, read back from the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,41 +329,6 @@ impl Clone {
         Ok(())
     }
 
-    /// postgresql.auto.conf as copied from the upstream, minus what we set, plus this node's
-    /// own settings: port, cluster_name, and how it streams.
-    fn settings(&self, copied: &str, password: bool) -> Result<String> {
-        const OURS: &[&str] = &[
-            "port",
-            "cluster_name",
-            "primary_conninfo",
-            "primary_slot_name",
-            "recovery_target_timeline",
-        ];
-        let mut out: String = copied
-            .lines()
-            .filter(|l| {
-                let key = l.split('=').next().unwrap_or("").trim();
-                !OURS.contains(&key) && !l.starts_with("# migrate:")
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let passfile = password.then(|| self.0.node.data_dir.join(PASSFILE).display().to_string());
-        let conninfo = self
-            .0
-            .replication_conninfo(passfile.as_deref())?
-            .to_libpq_string();
-        let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
-        out.push_str(&format!(
-            "# migrate: node-local settings for {name}\nport = {port}\ncluster_name = {cn}\nprimary_conninfo = {pc}\nprimary_slot_name = {slot}\nrecovery_target_timeline = 'latest'\n",
-            name = self.0.name(),
-            port = self.0.node.conninfo.port(),
-            cn = q(self.0.name()),
-            pc = q(&conninfo),
-            slot = q(&self.0.slot()),
-        ));
-        Ok(out)
-    }
-
     async fn upstream_size(&self) -> Option<u64> {
         let c = connect(&self.0.upstream().ok()?.endpoint()).await.ok()?;
         let n: i64 = c
@@ -530,7 +495,9 @@ impl Step for Clone {
             .read_file(&data.join("postgresql.auto.conf"))
             .await
             .unwrap_or_default();
-        let settings = self.settings(&String::from_utf8_lossy(&copied), password.is_some())?;
+        let settings = self
+            .0
+            .standby_settings(&String::from_utf8_lossy(&copied), password.is_some())?;
         self.0
             .host
             .write_file(

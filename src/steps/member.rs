@@ -32,6 +32,9 @@ const INHERITED: &[&str] = &[
     "channel_binding",
 ];
 
+/// The replication passfile a standby's primary_conninfo points at, in its data directory.
+pub const PASSFILE: &str = "migrate.pgpass";
+
 #[derive(Clone)]
 pub struct Member {
     pub node: Node,
@@ -143,6 +146,52 @@ impl Member {
             esc(&self.repl_user),
             esc(password.expose())
         )
+    }
+
+    /// postgresql.auto.conf for this node as a standby of its upstream: `existing` minus what
+    /// we set (and minus a soft fence, which must not survive into the new role), plus the
+    /// node-local port and cluster_name and how it streams.
+    pub fn standby_settings(&self, existing: &str, with_passfile: bool) -> Result<String> {
+        const OURS: &[&str] = &[
+            "port",
+            "cluster_name",
+            "primary_conninfo",
+            "primary_slot_name",
+            "recovery_target_timeline",
+            "default_transaction_read_only",
+        ];
+        let mut out: String = existing
+            .lines()
+            .filter(|l| {
+                let key = l.split('=').next().unwrap_or("").trim();
+                !OURS.contains(&key) && !l.starts_with("# migrate:")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let passfile =
+            with_passfile.then(|| self.node.data_dir.join(PASSFILE).display().to_string());
+        let conninfo = self
+            .replication_conninfo(passfile.as_deref())?
+            .to_libpq_string();
+        let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        out.push_str(&format!(
+            "# migrate: node-local settings for {name}\nport = {port}\ncluster_name = {cn}\nprimary_conninfo = {pc}\nprimary_slot_name = {slot}\nrecovery_target_timeline = 'latest'\n",
+            name = self.node.name,
+            port = self.node.conninfo.port(),
+            cn = q(&self.node.name),
+            pc = q(&conninfo),
+            slot = q(&self.slot()),
+        ));
+        Ok(out)
+    }
+
+    /// The same member, streaming from `upstream` instead of its spec upstream (the old primary
+    /// becoming a standby of the new one, and back).
+    pub fn with_upstream(&self, upstream: &Node) -> Member {
+        Member {
+            upstream: Some(upstream.clone()),
+            ..self.clone()
+        }
     }
 
     pub async fn dir_state(&self) -> Result<DirState> {

@@ -1,0 +1,863 @@
+//! The zero-loss switchover (reference §1.2), in one direction: `from` is the serving primary,
+//! `to` the standby that takes over; `followers` are the other standbys, which must follow the
+//! new timeline. The same steps, with roles swapped, are the rollback after the point of no
+//! return.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use super::member::{Member, PASSFILE};
+use crate::engine::{Cx, Description, Kind, Probe, Step};
+use crate::host::Cmd;
+use crate::pg::server::{RunState, StopMode};
+use crate::pg::{connect, Endpoint, Lsn};
+use crate::replication::lag::{sample_hop, Hop, HopState};
+use crate::spec::Window;
+
+/// Who hands over to whom.
+#[derive(Clone)]
+pub struct Direction {
+    pub from: Member,
+    pub to: Member,
+    pub followers: Vec<Member>,
+}
+
+impl Direction {
+    /// `from` as a standby of `to`.
+    fn demoted(&self) -> Member {
+        self.from.with_upstream(&self.to.node)
+    }
+    fn ms(t: Instant) -> u64 {
+        t.elapsed().as_millis() as u64
+    }
+}
+
+fn out<'a>(cx: &'a Cx, step: &str) -> Result<&'a Value> {
+    cx.output(step)
+        .ok_or_else(|| anyhow!("{step} recorded nothing"))
+}
+
+async fn in_recovery(ep: &Endpoint) -> Result<bool> {
+    Ok(connect(ep)
+        .await?
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .get(0))
+}
+
+/// (status, received_tli) of a node's walreceiver.
+async fn receiver(ep: &Endpoint) -> Result<Option<(String, i32)>> {
+    let c = connect(ep).await?;
+    Ok(
+        c.query_opt("SELECT status, received_tli FROM pg_stat_wal_receiver", &[])
+            .await?
+            .map(|r| (r.get(0), r.get(1))),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Wait for the maintenance window (visible countdown), or refuse after its end.
+pub struct WaitForWindow {
+    pub window: Option<Window>,
+    pub force: bool,
+}
+
+#[async_trait]
+impl Step for WaitForWindow {
+    fn id(&self) -> String {
+        "window".into()
+    }
+    fn describe(&self) -> Description {
+        let action = match &self.window {
+            Some(w) => format!(
+                "wait for the window {} – {}",
+                w.start.to_rfc3339(),
+                w.end.to_rfc3339()
+            ),
+            None => "no window in the spec: go at once".into(),
+        };
+        Description {
+            host: "-".into(),
+            action,
+            proof: "the clock is inside the window".into(),
+            undo: "nothing".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::ReadOnly
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, cx: &Cx) -> Result<Value> {
+        let Some(w) = self.window else {
+            return Ok(json!({ "window": null }));
+        };
+        loop {
+            let now = Utc::now();
+            if now >= w.end {
+                if self.force {
+                    return Ok(json!({ "forced": true, "window_end": w.end }));
+                }
+                bail!(
+                    "the maintenance window ended at {}; pass --force-window to go anyway",
+                    w.end.to_rfc3339()
+                );
+            }
+            if now >= w.start {
+                return Ok(json!({ "entered": now }));
+            }
+            if self.force {
+                return Ok(json!({ "forced": true, "window_start": w.start }));
+            }
+            let left = (w.start.with_timezone(&Utc) - now).num_seconds();
+            cx.progress(
+                "window",
+                format!(
+                    "the window opens in {}h{:02}m{:02}s",
+                    left / 3600,
+                    left / 60 % 60,
+                    left % 60
+                ),
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Soft fence: read-only by default, client sessions ended, a checkpoint so the shutdown
+/// checkpoint is short. Not the guarantee (P1): stopping the server is.
+pub struct Fence(pub Direction);
+
+#[async_trait]
+impl Step for Fence {
+    fn id(&self) -> String {
+        "fence".into()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self.0.from.host_label(),
+            action: "ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf(); \
+                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' (except migrate's own); CHECKPOINT"
+                .into(),
+            proof: "the settings are reloaded; no client backend remains".into(),
+            undo: "ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, _: &Cx) -> Result<Value> {
+        let t = Instant::now();
+        let fenced_at = Utc::now();
+        let c = connect(&self.0.from.endpoint()).await?;
+        c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            .await?;
+        c.batch_execute("SELECT pg_reload_conf()").await?;
+        let ended: i64 = c
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                    AND coalesce(application_name, '') NOT LIKE 'migrate%'",
+                &[],
+            )
+            .await?
+            .get(0);
+        c.batch_execute("CHECKPOINT").await?;
+        Ok(json!({ "fenced_at": fenced_at, "sessions_ended": ended, "ms": Direction::ms(t) }))
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        let c = connect(&self.0.from.endpoint()).await.context("unfence")?;
+        c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
+            .await?;
+        c.batch_execute("SELECT pg_reload_conf()").await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The hard fence: a clean fast shutdown, which waits for connected standbys to receive
+/// everything, shutdown checkpoint included.
+pub struct StopPrimary(pub Direction);
+
+#[async_trait]
+impl Step for StopPrimary {
+    fn id(&self) -> String {
+        "stop".into()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self.0.from.host_label(),
+            action: format!(
+                "pg_ctl stop -D {} -m fast -w",
+                self.0.from.node.data_dir.display()
+            ),
+            proof: "pg_ctl status: not running".into(),
+            undo: "pg_ctl start (as primary again)".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(match self.0.from.server()?.state().await? {
+            RunState::Running => Probe::NotDone,
+            _ => Probe::Done(json!({ "stopped": true })),
+        })
+    }
+    async fn apply(&self, _: &Cx) -> Result<Value> {
+        let t = Instant::now();
+        // The target's timeline, read while its walreceiver still runs: once the primary is
+        // down there is no receiver row, and a standby's control file lags (P6).
+        let to_timeline = receiver(&self.0.to.endpoint())
+            .await
+            .ok()
+            .flatten()
+            .map(|(_, tli)| tli);
+        self.0
+            .from
+            .server()?
+            .stop(StopMode::Fast, Duration::from_secs(300))
+            .await?;
+        Ok(json!({ "stopped_at": Utc::now(), "to_timeline": to_timeline, "ms": Direction::ms(t) }))
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        let server = self.0.from.server()?;
+        if server.state().await? != RunState::Running {
+            server
+                .start(&self.0.from.node.log_file, Duration::from_secs(300))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The evidence: the stopped primary's control file says "shut down" at checkpoint L on
+/// timeline T, and the new node has received and replayed past L on T.
+pub struct Proof {
+    pub d: Direction,
+    pub timeout: Duration,
+}
+
+struct Control {
+    state: String,
+    checkpoint: Lsn,
+    timeline: i64,
+}
+
+async fn controldata(m: &Member) -> Result<Control> {
+    let server = m.server()?;
+    let out = m
+        .host
+        .run_ok(&Cmd::new([
+            server.tool("pg_controldata"),
+            "-D".into(),
+            m.node.data_dir.display().to_string(),
+        ]))
+        .await?;
+    let text = out.stdout_text();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .ok_or_else(|| anyhow!("pg_controldata of {} has no {name:?}", m.name()))
+    };
+    Ok(Control {
+        state: field("Database cluster state:")?,
+        checkpoint: field("Latest checkpoint location:")?
+            .parse()
+            .map_err(|e: String| anyhow!(e))?,
+        timeline: field("Latest checkpoint's TimeLineID:")?.parse()?,
+    })
+}
+
+#[async_trait]
+impl Step for Proof {
+    fn id(&self) -> String {
+        "proof".into()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: format!("{} and {}", self.d.from.name(), self.d.to.name()),
+            action: format!(
+                "pg_controldata {} (must say \"shut down\"; read checkpoint L and timeline T); on {}: pg_last_wal_receive_lsn() > L and pg_last_wal_replay_lsn() > L on T, within {:?}",
+                self.d.from.node.data_dir.display(),
+                self.d.to.name(),
+                self.timeout
+            ),
+            proof: "both LSNs strictly past L, journaled".into(),
+            undo: "nothing (read-only); if it does not come in time the cutover is aborted".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::ReadOnly
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, cx: &Cx) -> Result<Value> {
+        let t = Instant::now();
+        let recorded_tli = cx.output("stop").and_then(|o| o["to_timeline"].as_i64());
+        let ctl = controldata(&self.d.from).await?;
+        if ctl.state != "shut down" {
+            bail!(
+                "{} is not cleanly shut down (pg_controldata says {:?}); no promotion",
+                self.d.from.name(),
+                ctl.state
+            );
+        }
+        let c = connect(&self.d.to.endpoint()).await?;
+        loop {
+            let r = c
+                .query_one(
+                    "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, timeline_id::bigint, pg_is_in_recovery()
+                       FROM pg_control_checkpoint()",
+                    &[],
+                )
+                .await?;
+            let parse = |i: usize| {
+                r.get::<_, Option<String>>(i)
+                    .and_then(|s| s.parse::<Lsn>().ok())
+            };
+            let (receive, replay, tli, recovery): (Option<Lsn>, Option<Lsn>, i64, bool) =
+                (parse(0), parse(1), r.get(2), r.get(3));
+            if !recovery {
+                bail!(
+                    "{} is not in recovery: it must be a standby to be promoted",
+                    self.d.to.name()
+                );
+            }
+            if let (Some(rc), Some(rp)) = (receive, replay) {
+                if rc > ctl.checkpoint && rp > ctl.checkpoint {
+                    let tli = recorded_tli.unwrap_or(tli);
+                    if tli != ctl.timeline {
+                        bail!(
+                            "{} is on timeline {tli}, {} shut down on timeline {}; no promotion",
+                            self.d.to.name(),
+                            self.d.from.name(),
+                            ctl.timeline
+                        );
+                    }
+                    return Ok(json!({
+                        "checkpoint_lsn": ctl.checkpoint, "timeline": ctl.timeline,
+                        "receive_lsn": rc, "replay_lsn": rp, "ms": Direction::ms(t),
+                    }));
+                }
+            }
+            if t.elapsed() > self.timeout {
+                bail!(
+                    "{} did not receive and replay past {}'s shutdown checkpoint {} within {:?} (received {}, replayed {}); not promoting",
+                    self.d.to.name(),
+                    self.d.from.name(),
+                    ctl.checkpoint,
+                    self.timeout,
+                    receive.map(|l| l.to_string()).unwrap_or_else(|| "nothing".into()),
+                    replay.map(|l| l.to_string()).unwrap_or_else(|| "nothing".into())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Before promoting: make the stopped primary a standby of the new one (standby.signal,
+/// primary_conninfo, slot), so that no restart can ever bring it up as a second primary.
+pub struct Stage(pub Direction);
+
+impl Stage {
+    fn backup(&self, cx: &Cx) -> PathBuf {
+        self.0
+            .from
+            .node
+            .data_dir
+            .join(format!("postgresql.auto.conf.migrate-{}", cx.run_id))
+    }
+}
+
+#[async_trait]
+impl Step for Stage {
+    fn id(&self) -> String {
+        "stage".into()
+    }
+    fn describe(&self) -> Description {
+        let m = self.0.demoted();
+        Description {
+            host: format!("{} and {}", self.0.from.host_label(), self.0.to.name()),
+            action: format!(
+                "on {to}: pg_create_physical_replication_slot('{slot}', true); on {from}: standby.signal, and in postgresql.auto.conf primary_conninfo = '{ci}', primary_slot_name = '{slot}', without the soft fence",
+                to = self.0.to.name(),
+                from = self.0.from.name(),
+                slot = m.slot(),
+                ci = m.replication_conninfo(Some(&m.node.data_dir.join(PASSFILE).display().to_string())).map(|c| c.to_string()).unwrap_or_default(),
+            ),
+            proof: "standby.signal exists on the stopped node".into(),
+            undo: "restore postgresql.auto.conf, remove standby.signal, drop the slot".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, cx: &Cx) -> Result<Value> {
+        let t = Instant::now();
+        let m = self.0.demoted();
+        let c = connect(&self.0.to.endpoint()).await?;
+        c.execute(
+            "SELECT pg_create_physical_replication_slot($1, true)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&m.slot()],
+        )
+        .await?;
+        let data = &m.node.data_dir;
+        let auto = data.join("postgresql.auto.conf");
+        let current = m.host.read_file(&auto).await.unwrap_or_default();
+        if !m.host.exists(&self.backup(cx)).await? {
+            m.host
+                .write_file(&self.backup(cx), &current, 0o600, None)
+                .await?;
+        }
+        let password = m.replication_password()?;
+        if let Some(pw) = &password {
+            m.host
+                .write_file(
+                    &data.join(PASSFILE),
+                    m.passfile_line(pw).as_bytes(),
+                    0o600,
+                    None,
+                )
+                .await?;
+        }
+        let settings =
+            m.standby_settings(&String::from_utf8_lossy(&current), password.is_some())?;
+        m.host
+            .write_file(&auto, settings.as_bytes(), 0o600, None)
+            .await?;
+        m.host
+            .write_file(&data.join("standby.signal"), b"", 0o600, None)
+            .await?;
+        Ok(json!({ "slot": m.slot(), "on": self.0.to.name(), "ms": Direction::ms(t) }))
+    }
+    async fn compensate(&self, cx: &Cx, _: Option<&Value>) -> Result<()> {
+        let m = &self.0.from;
+        let data = &m.node.data_dir;
+        let backup = self.backup(cx);
+        if m.host.exists(&backup).await? {
+            let original = m.host.read_file(&backup).await?;
+            m.host
+                .write_file(&data.join("postgresql.auto.conf"), &original, 0o600, None)
+                .await?;
+            m.host.remove_file(&backup).await?;
+        }
+        m.host.remove_file(&data.join("standby.signal")).await?;
+        let c = connect(&self.0.to.endpoint()).await?;
+        c.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+            &[&self.0.demoted().slot()],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The point of no return.
+pub struct Promote {
+    pub d: Direction,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl Step for Promote {
+    fn id(&self) -> String {
+        "promote".into()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self.d.to.host_label(),
+            action: format!("SELECT pg_promote(true, {}); CHECKPOINT", self.timeout.as_secs()),
+            proof: "pg_is_in_recovery() = false; the new timeline from pg_control_checkpoint() after the checkpoint".into(),
+            undo: "none: going back is a switchover in the other direction (migrate rollback)".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::PointOfNoReturn
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, _: &Cx) -> Result<Value> {
+        let t = Instant::now();
+        let c = connect(&self.d.to.endpoint()).await?;
+        if in_recovery(&self.d.to.endpoint()).await? {
+            let secs = self.timeout.as_secs().max(1) as i32;
+            let done: bool = c
+                .query_one("SELECT pg_promote(true, $1)", &[&secs])
+                .await?
+                .get(0);
+            if !done {
+                bail!(
+                    "{} did not finish promotion within {secs} s",
+                    self.d.to.name()
+                );
+            }
+        }
+        let promoted_ms = Direction::ms(t);
+        // The end-of-recovery checkpoint is asynchronous; the control file shows the new
+        // timeline only after a checkpoint (P6).
+        c.batch_execute("CHECKPOINT").await?;
+        let tli: i64 = c
+            .query_one(
+                "SELECT timeline_id::bigint FROM pg_control_checkpoint()",
+                &[],
+            )
+            .await?
+            .get(0);
+        let lsn: String = c
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?
+            .get(0);
+        Ok(
+            json!({ "timeline": tli, "lsn": lsn, "promote_ms": promoted_ms, "ms": Direction::ms(t) }),
+        )
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        bail!("a promotion cannot be undone")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Start the old primary as a standby of the new one and prove it follows the new timeline
+/// (a diverged standby also starts, P5).
+pub struct Reverse(pub Direction);
+
+fn new_timeline(cx: &Cx) -> Result<i32> {
+    out(cx, "promote")?["timeline"]
+        .as_i64()
+        .map(|t| t as i32)
+        .ok_or_else(|| anyhow!("promote recorded no timeline"))
+}
+
+async fn wait_following(
+    m: &Member,
+    upstream: &Member,
+    tli: i32,
+    limit: Duration,
+    cx: &Cx,
+    step: &str,
+) -> Result<()> {
+    let hop = Hop {
+        upstream: upstream.endpoint(),
+        node: m.endpoint(),
+        application_name: m.name().to_string(),
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let why = match (receiver(&m.endpoint()).await, sample_hop(&hop).await.state) {
+            (Ok(Some((status, got))), HopState::Streaming { .. })
+                if status == "streaming" && got == tli =>
+            {
+                return Ok(())
+            }
+            (Ok(Some((status, got))), _) => format!("walreceiver {status} on timeline {got}"),
+            (Ok(None), HopState::Down { reason }) => reason,
+            (Ok(None), _) => "no walreceiver".into(),
+            (Err(e), _) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!(
+                "{} does not stream from {} on timeline {tli}: {why}",
+                m.name(),
+                upstream.name()
+            );
+        }
+        cx.progress(
+            step,
+            format!("waiting for {} to follow timeline {tli}: {why}", m.name()),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[async_trait]
+impl Step for Reverse {
+    fn id(&self) -> String {
+        "reverse".into()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self.0.from.host_label(),
+            action: format!("pg_ctl start -D {} (as a standby of {})", self.0.from.node.data_dir.display(), self.0.to.name()),
+            proof: format!(
+                "pg_stat_wal_receiver on {} streaming with received_tli = the new timeline, and a streaming row in pg_stat_replication on {}",
+                self.0.from.name(),
+                self.0.to.name()
+            ),
+            undo: "none (after the point of no return)".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, cx: &Cx) -> Result<Value> {
+        let t = Instant::now();
+        let tli = new_timeline(cx)?;
+        let m = self.0.demoted();
+        let server = m.server()?;
+        if server.state().await? != RunState::Running {
+            server
+                .start(&m.node.log_file, Duration::from_secs(300))
+                .await?;
+        }
+        wait_following(&m, &self.0.to, tli, Duration::from_secs(60), cx, "reverse").await.map_err(|e| {
+            anyhow!(
+                "{e}; {to} is the primary and keeps serving. {from} cannot follow it: re-sync it with pg_rewind \
+                 (pg_rewind -D {dir} --source-server='<conninfo of {to}>', then re-apply port, cluster_name and primary_slot_name) \
+                 or re-clone it, then run `migrate resume`",
+                to = self.0.to.name(),
+                from = self.0.from.name(),
+                dir = m.node.data_dir.display()
+            )
+        })?;
+        Ok(json!({ "timeline": tli, "ms": Direction::ms(t) }))
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// With no traffic provider configured: verify the new primary directly (writable, the same
+/// cluster). Providers come with the routes issue.
+pub struct VerifyPrimary(pub Direction);
+
+#[async_trait]
+impl Step for VerifyPrimary {
+    fn id(&self) -> String {
+        "route".into()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self.0.to.host_label(),
+            action: "no route configured: connect to the new primary directly".into(),
+            proof: "pg_is_in_recovery() = false; same system identifier".into(),
+            undo: "nothing".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::ReadOnly
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, _: &Cx) -> Result<Value> {
+        let t = Instant::now();
+        let c = connect(&self.0.to.endpoint()).await?;
+        let r = c
+            .query_one(
+                "SELECT pg_is_in_recovery(), system_identifier::text FROM pg_control_system()",
+                &[],
+            )
+            .await?;
+        if r.get::<_, bool>(0) {
+            bail!("{} is still in recovery", self.0.to.name());
+        }
+        Ok(
+            json!({ "primary": self.0.to.name(), "system_identifier": r.get::<_, String>(1), "ms": Direction::ms(t) }),
+        )
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Let clients write again (with a holding route, the release; without one, the instant the
+/// new primary was verified).
+pub struct Release;
+
+#[async_trait]
+impl Step for Release {
+    fn id(&self) -> String {
+        "release".into()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: "-".into(),
+            action: "release held clients (none without a route)".into(),
+            proof: "-".into(),
+            undo: "nothing".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::ReadOnly
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, _: &Cx) -> Result<Value> {
+        Ok(json!({ "released_at": Utc::now() }))
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Every other standby follows the new timeline (cascades through the new primary reconnect
+/// after its promotion).
+pub struct Followers(pub Direction);
+
+#[async_trait]
+impl Step for Followers {
+    fn id(&self) -> String {
+        "followers".into()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self
+                .0
+                .followers
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            action: "wait until each streams on the new timeline".into(),
+            proof: "pg_stat_wal_receiver.received_tli = the new timeline, streaming".into(),
+            undo: "nothing".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::ReadOnly
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, cx: &Cx) -> Result<Value> {
+        let t = Instant::now();
+        let tli = new_timeline(cx)?;
+        for f in &self.0.followers {
+            let upstream_name = f.node.upstream.clone().unwrap_or_default();
+            let upstream = if upstream_name == self.0.from.name() {
+                self.0.demoted()
+            } else if upstream_name == self.0.to.name() {
+                self.0.to.clone()
+            } else {
+                self.0
+                    .followers
+                    .iter()
+                    .find(|m| m.name() == upstream_name)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("no upstream {upstream_name}"))?
+            };
+            wait_following(f, &upstream, tli, Duration::from_secs(120), cx, "followers").await?;
+        }
+        Ok(json!({ "timeline": tli, "ms": Direction::ms(t) }))
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The cutover certificate: the evidence and the timings, as a JSON file in the state directory.
+pub struct Certificate {
+    pub d: Direction,
+    pub state_dir: PathBuf,
+    pub operation: String,
+}
+
+pub fn certificate_path(state_dir: &std::path::Path, run_id: &str) -> PathBuf {
+    state_dir.join(format!("certificate-{run_id}.json"))
+}
+
+#[async_trait]
+impl Step for Certificate {
+    fn id(&self) -> String {
+        "certificate".into()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: "local".into(),
+            action: format!(
+                "write {}",
+                certificate_path(&self.state_dir, "<run id>").display()
+            ),
+            proof: "the file exists".into(),
+            undo: "nothing".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::ReadOnly
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, cx: &Cx) -> Result<Value> {
+        let ms = |s: &str| cx.output(s).and_then(|o| o["ms"].as_u64());
+        let at = |s: &str, k: &str| -> Result<DateTime<Utc>> {
+            Ok(serde_json::from_value(out(cx, s)?[k].clone())
+                .with_context(|| format!("{s} recorded no {k}"))?)
+        };
+        let fenced = at("fence", "fenced_at")?;
+        let released = at("release", "released_at")?;
+        let proof = out(cx, "proof")?;
+        let promote = out(cx, "promote")?;
+        let cert = json!({
+            "run_id": cx.run_id,
+            "operation": self.operation,
+            "from": self.d.from.name(),
+            "to": self.d.to.name(),
+            "shutdown_checkpoint_lsn": proof["checkpoint_lsn"],
+            "old_timeline": proof["timeline"],
+            "new_timeline": promote["timeline"],
+            "received_lsn": proof["receive_lsn"],
+            "replayed_lsn": proof["replay_lsn"],
+            "fenced_at": fenced,
+            "released_at": released,
+            "write_pause_ms": (released - fenced).num_milliseconds(),
+            "phases_ms": {
+                "fence": ms("fence"), "stop": ms("stop"), "proof": ms("proof"), "stage": ms("stage"),
+                "promote": ms("promote"), "reverse": ms("reverse"), "route": ms("route"), "followers": ms("followers"),
+            },
+        });
+        let path = certificate_path(&self.state_dir, &cx.run_id);
+        crate::host::local::write_atomic(
+            &path,
+            serde_json::to_string_pretty(&cert)?.as_bytes(),
+            0o600,
+            None,
+        )?;
+        Ok(json!({ "path": path, "write_pause_ms": cert["write_pause_ms"] }))
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        Ok(())
+    }
+}
