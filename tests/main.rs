@@ -4,9 +4,10 @@
 mod support;
 
 mod conn;
+mod cutover;
 mod engine;
 mod host_local;
 mod host_ssh;
 mod lab;
-mod replication;
+pub mod replication;
 mod spec_fixtures;

@@ -169,7 +169,11 @@ impl Chain {
 
     /// Wait until every standby has replayed the primary's current position.
     pub async fn wait_caught_up(&self) {
-        let c = connect(&self.ep("old")).await.unwrap();
+        self.wait_caught_up_from("old").await
+    }
+
+    pub async fn wait_caught_up_from(&self, primary: &str) {
+        let c = connect(&self.ep(primary)).await.unwrap();
         let target: Lsn = c
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await
@@ -178,7 +182,10 @@ impl Chain {
             .parse()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
-        for n in STANDBYS {
+        for n in ["old", "new", "new_replica", "dr"]
+            .into_iter()
+            .filter(|n| *n != primary)
+        {
             let s = connect(&self.ep(n)).await.unwrap();
             loop {
                 let r: Lsn = s
@@ -226,7 +233,11 @@ async fn chain_of_a_200mb_database_built_under_writes_matches_on_all_four_nodes(
         .get(0);
     assert!(size >= 200 << 20, "app is only {size} bytes");
 
-    let writer = Writer::start(chain.lab.lab.app_endpoint(), 4, Duration::from_millis(2));
+    let writer = Writer::start(
+        vec![chain.lab.lab.app_endpoint()],
+        4,
+        Duration::from_millis(2),
+    );
     chain.replicate_ok().await;
     let during = writer.acked();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -63,15 +63,17 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(ep: Endpoint, clients: i32, pause: Duration) -> Writer {
+    /// `eps`: where to write; on every (re)connect the first that is a primary is used, so the
+    /// writer follows a switchover without a traffic layer.
+    pub fn start(eps: Vec<Endpoint>, clients: i32, pause: Duration) -> Writer {
         let (stop, rx) = watch::channel(false);
         let report = Arc::new(Mutex::new(WriterReport::default()));
         let tasks = (0..clients)
             .map(|client| {
-                let ep = ep.clone();
+                let eps = eps.clone();
                 let rx = rx.clone();
                 let report = report.clone();
-                tokio::spawn(async move { write_loop(ep, client, pause, rx, report).await })
+                tokio::spawn(async move { write_loop(eps, client, pause, rx, report).await })
             })
             .collect();
         Writer {
@@ -95,8 +97,24 @@ impl Writer {
     }
 }
 
+async fn connect_primary(eps: &[Endpoint]) -> Result<tokio_postgres::Client> {
+    let mut last = anyhow::anyhow!("no endpoint");
+    for ep in eps {
+        match connect(ep).await {
+            Ok(c) if eps.len() == 1 => return Ok(c),
+            Ok(c) => match c.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                Ok(r) if !r.get::<_, bool>(0) => return Ok(c),
+                Ok(_) => last = anyhow::anyhow!("{} is a standby", ep.name),
+                Err(e) => last = e.into(),
+            },
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 async fn write_loop(
-    ep: Endpoint,
+    eps: Vec<Endpoint>,
     client: i32,
     pause: Duration,
     stop: watch::Receiver<bool>,
@@ -106,7 +124,7 @@ async fn write_loop(
     let mut conn = None;
     while !*stop.borrow() {
         if conn.is_none() {
-            match connect(&ep).await {
+            match connect_primary(&eps).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     report
@@ -140,6 +158,7 @@ async fn write_loop(
                     crate::pg::conn::error_chain_text(&e)
                 ));
                 conn = None;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         if !pause.is_zero() {

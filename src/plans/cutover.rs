@@ -47,7 +47,7 @@ pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Pla
         force: force_window,
     })];
     if operation == CUTOVER {
-        steps.push(Box::new(super::replicate::catch_up(spec)));
+        steps.push(Box::new(super::replicate::catch_up(spec, "gate")));
     }
     steps.extend([
         Box::new(Fence(d.clone())) as Box<dyn Step>,

@@ -26,7 +26,7 @@ pub fn chain_steps(spec: &Spec) -> Result<Vec<Box<dyn Step>>> {
         steps.push(Box::new(Clone(m.clone())));
         steps.push(Box::new(Start(m)));
     }
-    steps.push(Box::new(catch_up(spec)));
+    steps.push(Box::new(catch_up(spec, "catchup")));
     Ok(steps)
 }
 
@@ -44,8 +44,9 @@ pub fn hops(spec: &Spec) -> Vec<Hop> {
         .collect()
 }
 
-pub fn catch_up(spec: &Spec) -> CatchUp {
+pub fn catch_up(spec: &Spec, id: &'static str) -> CatchUp {
     CatchUp {
+        id,
         primary: spec.primary().endpoint(),
         hops: hops(spec),
         threshold: spec.cutover.lag_threshold,

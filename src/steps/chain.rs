@@ -635,6 +635,8 @@ impl Step for Start {
 // ---------------------------------------------------------------------------------------------
 
 pub struct CatchUp {
+    /// `catchup` when building the chain, `gate` right before a cutover's fence.
+    pub id: &'static str,
     pub primary: Endpoint,
     pub hops: Vec<Hop>,
     pub threshold: u64,
@@ -645,7 +647,7 @@ pub struct CatchUp {
 #[async_trait]
 impl Step for CatchUp {
     fn id(&self) -> String {
-        "catchup".into()
+        self.id.into()
     }
     fn describe(&self) -> Description {
         Description {

@@ -164,6 +164,14 @@ impl Step for Fence {
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let t = Instant::now();
         let fenced_at = Utc::now();
+        // The target's timeline, read while its walreceiver still runs: once the primary is
+        // down there is no receiver row, and a standby's control file lags (P6). Journaled
+        // here, before the stop, so a resumed run has it too.
+        let to_timeline = receiver(&self.0.to.endpoint())
+            .await
+            .ok()
+            .flatten()
+            .map(|(_, tli)| tli);
         let c = connect(&self.0.from.endpoint()).await?;
         c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
             .await?;
@@ -178,7 +186,9 @@ impl Step for Fence {
             .await?
             .get(0);
         c.batch_execute("CHECKPOINT").await?;
-        Ok(json!({ "fenced_at": fenced_at, "sessions_ended": ended, "ms": Direction::ms(t) }))
+        Ok(
+            json!({ "fenced_at": fenced_at, "sessions_ended": ended, "to_timeline": to_timeline, "ms": Direction::ms(t) }),
+        )
     }
     async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
         let c = connect(&self.0.from.endpoint()).await.context("unfence")?;
@@ -222,19 +232,12 @@ impl Step for StopPrimary {
     }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let t = Instant::now();
-        // The target's timeline, read while its walreceiver still runs: once the primary is
-        // down there is no receiver row, and a standby's control file lags (P6).
-        let to_timeline = receiver(&self.0.to.endpoint())
-            .await
-            .ok()
-            .flatten()
-            .map(|(_, tli)| tli);
         self.0
             .from
             .server()?
             .stop(StopMode::Fast, Duration::from_secs(300))
             .await?;
-        Ok(json!({ "stopped_at": Utc::now(), "to_timeline": to_timeline, "ms": Direction::ms(t) }))
+        Ok(json!({ "stopped_at": Utc::now(), "ms": Direction::ms(t) }))
     }
     async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
         let server = self.0.from.server()?;
@@ -313,7 +316,7 @@ impl Step for Proof {
     }
     async fn apply(&self, cx: &Cx) -> Result<Value> {
         let t = Instant::now();
-        let recorded_tli = cx.output("stop").and_then(|o| o["to_timeline"].as_i64());
+        let recorded_tli = cx.output("fence").and_then(|o| o["to_timeline"].as_i64());
         let ctl = controldata(&self.d.from).await?;
         if ctl.state != "shut down" {
             bail!(
@@ -322,8 +325,24 @@ impl Step for Proof {
                 ctl.state
             );
         }
-        let c = connect(&self.d.to.endpoint()).await?;
         loop {
+            // The target may be briefly unreachable; that is "not yet", until the time box.
+            let c = match connect(&self.d.to.endpoint()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let last_error = format!("{e:#}");
+                    if t.elapsed() > self.timeout {
+                        bail!(
+                            "no proof within {:?}: {} is unreachable ({}); not promoting",
+                            self.timeout,
+                            self.d.to.name(),
+                            last_error.lines().next().unwrap_or_default()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
             let r = c
                 .query_one(
                     "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, timeline_id::bigint, pg_is_in_recovery()
@@ -823,8 +842,8 @@ impl Step for Certificate {
     async fn apply(&self, cx: &Cx) -> Result<Value> {
         let ms = |s: &str| cx.output(s).and_then(|o| o["ms"].as_u64());
         let at = |s: &str, k: &str| -> Result<DateTime<Utc>> {
-            Ok(serde_json::from_value(out(cx, s)?[k].clone())
-                .with_context(|| format!("{s} recorded no {k}"))?)
+            serde_json::from_value(out(cx, s)?[k].clone())
+                .with_context(|| format!("{s} recorded no {k}"))
         };
         let fenced = at("fence", "fenced_at")?;
         let released = at("release", "released_at")?;

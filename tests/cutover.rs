@@ -1,0 +1,387 @@
+//! `migrate cutover` and `migrate rollback` on the lab, with a writer recording every
+//! acknowledged commit.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use migrate::lab::workload::{missing_acks, Writer, WriterReport};
+use migrate::pg::connect;
+
+use crate::replication::Chain;
+use crate::support::{migrate_bin, text};
+
+fn writer(chain: &Chain) -> Writer {
+    Writer::start(
+        vec![chain.ep("old"), chain.ep("new")],
+        4,
+        Duration::from_millis(5),
+    )
+}
+
+async fn timeline_of_primary(chain: &Chain, node: &str) -> i32 {
+    let c = connect(&chain.ep(node)).await.unwrap();
+    let r = c
+        .query_one(
+            "SELECT pg_is_in_recovery(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+            &[],
+        )
+        .await;
+    let r = r.unwrap_or_else(|e| panic!("{node} is not a primary: {e}"));
+    i32::from_str_radix(&r.get::<_, String>(1), 16).unwrap()
+}
+
+/// `primary` serves; every other node streams on its timeline (old/new directly from it, the
+/// cascades through new).
+async fn assert_topology(chain: &Chain, primary: &str, ctx: &str) {
+    let tli = timeline_of_primary(chain, primary).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in ["old", "new", "new_replica", "dr"]
+        .into_iter()
+        .filter(|n| *n != primary)
+    {
+        loop {
+            let c = connect(&chain.ep(node)).await.unwrap();
+            let r = c
+                .query_opt("SELECT status, received_tli FROM pg_stat_wal_receiver", &[])
+                .await
+                .unwrap();
+            let got = r.map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1)));
+            if got
+                .as_ref()
+                .is_some_and(|(s, t)| s == "streaming" && *t == tli)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ctx}: {node} does not stream on timeline {tli} from {primary}'s side: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn assert_no_loss(chain: &Chain, report: &WriterReport, ctx: &str) {
+    assert!(
+        !report.acks.is_empty(),
+        "{ctx}: the writer acknowledged nothing"
+    );
+    chain.wait_caught_up_from(&primary_now(chain).await).await;
+    for n in ["old", "new", "new_replica", "dr"] {
+        let missing = missing_acks(&chain.ep(n), &report.acks).await.unwrap();
+        assert!(
+            missing.is_empty(),
+            "{ctx}: {n} lacks {} acknowledged rows, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+}
+
+async fn primary_now(chain: &Chain) -> String {
+    for n in ["old", "new"] {
+        let c = connect(&chain.ep(n)).await.unwrap();
+        if !c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        {
+            return n.into();
+        }
+    }
+    panic!("no primary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_then_rollback_keeps_every_acknowledged_write() {
+    let chain = Chain::new().await;
+    let w = writer(&chain);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No replicate before: the cutover builds the chain itself.
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "cutover: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_topology(&chain, "new", "after cutover").await;
+    let at_cutover = w.acked();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        w.acked() > at_cutover,
+        "the writer must go on writing on the new primary"
+    );
+
+    let status: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(status["operation"], "cutover");
+    assert_eq!(status["state"], "completed");
+    assert_eq!(status["point_of_no_return"], "promote");
+    let cert_path = status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "certificate")
+        .unwrap()["output"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cert: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cert_path).unwrap()).unwrap();
+    assert_eq!(
+        (cert["old_timeline"].as_i64(), cert["new_timeline"].as_i64()),
+        (Some(1), Some(2))
+    );
+    assert!(cert["write_pause_ms"].as_i64().unwrap() > 0);
+    let l: migrate::pg::Lsn = cert["shutdown_checkpoint_lsn"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let replayed: migrate::pg::Lsn = cert["replayed_lsn"].as_str().unwrap().parse().unwrap();
+    assert!(
+        replayed > l,
+        "the proof: replayed {replayed} > checkpoint {l}"
+    );
+
+    let out = chain.run(&["rollback", "--yes"], None).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "rollback: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_topology(&chain, "old", "after rollback").await;
+    assert_eq!(timeline_of_primary(&chain, "old").await, 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = w.stop().await;
+    assert_no_loss(&chain, &report, "cutover and rollback").await;
+    // The rows written on the new primary between cutover and rollback are on the old one now.
+    let on_new = report
+        .acks
+        .iter()
+        .filter(|a| {
+            a.at > cert["released_at"]
+                .as_str()
+                .unwrap()
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+        })
+        .count();
+    assert!(on_new > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_box_aborts_when_the_target_cannot_catch_up_and_the_old_primary_serves_again() {
+    let chain = Chain::new().await;
+    let spec_text = std::fs::read_to_string(&chain.spec)
+        .unwrap()
+        .replace("proof_timeout = \"30s\"", "proof_timeout = \"3s\"");
+    std::fs::write(&chain.spec, spec_text).unwrap();
+    chain.replicate_ok().await;
+    let go = chain.lab.lab.dir.join("go");
+    let mut cutover = tokio::process::Command::new(migrate_bin());
+    cutover
+        .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
+        .env("MIGRATE_WAIT_AT", "stop:before")
+        .env("MIGRATE_WAIT_FILE", &go)
+        .kill_on_drop(true);
+    let child = cutover.output();
+    let fault = async {
+        // The fence is up: now the target's server goes away.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = chain.run(&["status", "--json"], None).await;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if v["operation"] == "cutover"
+                && v["steps"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .any(|x| x["id"] == "stop" && x["status"] == "in_doubt")
+                })
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cutover never reached the fence"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        chain
+            .lab
+            .lab
+            .server("new")
+            .stop(
+                migrate::pg::server::StopMode::Immediate,
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        std::fs::write(&go, "").unwrap();
+    };
+    let (out, ()) = tokio::join!(child, fault);
+    let out = out.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "aborted means exit 1: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("aborted before the point of no return"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The journal says why, and that it was undone.
+    let v: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(v["state"], "rolled_back");
+    assert_eq!(v["point_of_no_return"], serde_json::Value::Null);
+    let proof = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "proof")
+        .unwrap();
+    assert_eq!(proof["status"], "failed");
+    assert!(
+        proof["error"].as_str().unwrap().contains("not promoting"),
+        "{proof}"
+    );
+
+    // The old primary accepts writes again (running, not read-only).
+    let c = connect(&chain.ep("old")).await.unwrap();
+    assert!(!c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0));
+    assert_eq!(
+        c.query_one("SHOW default_transaction_read_only", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "off"
+    );
+    c.batch_execute("INSERT INTO ledger (client, seq) VALUES (999, 1)")
+        .await
+        .unwrap();
+}
+
+const CUTOVER_STEPS: [&str; 12] = [
+    "window",
+    "gate",
+    "fence",
+    "stop",
+    "proof",
+    "stage",
+    "promote",
+    "reverse",
+    "route",
+    "release",
+    "followers",
+    "certificate",
+];
+
+/// Kill the cutover at a step boundary, resume; then kill the switchback at the same boundary,
+/// resume. Each time the end state is the uninterrupted one and no acknowledged write is lost.
+async fn crash_matrix(steps: &[&str]) {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let w = writer(&chain);
+    for step in steps {
+        for when in ["before", "after"] {
+            let at = format!("{step}:{when}");
+            let out = chain
+                .run(&["cutover", "--yes", "--force-window"], Some(&at))
+                .await;
+            assert_eq!(
+                out.status.signal(),
+                Some(9),
+                "{at}: cutover crash point did not fire: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            if at == "promote:before" {
+                // Crashed between staging and promotion: a restart by hand brings the old
+                // primary up as a standby, never as a second primary.
+                let old = chain.lab.lab.server("old");
+                old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                let c = connect(&chain.ep("old")).await.unwrap();
+                assert!(
+                    c.query_one("SELECT pg_is_in_recovery()", &[])
+                        .await
+                        .unwrap()
+                        .get::<_, bool>(0),
+                    "a second primary!"
+                );
+            }
+            let out = chain.run(&["resume"], None).await;
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{at}: resume cutover: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            assert_topology(&chain, "new", &format!("cutover resumed after {at}")).await;
+
+            if *step == "gate" {
+                // The switchback has no catch-up gate.
+                let out = chain.run(&["rollback", "--yes"], None).await;
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "{at}: rollback: {}{}",
+                    text(&out.stdout),
+                    text(&out.stderr)
+                );
+            } else {
+                let out = chain.run(&["rollback", "--yes"], Some(&at)).await;
+                assert_eq!(
+                    out.status.signal(),
+                    Some(9),
+                    "{at}: switchback crash point did not fire: {}{}",
+                    text(&out.stdout),
+                    text(&out.stderr)
+                );
+                let out = chain.run(&["resume"], None).await;
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "{at}: resume switchback: {}{}",
+                    text(&out.stdout),
+                    text(&out.stderr)
+                );
+            }
+            assert_topology(&chain, "old", &format!("switchback resumed after {at}")).await;
+        }
+    }
+    let report = w.stop().await;
+    assert_no_loss(&chain, &report, "crash matrix").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_matrix_up_to_the_proof() {
+    crash_matrix(&CUTOVER_STEPS[..5]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_matrix_around_the_promotion() {
+    crash_matrix(&CUTOVER_STEPS[5..8]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_matrix_after_the_promotion() {
+    crash_matrix(&CUTOVER_STEPS[8..]).await;
+}
