@@ -28,9 +28,12 @@ impl Exit {
 
     /// The exit for a failed command.
     pub fn for_error(err: &anyhow::Error) -> Exit {
-        if err.chain().any(|e| e.is::<Aborted>()) {
+        // A context layer is found by downcast_ref, a source in the chain by is().
+        if err.downcast_ref::<Aborted>().is_some() || err.chain().any(|e| e.is::<Aborted>()) {
             Exit::NotReady
-        } else if err.chain().any(|e| e.is::<OperatorNeeded>()) {
+        } else if err.downcast_ref::<OperatorNeeded>().is_some()
+            || err.chain().any(|e| e.is::<OperatorNeeded>())
+        {
             Exit::OperatorNeeded
         } else {
             Exit::BadInput
@@ -54,3 +57,21 @@ pub struct OperatorNeeded(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Aborted(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_error_kind_wherever_it_sits() {
+        let plain = anyhow::anyhow!("bad spec");
+        assert_eq!(Exit::for_error(&plain), Exit::BadInput);
+        let as_source =
+            anyhow::Error::from(OperatorNeeded("step failed".into())).context("cutover");
+        assert_eq!(Exit::for_error(&as_source), Exit::OperatorNeeded);
+        let as_context = anyhow::anyhow!("paused").context(OperatorNeeded("resume later".into()));
+        assert_eq!(Exit::for_error(&as_context), Exit::OperatorNeeded);
+        let aborted = anyhow::Error::from(Aborted("undone".into()));
+        assert_eq!(Exit::for_error(&aborted), Exit::NotReady);
+    }
+}

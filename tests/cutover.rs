@@ -385,3 +385,160 @@ async fn crash_matrix_around_the_promotion() {
 async fn crash_matrix_after_the_promotion() {
     crash_matrix(&CUTOVER_STEPS[8..]).await;
 }
+
+async fn wait_for_step(chain: &Chain, step: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = chain.run(&["status", "--json"], None).await;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["operation"] == "cutover"
+            && v["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x["id"] == step && x["status"] == status))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cutover never got to {step} {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn assert_old_serves_unfenced(chain: &Chain) {
+    let c = connect(&chain.ep("old")).await.unwrap();
+    assert!(!c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0));
+    assert_eq!(
+        c.query_one("SHOW default_transaction_read_only", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "off"
+    );
+    c.batch_execute("INSERT INTO ledger (client, seq) VALUES (998, 1)")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_before_the_point_of_no_return_aborts_and_unfences() {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let mut child = tokio::process::Command::new(migrate_bin())
+        .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
+        .env("MIGRATE_WAIT_AT", "stop:before")
+        .env("MIGRATE_WAIT_FILE", chain.lab.lab.dir.join("never"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_step(&chain, "stop", "in_doubt").await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), async {
+        let status = child.wait().await.unwrap();
+        let mut err = String::new();
+        use tokio::io::AsyncReadExt;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .await
+            .unwrap();
+        (status, err)
+    })
+    .await
+    .expect("the interrupted cutover must end");
+    assert_eq!(out.0.code(), Some(1), "{}", out.1);
+    assert!(out.1.contains("interrupted by the operator"), "{}", out.1);
+    let v: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(v["state"], "rolled_back");
+    assert_old_serves_unfenced(&chain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_before_stops_cleanly_and_confirmation_is_required() {
+    let chain = Chain::new().await;
+    // No terminal and no --yes: refused before anything changes.
+    let out = chain.run(&["cutover", "--force-window"], None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--yes"), "{}", text(&out.stderr));
+    assert!(
+        !chain.lab.lab.dir.join("state/journal.jsonl").exists(),
+        "a refused cutover started a run"
+    );
+    assert!(
+        !chain.lab.lab.data_dir("new").join("PG_VERSION").exists(),
+        "a refused cutover cloned"
+    );
+
+    let out = chain
+        .run(
+            &[
+                "cutover",
+                "--yes",
+                "--force-window",
+                "--pause-before",
+                "promote",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("paused before step promote"),
+        "{}",
+        text(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(v["state"], "in_progress");
+    let st = |id: &str| {
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(st("stage"), "succeeded");
+    assert_eq!(st("promote"), "pending");
+    // Paused with the old primary staged: a restart by hand makes it a standby.
+    let old = chain.lab.lab.server("old");
+    old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let c = connect(&chain.ep("old")).await.unwrap();
+    assert!(c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0));
+    let out = chain.run(&["resume"], None).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_topology(&chain, "new", "resumed after a pause").await;
+}

@@ -5,6 +5,7 @@
 use anyhow::{anyhow, bail, Result};
 
 use crate::cli::{CutoverArgs, Global};
+use crate::engine::events::RunEvent;
 use crate::engine::journal::Outcome;
 use crate::engine::runner::{current_run, Paused};
 use crate::engine::{Plan, Runner};
@@ -37,6 +38,9 @@ pub async fn run(g: &Global, args: &CutoverArgs, ui: &Ui) -> Result<Exit> {
                 target.name
             );
         }
+    }
+    if !g.yes && (!ui.is_terminal() || ui.json()) {
+        bail!("the cutover needs a confirmation: run it on a terminal, or pass --yes for automation; nothing was changed");
     }
     // The chain first, as its own run: an aborted cutover never tears it down.
     let chain = plans::build(plans::replicate::OPERATION, &s.spec)?;
@@ -93,7 +97,29 @@ pub async fn execute_with_abort(
     super::run::drive(ui, |events| async move {
         let mut runner = if fresh { Runner::start(plan, inv, events)? } else { Runner::resume(plan, inv, events)? };
         runner.pause_before(pause_before)?;
-        match runner.execute().await {
+        let past = runner.point_of_no_return_flag();
+        let notices = runner.events();
+        // Ctrl-C before the point of no return aborts (the step in flight is left in doubt and
+        // compensated like every other); after it, it is ignored until the run is safe.
+        let result = {
+            let exec = runner.execute();
+            tokio::pin!(exec);
+            loop {
+                tokio::select! {
+                    r = &mut exec => break r,
+                    _ = tokio::signal::ctrl_c() => {
+                        if past.load(std::sync::atomic::Ordering::SeqCst) {
+                            let _ = notices.send(RunEvent::Notice {
+                                message: "interrupt ignored: past the point of no return, the run goes on until it is safe".into(),
+                            });
+                        } else {
+                            break Err(anyhow!("interrupted by the operator"));
+                        }
+                    }
+                }
+            }
+        };
+        match result {
             Ok(o) => Ok(o),
             Err(e) if e.chain().any(|c| c.is::<Paused>()) => Err(e),
             Err(e) if runner.state().point_of_no_return.is_some() => Err(e),

@@ -51,6 +51,9 @@ pub struct Invocation {
 pub struct Paused(pub String);
 
 pub struct Runner {
+    /// Set once the run records its point of no return; shared so a signal handler can see it
+    /// while `execute` runs.
+    past_point_of_no_return: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pause_before: Option<String>,
     plan: Plan,
     journal: Journal,
@@ -103,6 +106,7 @@ impl Runner {
         let contents = journal::read(journal.path())?;
         let state = replay(&contents.records)?;
         let mut r = Runner {
+            past_point_of_no_return: Default::default(),
             pause_before: None,
             plan,
             journal,
@@ -153,6 +157,7 @@ impl Runner {
             );
         }
         let mut r = Runner {
+            past_point_of_no_return: Default::default(),
             pause_before: None,
             plan,
             journal,
@@ -206,7 +211,19 @@ impl Runner {
         let next = check(&self.state, &event)?;
         self.journal.append(event)?;
         self.state = next;
+        self.past_point_of_no_return.store(
+            self.state.point_of_no_return.is_some(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         Ok(())
+    }
+
+    pub fn events(&self) -> EventSink {
+        self.events.clone()
+    }
+
+    pub fn point_of_no_return_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.past_point_of_no_return.clone()
     }
 
     fn cx(&self) -> Cx {
