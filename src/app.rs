@@ -40,6 +40,7 @@ pub async fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Exit> {
         Command::Replicate => commands::replicate::run(&cli.global, ui).await,
         Command::Status => commands::status::run(&cli.global, ui).await,
         Command::Resume(args) => commands::resume::run(&cli.global, args, ui).await,
+        Command::Complete => commands::complete::run(&cli.global, ui).await,
         Command::Cutover(args) => commands::cutover::run(&cli.global, args, ui).await,
         Command::Rollback => commands::rollback::run(&cli.global, ui).await,
         #[cfg(feature = "failpoints")]

@@ -51,6 +51,9 @@ pub enum Command {
     /// The switchover: wait for the window, confirm, fence and stop the old primary, prove the
     /// target has every byte, promote it, make the old primary its standby, verify.
     Cutover(CutoverArgs),
+    /// After the bake period: retire the rollback path (keep the old primary as a standby or
+    /// stop it, as `cutover.retire` says) and drop stale replication slots.
+    Complete,
     /// The current run's state from its journal: each step, its times and outputs, and the
     /// command that continues it. Safe while another process runs.
     Status,

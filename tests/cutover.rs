@@ -542,3 +542,101 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
     );
     assert_topology(&chain, "new", "resumed after a pause").await;
 }
+
+async fn migrate_slots(chain: &Chain, node: &str) -> Vec<String> {
+    let c = connect(&chain.ep(node)).await.unwrap();
+    c.query(
+        "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_retires_the_rollback_path_and_drops_stale_slots() {
+    let chain = Chain::new().await;
+    let spec_text = std::fs::read_to_string(&chain.spec)
+        .unwrap()
+        .replace("[cutover]\n", "[cutover]\nretire = \"stop\"\n");
+    std::fs::write(&chain.spec, spec_text).unwrap();
+    let out = chain.run(&["complete"], None).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "complete before any cutover is refused: {}",
+        text(&out.stderr)
+    );
+
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // Before: the old primary keeps the target's slot from the replication era (stale now).
+    assert_eq!(migrate_slots(&chain, "old").await, ["migrate_new"]);
+    assert_eq!(
+        migrate_slots(&chain, "new").await,
+        ["migrate_dr", "migrate_new_replica", "migrate_old"]
+    );
+
+    let out = chain.run(&["complete"], None).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        chain.lab.lab.server("old").state().await.unwrap(),
+        migrate::pg::server::RunState::Stopped
+    );
+    assert!(
+        chain
+            .lab
+            .lab
+            .data_dir("old")
+            .join("standby.signal")
+            .exists(),
+        "a retired old primary must never start as a primary"
+    );
+    assert_eq!(
+        migrate_slots(&chain, "new").await,
+        ["migrate_dr", "migrate_new_replica"],
+        "the stopped node's slot would retain WAL forever"
+    );
+    assert_topology_cascades(&chain).await;
+
+    let out = chain.run(&["rollback", "--yes"], None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("retired by `migrate complete`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+async fn assert_topology_cascades(chain: &Chain) {
+    let tli = timeline_of_primary(chain, "new").await;
+    for node in ["new_replica", "dr"] {
+        let c = connect(&chain.ep(node)).await.unwrap();
+        let r = c
+            .query_one("SELECT status, received_tli FROM pg_stat_wal_receiver", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.get::<_, String>(0), r.get::<_, i32>(1)),
+            ("streaming".to_string(), tli),
+            "{node}"
+        );
+    }
+}

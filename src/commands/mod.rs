@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod complete;
 pub mod cutover;
 #[cfg(feature = "failpoints")]
 pub mod drill;

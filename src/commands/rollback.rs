@@ -30,6 +30,9 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
         },
         None => false,
     };
+    if state.operation == cutover::COMPLETE {
+        bail!("the rollback path was retired by `migrate complete` (run {}); going back now is a new migration", state.run_id);
+    }
     match state.finished() {
         Some(_) if target_is_primary => {
             if !g.yes && (!ui.is_terminal() || ui.json()) {

@@ -15,6 +15,25 @@ use crate::steps::switchover::{
 
 pub const CUTOVER: &str = "cutover";
 pub const SWITCHBACK: &str = "switchback";
+pub const COMPLETE: &str = "complete";
+
+pub fn complete(spec: &Arc<Spec>) -> Result<Plan> {
+    use crate::steps::complete::{CheckCutOver, DropStaleSlots, RetireOld};
+    let steps: Vec<Box<dyn Step>> = vec![
+        Box::new(CheckCutOver {
+            new_primary: Member::new(spec, &spec.target().name)?,
+        }),
+        Box::new(RetireOld {
+            old: Member::new(spec, &spec.primary().name)?,
+            retire: spec.cutover.retire,
+        }),
+        Box::new(DropStaleSlots::for_spec(spec)?),
+    ];
+    Ok(Plan {
+        operation: COMPLETE.into(),
+        steps,
+    })
+}
 
 pub fn direction(spec: &Spec, operation: &str) -> Result<Direction> {
     let (from, to) = if operation == CUTOVER {

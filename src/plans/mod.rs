@@ -21,6 +21,7 @@ pub fn build(operation: &str, spec: &Arc<Spec>) -> Result<Plan> {
 pub fn build_with(operation: &str, spec: &Arc<Spec>, force_window: bool) -> Result<Plan> {
     match operation {
         cutover::CUTOVER | cutover::SWITCHBACK => cutover::plan(spec, operation, force_window),
+        cutover::COMPLETE => cutover::complete(spec),
         #[cfg(feature = "failpoints")]
         drill::OPERATION => drill::plan(spec),
         replicate::OPERATION => replicate::plan(spec),

@@ -82,6 +82,16 @@ pub struct Cutover {
     /// cutover is aborted and the old primary restarted.
     pub proof_timeout: Duration,
     pub promote_timeout: Duration,
+    /// What `migrate complete` does with the old primary: keep it as a standby of the new one,
+    /// or stop it for good.
+    pub retire: Retire,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retire {
+    Standby,
+    Stop,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -391,7 +401,17 @@ impl Validator {
                 self.err("cutover.lag_threshold", e, "write a size such as \"16MiB\"")
             })?,
         };
+        let retire = match raw.retire.as_deref() {
+            None | Some("standby") => Retire::Standby,
+            Some("stop") => Retire::Stop,
+            Some(other) => return Err(self.err(
+                "cutover.retire",
+                format!("{other:?} is not a retirement"),
+                "use \"standby\" (keep the old primary streaming) or \"stop\" (stop it for good)",
+            )),
+        };
         Ok(Cutover {
+            retire,
             window,
             lag_threshold,
             lag_stable_for: self.duration(

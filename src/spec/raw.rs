@@ -79,6 +79,7 @@ pub struct RawCutover {
     pub catchup_timeout: Option<String>,
     pub proof_timeout: Option<String>,
     pub promote_timeout: Option<String>,
+    pub retire: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
