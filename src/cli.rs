@@ -45,6 +45,8 @@ pub struct Global {
 pub enum Command {
     /// Check a spec file and print the topology it describes.
     Validate,
+    /// Preflight checks and the exact ordered steps of the cutover; exit 1 if a check fails.
+    Plan,
     /// Build the chain: the target streams from the old primary, the cascaded replicas from the
     /// target (slots, pg_basebackup, start, verify), then wait until every hop has caught up.
     Replicate,

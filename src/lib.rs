@@ -11,6 +11,7 @@ pub mod host;
 pub mod lab;
 pub mod pg;
 pub mod plans;
+pub mod preflight;
 pub mod replication;
 pub mod spec;
 pub mod steps;

@@ -9,5 +9,6 @@ mod engine;
 mod host_local;
 mod host_ssh;
 mod lab;
+mod plan;
 pub mod replication;
 mod spec_fixtures;

@@ -5,6 +5,7 @@ pub mod cutover;
 #[cfg(feature = "failpoints")]
 pub mod drill;
 pub mod lab;
+pub mod plan;
 pub mod replicate;
 pub mod resume;
 pub mod rollback;

@@ -1,0 +1,88 @@
+//! `migrate plan`: the preflight checks and the exact ordered steps the cutover will run.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::cli::Global;
+use crate::engine::Kind;
+use crate::exit::Exit;
+use crate::plans::{self, cutover};
+use crate::preflight::{self, Status};
+use crate::spec;
+use crate::ui::Ui;
+
+pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
+    let path = super::spec_path(g)?;
+    let spec = Arc::new(spec::load(&path)?);
+    let checks = preflight::run(&spec).await;
+    let ready = preflight::ready(&checks);
+    // The steps of both runs `cutover` makes: the chain, then the switchover.
+    let mut steps = plans::build(plans::replicate::OPERATION, &spec)?.steps;
+    steps.extend(plans::build(cutover::CUTOVER, &spec)?.steps);
+    let kind = |k: Kind| match k {
+        Kind::ReadOnly => "read_only",
+        Kind::Reversible => "reversible",
+        Kind::PointOfNoReturn => "point_of_no_return",
+    };
+    if ui.json() {
+        let steps: Vec<_> = steps
+            .iter()
+            .map(|s| {
+                let d = s.describe();
+                json!({ "id": s.id(), "host": d.host, "action": d.action, "proof": d.proof, "undo": d.undo, "kind": kind(s.kind()) })
+            })
+            .collect();
+        ui.emit_json(&json!({ "ready": ready, "checks": checks, "steps": steps }));
+        return Ok(if ready { Exit::Done } else { Exit::NotReady });
+    }
+    ui.line(format!("preflight for {} ({}):", spec.name, path.display()));
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .map(|c| {
+            let mark = match c.status {
+                Status::Pass => "pass",
+                Status::Warn => "WARN",
+                Status::Fail => "FAIL",
+            };
+            let text = if c.remedy.is_empty() {
+                c.message.clone()
+            } else {
+                format!("{} → {}", c.message, c.remedy)
+            };
+            vec![mark.into(), c.id.clone(), text]
+        })
+        .collect();
+    ui.table(&["", "check", "finding → remedy"], &rows);
+    ui.line("");
+    ui.line("the cutover, step by step:");
+    for (i, s) in steps.iter().enumerate() {
+        let d = s.describe();
+        if s.kind() == Kind::PointOfNoReturn {
+            ui.line("  ── point of no return ──");
+        }
+        ui.line(format!(
+            "{:>3}. {} [{}] on {}",
+            i + 1,
+            s.id(),
+            kind(s.kind()),
+            d.host
+        ));
+        ui.line(format!("       do:    {}", d.action));
+        ui.line(format!("       proof: {}", d.proof));
+        ui.line(format!("       undo:  {}", d.undo));
+    }
+    ui.line("");
+    ui.line(format!(
+        "after the point of no return, `migrate rollback` switches back the same way: fence and stop {to}, prove {from} has every byte, promote {from}, make {to} its standby again.",
+        to = spec.target().name,
+        from = spec.primary().name
+    ));
+    ui.line(if ready {
+        "ready: no check failed".to_string()
+    } else {
+        "NOT READY: fix the failed checks above".to_string()
+    });
+    Ok(if ready { Exit::Done } else { Exit::NotReady })
+}

@@ -1,0 +1,512 @@
+//! The checks. Facts are gathered once per node; each check is a small function of them.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::Client;
+
+use super::Check;
+use crate::host::Cmd;
+use crate::pg::connect;
+use crate::spec::{Role, Spec};
+use crate::steps::member::{DirState, Member};
+
+const SETTINGS: &[&str] = &[
+    "server_version_num",
+    "wal_level",
+    "max_wal_senders",
+    "max_replication_slots",
+    "max_connections",
+    "max_worker_processes",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+    "data_checksums",
+    "wal_log_hints",
+    "synchronous_standby_names",
+    "archive_mode",
+];
+
+/// Hot-standby parameters that must be equal on all nodes, in both directions (P10).
+const FLOOR: &[&str] = &[
+    "max_connections",
+    "max_worker_processes",
+    "max_wal_senders",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+];
+
+struct Facts {
+    name: String,
+    client: Client,
+    recovery: bool,
+    sysid: String,
+    settings: BTreeMap<String, String>,
+    senders_used: i64,
+    slots_other: i64,
+}
+
+impl Facts {
+    fn int(&self, key: &str) -> i64 {
+        self.settings
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+    fn get(&self, key: &str) -> &str {
+        self.settings.get(key).map(String::as_str).unwrap_or("")
+    }
+}
+
+async fn gather(node: &crate::spec::Node) -> anyhow::Result<Facts> {
+    let client = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        connect(&node.endpoint()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("connect to {}: no answer within 10 s", node.name))??;
+    let r = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await?;
+    let names: Vec<String> = SETTINGS.iter().map(|s| s.to_string()).collect();
+    let settings = client
+        .query(
+            "SELECT name, setting FROM pg_settings WHERE name = ANY($1)",
+            &[&names],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    let senders_used: i64 = client
+        .query_one("SELECT count(*) FROM pg_stat_replication", &[])
+        .await?
+        .get(0);
+    let slots_other: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name NOT LIKE 'migrate\\_%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(Facts {
+        name: node.name.clone(),
+        client,
+        recovery: r.get(0),
+        sysid: r.get(1),
+        settings,
+        senders_used,
+        slots_other,
+    })
+}
+
+pub async fn run(spec: &Spec) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
+    // Nodes that will be cloned (empty or absent data directory, no server): not a failure.
+    for node in &spec.nodes {
+        match gather(node).await {
+            Ok(f) => {
+                checks.push(Check::pass(
+                    format!("connect:{}", node.name),
+                    format!(
+                        "{} answers at {}:{}",
+                        node.name,
+                        node.conninfo.host(),
+                        node.conninfo.port()
+                    ),
+                ));
+                facts.insert(node.name.clone(), f);
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let empty = if node.role == Role::Primary {
+                    false
+                } else {
+                    match Member::new(spec, &node.name) {
+                        Ok(m) => {
+                            matches!(m.dir_state().await, Ok(DirState::Absent | DirState::Empty))
+                        }
+                        Err(_) => false,
+                    }
+                };
+                if empty {
+                    checks.push(Check::pass(
+                        format!("connect:{}", node.name),
+                        format!(
+                            "{} is not running and {} is empty: it will be cloned",
+                            node.name,
+                            node.data_dir.display()
+                        ),
+                    ));
+                } else {
+                    let (first, hint) = match msg.split_once("\n  hint: ") {
+                        Some((a, b)) => (a.to_string(), b.to_string()),
+                        None => (msg.clone(), "check that the server runs, the host and port, pg_hba.conf and the password reference".into()),
+                    };
+                    checks.push(Check::fail(format!("connect:{}", node.name), first, hint));
+                }
+            }
+        }
+    }
+    let primary = spec.primary();
+    let Some(p) = facts.get(&primary.name) else {
+        return checks;
+    };
+
+    // Exactly one primary.
+    if p.recovery {
+        checks.push(Check::fail(
+            "primary",
+            format!("{} is in recovery, not a primary", p.name),
+            "name the serving primary as role = \"primary\"",
+        ));
+    }
+    let others: Vec<&str> = facts
+        .values()
+        .filter(|f| f.name != p.name && !f.recovery)
+        .map(|f| f.name.as_str())
+        .collect();
+    if others.is_empty() {
+        checks.push(Check::pass(
+            "one_primary",
+            format!("{} is the only primary", p.name),
+        ));
+    } else {
+        checks.push(Check::fail(
+            "one_primary",
+            format!("{} also accept writes (not in recovery)", others.join(", ")),
+            "only the old primary may be a primary before the cutover; stop or rebuild the others",
+        ));
+    }
+
+    // Versions and cluster identity.
+    let major = |f: &Facts| f.int("server_version_num") / 10000;
+    for f in facts.values().filter(|f| f.name != p.name) {
+        if major(f) != major(p) {
+            checks.push(Check::fail(
+                format!("version:{}", f.name),
+                format!("{} runs PostgreSQL {}, {} runs {}", f.name, major(f), p.name, major(p)),
+                "physical replication needs the same major version everywhere (logical mode is for cross-major moves)",
+            ));
+        } else if f.int("server_version_num") != p.int("server_version_num") {
+            checks.push(Check::warn(
+                format!("version:{}", f.name),
+                format!("minor versions differ: {} {}, {} {}", f.name, f.get("server_version_num"), p.name, p.get("server_version_num")),
+                "prefer identical minors: after the cutover the old host's binaries replay WAL from the new host (P11)",
+            ));
+        }
+        if f.sysid != p.sysid {
+            checks.push(Check::fail(
+                format!("same_cluster:{}", f.name),
+                format!(
+                    "{} belongs to another cluster (system identifier {}; {} has {})",
+                    f.name, f.sysid, p.name, p.sysid
+                ),
+                format!(
+                    "stop it and empty its data directory so that migrate clones it from {}",
+                    f.name.clone() + "'s upstream"
+                ),
+            ));
+        } else {
+            checks.push(Check::pass(
+                format!("same_cluster:{}", f.name),
+                format!("{} is a copy of this cluster", f.name),
+            ));
+        }
+    }
+
+    // WAL level.
+    match p.get("wal_level") {
+        "replica" | "logical" => checks.push(Check::pass("wal_level", format!("wal_level = {}", p.get("wal_level")))),
+        other => checks.push(Check::fail(
+            "wal_level",
+            format!("wal_level = {other} on {}: no standby can replicate from it", p.name),
+            "ALTER SYSTEM SET wal_level = replica (and max_wal_senders > 0), then restart the primary",
+        )),
+    }
+
+    // Sender and slot capacity: on the primary now, on the target after promotion.
+    let target = spec.target();
+    let primary_needs = spec.downstream_of(&primary.name).count() as i64 + 1;
+    capacity(
+        &mut checks,
+        p,
+        &p.name,
+        primary_needs,
+        spec.downstream_of(&primary.name).count() as i64,
+        "now",
+    );
+    let t_facts = facts.get(&target.name).unwrap_or(p);
+    let after = spec.downstream_of(&target.name).count() as i64 + 1;
+    capacity(
+        &mut checks,
+        t_facts,
+        &target.name,
+        after + 1,
+        after,
+        "after promotion (its cascades, the reverse stream, one base backup)",
+    );
+
+    // Hot-standby parameter floor, equal everywhere.
+    for key in FLOOR {
+        let values: BTreeMap<&str, &str> = facts
+            .values()
+            .map(|f| (f.name.as_str(), f.get(key)))
+            .collect();
+        let distinct: std::collections::BTreeSet<&&str> = values.values().collect();
+        if distinct.len() > 1 {
+            checks.push(Check::fail(
+                format!("hot_standby:{key}"),
+                format!("{key} differs: {}", values.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", ")),
+                "set it equal on all nodes: a standby below its primary's value stops replaying, and the old primary becomes a standby (P10)",
+            ));
+        }
+    }
+
+    // Rewind-ability.
+    let rewindable = |f: &Facts| f.get("data_checksums") == "on" || f.get("wal_log_hints") == "on";
+    if rewindable(p) {
+        checks.push(Check::pass(
+            "rewind",
+            "pg_rewind is possible (checksums or wal_log_hints)",
+        ));
+    } else {
+        checks.push(Check::warn(
+            "rewind",
+            format!("{} has neither data checksums nor wal_log_hints", p.name),
+            "if a switchover ever fails half-way, the old primary needs a full re-clone instead of pg_rewind; set wal_log_hints = on (restart) to allow pg_rewind",
+        ));
+    }
+
+    database_checks(&mut checks, spec, p).await;
+    replication_auth(&mut checks, spec, &facts).await;
+
+    // The window.
+    if let Some(w) = spec.cutover.window {
+        if w.end <= chrono::Utc::now() {
+            checks.push(Check::fail(
+                "window",
+                format!("the window ended at {}", w.end.to_rfc3339()),
+                "set a future window in the spec, or use --force-window",
+            ));
+        } else {
+            checks.push(Check::pass(
+                "window",
+                format!("window {} – {}", w.start.to_rfc3339(), w.end.to_rfc3339()),
+            ));
+        }
+    }
+    checks
+}
+
+fn capacity(checks: &mut Vec<Check>, f: &Facts, node: &str, senders: i64, slots: i64, when: &str) {
+    let max_senders = f.int("max_wal_senders");
+    let max_slots = f.int("max_replication_slots");
+    let free_senders = max_senders - f.senders_used.min(max_senders);
+    let id = format!("capacity:{node}");
+    if senders > max_senders {
+        checks.push(Check::fail(
+            id,
+            format!("{node} needs {senders} WAL senders {when}; max_wal_senders = {max_senders}"),
+            format!("ALTER SYSTEM SET max_wal_senders = {} on every node (restart; keep it equal everywhere)", senders + 2),
+        ));
+    } else if slots + f.slots_other > max_slots {
+        checks.push(Check::fail(
+            id,
+            format!("{node} needs {slots} replication slots {when} besides {} others; max_replication_slots = {max_slots}", f.slots_other),
+            format!("ALTER SYSTEM SET max_replication_slots = {} (restart)", slots + f.slots_other + 2),
+        ));
+    } else {
+        checks.push(Check::pass(
+            id,
+            format!(
+                "{node}: {senders} senders needed {when}, {free_senders} of {max_senders} free now"
+            ),
+        ));
+    }
+}
+
+async fn database_checks(checks: &mut Vec<Check>, spec: &Spec, p: &Facts) {
+    let c = &p.client;
+    if let Ok(rows) = c
+        .query("SELECT gid, database FROM pg_prepared_xacts", &[])
+        .await
+    {
+        if rows.is_empty() {
+            checks.push(Check::pass("prepared_xacts", "no prepared transactions"));
+        } else {
+            let list: Vec<String> = rows
+                .iter()
+                .map(|r| format!("{} (in {})", r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect();
+            checks.push(Check::fail(
+                "prepared_xacts",
+                format!("prepared transactions: {}", list.join(", ")),
+                "COMMIT PREPARED or ROLLBACK PREPARED them before the window: they survive promotion and keep their locks",
+            ));
+        }
+    }
+    if let Ok(rows) = c.query("SELECT slot_name::text, coalesce(plugin, '') FROM pg_replication_slots WHERE slot_type = 'logical'", &[]).await {
+        if !rows.is_empty() {
+            let names: Vec<String> = rows.iter().map(|r| format!("{} ({})", r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+            checks.push(Check::warn(
+                "logical_slots",
+                format!("logical slots are not carried over by physical replication: {}", names.join(", ")),
+                "recreate them on the new primary after the cutover (and resync their consumers)",
+            ));
+        }
+    }
+    if let Ok(rows) = c
+        .query(
+            "SELECT pid, coalesce(application_name, ''), (extract(epoch FROM clock_timestamp() - xact_start))::bigint
+               FROM pg_stat_activity WHERE xact_start < clock_timestamp() - interval '10 minutes' AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+    {
+        if !rows.is_empty() {
+            let list: Vec<String> = rows.iter().map(|r| format!("pid {} {:?} ({} s)", r.get::<_, i32>(0), r.get::<_, String>(1), r.get::<_, i64>(2))).collect();
+            checks.push(Check::warn("long_xacts", format!("long transactions: {}", list.join(", ")), "they are cut by the fence; end them before the window"));
+        }
+    }
+    let ssn = p.get("synchronous_standby_names");
+    if !ssn.is_empty() {
+        checks.push(Check::warn(
+            "synchronous_standby_names",
+            format!("synchronous_standby_names = {ssn:?} is copied to the new primary"),
+            "make sure it names standbys that will be attached to the new primary, or commits there hang (P9)",
+        ));
+    }
+    if p.get("archive_mode") != "off" {
+        if let Ok(r) = c.query_one("SELECT failed_count, coalesce(last_failed_time > coalesce(last_archived_time, 'epoch'), false) FROM pg_stat_archiver", &[]).await {
+            if r.get::<_, bool>(1) {
+                checks.push(Check::warn(
+                    "archiver",
+                    format!("the archiver is failing ({} failures)", r.get::<_, i64>(0)),
+                    "fix archive_command: a clean shutdown waits for the archiver backlog",
+                ));
+            }
+        }
+    }
+    // Unlogged tables, in every database.
+    let dbs: Vec<String> = match c
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut unlogged = Vec::new();
+    for db in dbs {
+        let ep = crate::pg::Endpoint::new(
+            &spec.primary().name,
+            spec.primary().conninfo.clone().with("dbname", &db),
+            spec.primary().password.clone(),
+        );
+        if let Ok(dc) = connect(&ep).await {
+            if let Ok(rows) = dc.query("SELECT oid::regclass::text FROM pg_class WHERE relpersistence = 'u' AND relkind IN ('r', 'p')", &[]).await {
+                unlogged.extend(rows.iter().map(|r| format!("{db}.{}", r.get::<_, String>(0))));
+            }
+        }
+    }
+    if unlogged.is_empty() {
+        checks.push(Check::pass("unlogged", "no unlogged tables"));
+    } else {
+        checks.push(Check::warn(
+            "unlogged",
+            format!(
+                "unlogged tables are empty on the new primary: {}",
+                unlogged.join(", ")
+            ),
+            "make them logged (ALTER TABLE … SET LOGGED) or accept losing their contents",
+        ));
+    }
+}
+
+/// A real replication connection from each node's host to its upstream (when the upstream
+/// runs), with psql through host control: this is what pg_basebackup and the walreceiver need.
+async fn replication_auth(checks: &mut Vec<Check>, spec: &Spec, facts: &BTreeMap<String, Facts>) {
+    for node in spec.nodes.iter().filter(|n| n.role != Role::Primary) {
+        let Some(up) = node.upstream.as_deref() else {
+            continue;
+        };
+        if !facts.contains_key(up) {
+            checks.push(Check::pass(
+                format!("replication_auth:{}", node.name),
+                format!("{up} is not running yet; checked when it is"),
+            ));
+            continue;
+        }
+        let id = format!("replication_auth:{}", node.name);
+        let result = async {
+            let m = Member::new(spec, &node.name)?;
+            let server = m.server()?;
+            let password = m.replication_password()?;
+            let tmp = format!(
+                "/tmp/migrate-{}-preflight-{}.pgpass",
+                node.name,
+                std::process::id()
+            );
+            if let Some(pw) = &password {
+                m.host
+                    .write_file(tmp.as_ref(), m.passfile_line(pw).as_bytes(), 0o600, None)
+                    .await?;
+            }
+            let conninfo = m
+                .replication_conninfo(password.as_ref().map(|_| tmp.as_str()))?
+                .with("replication", "true")
+                .with("dbname", "replication")
+                .with("connect_timeout", "10");
+            let out = m
+                .host
+                .run(&Cmd::new([
+                    server.tool("psql"),
+                    "-X".into(),
+                    "-w".into(),
+                    "-Atc".into(),
+                    "IDENTIFY_SYSTEM".into(),
+                    conninfo.to_libpq_string(),
+                ]))
+                .await;
+            if password.is_some() {
+                let _ = m.host.remove_file(tmp.as_ref()).await;
+            }
+            anyhow::Ok((out?, m.host.describe()))
+        }
+        .await;
+        match result {
+            Ok((out, _)) if out.success() => checks.push(Check::pass(
+                id,
+                format!("{} can open a replication connection to {up}", node.name),
+            )),
+            Ok((out, host)) => {
+                let err = out.stderr_tail();
+                let remedy = if err.contains("pg_hba.conf") {
+                    format!("add a line to {up}'s pg_hba.conf: host replication {} <{}'s address>/32 scram-sha-256, then SELECT pg_reload_conf()", spec.replication.user, node.name)
+                } else if err.contains("password") {
+                    "check the replication password reference in the spec".to_string()
+                } else {
+                    "check the network path and the replication user".to_string()
+                };
+                checks.push(Check::fail(
+                    id,
+                    format!(
+                        "from {host}, {} cannot replicate from {up}: {err}",
+                        node.name
+                    ),
+                    remedy,
+                ));
+            }
+            Err(e) => checks.push(Check::fail(
+                id,
+                format!("{e:#}"),
+                "check the node's host control and bin_dir",
+            )),
+        }
+    }
+}
