@@ -99,6 +99,7 @@ async fn cutover_then_rollback_keeps_every_acknowledged_write() {
     let w = writer(&chain);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // No replicate before: the cutover builds the chain itself.
+    chain.plan_ok().await;
     let out = chain
         .run(&["cutover", "--yes", "--force-window"], None)
         .await;
@@ -185,6 +186,7 @@ async fn the_time_box_aborts_when_the_target_cannot_catch_up_and_the_old_primary
         .replace("proof_timeout = \"30s\"", "proof_timeout = \"3s\"");
     std::fs::write(&chain.spec, spec_text).unwrap();
     chain.replicate_ok().await;
+    chain.plan_ok().await;
     let go = chain.lab.lab.dir.join("go");
     let mut cutover = tokio::process::Command::new(migrate_bin());
     cutover
@@ -300,6 +302,7 @@ async fn crash_matrix(steps: &[&str]) {
     for step in steps {
         for when in ["before", "after"] {
             let at = format!("{step}:{when}");
+            chain.plan_ok().await;
             let out = chain
                 .run(&["cutover", "--yes", "--force-window"], Some(&at))
                 .await;
@@ -429,6 +432,7 @@ async fn assert_old_serves_unfenced(chain: &Chain) {
 async fn ctrl_c_before_the_point_of_no_return_aborts_and_unfences() {
     let chain = Chain::new().await;
     chain.replicate_ok().await;
+    chain.plan_ok().await;
     let mut child = tokio::process::Command::new(migrate_bin())
         .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
         .env("MIGRATE_WAIT_AT", "stop:before")
@@ -483,6 +487,33 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
         "a refused cutover cloned"
     );
 
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no plan on record"),
+        "{}",
+        text(&out.stderr)
+    );
+    chain.plan_ok().await;
+    let spec_text = std::fs::read_to_string(&chain.spec).unwrap();
+    std::fs::write(&chain.spec, format!("{spec_text}# edited after the plan\n")).unwrap();
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("drifted") && err.contains("the spec file changed"),
+        "{err}"
+    );
+    std::fs::write(&chain.spec, spec_text).unwrap();
+    assert!(
+        !chain.lab.lab.dir.join("state/journal.jsonl").exists(),
+        "a refused cutover started a run"
+    );
+    chain.plan_ok().await;
     let out = chain
         .run(
             &[
@@ -571,6 +602,7 @@ async fn complete_retires_the_rollback_path_and_drops_stale_slots() {
         text(&out.stderr)
     );
 
+    chain.plan_ok().await;
     let out = chain
         .run(&["cutover", "--yes", "--force-window"], None)
         .await;

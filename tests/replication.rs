@@ -61,6 +61,17 @@ impl Chain {
         );
     }
 
+    pub async fn plan_ok(&self) {
+        let out = self.run(&["plan"], None).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "plan: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+
     pub fn hops(&self) -> Vec<Hop> {
         let hop = |up: &str, node: &str| Hop {
             upstream: self.ep(up),

@@ -15,6 +15,9 @@ use crate::plans::{self, cutover::CUTOVER};
 use crate::ui::Ui;
 
 pub async fn run(g: &Global, args: &CutoverArgs, ui: &Ui) -> Result<Exit> {
+    if !g.yes && (!ui.is_terminal() || ui.json()) {
+        bail!("the cutover needs a confirmation: run it on a terminal, or pass --yes for automation; nothing was changed");
+    }
     let s = super::run::open(g, CUTOVER, ui).await?;
     if let Some((state, _)) = current_run(&s.inv.state_dir)? {
         if state.finished().is_none() {
@@ -39,9 +42,13 @@ pub async fn run(g: &Global, args: &CutoverArgs, ui: &Ui) -> Result<Exit> {
             );
         }
     }
-    if !g.yes && (!ui.is_terminal() || ui.json()) {
-        bail!("the cutover needs a confirmation: run it on a terminal, or pass --yes for automation; nothing was changed");
-    }
+    let now = crate::preflight::observe(&s.spec).await;
+    crate::preflight::record::require_current(
+        &s.inv.state_dir,
+        &s.inv.spec_hash,
+        &now,
+        &s.inv.spec_arg,
+    )?;
     // The chain first, as its own run: an aborted cutover never tears it down.
     let chain = plans::build(plans::replicate::OPERATION, &s.spec)?;
     let inv = s.inv.clone();

@@ -18,6 +18,13 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
     let spec = Arc::new(spec::load(&path)?);
     let checks = preflight::run(&spec).await;
     let ready = preflight::ready(&checks);
+    let record = preflight::record::PlanRecord {
+        spec_hash: super::run::spec_hash(&path)?,
+        taken_at: chrono::Utc::now(),
+        ready,
+        nodes: preflight::observe(&spec).await,
+    };
+    preflight::record::write(&spec.state_dir, &record)?;
     // The steps of both runs `cutover` makes: the chain, then the switchover.
     let mut steps = plans::build(plans::replicate::OPERATION, &spec)?.steps;
     steps.extend(plans::build(cutover::CUTOVER, &spec)?.steps);

@@ -26,8 +26,7 @@ pub struct Session {
 pub async fn open(g: &Global, command: &str, ui: &Ui) -> Result<Session> {
     let path = super::spec_path(g)?;
     let spec = spec::load(&path)?;
-    let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-    let spec_hash = format!("{:x}", Sha256::digest(&bytes));
+    let spec_hash = spec_hash(&path)?;
     let state_lock = StateLock::acquire(&spec.state_dir, &format!("migrate {command}"))?;
     let advisory = match AdvisoryLock::acquire(&spec.primary().endpoint(), &spec.name).await? {
         AdvisoryOutcome::Held(l) => Some(l),
@@ -50,6 +49,12 @@ pub async fn open(g: &Global, command: &str, ui: &Ui) -> Result<Session> {
         _state_lock: state_lock,
         _advisory: advisory,
     })
+}
+
+/// SHA-256 of the spec file, journaled and recorded by `plan`.
+pub fn spec_hash(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
 /// Run `work` with a renderer attached to the runner's events.

@@ -101,6 +101,41 @@ async fn gather(node: &crate::spec::Node) -> anyhow::Result<Facts> {
     })
 }
 
+/// What plan saw of a node, recorded so that `cutover` can tell whether the topology drifted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Seen {
+    pub node: String,
+    pub system_identifier: String,
+    pub version_num: i64,
+    /// The primary's current timeline (primaries only).
+    pub timeline: Option<i64>,
+}
+
+/// The facts `plan` records and `cutover` compares, for the nodes that answer now.
+pub async fn observe(spec: &Spec) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    for node in &spec.nodes {
+        let Ok(f) = gather(node).await else { continue };
+        let timeline = if f.recovery {
+            None
+        } else {
+            f.client
+                .query_one("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::bigint", &[])
+                .await
+                .ok()
+                .map(|r| r.get::<_, i64>(0))
+        };
+        let version_num = f.int("server_version_num");
+        seen.push(Seen {
+            node: node.name.clone(),
+            system_identifier: f.sysid,
+            version_num,
+            timeline,
+        });
+    }
+    seen
+}
+
 pub async fn run(spec: &Spec) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut facts: BTreeMap<String, Facts> = BTreeMap::new();

@@ -5,7 +5,9 @@ mod checks;
 
 use serde::Serialize;
 
-pub use checks::run;
+pub use checks::{observe, run, Seen};
+
+pub mod record;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
