@@ -37,7 +37,7 @@ pub fn main() -> ExitCode {
 pub async fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Exit> {
     match &cli.command {
         Command::Validate => commands::validate::run(&cli.global, ui),
-        Command::Plan => commands::plan::run(&cli.global, ui).await,
+        Command::Plan(args) => commands::plan::run(&cli.global, args, ui).await,
         Command::Replicate => commands::replicate::run(&cli.global, ui).await,
         Command::Status => commands::status::run(&cli.global, ui).await,
         Command::Resume(args) => commands::resume::run(&cli.global, args, ui).await,

@@ -46,7 +46,7 @@ pub enum Command {
     /// Check a spec file and print the topology it describes.
     Validate,
     /// Preflight checks and the exact ordered steps of the cutover; exit 1 if a check fails.
-    Plan,
+    Plan(PlanArgs),
     /// Build the chain: the target streams from the old primary, the cascaded replicas from the
     /// target (slots, pg_basebackup, start, verify), then wait until every hop has caught up.
     Replicate,
@@ -72,6 +72,13 @@ pub enum Command {
         #[command(subcommand)]
         action: LabAction,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Also write a Markdown runbook for this spec to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub runbook: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -83,10 +83,30 @@ async fn a_healthy_lab_is_ready_and_the_plan_has_every_step() {
             assert!(s[k].is_string(), "{s}");
         }
     }
-    // No secret in the plan.
+    // The runbook for this spec: every step, the go/no-go points, rollback, contacts.
+    let runbook = chain.lab.lab.dir.join("runbook.md");
+    let out = chain
+        .run(&["plan", "--runbook", runbook.to_str().unwrap()], None)
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let md = std::fs::read_to_string(&runbook).unwrap();
+    for section in [
+        "## Preconditions",
+        "## Go / no-go points",
+        "## The window",
+        "## Rollback after the cutover",
+        "## Contacts and notes",
+        "point of no return",
+    ] {
+        assert!(md.contains(section), "runbook lacks {section:?}");
+    }
+    for id in &ids {
+        assert!(md.contains(&format!("`{id}`")), "runbook lacks step {id}");
+    }
+    // No secret in the plan or the runbook.
     let pw = std::fs::read_to_string(chain.lab.lab.passfile()).unwrap();
     for p in pw.lines().map(|l| l.rsplit(':').next().unwrap()) {
-        assert!(!v.to_string().contains(p));
+        assert!(!v.to_string().contains(p) && !md.contains(p));
     }
 }
 

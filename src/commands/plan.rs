@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::cli::Global;
+use crate::cli::{Global, PlanArgs};
 use crate::engine::Kind;
 use crate::exit::Exit;
 use crate::plans::{self, cutover};
@@ -13,7 +13,7 @@ use crate::preflight::{self, Status};
 use crate::spec;
 use crate::ui::Ui;
 
-pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
+pub async fn run(g: &Global, args: &PlanArgs, ui: &Ui) -> Result<Exit> {
     let path = super::spec_path(g)?;
     let spec = Arc::new(spec::load(&path)?);
     let checks = preflight::run(&spec).await;
@@ -26,8 +26,17 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
     };
     preflight::record::write(&spec.state_dir, &record)?;
     // The steps of both runs `cutover` makes: the chain, then the switchover.
-    let mut steps = plans::build(plans::replicate::OPERATION, &spec)?.steps;
-    steps.extend(plans::build(cutover::CUTOVER, &spec)?.steps);
+    let chain = plans::build(plans::replicate::OPERATION, &spec)?.steps;
+    let switchover = plans::build(cutover::CUTOVER, &spec)?.steps;
+    if let Some(file) = &args.runbook {
+        let back = plans::build(cutover::SWITCHBACK, &spec)?.steps;
+        let md = crate::runbook::render(&spec, &checks, &chain, &switchover, &back);
+        crate::host::local::write_atomic(file, md.as_bytes(), 0o644, None)
+            .with_context(|| format!("write the runbook {}", file.display()))?;
+        ui.line(format!("runbook written: {}", file.display()));
+    }
+    let mut steps = chain;
+    steps.extend(switchover);
     let kind = |k: Kind| match k {
         Kind::ReadOnly => "read_only",
         Kind::Reversible => "reversible",
