@@ -374,3 +374,64 @@ async fn missing_hba_unreachable_host_and_wrong_password_are_explained() {
     );
     std::fs::write(&chain.spec, spec_text).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_chain_running_the_build_and_the_reverse_path_are_checked() {
+    let chain = Chain::new().await;
+    let (_, v, _) = plan(&chain).await;
+    assert_eq!(check(&v, "disk:new")["status"], "pass");
+    assert_eq!(
+        check(&v, "reverse_path")["status"],
+        "pass",
+        "not running yet: checked later"
+    );
+    chain.replicate_ok().await;
+    let (code, v, err) = plan(&chain).await;
+    assert_eq!(code, Some(0), "{v} {err}");
+    let c = check(&v, "control");
+    assert_eq!(c["status"], "pass");
+    assert!(
+        c["message"].as_str().unwrap().contains("segment 16777216"),
+        "{c}"
+    );
+    let r = check(&v, "reverse_path");
+    assert_eq!(r["status"], "pass");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("old can replicate from new"),
+        "{r}"
+    );
+    assert_eq!(check(&v, "replication_auth:dr")["status"], "pass");
+    assert_eq!(check(&v, "same_cluster:dr")["status"], "pass");
+
+    // The target stops admitting replication: the rollback path is gone, and plan says so.
+    let lab = &chain.lab.lab;
+    let hba = lab.data_dir("new").join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    let without: String = original
+        .lines()
+        .filter(|l| !l.contains("replication"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    lab.host()
+        .write_file(&hba, without.as_bytes(), 0o600, None)
+        .await
+        .unwrap();
+    connect(&chain.ep("new"))
+        .await
+        .unwrap()
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, v, _) = plan(&chain).await;
+    assert_eq!(code, Some(1));
+    let r = check(&v, "reverse_path");
+    assert_eq!(r["status"], "fail", "{r}");
+    assert!(
+        r["remedy"].as_str().unwrap().contains("rollback path"),
+        "{r}"
+    );
+}

@@ -315,7 +315,10 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
         ));
     }
 
+    control_compatibility(&mut checks, &facts, p).await;
     database_checks(&mut checks, spec, p).await;
+    clone_targets(&mut checks, spec, p, &facts).await;
+    reverse_path(&mut checks, spec, &facts).await;
     replication_auth(&mut checks, spec, &facts).await;
 
     // The window.
@@ -480,47 +483,16 @@ async fn replication_auth(checks: &mut Vec<Check>, spec: &Spec, facts: &BTreeMap
         let id = format!("replication_auth:{}", node.name);
         let result = async {
             let m = Member::new(spec, &node.name)?;
-            let server = m.server()?;
-            let password = m.replication_password()?;
-            let tmp = format!(
-                "/tmp/migrate-{}-preflight-{}.pgpass",
-                node.name,
-                std::process::id()
-            );
-            if let Some(pw) = &password {
-                m.host
-                    .write_file(tmp.as_ref(), m.passfile_line(pw).as_bytes(), 0o600, None)
-                    .await?;
-            }
-            let conninfo = m
-                .replication_conninfo(password.as_ref().map(|_| tmp.as_str()))?
-                .with("replication", "true")
-                .with("dbname", "replication")
-                .with("connect_timeout", "10");
-            let out = m
-                .host
-                .run(&Cmd::new([
-                    server.tool("psql"),
-                    "-X".into(),
-                    "-w".into(),
-                    "-Atc".into(),
-                    "IDENTIFY_SYSTEM".into(),
-                    conninfo.to_libpq_string(),
-                ]))
-                .await;
-            if password.is_some() {
-                let _ = m.host.remove_file(tmp.as_ref()).await;
-            }
-            anyhow::Ok((out?, m.host.describe()))
+            let (ok, err) = replication_probe(&m).await?;
+            anyhow::Ok((ok, err, m.host.describe()))
         }
         .await;
         match result {
-            Ok((out, _)) if out.success() => checks.push(Check::pass(
+            Ok((true, _, _)) => checks.push(Check::pass(
                 id,
                 format!("{} can open a replication connection to {up}", node.name),
             )),
-            Ok((out, host)) => {
-                let err = out.stderr_tail();
+            Ok((false, err, host)) => {
                 let remedy = if err.contains("pg_hba.conf") {
                     format!("add a line to {up}'s pg_hba.conf: host replication {} <{}'s address>/32 scram-sha-256, then SELECT pg_reload_conf()", spec.replication.user, node.name)
                 } else if err.contains("password") {
@@ -544,4 +516,264 @@ async fn replication_auth(checks: &mut Vec<Check>, spec: &Spec, facts: &BTreeMap
             )),
         }
     }
+}
+
+/// Physical replication needs the same build: block size, WAL segment size, alignment…
+async fn control_compatibility(
+    checks: &mut Vec<Check>,
+    facts: &BTreeMap<String, Facts>,
+    p: &Facts,
+) {
+    const SQL: &str = "SELECT max_data_alignment, database_block_size, wal_block_size, bytes_per_wal_segment, max_identifier_length, max_index_columns, float8_pass_by_value::text FROM pg_control_init()";
+    let Some(reference) = control_row(p, SQL).await else {
+        return;
+    };
+    let mut differ = Vec::new();
+    for f in facts.values().filter(|f| f.name != p.name) {
+        if let Some(r) = control_row(f, SQL).await {
+            if r != reference {
+                differ.push(format!("{}: {r}", f.name));
+            }
+        }
+    }
+    if differ.is_empty() {
+        checks.push(Check::pass(
+            "control",
+            format!("same build on every running node ({reference})"),
+        ));
+    } else {
+        checks.push(Check::fail(
+            "control",
+            format!("{} has {reference}, but {}", p.name, differ.join("; ")),
+            "physical replication needs the same architecture and build options on every node",
+        ));
+    }
+}
+
+/// For each node that will be cloned: free disk for the copy plus retained WAL, the
+/// tablespace paths, and the extension files on its host.
+async fn clone_targets(
+    checks: &mut Vec<Check>,
+    spec: &Spec,
+    p: &Facts,
+    facts: &BTreeMap<String, Facts>,
+) {
+    let size: i64 = p
+        .client
+        .query_one(
+            "SELECT sum(pg_database_size(oid))::bigint FROM pg_database",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    let wal: i64 = p
+        .client
+        .query_one(
+            "SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir()",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    let tablespaces: Vec<(String, String)> = p
+        .client
+        .query("SELECT spcname::text, pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')", &[])
+        .await
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .unwrap_or_default();
+    let mut extensions: Vec<String> = Vec::new();
+    let dbs: Vec<String> = p
+        .client
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    for db in dbs {
+        let ep = crate::pg::Endpoint::new(
+            &spec.primary().name,
+            spec.primary().conninfo.clone().with("dbname", &db),
+            spec.primary().password.clone(),
+        );
+        if let Ok(c) = connect(&ep).await {
+            if let Ok(rows) = c
+                .query(
+                    "SELECT extname::text FROM pg_extension WHERE extname <> 'plpgsql'",
+                    &[],
+                )
+                .await
+            {
+                for r in rows {
+                    let e: String = r.get(0);
+                    if !extensions.contains(&e) {
+                        extensions.push(e);
+                    }
+                }
+            }
+        }
+    }
+    for node in spec
+        .nodes
+        .iter()
+        .filter(|n| n.role != Role::Primary && !facts.contains_key(&n.name))
+    {
+        let Ok(m) = Member::new(spec, &node.name) else {
+            continue;
+        };
+        // Disk: the closest existing ancestor of the data directory.
+        let need = (size + wal) as u64;
+        let df = m
+            .host
+            .run(&Cmd::new([
+                "sh",
+                "-c",
+                "d=$1; while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done; df -P -B1 -- \"$d\" | awk 'NR==2 {print $4}'",
+                "sh",
+                &node.data_dir.display().to_string(),
+            ]))
+            .await;
+        match df.ok().and_then(|o| o.stdout_text().trim().parse::<u64>().ok()) {
+            Some(free) if free >= need + need / 5 => checks.push(Check::pass(
+                format!("disk:{}", node.name),
+                format!("{} free for {} to clone (data and WAL, plus 20%)", crate::units::format_bytes(free), crate::units::format_bytes(need)),
+            )),
+            Some(free) => checks.push(Check::fail(
+                format!("disk:{}", node.name),
+                format!("{} has {} free at {}, the clone needs about {} (+20% for WAL retained meanwhile)", node.name, crate::units::format_bytes(free), node.data_dir.display(), crate::units::format_bytes(need)),
+                "free space or give the node a data_dir on a larger volume",
+            )),
+            None => checks.push(Check::warn(format!("disk:{}", node.name), format!("could not measure free space on {}", m.host.describe()), "check it by hand")),
+        }
+        for (name, path) in &tablespaces {
+            checks.push(Check::warn(
+                format!("tablespace:{}:{name}", node.name),
+                format!("tablespace {name} lives at {path}; pg_basebackup recreates it at the same path on {}", node.name),
+                format!("make sure {path} is absent or empty and writable by postgres on {}", m.host.describe()),
+            ));
+        }
+        if !extensions.is_empty() {
+            let Ok(server) = m.server() else { continue };
+            let share = m
+                .host
+                .run(&Cmd::new([server.tool("pg_config"), "--sharedir".into()]))
+                .await
+                .ok()
+                .filter(|o| o.success())
+                .map(|o| o.stdout_text().trim().to_string());
+            let Some(share) = share else {
+                checks.push(Check::warn(
+                    format!("extensions:{}", node.name),
+                    "pg_config is not available to check extension files",
+                    "check by hand that every extension is installed there",
+                ));
+                continue;
+            };
+            let mut missing = Vec::new();
+            for e in &extensions {
+                let control = std::path::PathBuf::from(&share)
+                    .join("extension")
+                    .join(format!("{e}.control"));
+                if !m.host.exists(&control).await.unwrap_or(false) {
+                    missing.push(e.clone());
+                }
+            }
+            if missing.is_empty() {
+                checks.push(Check::pass(
+                    format!("extensions:{}", node.name),
+                    format!("{} installed", extensions.join(", ")),
+                ));
+            } else {
+                checks.push(Check::fail(
+                    format!("extensions:{}", node.name),
+                    format!(
+                        "{} lacks the extension files for {}",
+                        node.name,
+                        missing.join(", ")
+                    ),
+                    "install the same extension packages on that host",
+                ));
+            }
+        }
+    }
+}
+
+/// The reverse path: once the target runs, the old primary's host must be able to replicate
+/// from it (it becomes its standby after the cutover).
+async fn reverse_path(checks: &mut Vec<Check>, spec: &Spec, facts: &BTreeMap<String, Facts>) {
+    let target = spec.target();
+    if !facts.contains_key(&target.name) {
+        checks.push(Check::pass(
+            "reverse_path",
+            format!("{} is not running yet; checked when it is", target.name),
+        ));
+        return;
+    }
+    let Ok(old) = Member::new(spec, &spec.primary().name) else {
+        return;
+    };
+    let m = old.with_upstream(target);
+    let id = "reverse_path".to_string();
+    match replication_probe(&m).await {
+        Ok((true, _)) => checks.push(Check::pass(id, format!("{} can replicate from {} (the rollback path)", m.name(), target.name))),
+        Ok((false, err)) => checks.push(Check::fail(
+            id,
+            format!("{} cannot replicate from {}: {err}", m.name(), target.name),
+            format!("admit {}'s address for replication in {}'s pg_hba.conf: after the cutover it is the rollback path", m.name(), target.name),
+        )),
+        Err(e) => checks.push(Check::fail(id, format!("{e:#}"), "check the node's host control and bin_dir")),
+    }
+}
+
+/// `psql replication=true -c IDENTIFY_SYSTEM` from the member's host to its upstream.
+async fn replication_probe(m: &Member) -> anyhow::Result<(bool, String)> {
+    let server = m.server()?;
+    let password = m.replication_password()?;
+    let tmp = format!(
+        "/tmp/migrate-{}-preflight-{}.pgpass",
+        m.name(),
+        std::process::id()
+    );
+    if let Some(pw) = &password {
+        m.host
+            .write_file(tmp.as_ref(), m.passfile_line(pw).as_bytes(), 0o600, None)
+            .await?;
+    }
+    let conninfo = m
+        .replication_conninfo(password.as_ref().map(|_| tmp.as_str()))?
+        .with("replication", "true")
+        .with("dbname", "replication")
+        .with("connect_timeout", "10");
+    let out = m
+        .host
+        .run(&Cmd::new([
+            server.tool("psql"),
+            "-X".into(),
+            "-w".into(),
+            "-Atc".into(),
+            "IDENTIFY_SYSTEM".into(),
+            conninfo.to_libpq_string(),
+        ]))
+        .await;
+    if password.is_some() {
+        let _ = m.host.remove_file(tmp.as_ref()).await;
+    }
+    let out = out?;
+    Ok((out.success(), out.stderr_tail()))
+}
+
+async fn control_row(f: &Facts, sql: &str) -> Option<String> {
+    let r = f.client.query_one(sql, &[]).await.ok()?;
+    Some(format!(
+        "align {} block {} wal-block {} segment {} ident {} index-cols {} float8-byval {}",
+        r.get::<_, i32>(0),
+        r.get::<_, i32>(1),
+        r.get::<_, i32>(2),
+        r.get::<_, i32>(3),
+        r.get::<_, i32>(4),
+        r.get::<_, i32>(5),
+        r.get::<_, String>(6)
+    ))
 }
