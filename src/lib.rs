@@ -13,6 +13,7 @@ pub mod pg;
 pub mod plans;
 pub mod preflight;
 pub mod replication;
+pub mod route;
 pub mod runbook;
 pub mod spec;
 pub mod steps;

@@ -11,4 +11,5 @@ mod host_ssh;
 mod lab;
 mod plan;
 pub mod replication;
+mod route;
 mod spec_fixtures;

@@ -9,8 +9,8 @@ use crate::engine::{Plan, Step};
 use crate::spec::{Role, Spec};
 use crate::steps::member::Member;
 use crate::steps::switchover::{
-    Certificate, Direction, Fence, Followers, Promote, Proof, Release, Reverse, Stage, StopPrimary,
-    VerifyPrimary, WaitForWindow,
+    Certificate, Direction, Fence, Followers, Hold, Promote, Proof, Release, Reverse, Stage,
+    StopPrimary, VerifyPrimary, WaitForWindow,
 };
 
 pub const CUTOVER: &str = "cutover";
@@ -51,6 +51,7 @@ pub fn direction(spec: &Spec, operation: &str) -> Result<Direction> {
         from: Member::new(spec, &from)?,
         to: Member::new(spec, &to)?,
         followers,
+        routes: spec.routes.clone(),
     })
 }
 
@@ -69,7 +70,8 @@ pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Pla
         steps.push(Box::new(super::replicate::catch_up(spec, "gate")));
     }
     steps.extend([
-        Box::new(Fence(d.clone())) as Box<dyn Step>,
+        Box::new(Hold(d.clone())) as Box<dyn Step>,
+        Box::new(Fence(d.clone())),
         Box::new(StopPrimary(d.clone())),
         Box::new(Proof {
             d: d.clone(),
@@ -82,7 +84,7 @@ pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Pla
         }),
         Box::new(Reverse(d.clone())),
         Box::new(VerifyPrimary(d.clone())),
-        Box::new(Release),
+        Box::new(Release(d.clone())),
         Box::new(Followers(d.clone())),
         Box::new(Certificate {
             d,

@@ -98,6 +98,18 @@ pub enum Retire {
 pub enum Route {
     /// No traffic layer: the cutover verifies the new primary directly.
     None,
+    PgBouncer(Box<PgBouncerRoute>),
+}
+
+/// A PgBouncer in front of the primary: clients are held with PAUSE, the [databases] entries
+/// repointed in pgbouncer.ini and reloaded, then RESUME.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgBouncerRoute {
+    pub admin: Conninfo,
+    pub password: Option<SecretRef>,
+    pub config: PathBuf,
+    pub databases: Vec<String>,
+    pub host: HostSpec,
 }
 
 #[derive(Debug, Clone)]
@@ -449,10 +461,42 @@ impl Validator {
                 }
                 Ok(Route::None)
             }
+            "pgbouncer" => {
+                let f = format!("route[{i}]");
+                let raw: raw::RawPgBouncer = serde_path_to_error::deserialize(toml::Value::Table(r.settings)).map_err(|e| {
+                    let path = e.path().to_string();
+                    let msg = e.inner().to_string();
+                    let missing = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()).map(str::to_string);
+                    let field = match (path.as_str(), missing) {
+                        (".", Some(m)) => format!("{f}.{m}"),
+                        (".", None) => f.clone(),
+                        (p, Some(m)) => format!("{f}.{p}.{m}"),
+                        (p, None) => format!("{f}.{p}"),
+                    };
+                    self.err(
+                        field,
+                        e.inner().to_string().trim(),
+                        "a pgbouncer route takes admin (conninfo of the admin console), password, config (pgbouncer.ini path), databases, host",
+                    )
+                })?;
+                if raw.databases.is_empty() {
+                    return Err(self.err(format!("{f}.databases"), "no database to repoint", "list the [databases] entries of pgbouncer.ini that point at the primary"));
+                }
+                if !raw.config.is_absolute() {
+                    return Err(self.err(format!("{f}.config"), "not an absolute path", "give the absolute path of pgbouncer.ini on the pooler's host"));
+                }
+                Ok(Route::PgBouncer(Box::new(PgBouncerRoute {
+                    admin: self.conninfo(&format!("{f}.admin"), &raw.admin)?,
+                    password: self.secret(&format!("{f}.password"), raw.password)?,
+                    config: raw.config,
+                    databases: raw.databases,
+                    host: self.host(&format!("{f}.host"), raw.host)?,
+                })))
+            }
             other => Err(self.err(
                 format!("route[{i}].kind"),
                 format!("route provider {other:?} is not available in this version"),
-                "use kind = \"none\" (the cutover then verifies the new primary directly)",
+                "use kind = \"pgbouncer\", or \"none\" (the cutover then verifies the new primary directly)",
             )),
         }
     }

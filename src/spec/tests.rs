@@ -38,7 +38,9 @@ fn example_spec_parses_into_typed_values() {
         spec.node("new").unwrap().conninfo.get("sslmode"),
         Some("verify-full")
     );
-    assert_eq!(spec.routes, vec![Route::None]);
+    assert_eq!(spec.routes.len(), 2);
+    assert_eq!(spec.routes[0], Route::None);
+    assert!(matches!(&spec.routes[1], Route::PgBouncer(p) if p.databases == ["app"]));
 }
 
 #[test]

@@ -25,9 +25,15 @@ pub struct Direction {
     pub from: Member,
     pub to: Member,
     pub followers: Vec<Member>,
+    /// The traffic layer (`kind = "none"` routes are left out).
+    pub routes: Vec<crate::spec::Route>,
 }
 
 impl Direction {
+    fn routers(&self) -> Result<Vec<Box<dyn crate::route::Router>>> {
+        crate::route::open(&self.routes)
+    }
+
     /// `from` as a standby of `to`.
     fn demoted(&self) -> Member {
         self.from.with_upstream(&self.to.node)
@@ -130,6 +136,66 @@ impl Step for WaitForWindow {
         }
     }
     async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Hold clients at every route that can (PgBouncer PAUSE): they wait instead of failing.
+/// What each route points at is journaled first.
+pub struct Hold(pub Direction);
+
+#[async_trait]
+impl Step for Hold {
+    fn id(&self) -> String {
+        "hold".into()
+    }
+    fn describe(&self) -> Description {
+        let routers = self.0.routers().unwrap_or_default();
+        Description {
+            host: if routers.is_empty() {
+                "-".into()
+            } else {
+                routers
+                    .iter()
+                    .map(|r| r.describe())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+            action: if routers.is_empty() {
+                "no route: nothing to hold".into()
+            } else {
+                "record where each route points, then hold its clients (PgBouncer: PAUSE db)".into()
+            },
+            proof: "the hold command returned (PAUSE returns once no query runs)".into(),
+            undo: "release the clients (RESUME db)".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
+    async fn apply(&self, _: &Cx) -> Result<Value> {
+        let t = Instant::now();
+        let held_at = Utc::now();
+        let mut previous = Vec::new();
+        for r in self.0.routers()? {
+            previous.push(json!({ "route": r.describe(), "points_at": r.current().await? }));
+            r.hold()
+                .await
+                .with_context(|| format!("hold clients at {}", r.describe()))?;
+        }
+        Ok(json!({ "held_at": held_at, "previous": previous, "ms": Direction::ms(t) }))
+    }
+    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+        for r in self.0.routers()? {
+            r.release()
+                .await
+                .with_context(|| format!("release clients at {}", r.describe()))?;
+        }
         Ok(())
     }
 }
@@ -699,6 +765,20 @@ impl Step for VerifyPrimary {
     }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let t = Instant::now();
+        let routers = self.0.routers()?;
+        if !routers.is_empty() {
+            let mut pointed = Vec::new();
+            for r in routers {
+                let now = r
+                    .point(&self.0.to.node)
+                    .await
+                    .with_context(|| format!("point {} at {}", r.describe(), self.0.to.name()))?;
+                pointed.push(json!({ "route": r.describe(), "points_at": now }));
+            }
+            return Ok(
+                json!({ "primary": self.0.to.name(), "routes": pointed, "ms": Direction::ms(t) }),
+            );
+        }
         let c = connect(&self.0.to.endpoint()).await?;
         let r = c
             .query_one(
@@ -720,7 +800,7 @@ impl Step for VerifyPrimary {
 
 /// Let clients write again (with a holding route, the release; without one, the instant the
 /// new primary was verified).
-pub struct Release;
+pub struct Release(pub Direction);
 
 #[async_trait]
 impl Step for Release {
@@ -729,9 +809,11 @@ impl Step for Release {
     }
     fn describe(&self) -> Description {
         Description {
-            host: "-".into(),
-            action: "release held clients (none without a route)".into(),
-            proof: "-".into(),
+            host: "every route".into(),
+            action: "release held clients (PgBouncer: RESUME db), then connect through each route"
+                .into(),
+            proof: "through the route: pg_is_in_recovery() = false on the new primary's port"
+                .into(),
             undo: "nothing".into(),
         }
     }
@@ -742,7 +824,22 @@ impl Step for Release {
         Ok(Probe::NotDone)
     }
     async fn apply(&self, _: &Cx) -> Result<Value> {
-        Ok(json!({ "released_at": Utc::now() }))
+        let routers = self.0.routers()?;
+        for r in &routers {
+            r.release()
+                .await
+                .with_context(|| format!("release clients at {}", r.describe()))?;
+        }
+        let released_at = Utc::now();
+        let mut verified = Vec::new();
+        for r in &routers {
+            let v = r
+                .verify(&self.0.to.node)
+                .await
+                .with_context(|| format!("verify {} reaches {}", r.describe(), self.0.to.name()))?;
+            verified.push(json!({ "route": r.describe(), "verified": v }));
+        }
+        Ok(json!({ "released_at": released_at, "verified": verified }))
     }
     async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
         Ok(())
@@ -845,7 +942,8 @@ impl Step for Certificate {
             serde_json::from_value(out(cx, s)?[k].clone())
                 .with_context(|| format!("{s} recorded no {k}"))
         };
-        let fenced = at("fence", "fenced_at")?;
+        // The write pause starts when clients are held (or, without a route, fenced).
+        let fenced = at("hold", "held_at").or_else(|_| at("fence", "fenced_at"))?;
         let released = at("release", "released_at")?;
         let proof = out(cx, "proof")?;
         let promote = out(cx, "promote")?;
@@ -863,7 +961,7 @@ impl Step for Certificate {
             "released_at": released,
             "write_pause_ms": (released - fenced).num_milliseconds(),
             "phases_ms": {
-                "fence": ms("fence"), "stop": ms("stop"), "proof": ms("proof"), "stage": ms("stage"),
+                "hold": ms("hold"), "fence": ms("fence"), "stop": ms("stop"), "proof": ms("proof"), "stage": ms("stage"),
                 "promote": ms("promote"), "reverse": ms("reverse"), "route": ms("route"), "followers": ms("followers"),
             },
         });

@@ -1,0 +1,263 @@
+//! PgBouncer: `PAUSE db` holds clients, the `[databases]` entries are repointed in
+//! pgbouncer.ini (atomically, through host control) and `RELOAD`ed, `RESUME db` releases them.
+//! The admin console speaks only the simple query protocol.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::Router;
+use crate::host::Host;
+use crate::pg::{connect, Conninfo, Endpoint};
+use crate::spec::{Node, PgBouncerRoute};
+
+pub struct PgBouncer {
+    cfg: PgBouncerRoute,
+    host: Arc<dyn Host>,
+}
+
+impl PgBouncer {
+    pub fn new(cfg: PgBouncerRoute) -> Result<PgBouncer> {
+        let host = cfg.host.open()?;
+        Ok(PgBouncer { cfg, host })
+    }
+
+    fn endpoint(&self, dbname: &str) -> Endpoint {
+        Endpoint::new(
+            "pgbouncer",
+            self.cfg.admin.clone().with("dbname", dbname),
+            self.cfg.password.clone(),
+        )
+    }
+
+    async fn console(&self) -> Result<Client> {
+        connect(&self.endpoint("pgbouncer"))
+            .await
+            .context("connect to the PgBouncer admin console")
+    }
+
+    async fn rows(c: &Client, sql: &str) -> Result<Vec<Vec<(String, String)>>> {
+        let msgs = c
+            .simple_query(sql)
+            .await
+            .with_context(|| format!("PgBouncer console: {sql}"))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(
+                    r.columns()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, col)| {
+                            (col.name().to_string(), r.get(i).unwrap_or("").to_string())
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn ini(&self) -> Result<String> {
+        let bytes = self.host.read_file(&self.cfg.config).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The `[databases]` entries we manage: name → its connection string.
+    fn entries(ini: &str) -> Vec<(String, String)> {
+        let mut in_dbs = false;
+        let mut out = Vec::new();
+        for line in ini.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                in_dbs = t == "[databases]";
+                continue;
+            }
+            if !in_dbs || t.is_empty() || t.starts_with(';') || t.starts_with('#') {
+                continue;
+            }
+            if let Some((k, v)) = t.split_once('=') {
+                out.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        out
+    }
+
+    async fn check_pool_mode(&self, c: &Client) -> Result<()> {
+        for row in Self::rows(c, "SHOW CONFIG").await? {
+            let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+            if get("key") == Some("pool_mode") && get("value") == Some("session") {
+                bail!("PgBouncer runs pool_mode = session: PAUSE would wait for every client to disconnect; use transaction pooling for the cutover");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Router for PgBouncer {
+    fn describe(&self) -> String {
+        format!(
+            "pgbouncer ({}, {})",
+            self.cfg.admin,
+            self.cfg.databases.join(", ")
+        )
+    }
+
+    async fn current(&self) -> Result<Value> {
+        let ini = self.ini().await?;
+        let entries = Self::entries(&ini);
+        let mut out = serde_json::Map::new();
+        for db in &self.cfg.databases {
+            let line = entries.iter().find(|(k, _)| k == db).ok_or_else(|| {
+                anyhow!(
+                    "{} has no [databases] entry {db}",
+                    self.cfg.config.display()
+                )
+            })?;
+            let c = Conninfo::parse(&line.1)
+                .map_err(|e| anyhow!("the entry {db} in {}: {e}", self.cfg.config.display()))?;
+            out.insert(db.clone(), json!({ "host": c.host(), "port": c.port() }));
+        }
+        Ok(Value::Object(out))
+    }
+
+    async fn hold(&self) -> Result<()> {
+        let c = self.console().await?;
+        self.check_pool_mode(&c).await?;
+        for db in &self.cfg.databases {
+            match c.simple_query(&format!("PAUSE {db}")).await {
+                Ok(_) => {}
+                Err(e)
+                    if e.to_string().contains("already")
+                        || format!("{e:?}").contains("already") => {}
+                Err(e) => {
+                    return Err(anyhow!(
+                        "PgBouncer PAUSE {db}: {}",
+                        crate::pg::conn::error_chain_text(&e)
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self) -> Result<()> {
+        let c = self.console().await?;
+        for db in &self.cfg.databases {
+            if let Err(e) = c.simple_query(&format!("RESUME {db}")).await {
+                let text = crate::pg::conn::error_chain_text(&e);
+                if !text.contains("not paused") {
+                    bail!("PgBouncer RESUME {db}: {text}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn point(&self, to: &Node) -> Result<Value> {
+        let ini = self.ini().await?;
+        let (host, port) = (
+            to.conninfo.host().to_string(),
+            to.conninfo.port().to_string(),
+        );
+        let mut in_dbs = false;
+        let mut out = String::new();
+        for line in ini.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                in_dbs = t == "[databases]";
+            }
+            let managed = in_dbs
+                && t.split_once('=')
+                    .is_some_and(|(k, _)| self.cfg.databases.iter().any(|d| d == k.trim()));
+            if managed {
+                let (k, v) = t.split_once('=').expect("checked");
+                let c = Conninfo::parse(v.trim()).map_err(|e| {
+                    anyhow!(
+                        "the entry {} in {}: {e}",
+                        k.trim(),
+                        self.cfg.config.display()
+                    )
+                })?;
+                let c = c.with("host", &host).with("port", &port);
+                out.push_str(&format!("{} = {}\n", k.trim(), c.to_libpq_string()));
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        if out != ini {
+            self.host
+                .write_file(&self.cfg.config, out.as_bytes(), 0o600, None)
+                .await?;
+        }
+        let c = self.console().await?;
+        c.simple_query("RELOAD").await.map_err(|e| {
+            anyhow!(
+                "PgBouncer RELOAD: {}",
+                crate::pg::conn::error_chain_text(&e)
+            )
+        })?;
+        // The console's own view after the reload.
+        let mut seen = serde_json::Map::new();
+        for row in Self::rows(&c, "SHOW DATABASES").await? {
+            let get = |k: &str| {
+                row.iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let name = get("name");
+            if self.cfg.databases.contains(&name) {
+                if get("port") != port {
+                    bail!(
+                        "after RELOAD, PgBouncer's {name} still points at port {}, not {port}",
+                        get("port")
+                    );
+                }
+                seen.insert(name, json!({ "host": get("host"), "port": get("port") }));
+            }
+        }
+        Ok(Value::Object(seen))
+    }
+
+    async fn verify(&self, to: &Node) -> Result<Value> {
+        let mut out = serde_json::Map::new();
+        for db in &self.cfg.databases {
+            let c = connect(&self.endpoint(db))
+                .await
+                .with_context(|| format!("connect through PgBouncer to {db}"))?;
+            // Simple protocol: transaction pooling cannot keep prepared statements.
+            let msgs = c
+                .simple_query("SELECT pg_is_in_recovery()::text, inet_server_port()::text")
+                .await?;
+            let row = msgs
+                .into_iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some((
+                        r.get(0).unwrap_or("").to_string(),
+                        r.get(1).unwrap_or("").to_string(),
+                    )),
+                    _ => None,
+                })
+                .ok_or_else(|| anyhow!("no answer through PgBouncer"))?;
+            if row.0 != "false" {
+                bail!("through PgBouncer, {db} reaches a server in recovery, not the new primary");
+            }
+            if row.1 != to.conninfo.port().to_string() {
+                bail!(
+                    "through PgBouncer, {db} reaches port {}, not {} ({})",
+                    row.1,
+                    to.conninfo.port(),
+                    to.name
+                );
+            }
+            out.insert(db.clone(), json!({ "primary": to.name, "port": row.1 }));
+        }
+        Ok(Value::Object(out))
+    }
+}
