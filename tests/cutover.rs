@@ -278,9 +278,10 @@ async fn the_time_box_aborts_when_the_target_cannot_catch_up_and_the_old_primary
         .unwrap();
 }
 
-const CUTOVER_STEPS: [&str; 12] = [
+const CUTOVER_STEPS: [&str; 13] = [
     "window",
     "gate",
+    "hold",
     "fence",
     "stop",
     "proof",
@@ -376,17 +377,17 @@ async fn crash_matrix(steps: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_matrix_up_to_the_proof() {
-    crash_matrix(&CUTOVER_STEPS[..5]).await;
+    crash_matrix(&CUTOVER_STEPS[..6]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_matrix_around_the_promotion() {
-    crash_matrix(&CUTOVER_STEPS[5..8]).await;
+    crash_matrix(&CUTOVER_STEPS[6..9]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_matrix_after_the_promotion() {
-    crash_matrix(&CUTOVER_STEPS[8..]).await;
+    crash_matrix(&CUTOVER_STEPS[9..]).await;
 }
 
 async fn wait_for_step(chain: &Chain, step: &str, status: &str) {

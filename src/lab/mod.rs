@@ -487,7 +487,13 @@ impl Lab {
                 q(&self.bin_dir.display().to_string()),
             ));
         }
-        s.push_str("\n[cutover]\nlag_threshold = \"16MiB\"\nlag_stable_for = \"2s\"\nproof_timeout = \"30s\"\n\n[[route]]\nkind = \"none\"\n");
+        s.push_str("\n[cutover]\nlag_threshold = \"16MiB\"\nlag_stable_for = \"2s\"\nproof_timeout = \"30s\"\n");
+        // The application endpoint is the route: clients are held there during the switch.
+        s.push_str(&format!(
+            "\n[[route]]\nkind = \"pgbouncer\"\nadmin = \"host=127.0.0.1 port={} user=postgres dbname=pgbouncer sslmode=disable\"\npassword = {{ passfile = {pass} }}\nconfig = {}\ndatabases = [\"app\", \"postgres\"]\nhost = {{ kind = \"local\"{run_as} }}\n",
+            self.pgbouncer_port(),
+            q(&self.bouncer().ini().display().to_string()),
+        ));
         LocalHost::new(None)?
             .write_file(&self.spec_path(), s.as_bytes(), 0o644, None)
             .await
