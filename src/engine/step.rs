@@ -69,11 +69,16 @@ pub trait Step: Send + Sync {
     fn id(&self) -> String;
     fn describe(&self) -> Description;
     fn kind(&self) -> Kind;
-    /// Is the effect already in place? Must not change anything.
-    async fn probe(&self, cx: &Cx) -> Result<Probe>;
+    /// Is the effect already in place? Must not change anything. By default: not known, so
+    /// an interrupted step is applied again (fine for read-only and idempotent steps).
+    async fn probe(&self, _cx: &Cx) -> Result<Probe> {
+        Ok(Probe::NotDone)
+    }
     /// Make the effect happen. Idempotent: may run again after a crash at any instant.
     async fn apply(&self, cx: &Cx) -> Result<Value>;
     /// Undo the effect; `output` is `None` when the step never recorded success (it may have
-    /// done part of its work). Idempotent.
-    async fn compensate(&self, cx: &Cx, output: Option<&Value>) -> Result<()>;
+    /// done part of its work). Idempotent. By default nothing to undo (read-only steps).
+    async fn compensate(&self, _cx: &Cx, _output: Option<&Value>) -> Result<()> {
+        Ok(())
+    }
 }

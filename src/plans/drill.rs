@@ -90,18 +90,12 @@ impl Step for Observe {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
-    }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let c = self.0.client().await?;
         let r = c
             .query_one("SELECT pg_current_wal_lsn()::text, system_identifier::text FROM pg_control_system()", &[])
             .await?;
         Ok(json!({ "lsn": r.get::<_, String>(0), "system_identifier": r.get::<_, String>(1) }))
-    }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
     }
 }
 

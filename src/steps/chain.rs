@@ -96,9 +96,6 @@ impl Step for Prepare {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
-    }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let name = self.m.name();
         let up = self.m.upstream()?;
@@ -155,9 +152,6 @@ impl Step for Prepare {
             ),
             DirState::Other => bail!("{where_} is not empty and is not a PostgreSQL data directory; empty it or choose another data_dir"),
         }
-    }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
     }
 }
 
@@ -664,9 +658,6 @@ impl Step for CatchUp {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
-    }
     async fn apply(&self, cx: &Cx) -> Result<Value> {
         let started = Instant::now();
         let mut samples: Vec<ChainSample> = Vec::new();
@@ -708,8 +699,5 @@ impl Step for CatchUp {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-    }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::member::Member;
-use crate::engine::{Cx, Description, Kind, Probe, Step};
+use crate::engine::{Cx, Description, Kind, Step};
 use crate::pg::connect;
 use crate::pg::server::{RunState, StopMode};
 use crate::replication::slot_name;
@@ -35,9 +35,6 @@ impl Step for CheckCutOver {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
-    }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let c = connect(&self.new_primary.endpoint()).await?;
         if c.query_one("SELECT pg_is_in_recovery()", &[])
@@ -47,9 +44,6 @@ impl Step for CheckCutOver {
             bail!("{} is not the primary: `migrate complete` retires the rollback path after a cutover", self.new_primary.name());
         }
         Ok(json!({ "primary": self.new_primary.name() }))
-    }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
     }
 }
 
@@ -82,9 +76,6 @@ impl Step for RetireOld {
     }
     fn kind(&self) -> Kind {
         Kind::PointOfNoReturn
-    }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
     }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         if self.retire == Retire::Stop {
@@ -145,9 +136,6 @@ impl Step for DropStaleSlots {
     fn kind(&self) -> Kind {
         Kind::PointOfNoReturn
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
-    }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let mut dropped = Vec::new();
         for (m, keep) in &self.nodes {
@@ -165,9 +153,6 @@ impl Step for DropStaleSlots {
             }
         }
         Ok(json!({ "dropped": dropped }))
-    }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
     }
 }
 

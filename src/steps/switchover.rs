@@ -98,9 +98,6 @@ impl Step for WaitForWindow {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
-    }
     async fn apply(&self, cx: &Cx) -> Result<Value> {
         let Some(w) = self.window else {
             return Ok(json!({ "window": null }));
@@ -134,9 +131,6 @@ impl Step for WaitForWindow {
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
     }
 }
 
@@ -174,9 +168,6 @@ impl Step for Hold {
     }
     fn kind(&self) -> Kind {
         Kind::Reversible
-    }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
     }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let t = Instant::now();
@@ -223,9 +214,6 @@ impl Step for Fence {
     }
     fn kind(&self) -> Kind {
         Kind::Reversible
-    }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
     }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let t = Instant::now();
@@ -377,9 +365,6 @@ impl Step for Proof {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
-    }
     async fn apply(&self, cx: &Cx) -> Result<Value> {
         let t = Instant::now();
         let recorded_tli = cx.output("fence").and_then(|o| o["to_timeline"].as_i64());
@@ -459,9 +444,6 @@ impl Step for Proof {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,9 +484,6 @@ impl Step for Stage {
     }
     fn kind(&self) -> Kind {
         Kind::Reversible
-    }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
     }
     async fn apply(&self, cx: &Cx) -> Result<Value> {
         let t = Instant::now();
@@ -590,9 +569,6 @@ impl Step for Promote {
     }
     fn kind(&self) -> Kind {
         Kind::PointOfNoReturn
-    }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
     }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let t = Instant::now();
@@ -708,9 +684,6 @@ impl Step for Reverse {
     fn kind(&self) -> Kind {
         Kind::Reversible
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
-    }
     async fn apply(&self, cx: &Cx) -> Result<Value> {
         let t = Instant::now();
         let tli = new_timeline(cx)?;
@@ -732,9 +705,6 @@ impl Step for Reverse {
             )
         })?;
         Ok(json!({ "timeline": tli, "ms": Direction::ms(t) }))
-    }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
     }
 }
 
@@ -759,9 +729,6 @@ impl Step for VerifyPrimary {
     }
     fn kind(&self) -> Kind {
         Kind::ReadOnly
-    }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
     }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let t = Instant::now();
@@ -793,9 +760,6 @@ impl Step for VerifyPrimary {
             json!({ "primary": self.0.to.name(), "system_identifier": r.get::<_, String>(1), "ms": Direction::ms(t) }),
         )
     }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// Let clients write again (with a holding route, the release; without one, the instant the
@@ -820,9 +784,6 @@ impl Step for Release {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
-    }
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let routers = self.0.routers()?;
         for r in &routers {
@@ -840,9 +801,6 @@ impl Step for Release {
             verified.push(json!({ "route": r.describe(), "verified": v }));
         }
         Ok(json!({ "released_at": released_at, "verified": verified }))
-    }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
     }
 }
 
@@ -872,9 +830,6 @@ impl Step for Followers {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
-    }
     async fn apply(&self, cx: &Cx) -> Result<Value> {
         let t = Instant::now();
         let tli = new_timeline(cx)?;
@@ -895,9 +850,6 @@ impl Step for Followers {
             wait_following(f, &upstream, tli, Duration::from_secs(120), cx, "followers").await?;
         }
         Ok(json!({ "timeline": tli, "ms": Direction::ms(t) }))
-    }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
     }
 }
 
@@ -932,9 +884,6 @@ impl Step for Certificate {
     }
     fn kind(&self) -> Kind {
         Kind::ReadOnly
-    }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
-        Ok(Probe::NotDone)
     }
     async fn apply(&self, cx: &Cx) -> Result<Value> {
         let ms = |s: &str| cx.output(s).and_then(|o| o["ms"].as_u64());
@@ -973,8 +922,5 @@ impl Step for Certificate {
             None,
         )?;
         Ok(json!({ "path": path, "write_pause_ms": cert["write_pause_ms"] }))
-    }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
-        Ok(())
     }
 }
