@@ -54,6 +54,15 @@ async fn a_healthy_lab_is_ready_and_the_plan_has_every_step() {
     let (code, v, err) = plan(&chain).await;
     assert_eq!(code, Some(0), "{v} {err}");
     assert_eq!(v["ready"], true);
+    let route = check(&v, "route:0");
+    assert_eq!(route["status"], "pass");
+    assert!(
+        route["message"]
+            .as_str()
+            .unwrap()
+            .contains("reaches old as a writable primary"),
+        "{route}"
+    );
     for c in v["checks"].as_array().unwrap() {
         assert!(
             c["id"].is_string() && c["message"].is_string() && c["remedy"].is_string(),

@@ -321,6 +321,28 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
     reverse_path(&mut checks, spec, &facts).await;
     replication_auth(&mut checks, spec, &facts).await;
 
+    // Every route: reachable, authenticated, and pointing at the old primary now.
+    match crate::route::open(&spec.routes) {
+        Ok(routers) => {
+            for (i, r) in routers.iter().enumerate() {
+                let id = format!("route:{i}");
+                match r.verify(primary).await {
+                    Ok(_) => checks.push(Check::pass(id, format!("{} reaches {} as a writable primary", r.describe(), primary.name))),
+                    Err(e) => checks.push(Check::fail(
+                        id,
+                        format!("{}: {e:#}", r.describe()),
+                        format!("the route must be reachable with the spec's credentials and point at {} before the cutover", primary.name),
+                    )),
+                }
+            }
+        }
+        Err(e) => checks.push(Check::fail(
+            "route",
+            format!("{e:#}"),
+            "check the route's host control",
+        )),
+    }
+
     // The window.
     if let Some(w) = spec.cutover.window {
         if w.end <= chrono::Utc::now() {
