@@ -197,34 +197,8 @@ async fn the_time_box_aborts_when_the_target_cannot_catch_up_and_the_old_primary
     let child = cutover.output();
     let fault = async {
         // The fence is up: now the target's server goes away.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = chain.run(&["status", "--json"], None).await;
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            if v["operation"] == "cutover"
-                && v["steps"].as_array().is_some_and(|s| {
-                    s.iter()
-                        .any(|x| x["id"] == "stop" && x["status"] == "in_doubt")
-                })
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the cutover never reached the fence"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        chain
-            .lab
-            .lab
-            .server("new")
-            .stop(
-                migrate::pg::server::StopMode::Immediate,
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
+        chain.wait_for_step("cutover", "stop", "in_doubt").await;
+        chain.kill_server("new").await;
         std::fs::write(&go, "").unwrap();
     };
     let (out, ()) = tokio::join!(child, fault);
@@ -390,26 +364,6 @@ async fn crash_matrix_after_the_promotion() {
     crash_matrix(&CUTOVER_STEPS[9..]).await;
 }
 
-async fn wait_for_step(chain: &Chain, step: &str, status: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = chain.run(&["status", "--json"], None).await;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if v["operation"] == "cutover"
-            && v["steps"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|x| x["id"] == step && x["status"] == status))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cutover never got to {step} {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn assert_old_serves_unfenced(chain: &Chain) {
     let c = connect(&chain.ep("old")).await.unwrap();
     assert!(!c
@@ -443,7 +397,7 @@ async fn ctrl_c_before_the_point_of_no_return_aborts_and_unfences() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_for_step(&chain, "stop", "in_doubt").await;
+    chain.wait_for_step("cutover", "stop", "in_doubt").await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
         nix::sys::signal::Signal::SIGINT,

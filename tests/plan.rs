@@ -279,12 +279,10 @@ async fn a_target_from_another_cluster_is_refused() {
     assert_eq!(check(&v, "one_primary")["status"], "fail");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_hba_unreachable_host_and_wrong_password_are_explained() {
-    let chain = Chain::new().await;
+/// Remove the replication lines from a node's pg_hba.conf and reload; returns the original.
+async fn drop_replication_hba(chain: &Chain, node: &str) -> String {
     let lab = &chain.lab.lab;
-    // Replication entries removed from the old primary's pg_hba.conf.
-    let hba = lab.data_dir("old").join("pg_hba.conf");
+    let hba = lab.data_dir(node).join("pg_hba.conf");
     let original = std::fs::read_to_string(&hba).unwrap();
     let without: String = original
         .lines()
@@ -295,13 +293,23 @@ async fn missing_hba_unreachable_host_and_wrong_password_are_explained() {
         .write_file(&hba, without.as_bytes(), 0o600, None)
         .await
         .unwrap();
-    connect(&chain.ep("old"))
+    connect(&chain.ep(node))
         .await
         .unwrap()
         .batch_execute("SELECT pg_reload_conf()")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    original
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_hba_unreachable_host_and_wrong_password_are_explained() {
+    let chain = Chain::new().await;
+    let lab = &chain.lab.lab;
+    // Replication entries removed from the old primary's pg_hba.conf.
+    let original = drop_replication_hba(&chain, "old").await;
+    let hba = lab.data_dir("old").join("pg_hba.conf");
     let (code, v, _) = plan(&chain).await;
     assert_eq!(code, Some(1));
     let r = check(&v, "replication_auth:new");
@@ -416,25 +424,7 @@ async fn with_the_chain_running_the_build_and_the_reverse_path_are_checked() {
     assert_eq!(check(&v, "same_cluster:dr")["status"], "pass");
 
     // The target stops admitting replication: the rollback path is gone, and plan says so.
-    let lab = &chain.lab.lab;
-    let hba = lab.data_dir("new").join("pg_hba.conf");
-    let original = std::fs::read_to_string(&hba).unwrap();
-    let without: String = original
-        .lines()
-        .filter(|l| !l.contains("replication"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    lab.host()
-        .write_file(&hba, without.as_bytes(), 0o600, None)
-        .await
-        .unwrap();
-    connect(&chain.ep("new"))
-        .await
-        .unwrap()
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop_replication_hba(&chain, "new").await;
     let (code, v, _) = plan(&chain).await;
     assert_eq!(code, Some(1));
     let r = check(&v, "reverse_path");

@@ -61,6 +61,40 @@ impl Chain {
         );
     }
 
+    /// Wait until the current run is `operation` and its `step` has `status`.
+    pub async fn wait_for_step(&self, operation: &str, step: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.run(&["status", "--json"], None).await;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if v["operation"] == operation
+                && v["steps"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|x| x["id"] == step && x["status"] == status))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the {operation} run never got to {step} {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stop a node's server at once (a fault).
+    pub async fn kill_server(&self, node: &str) {
+        self.lab
+            .lab
+            .server(node)
+            .stop(
+                migrate::pg::server::StopMode::Immediate,
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+
     pub async fn plan_ok(&self) {
         let out = self.run(&["plan"], None).await;
         assert_eq!(

@@ -147,31 +147,9 @@ async fn an_aborted_cutover_releases_the_held_clients() {
         .env("MIGRATE_WAIT_FILE", chain.lab.lab.dir.join("go"));
     let run = child.output();
     let fault = async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        loop {
-            let v: serde_json::Value =
-                serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout)
-                    .unwrap_or_default();
-            if v["operation"] == "cutover"
-                && v["steps"].as_array().is_some_and(|s| {
-                    s.iter()
-                        .any(|x| x["id"] == "fence" && x["status"] == "in_doubt")
-                })
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        chain
-            .lab
-            .lab
-            .server("new")
-            .stop(
-                migrate::pg::server::StopMode::Immediate,
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
+        // The fence is up: now the target's server goes away.
+        chain.wait_for_step("cutover", "fence", "in_doubt").await;
+        chain.kill_server("new").await;
         std::fs::write(chain.lab.lab.dir.join("go"), "").unwrap();
     };
     let (out, ()) = tokio::join!(run, fault);
