@@ -61,7 +61,8 @@ pub enum Command {
     Status,
     /// Continue an interrupted run from its journal.
     Resume(ResumeArgs),
-    /// Undo a run that has not passed its point of no return (compensations, latest first).
+    /// Go back: undo a run that has not passed its point of no return (latest step first), or,
+    /// after a completed cutover, switch back the same zero-loss way.
     Rollback,
     /// Run the engine drill plan (test builds only).
     #[cfg(feature = "failpoints")]
