@@ -35,7 +35,7 @@ use crate::pg::{connect, Conninfo, Endpoint, SecretRef};
 use crate::spec::Role;
 use pgbouncer::Bouncer;
 
-pub const DEFAULT_BASE_PORT: u16 = 55430;
+pub const DEFAULT_BASE_PORT: u16 = 25430;
 pub const PGBOUNCER_OFFSET: u16 = 4;
 /// How many ports a lab uses from its base port.
 pub const PORT_SPAN: u16 = 5;
