@@ -13,3 +13,4 @@ mod plan;
 pub mod replication;
 mod route;
 mod spec_fixtures;
+mod traffic;

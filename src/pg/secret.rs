@@ -16,6 +16,38 @@ use super::conninfo::Conninfo;
 pub enum SecretRef {
     Env(String),
     Passfile(PathBuf),
+    /// A whole file holds the secret (API keys); refused when readable by group or others.
+    File(PathBuf),
+}
+
+impl SecretRef {
+    /// A non-PostgreSQL secret (an API key): the variable's value or the file's content.
+    pub fn resolve_plain(&self) -> Result<Secret> {
+        match self {
+            SecretRef::Env(var) => std::env::var(var).map(Secret).map_err(|_| {
+                anyhow::anyhow!(
+                    "the secret is taken from the environment variable {var}, which is not set; export it before running migrate"
+                )
+            }),
+            SecretRef::File(path) => {
+                let meta = std::fs::metadata(path)
+                    .with_context(|| format!("the secret file {}", path.display()))?;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    bail!(
+                        "the secret file {} is readable by group or others; chmod 600 it",
+                        path.display()
+                    );
+                }
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read the secret file {}", path.display()))?;
+                Ok(Secret(text.trim().to_string()))
+            }
+            SecretRef::Passfile(p) => bail!(
+                "{} is a PostgreSQL passfile; this secret is not a database password: use {{ env = \"VAR\" }} or {{ file = \"PATH\" }}",
+                p.display()
+            ),
+        }
+    }
 }
 
 impl fmt::Display for SecretRef {
@@ -23,6 +55,7 @@ impl fmt::Display for SecretRef {
         match self {
             SecretRef::Env(v) => write!(f, "environment variable {v}"),
             SecretRef::Passfile(p) => write!(f, "passfile {}", p.display()),
+            SecretRef::File(p) => write!(f, "secret file {}", p.display()),
         }
     }
 }
@@ -66,6 +99,7 @@ pub fn resolve_password(
                  export it before running migrate"
             ),
         },
+        Some(r @ SecretRef::File(_)) => r.resolve_plain().map(Some),
         Some(SecretRef::Passfile(path)) => match lookup_passfile(path, conninfo)? {
             Some(s) => Ok(Some(s)),
             None => bail!(

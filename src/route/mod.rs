@@ -1,26 +1,43 @@
 //! The traffic layer: where clients connect, moved from the old primary to the new one.
 //! One trait, one module per provider.
 
+pub mod dns;
+pub mod exec;
+pub mod haproxy;
+pub mod nat;
 pub mod pgbouncer;
+pub mod powerdns;
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
-use serde_json::Value;
+use serde_json::{json, Value};
+use tokio_postgres::SimpleQueryMessage;
 
-use crate::spec::{Node, Route};
+use crate::pg::connect;
+use crate::spec::{Node, Route, Through};
 
 #[async_trait]
 pub trait Router: Send + Sync {
     fn describe(&self) -> String;
+    /// Whether `hold` really holds clients (they wait instead of failing). Such a route can
+    /// only be verified through after `release`.
+    fn holds(&self) -> bool {
+        false
+    }
     /// What it points at now (journaled before any change).
     async fn current(&self) -> Result<Value>;
-    /// Hold clients (they wait, they do not fail). Idempotent.
-    async fn hold(&self) -> Result<()>;
+    /// Hold clients where the provider can. Idempotent.
+    async fn hold(&self) -> Result<()> {
+        Ok(())
+    }
     /// Let held clients go on. Idempotent.
-    async fn release(&self) -> Result<()>;
-    /// Point at `to`. Idempotent.
-    async fn point(&self, to: &Node) -> Result<Value>;
-    /// Prove, through the route itself, that it reaches `to` as a writable primary.
+    async fn release(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Point at `to`, which replaces `from`. Idempotent: pointing again at `to` is a no-op.
+    async fn point(&self, from: &Node, to: &Node) -> Result<Value>;
+    /// Prove that the route reaches `to` as a writable primary: through the route itself where
+    /// it has an application-facing endpoint, and in what the provider serves (DNS answers).
     async fn verify(&self, to: &Node) -> Result<Value>;
 }
 
@@ -31,7 +48,46 @@ pub fn open(routes: &[Route]) -> Result<Vec<Box<dyn Router>>> {
         match r {
             Route::None => {}
             Route::PgBouncer(p) => out.push(Box::new(pgbouncer::PgBouncer::new((**p).clone())?)),
+            Route::HaProxy(p) => out.push(Box::new(haproxy::HaProxy::new((**p).clone())?)),
+            Route::Dns(p) => out.push(Box::new(dns::Dns::new((**p).clone())?)),
+            Route::PowerDns(p) => out.push(Box::new(powerdns::PowerDns::new((**p).clone())?)),
+            Route::Nat(p) => out.push(Box::new(nat::Nat::new((**p).clone())?)),
+            Route::Exec(p) => out.push(Box::new(exec::Exec::new((**p).clone()))),
         }
     }
     Ok(out)
+}
+
+/// Connect through an application-facing endpoint and check it reaches `expected` as a
+/// writable primary (not in recovery, on that node's port). Simple protocol: poolers in
+/// transaction mode cannot keep prepared statements.
+pub async fn reaches(through: &Through, label: &str, expected: &Node) -> Result<Value> {
+    let c = connect(&through.endpoint(label))
+        .await
+        .with_context(|| format!("connect through {label} ({})", through.conninfo))?;
+    let msgs = c
+        .simple_query("SELECT pg_is_in_recovery()::text, inet_server_port()::text")
+        .await
+        .with_context(|| format!("query through {label}"))?;
+    let (recovery, port) = msgs
+        .into_iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((
+                r.get(0).unwrap_or("").to_string(),
+                r.get(1).unwrap_or("").to_string(),
+            )),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("no answer through {label}"))?;
+    if recovery != "false" {
+        bail!("through {label}, the server is in recovery: not the new primary");
+    }
+    if port != expected.conninfo.port().to_string() {
+        bail!(
+            "through {label}, the server listens on port {port}, not {} ({})",
+            expected.conninfo.port(),
+            expected.name
+        );
+    }
+    Ok(json!({ "through": through.conninfo.to_string(), "primary": expected.name, "port": port }))
 }

@@ -95,6 +95,85 @@ impl PgBouncer {
         }
         Ok(())
     }
+
+    /// `SHOW CONFIG`'s value of one setting.
+    async fn setting(c: &Client, key: &str) -> Result<Option<String>> {
+        Ok(Self::rows(c, "SHOW CONFIG").await?.into_iter().find_map(|row| {
+            let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            (get("key").as_deref() == Some(key))
+                .then(|| get("value"))
+                .flatten()
+        }))
+    }
+
+    /// Held clients are disconnected after `query_wait_timeout`: raise it above the cutover's
+    /// pause budget while they are held (0 means no limit). A `RELOAD` resets it, so this runs
+    /// again after the repoint.
+    async fn stretch_wait_timeout(&self, c: &Client) -> Result<()> {
+        let budget = self.cfg.pause_budget.as_secs();
+        let now = Self::setting(c, "query_wait_timeout")
+            .await?
+            .and_then(|v| seconds(&v));
+        if now.is_some_and(|s| s != 0 && s < budget) {
+            c.simple_query(&format!("SET query_wait_timeout = {}", budget + 1))
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "PgBouncer SET query_wait_timeout: {}",
+                        crate::pg::conn::error_chain_text(&e)
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Back to pgbouncer.ini's `query_wait_timeout` (default 120 s) after the release.
+    async fn restore_wait_timeout(&self, c: &Client) -> Result<()> {
+        let ini = self.ini().await?;
+        let configured = ini_setting(&ini, "pgbouncer", "query_wait_timeout")
+            .and_then(|v| seconds(&v))
+            .unwrap_or(120);
+        let now = Self::setting(c, "query_wait_timeout")
+            .await?
+            .and_then(|v| seconds(&v));
+        if now.is_some_and(|s| s != configured) {
+            c.simple_query(&format!("SET query_wait_timeout = {configured}"))
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "PgBouncer SET query_wait_timeout: {}",
+                        crate::pg::conn::error_chain_text(&e)
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// A time setting as PgBouncer shows or takes it ("120", "120s", "2min" is not used by it).
+fn seconds(v: &str) -> Option<u64> {
+    let v = v.trim().trim_end_matches('s').trim();
+    v.parse::<f64>().ok().map(|f| f.ceil() as u64)
+}
+
+/// `key` in `[section]` of an ini text.
+fn ini_setting(ini: &str, section: &str, key: &str) -> Option<String> {
+    let mut inside = false;
+    for line in ini.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t == format!("[{section}]");
+            continue;
+        }
+        if inside {
+            if let Some((k, v)) = t.split_once('=') {
+                if k.trim() == key {
+                    return Some(v.trim().to_string());
+                }
+            }
+        }
+    }
+    None
 }
 
 #[async_trait]
@@ -125,9 +204,14 @@ impl Router for PgBouncer {
         Ok(Value::Object(out))
     }
 
+    fn holds(&self) -> bool {
+        true
+    }
+
     async fn hold(&self) -> Result<()> {
         let c = self.console().await?;
         self.check_pool_mode(&c).await?;
+        self.stretch_wait_timeout(&c).await?;
         for db in &self.cfg.databases {
             match c.simple_query(&format!("PAUSE {db}")).await {
                 Ok(_) => {}
@@ -155,10 +239,10 @@ impl Router for PgBouncer {
                 }
             }
         }
-        Ok(())
+        self.restore_wait_timeout(&c).await
     }
 
-    async fn point(&self, to: &Node) -> Result<Value> {
+    async fn point(&self, _from: &Node, to: &Node) -> Result<Value> {
         let ini = self.ini().await?;
         let (host, port) = (
             to.conninfo.host().to_string(),
@@ -202,6 +286,7 @@ impl Router for PgBouncer {
                 crate::pg::conn::error_chain_text(&e)
             )
         })?;
+        self.stretch_wait_timeout(&c).await?;
         // The console's own view after the reload.
         let mut seen = serde_json::Map::new();
         for row in Self::rows(&c, "SHOW DATABASES").await? {
@@ -228,35 +313,14 @@ impl Router for PgBouncer {
     async fn verify(&self, to: &Node) -> Result<Value> {
         let mut out = serde_json::Map::new();
         for db in &self.cfg.databases {
-            let c = connect(&self.endpoint(db))
-                .await
-                .with_context(|| format!("connect through PgBouncer to {db}"))?;
-            // Simple protocol: transaction pooling cannot keep prepared statements.
-            let msgs = c
-                .simple_query("SELECT pg_is_in_recovery()::text, inet_server_port()::text")
-                .await?;
-            let row = msgs
-                .into_iter()
-                .find_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => Some((
-                        r.get(0).unwrap_or("").to_string(),
-                        r.get(1).unwrap_or("").to_string(),
-                    )),
-                    _ => None,
-                })
-                .ok_or_else(|| anyhow!("no answer through PgBouncer"))?;
-            if row.0 != "false" {
-                bail!("through PgBouncer, {db} reaches a server in recovery, not the new primary");
-            }
-            if row.1 != to.conninfo.port().to_string() {
-                bail!(
-                    "through PgBouncer, {db} reaches port {}, not {} ({})",
-                    row.1,
-                    to.conninfo.port(),
-                    to.name
-                );
-            }
-            out.insert(db.clone(), json!({ "primary": to.name, "port": row.1 }));
+            let through = crate::spec::Through {
+                conninfo: self.cfg.admin.clone().with("dbname", db),
+                password: self.cfg.password.clone(),
+            };
+            out.insert(
+                db.clone(),
+                super::reaches(&through, &format!("PgBouncer {db}"), to).await?,
+            );
         }
         Ok(Value::Object(out))
     }

@@ -4,6 +4,12 @@
 //! accepted by reference (`{ env = "VAR" }` or `{ passfile = "PATH" }`).
 
 mod raw;
+mod route;
+
+pub use route::{
+    DnsRoute, ExecRoute, HaProxyRoute, NatHook, NatRoute, PgBouncerRoute, PowerDnsRoute, Route,
+    Target, Through,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -94,22 +100,12 @@ pub enum Retire {
     Stop,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// No traffic layer: the cutover verifies the new primary directly.
-    None,
-    PgBouncer(Box<PgBouncerRoute>),
-}
-
-/// A PgBouncer in front of the primary: clients are held with PAUSE, the [databases] entries
-/// repointed in pgbouncer.ini and reloaded, then RESUME.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PgBouncerRoute {
-    pub admin: Conninfo,
-    pub password: Option<SecretRef>,
-    pub config: PathBuf,
-    pub databases: Vec<String>,
-    pub host: HostSpec,
+impl Cutover {
+    /// The longest clients can be held: the proof and promotion time boxes plus the fence,
+    /// stop and route steps (a generous minute).
+    pub fn pause_budget(&self) -> Duration {
+        self.proof_timeout + self.promote_timeout + Duration::from_secs(60)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -449,58 +445,6 @@ impl Validator {
         })
     }
 
-    fn route(&self, i: usize, r: raw::RawRoute) -> Result<Route, SpecError> {
-        match r.kind.as_str() {
-            "none" => {
-                if let Some(k) = r.settings.keys().next() {
-                    return Err(self.err(
-                        format!("route[{i}].{k}"),
-                        "a route of kind \"none\" takes no settings",
-                        "remove the key",
-                    ));
-                }
-                Ok(Route::None)
-            }
-            "pgbouncer" => {
-                let f = format!("route[{i}]");
-                let raw: raw::RawPgBouncer = serde_path_to_error::deserialize(toml::Value::Table(r.settings)).map_err(|e| {
-                    let path = e.path().to_string();
-                    let msg = e.inner().to_string();
-                    let missing = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()).map(str::to_string);
-                    let field = match (path.as_str(), missing) {
-                        (".", Some(m)) => format!("{f}.{m}"),
-                        (".", None) => f.clone(),
-                        (p, Some(m)) => format!("{f}.{p}.{m}"),
-                        (p, None) => format!("{f}.{p}"),
-                    };
-                    self.err(
-                        field,
-                        e.inner().to_string().trim(),
-                        "a pgbouncer route takes admin (conninfo of the admin console), password, config (pgbouncer.ini path), databases, host",
-                    )
-                })?;
-                if raw.databases.is_empty() {
-                    return Err(self.err(format!("{f}.databases"), "no database to repoint", "list the [databases] entries of pgbouncer.ini that point at the primary"));
-                }
-                if !raw.config.is_absolute() {
-                    return Err(self.err(format!("{f}.config"), "not an absolute path", "give the absolute path of pgbouncer.ini on the pooler's host"));
-                }
-                Ok(Route::PgBouncer(Box::new(PgBouncerRoute {
-                    admin: self.conninfo(&format!("{f}.admin"), &raw.admin)?,
-                    password: self.secret(&format!("{f}.password"), raw.password)?,
-                    config: raw.config,
-                    databases: raw.databases,
-                    host: self.host(&format!("{f}.host"), raw.host)?,
-                })))
-            }
-            other => Err(self.err(
-                format!("route[{i}].kind"),
-                format!("route provider {other:?} is not available in this version"),
-                "use kind = \"pgbouncer\", or \"none\" (the cutover then verifies the new primary directly)",
-            )),
-        }
-    }
-
     fn spec(&self, raw: RawSpec) -> Result<Spec, SpecError> {
         if raw.name.is_empty()
             || !raw
@@ -609,11 +553,12 @@ impl Validator {
             Some(d) => self.relative_to_spec(&d),
             None => self.relative_to_spec(Path::new(".migrate")).join(&raw.name),
         };
+        let cutover = self.cutover(raw.cutover)?;
         let routes = raw
             .routes
             .into_iter()
             .enumerate()
-            .map(|(i, r)| self.route(i, r))
+            .map(|(i, r)| self.route(i, r, &ordered, cutover.pause_budget()))
             .collect::<Result<_, _>>()?;
         Ok(Spec {
             name: raw.name,
@@ -621,7 +566,7 @@ impl Validator {
             state_dir,
             replication,
             nodes: ordered,
-            cutover: self.cutover(raw.cutover)?,
+            cutover,
             routes,
         })
     }

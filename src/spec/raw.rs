@@ -89,16 +89,3 @@ pub struct RawRoute {
     pub settings: toml::Table,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPgBouncer {
-    /// The admin console, e.g. "host=10.0.0.5 port=6432 user=pgbouncer dbname=pgbouncer".
-    pub admin: String,
-    pub password: Option<toml::Value>,
-    /// pgbouncer.ini on the pooler's host.
-    pub config: std::path::PathBuf,
-    /// The [databases] entries to repoint.
-    pub databases: Vec<String>,
-    #[serde(default)]
-    pub host: RawHost,
-}

@@ -710,8 +710,47 @@ impl Step for Reverse {
 
 // ---------------------------------------------------------------------------------------------
 
-/// With no traffic provider configured: verify the new primary directly (writable, the same
-/// cluster). Providers come with the routes issue.
+/// After the point of no return a route failure cannot be undone, so each provider call is
+/// retried with backoff before the run stops for the operator.
+const ROUTE_BACKOFF_MS: [u64; 5] = [500, 1000, 2000, 4000, 8000];
+
+async fn with_retries<T, F, Fut>(cx: &Cx, step: &str, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = ROUTE_BACKOFF_MS.iter();
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => match tries.next() {
+                Some(ms) => {
+                    cx.progress(step, format!("{what} failed ({e:#}); retrying in {ms} ms"));
+                    tokio::time::sleep(Duration::from_millis(*ms)).await;
+                }
+                None => {
+                    return Err(e.context(format!(
+                        "{what}: still failing after {} retries",
+                        ROUTE_BACKOFF_MS.len()
+                    )))
+                }
+            },
+        }
+    }
+}
+
+/// What a route points at, for a failure message (the provider may be what is failing).
+async fn where_it_points(r: &dyn crate::route::Router) -> String {
+    match r.current().await {
+        Ok(v) => format!("{} still points at {v}", r.describe()),
+        Err(e) => format!("{} cannot even be read ({e:#})", r.describe()),
+    }
+}
+
+/// Point every route at the new primary and verify the routes that do not hold clients
+/// through their application-facing endpoint (a holding route, PgBouncer, is verified through
+/// after the release: while paused it would block). Without a route: verify the new primary
+/// directly.
 pub struct VerifyPrimary(pub Direction);
 
 #[async_trait]
@@ -720,27 +759,55 @@ impl Step for VerifyPrimary {
         "route".into()
     }
     fn describe(&self) -> Description {
+        let routers = self.0.routers().unwrap_or_default();
+        if routers.is_empty() {
+            return Description {
+                host: self.0.to.host_label(),
+                action: "no route configured: connect to the new primary directly".into(),
+                proof: "pg_is_in_recovery() = false; same system identifier".into(),
+                undo: "nothing".into(),
+            };
+        }
         Description {
-            host: self.0.to.host_label(),
-            action: "no route configured: connect to the new primary directly".into(),
-            proof: "pg_is_in_recovery() = false; same system identifier".into(),
-            undo: "nothing".into(),
+            host: routers
+                .iter()
+                .map(|r| r.describe())
+                .collect::<Vec<_>>()
+                .join("; "),
+            action: format!(
+                "point each route at {} (retried with backoff), then verify it",
+                self.0.to.name()
+            ),
+            proof: "the provider shows the new target; a connection through the route reaches the new primary, writable"
+                .into(),
+            undo: format!("the switchback points each route back at {}", self.0.from.name()),
         }
     }
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn apply(&self, _: &Cx) -> Result<Value> {
+    async fn apply(&self, cx: &Cx) -> Result<Value> {
         let t = Instant::now();
         let routers = self.0.routers()?;
         if !routers.is_empty() {
+            let (from, to) = (&self.0.from.node, &self.0.to.node);
             let mut pointed = Vec::new();
-            for r in routers {
-                let now = r
-                    .point(&self.0.to.node)
-                    .await
-                    .with_context(|| format!("point {} at {}", r.describe(), self.0.to.name()))?;
-                pointed.push(json!({ "route": r.describe(), "points_at": now }));
+            for r in &routers {
+                let what = format!("point {} at {}", r.describe(), to.name);
+                let now = match with_retries(cx, "route", &what, || r.point(from, to)).await {
+                    Ok(v) => v,
+                    Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),
+                };
+                let verified = if r.holds() {
+                    Value::Null
+                } else {
+                    let what = format!("verify {} reaches {}", r.describe(), to.name);
+                    match with_retries(cx, "route", &what, || r.verify(to)).await {
+                        Ok(v) => v,
+                        Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),
+                    }
+                };
+                pointed.push(json!({ "route": r.describe(), "points_at": now, "verified": verified }));
             }
             return Ok(
                 json!({ "primary": self.0.to.name(), "routes": pointed, "ms": Direction::ms(t) }),
@@ -763,7 +830,7 @@ impl Step for VerifyPrimary {
 }
 
 /// Let clients write again (with a holding route, the release; without one, the instant the
-/// new primary was verified).
+/// new primary was verified), then verify each holding route through itself.
 pub struct Release(pub Direction);
 
 #[async_trait]
@@ -774,7 +841,7 @@ impl Step for Release {
     fn describe(&self) -> Description {
         Description {
             host: "every route".into(),
-            action: "release held clients (PgBouncer: RESUME db), then connect through each route"
+            action: "release held clients (PgBouncer: RESUME db), then connect through each holding route"
                 .into(),
             proof: "through the route: pg_is_in_recovery() = false on the new primary's port"
                 .into(),
@@ -784,20 +851,21 @@ impl Step for Release {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn apply(&self, _: &Cx) -> Result<Value> {
+    async fn apply(&self, cx: &Cx) -> Result<Value> {
         let routers = self.0.routers()?;
         for r in &routers {
-            r.release()
-                .await
-                .with_context(|| format!("release clients at {}", r.describe()))?;
+            let what = format!("release clients at {}", r.describe());
+            with_retries(cx, "release", &what, || r.release()).await?;
         }
         let released_at = Utc::now();
         let mut verified = Vec::new();
-        for r in &routers {
-            let v = r
-                .verify(&self.0.to.node)
-                .await
-                .with_context(|| format!("verify {} reaches {}", r.describe(), self.0.to.name()))?;
+        for r in routers.iter().filter(|r| r.holds()) {
+            let to = &self.0.to.node;
+            let what = format!("verify {} reaches {}", r.describe(), to.name);
+            let v = match with_retries(cx, "release", &what, || r.verify(to)).await {
+                Ok(v) => v,
+                Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),
+            };
             verified.push(json!({ "route": r.describe(), "verified": v }));
         }
         Ok(json!({ "released_at": released_at, "verified": verified }))

@@ -2,6 +2,7 @@
 //! binary, and an sshd on a loopback port.
 
 pub mod sshd;
+pub mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,0 +1,110 @@
+//! External route plugins: an executable (`migrate-route-<name>` on `PATH`, or the spec's
+//! `command`) that reads one JSON request on stdin and writes one JSON answer on stdout.
+//!
+//! Request: `{"version": 1, "action": "current"|"hold"|"release"|"point"|"verify",
+//! "route": "<name>", "config": {…}, "endpoint": {"node", "host", "port"}, "from": {…}}`
+//! (`endpoint` for point and verify, `from` for point).
+//! Answer: `{"ok": true, …anything to journal…}` or `{"ok": false, "error": "…"}`; a non-zero
+//! exit status or an answer that is not JSON is a failure too. The protocol is in the README.
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use super::Router;
+use crate::host::exec::run_process;
+use crate::host::Cmd;
+use crate::spec::{ExecRoute, Node};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub struct Exec {
+    cfg: ExecRoute,
+}
+
+impl Exec {
+    pub fn new(cfg: ExecRoute) -> Exec {
+        Exec { cfg }
+    }
+
+    fn endpoint(&self, node: &Node) -> Value {
+        let t = self.cfg.targets.of(node);
+        json!({ "node": node.name, "host": t.host, "port": t.port })
+    }
+
+    async fn call(&self, action: &str, to: Option<&Node>, from: Option<&Node>) -> Result<Value> {
+        let mut req = json!({
+            "version": PROTOCOL_VERSION,
+            "action": action,
+            "route": self.cfg.name,
+            "config": self.cfg.config,
+        });
+        if let Some(n) = to {
+            req["endpoint"] = self.endpoint(n);
+        }
+        if let Some(n) = from {
+            req["from"] = self.endpoint(n);
+        }
+        let cmd = Cmd::new(self.cfg.command.clone())
+            .stdin(serde_json::to_vec(&req)?)
+            .timeout(self.cfg.timeout);
+        let out = run_process(&cmd, None).await.with_context(|| {
+            format!(
+                "route plugin {} (is `{}` installed and executable?)",
+                self.cfg.name, self.cfg.command[0]
+            )
+        })?;
+        let text = out.stdout_text();
+        let answer: Option<Value> = serde_json::from_str(text.trim()).ok();
+        match (out.success(), answer) {
+            (true, Some(a)) if a["ok"] == json!(true) => Ok(a),
+            (_, Some(a)) if a["ok"] == json!(false) => bail!(
+                "route plugin {} failed to {action}: {}",
+                self.cfg.name,
+                a["error"].as_str().unwrap_or("(no error text)")
+            ),
+            (true, _) => Err(anyhow!(
+                "route plugin {} answered {action} with no JSON {{\"ok\": …}} on stdout: {:?}",
+                self.cfg.name,
+                text.chars().take(200).collect::<String>()
+            )),
+            (false, _) => bail!(
+                "route plugin {} failed to {action} ({}): {}",
+                self.cfg.name,
+                out.status_text(),
+                out.stderr_tail()
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl Router for Exec {
+    fn describe(&self) -> String {
+        format!("exec {} ({})", self.cfg.name, self.cfg.command[0])
+    }
+
+    async fn current(&self) -> Result<Value> {
+        self.call("current", None, None).await
+    }
+
+    async fn hold(&self) -> Result<()> {
+        self.call("hold", None, None).await.map(drop)
+    }
+
+    async fn release(&self) -> Result<()> {
+        self.call("release", None, None).await.map(drop)
+    }
+
+    async fn point(&self, from: &Node, to: &Node) -> Result<Value> {
+        self.call("point", Some(to), Some(from)).await
+    }
+
+    async fn verify(&self, to: &Node) -> Result<Value> {
+        let mut v = self.call("verify", Some(to), None).await?;
+        if let Some(t) = &self.cfg.connect {
+            v["through"] = super::reaches(t, &format!("route {}", self.cfg.name), to).await?;
+        }
+        Ok(v)
+    }
+}

@@ -1,0 +1,569 @@
+//! The `[[route]]` entries: the traffic layer's providers, validated into typed values.
+//!
+//! Common to every provider: `connect` (the application-facing endpoint; connecting through it
+//! must reach the primary) with its `password`, and `targets` (how the route addresses a node,
+//! `node = "ip:port"`, defaulting to the node's own conninfo host and port).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::raw::{RawHost, RawRoute};
+use super::{Node, SpecError, Validator};
+use crate::host::HostSpec;
+use crate::pg::{Conninfo, Endpoint, SecretRef};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// No traffic layer: the cutover verifies the new primary directly.
+    None,
+    PgBouncer(Box<PgBouncerRoute>),
+    HaProxy(Box<HaProxyRoute>),
+    Dns(Box<DnsRoute>),
+    PowerDns(Box<PowerDnsRoute>),
+    Nat(Box<NatRoute>),
+    Exec(Box<ExecRoute>),
+}
+
+/// The application-facing endpoint of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Through {
+    pub conninfo: Conninfo,
+    pub password: Option<SecretRef>,
+}
+
+impl Through {
+    pub fn endpoint(&self, label: &str) -> Endpoint {
+        Endpoint::new(label, self.conninfo.clone(), self.password.clone())
+    }
+}
+
+/// A node as the route addresses it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ip() {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// node name → how the route reaches it (explicit entries only; see [`Targets::of`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Targets(BTreeMap<String, Target>);
+
+impl Targets {
+    pub fn of(&self, node: &Node) -> Target {
+        self.0.get(&node.name).cloned().unwrap_or_else(|| Target {
+            host: node.conninfo.host().to_string(),
+            port: node.conninfo.port(),
+        })
+    }
+}
+
+/// A PgBouncer in front of the primary: clients are held with PAUSE, the [databases] entries
+/// repointed in pgbouncer.ini and reloaded, then RESUME.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgBouncerRoute {
+    pub admin: Conninfo,
+    pub password: Option<SecretRef>,
+    pub config: PathBuf,
+    pub databases: Vec<String>,
+    pub host: HostSpec,
+    /// The longest the cutover may hold clients; `query_wait_timeout` is raised above it for
+    /// the pause when it is shorter (set by the spec from the cutover's time boxes).
+    pub pause_budget: Duration,
+}
+
+/// An HAProxy TCP backend whose server is re-addressed through the runtime API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaProxyRoute {
+    pub socket: PathBuf,
+    pub backend: String,
+    pub server: String,
+    /// haproxy.cfg, whose `server` line is rewritten so a reload keeps the change.
+    pub config: PathBuf,
+    pub host: HostSpec,
+    pub connect: Through,
+    pub targets: Targets,
+}
+
+/// An A/AAAA record changed by RFC 2136 dynamic update signed with TSIG.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRoute {
+    pub server: SocketAddr,
+    pub zone: String,
+    pub name: String,
+    pub ttl: u32,
+    /// A BIND key file (`key "name" { algorithm hmac-sha256; secret "…"; };`).
+    pub key_file: PathBuf,
+    pub connect: Option<Through>,
+    pub targets: Targets,
+}
+
+/// An A/AAAA record changed through the PowerDNS Authoritative HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerDnsRoute {
+    pub api: String,
+    pub server_id: String,
+    pub zone: String,
+    pub name: String,
+    pub ttl: u32,
+    pub api_key: SecretRef,
+    /// The authoritative server to query for verification.
+    pub dns_server: SocketAddr,
+    pub connect: Option<Through>,
+    pub targets: Targets,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatHook {
+    /// Traffic from other hosts through this one (a router or NAT box).
+    Prerouting,
+    /// Traffic from the NAT host itself.
+    Output,
+}
+
+/// An nftables DNAT rule on the NAT host: `listen` (the address clients use) → a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatRoute {
+    pub listen: SocketAddr,
+    pub table: String,
+    pub hook: NatHook,
+    pub host: HostSpec,
+    pub connect: Through,
+    pub targets: Targets,
+}
+
+/// An external plugin speaking JSON on stdin/stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRoute {
+    pub name: String,
+    pub command: Vec<String>,
+    pub timeout: Duration,
+    pub config: serde_json::Value,
+    pub connect: Option<Through>,
+    pub targets: Targets,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPgBouncer {
+    admin: String,
+    password: Option<toml::Value>,
+    config: PathBuf,
+    databases: Vec<String>,
+    #[serde(default)]
+    host: RawHost,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHaProxy {
+    socket: PathBuf,
+    backend: String,
+    server: String,
+    config: PathBuf,
+    connect: String,
+    password: Option<toml::Value>,
+    #[serde(default)]
+    host: RawHost,
+    #[serde(default)]
+    targets: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    server: String,
+    zone: String,
+    name: String,
+    ttl: Option<u32>,
+    key_file: PathBuf,
+    connect: Option<String>,
+    password: Option<toml::Value>,
+    #[serde(default)]
+    targets: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPowerDns {
+    api: String,
+    server_id: Option<String>,
+    zone: String,
+    name: String,
+    ttl: Option<u32>,
+    api_key: Option<toml::Value>,
+    dns_server: String,
+    connect: Option<String>,
+    password: Option<toml::Value>,
+    #[serde(default)]
+    targets: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNat {
+    listen: String,
+    table: Option<String>,
+    hook: Option<String>,
+    connect: String,
+    password: Option<toml::Value>,
+    #[serde(default)]
+    host: RawHost,
+    #[serde(default)]
+    targets: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExec {
+    name: String,
+    command: Option<Vec<String>>,
+    timeout: Option<String>,
+    config: Option<toml::Table>,
+    connect: Option<String>,
+    password: Option<toml::Value>,
+    #[serde(default)]
+    targets: BTreeMap<String, String>,
+}
+
+const KINDS: &str = "kind is one of \"pgbouncer\", \"haproxy\", \"dns\", \"powerdns\", \"nat\", \"exec\", or \"none\" (the cutover then verifies the new primary directly)";
+
+impl Validator {
+    /// A provider's settings, with serde's complaint turned into `route[i].<key>: …`.
+    fn settings<T: DeserializeOwned>(
+        &self,
+        f: &str,
+        kind: &str,
+        table: toml::Table,
+        keys: &str,
+    ) -> Result<T, SpecError> {
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let msg = e.inner().to_string();
+            let missing = msg
+                .strip_prefix("missing field `")
+                .and_then(|r| r.split('`').next())
+                .map(str::to_string);
+            let field = match (path.as_str(), missing) {
+                (".", Some(m)) => format!("{f}.{m}"),
+                (".", None) => f.to_string(),
+                (p, Some(m)) => format!("{f}.{p}.{m}"),
+                (p, None) => format!("{f}.{p}"),
+            };
+            self.err(
+                field,
+                msg.trim(),
+                format!("a {kind} route takes {keys} (see the README's spec reference)"),
+            )
+        })
+    }
+
+    fn through(
+        &self,
+        f: &str,
+        connect: Option<String>,
+        password: Option<toml::Value>,
+    ) -> Result<Option<Through>, SpecError> {
+        match connect {
+            None if password.is_some() => Err(self.err(
+                format!("{f}.password"),
+                "a password without connect",
+                "give connect (the application-facing conninfo) or remove password",
+            )),
+            None => Ok(None),
+            Some(c) => Ok(Some(Through {
+                conninfo: self.conninfo(&format!("{f}.connect"), &c)?,
+                password: self.secret(&format!("{f}.password"), password)?,
+            })),
+        }
+    }
+
+    fn targets(
+        &self,
+        f: &str,
+        raw: BTreeMap<String, String>,
+        nodes: &[Node],
+        need_ip: bool,
+    ) -> Result<Targets, SpecError> {
+        let mut out = BTreeMap::new();
+        for (name, text) in raw {
+            let field = format!("{f}.targets.{name}");
+            let Some(node) = nodes.iter().find(|n| n.name == name) else {
+                return Err(self.err(
+                    field,
+                    format!("{name:?} is not a node"),
+                    "name one of the spec's nodes",
+                ));
+            };
+            let target = match text.parse::<SocketAddr>() {
+                Ok(sa) => Target {
+                    host: sa.ip().to_string(),
+                    port: sa.port(),
+                },
+                Err(_) => match text.parse::<IpAddr>() {
+                    Ok(ip) => Target {
+                        host: ip.to_string(),
+                        port: node.conninfo.port(),
+                    },
+                    Err(_) => {
+                        return Err(self.err(
+                            field,
+                            format!("{text:?} is not an address"),
+                            "write \"10.0.0.5:5432\", \"[2001:db8::5]:5432\" or just the IP address",
+                        ))
+                    }
+                },
+            };
+            out.insert(name, target);
+        }
+        let targets = Targets(out);
+        if need_ip {
+            for n in nodes
+                .iter()
+                .filter(|n| n.role != super::Role::Replica)
+            {
+                if targets.of(n).ip().is_none() {
+                    return Err(self.err(
+                        format!("{f}.targets.{}", n.name),
+                        format!(
+                            "{}'s host {:?} is not an IP address, and this route needs one",
+                            n.name,
+                            n.conninfo.host()
+                        ),
+                        format!("add targets.{} = \"<ip>:<port>\"", n.name),
+                    ));
+                }
+            }
+        }
+        Ok(targets)
+    }
+
+    /// An API key: `{ env = "VAR" }` or `{ file = "PATH" }` (the whole file, mode 600).
+    fn api_secret(&self, field: &str, v: Option<toml::Value>) -> Result<SecretRef, SpecError> {
+        let fix = "reference it: { env = \"PDNS_API_KEY\" } or { file = \"/etc/migrate/pdns.key\" }";
+        let Some(v) = v else {
+            return Err(self.err(field, "missing", fix));
+        };
+        let toml::Value::Table(t) = v else {
+            return Err(self.err(field, "inline secrets are not allowed in a spec", fix));
+        };
+        let keys: Vec<&str> = t.keys().map(String::as_str).collect();
+        match (keys.as_slice(), t.get("env"), t.get("file")) {
+            (["env"], Some(toml::Value::String(var)), _) if !var.is_empty() => {
+                Ok(SecretRef::Env(var.clone()))
+            }
+            (["file"], _, Some(toml::Value::String(p))) if !p.is_empty() => Ok(SecretRef::File(
+                self.relative_to_spec(std::path::Path::new(p)),
+            )),
+            _ => Err(self.err(field, "expected exactly one of env = \"VAR\" or file = \"PATH\"", fix)),
+        }
+    }
+
+    fn fqdn(&self, field: &str, v: &str) -> Result<String, SpecError> {
+        let ok = !v.is_empty()
+            && v.split('.').filter(|l| !l.is_empty()).all(|l| {
+                l.len() <= 63
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+        if !ok {
+            return Err(self.err(
+                field,
+                format!("{v:?} is not a DNS name"),
+                "write a name such as \"pg.db.example.com.\"",
+            ));
+        }
+        Ok(if v.ends_with('.') {
+            v.to_string()
+        } else {
+            format!("{v}.")
+        })
+    }
+
+    fn socket_addr(
+        &self,
+        field: &str,
+        v: &str,
+        default_port: u16,
+    ) -> Result<SocketAddr, SpecError> {
+        v.parse::<SocketAddr>()
+            .or_else(|_| {
+                v.parse::<IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, default_port))
+            })
+            .map_err(|_| {
+                self.err(
+                    field,
+                    format!("{v:?} is not an IP address with a port"),
+                    format!("write \"10.0.0.53:{default_port}\""),
+                )
+            })
+    }
+
+    fn absolute(&self, field: &str, p: &std::path::Path, what: &str) -> Result<(), SpecError> {
+        if p.is_absolute() {
+            Ok(())
+        } else {
+            Err(self.err(
+                field,
+                "not an absolute path",
+                format!("give the absolute path of {what}"),
+            ))
+        }
+    }
+
+    pub(super) fn route(
+        &self,
+        i: usize,
+        r: RawRoute,
+        nodes: &[Node],
+        pause_budget: Duration,
+    ) -> Result<Route, SpecError> {
+        let f = format!("route[{i}]");
+        let f = f.as_str();
+        match r.kind.as_str() {
+            "none" => {
+                if let Some(k) = r.settings.keys().next() {
+                    return Err(self.err(
+                        format!("{f}.{k}"),
+                        "a route of kind \"none\" takes no settings",
+                        "remove the key",
+                    ));
+                }
+                Ok(Route::None)
+            }
+            "pgbouncer" => {
+                let raw: RawPgBouncer = self.settings(f, "pgbouncer", r.settings, "admin (conninfo of the admin console), password, config (pgbouncer.ini path), databases, host")?;
+                if raw.databases.is_empty() {
+                    return Err(self.err(format!("{f}.databases"), "no database to repoint", "list the [databases] entries of pgbouncer.ini that point at the primary"));
+                }
+                self.absolute(&format!("{f}.config"), &raw.config, "pgbouncer.ini on the pooler's host")?;
+                Ok(Route::PgBouncer(Box::new(PgBouncerRoute {
+                    admin: self.conninfo(&format!("{f}.admin"), &raw.admin)?,
+                    password: self.secret(&format!("{f}.password"), raw.password)?,
+                    config: raw.config,
+                    databases: raw.databases,
+                    host: self.host(&format!("{f}.host"), raw.host)?,
+                    pause_budget,
+                })))
+            }
+            "haproxy" => {
+                let raw: RawHaProxy = self.settings(f, "haproxy", r.settings, "socket (the admin stats socket), backend, server, config (haproxy.cfg), connect, password, host, targets")?;
+                self.absolute(&format!("{f}.socket"), &raw.socket, "the stats socket (level admin) on the proxy's host")?;
+                self.absolute(&format!("{f}.config"), &raw.config, "haproxy.cfg on the proxy's host")?;
+                for (k, v) in [("backend", &raw.backend), ("server", &raw.server)] {
+                    if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '/') {
+                        return Err(self.err(format!("{f}.{k}"), format!("{v:?} is not an HAProxy {k} name"), format!("give the {k} name as written in haproxy.cfg")));
+                    }
+                }
+                Ok(Route::HaProxy(Box::new(HaProxyRoute {
+                    socket: raw.socket,
+                    backend: raw.backend,
+                    server: raw.server,
+                    config: raw.config,
+                    host: self.host(&format!("{f}.host"), raw.host)?,
+                    connect: self.through(f, Some(raw.connect), raw.password)?.expect("given"),
+                    targets: self.targets(f, raw.targets, nodes, true)?,
+                })))
+            }
+            "dns" => {
+                let raw: RawDns = self.settings(f, "dns", r.settings, "server (ip:port), zone, name, ttl, key_file (a BIND TSIG key file), connect, password, targets")?;
+                Ok(Route::Dns(Box::new(DnsRoute {
+                    server: self.socket_addr(&format!("{f}.server"), &raw.server, 53)?,
+                    zone: self.fqdn(&format!("{f}.zone"), &raw.zone)?,
+                    name: self.fqdn(&format!("{f}.name"), &raw.name)?,
+                    ttl: raw.ttl.unwrap_or(30),
+                    key_file: self.relative_to_spec(&raw.key_file),
+                    connect: self.through(f, raw.connect, raw.password)?,
+                    targets: self.targets(f, raw.targets, nodes, true)?,
+                })))
+            }
+            "powerdns" => {
+                let raw: RawPowerDns = self.settings(f, "powerdns", r.settings, "api (base URL), server_id, zone, name, ttl, api_key, dns_server (ip:port), connect, password, targets")?;
+                if !(raw.api.starts_with("http://") || raw.api.starts_with("https://")) {
+                    return Err(self.err(format!("{f}.api"), format!("{:?} is not an http(s) URL", raw.api), "write the API's base URL, e.g. \"http://10.0.0.53:8081\""));
+                }
+                let api_key = self.api_secret(&format!("{f}.api_key"), raw.api_key)?;
+                Ok(Route::PowerDns(Box::new(PowerDnsRoute {
+                    api: raw.api.trim_end_matches('/').to_string(),
+                    server_id: raw.server_id.unwrap_or_else(|| "localhost".into()),
+                    zone: self.fqdn(&format!("{f}.zone"), &raw.zone)?,
+                    name: self.fqdn(&format!("{f}.name"), &raw.name)?,
+                    ttl: raw.ttl.unwrap_or(30),
+                    api_key,
+                    dns_server: self.socket_addr(&format!("{f}.dns_server"), &raw.dns_server, 53)?,
+                    connect: self.through(f, raw.connect, raw.password)?,
+                    targets: self.targets(f, raw.targets, nodes, true)?,
+                })))
+            }
+            "nat" => {
+                let raw: RawNat = self.settings(f, "nat", r.settings, "listen (the ip:port clients use), table, hook (prerouting|output), connect, password, host, targets")?;
+                let hook = match raw.hook.as_deref() {
+                    None | Some("prerouting") => NatHook::Prerouting,
+                    Some("output") => NatHook::Output,
+                    Some(other) => return Err(self.err(format!("{f}.hook"), format!("unknown hook {other:?}"), "hook is \"prerouting\" (clients on other hosts) or \"output\" (clients on the NAT host)")),
+                };
+                let table = raw.table.unwrap_or_else(|| "migrate".into());
+                if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(self.err(format!("{f}.table"), format!("{table:?} is not an nftables table name"), "use letters, digits and '_'"));
+                }
+                Ok(Route::Nat(Box::new(NatRoute {
+                    listen: self.socket_addr(&format!("{f}.listen"), &raw.listen, 5432)?,
+                    table,
+                    hook,
+                    host: self.host(&format!("{f}.host"), raw.host)?,
+                    connect: self.through(f, Some(raw.connect), raw.password)?.expect("given"),
+                    targets: self.targets(f, raw.targets, nodes, true)?,
+                })))
+            }
+            "exec" => {
+                let raw: RawExec = self.settings(f, "exec", r.settings, "name, command, timeout, config (a table handed to the plugin), connect, password, targets")?;
+                if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                    return Err(self.err(format!("{f}.name"), format!("{:?} is not a plugin name", raw.name), "use letters, digits, '-' and '_' (the plugin is migrate-route-<name> on PATH)"));
+                }
+                let command = match raw.command {
+                    Some(c) if c.is_empty() => return Err(self.err(format!("{f}.command"), "empty command", "give the plugin's argv, e.g. [\"/usr/local/bin/srx-nat\", \"--site\", \"dc2\"]")),
+                    Some(mut c) => {
+                        if c[0].contains('/') {
+                            c[0] = self.relative_to_spec(std::path::Path::new(&c[0])).display().to_string();
+                        }
+                        c
+                    }
+                    None => vec![format!("migrate-route-{}", raw.name)],
+                };
+                let config = match raw.config {
+                    None => serde_json::Value::Object(Default::default()),
+                    Some(t) => serde_json::to_value(t).map_err(|e| self.err(format!("{f}.config"), e.to_string(), "use plain TOML values"))?,
+                };
+                Ok(Route::Exec(Box::new(ExecRoute {
+                    name: raw.name,
+                    command,
+                    timeout: self.duration(&format!("{f}.timeout"), raw.timeout, Duration::from_secs(30))?,
+                    config,
+                    connect: self.through(f, raw.connect, raw.password)?,
+                    targets: self.targets(f, raw.targets, nodes, false)?,
+                })))
+            }
+            other => Err(self.err(format!("{f}.kind"), format!("unknown route provider {other:?}"), KINDS)),
+        }
+    }
+}
