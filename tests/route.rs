@@ -173,3 +173,48 @@ async fn an_aborted_cutover_releases_the_held_clients() {
     let missing = missing_acks(&chain.ep("old"), &report.acks).await.unwrap();
     assert!(missing.is_empty());
 }
+
+async fn pgbouncer_setting(lab: &migrate::lab::Lab, key: &str) -> String {
+    let mut ep = lab.app_endpoint();
+    ep.conninfo = ep.conninfo.with("dbname", "pgbouncer");
+    let c = connect(&ep).await.unwrap();
+    c.simple_query("SHOW CONFIG")
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(key) => {
+                r.get(1).map(str::to_string)
+            }
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// Held clients are dropped after query_wait_timeout (120 s by default): it is raised above
+/// the cutover's pause budget while they are held, kept across the RELOAD of the repoint, and
+/// restored on release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbouncer_raises_query_wait_timeout_while_holding() {
+    let lab = crate::support::TestLab::up().await;
+    let spec = migrate::spec::load(&lab.lab.spec_path()).unwrap();
+    let budget = spec.cutover.pause_budget().as_secs();
+    assert!(budget > 120, "the lab's budget {budget} s is above the default");
+    let r = migrate::route::open(&spec.routes).unwrap().remove(0);
+    let old = spec.node("old").unwrap();
+    assert_eq!(pgbouncer_setting(&lab.lab, "query_wait_timeout").await, "120");
+    r.hold().await.unwrap();
+    assert_eq!(
+        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
+        (budget + 1).to_string()
+    );
+    r.point(old, old).await.unwrap();
+    assert_eq!(
+        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
+        (budget + 1).to_string(),
+        "still raised after the RELOAD"
+    );
+    r.release().await.unwrap();
+    assert_eq!(pgbouncer_setting(&lab.lab, "query_wait_timeout").await, "120");
+    r.verify(old).await.unwrap();
+}
