@@ -199,10 +199,16 @@ async fn pgbouncer_raises_query_wait_timeout_while_holding() {
     let lab = crate::support::TestLab::up().await;
     let spec = migrate::spec::load(&lab.lab.spec_path()).unwrap();
     let budget = spec.cutover.pause_budget().as_secs();
-    assert!(budget > 120, "the lab's budget {budget} s is above the default");
+    assert!(
+        budget > 120,
+        "the lab's budget {budget} s is above the default"
+    );
     let r = migrate::route::open(&spec.routes).unwrap().remove(0);
     let old = spec.node("old").unwrap();
-    assert_eq!(pgbouncer_setting(&lab.lab, "query_wait_timeout").await, "120");
+    assert_eq!(
+        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
+        "120"
+    );
     r.hold().await.unwrap();
     assert_eq!(
         pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
@@ -215,6 +221,9 @@ async fn pgbouncer_raises_query_wait_timeout_while_holding() {
         "still raised after the RELOAD"
     );
     r.release().await.unwrap();
-    assert_eq!(pgbouncer_setting(&lab.lab, "query_wait_timeout").await, "120");
+    assert_eq!(
+        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
+        "120"
+    );
     r.verify(old).await.unwrap();
 }

@@ -1,7 +1,9 @@
 //! Each route provider against its real server on loopback: point at the new primary, verify,
 //! point back, verify; and the refusals that must leave the route as it was.
 
-use crate::support::traffic::{node, Bind, HaProxy, Pair, PowerDns, PDNS_KEY};
+use crate::support::traffic::{
+    listen_also_on, node, Bind, HaProxy, NatBox, Pair, PowerDns, PDNS_KEY,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_points_verifies_persists_and_points_back() {
@@ -162,9 +164,52 @@ async fn exec_plugin_example_points_verifies_and_points_back() {
     r.verify(old).await.unwrap();
 
     // A plugin that is not there: a clear error.
-    let (_, missing) = pair.router(
-        "[[route]]\nkind = \"exec\"\nname = \"nosuchplugin\"\n",
-    );
+    let (_, missing) = pair.router("[[route]]\nkind = \"exec\"\nname = \"nosuchplugin\"\n");
     let e = format!("{:#}", missing.current().await.unwrap_err());
     assert!(e.contains("migrate-route-nosuchplugin"), "{e}");
+}
+
+/// The NAT box is a network namespace the test creates and removes; the route reaches it
+/// through host control, and clients (this process) through the virtual address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_swaps_the_dnat_rule_atomically_in_a_network_namespace() {
+    let pair = Pair::up().await;
+    let nat = NatBox::create(pair.dir.path());
+    listen_also_on(&pair, &["old", "new"], nat.host_ip, "10.213.0.0/24").await;
+    let (spec, r) = pair.router(&format!(
+        "[[route]]\nkind = \"nat\"\nlisten = \"{vip}:5432\"\ntable = \"migrate_test\"\nhook = \"prerouting\"\n\
+         connect = \"host={vip} port=5432 user=postgres dbname=postgres passfile={pass} sslmode=disable connect_timeout=5\"\n\
+         host = {{ kind = \"docker\", container = \"{ns}\", docker = \"{wrapper}\" }}\n\
+         [route.targets]\nold = \"{ip}:{old}\"\nnew = \"{ip}:{new}\"\n",
+        vip = nat.vip,
+        pass = pair.lab.lab.passfile().display(),
+        ns = nat.ns,
+        wrapper = nat.exec_wrapper.display(),
+        ip = nat.host_ip,
+        old = pair.port("old"),
+        new = pair.port("new"),
+    ));
+    let (old, new) = (node(&spec, "old"), node(&spec, "new"));
+
+    assert_eq!(r.current().await.unwrap()["dnat"], serde_json::Value::Null);
+    assert!(r.verify(old).await.is_err(), "no rule yet");
+    // The first point creates the table and the rule.
+    r.point(new, old).await.unwrap();
+    r.verify(old).await.unwrap();
+
+    let p = r.point(old, new).await.unwrap();
+    assert_eq!(p["changed"], true);
+    let v = r.verify(new).await.unwrap();
+    assert_eq!(v["port"], pair.port("new").to_string(), "{v}");
+    let rules = nat.rules("migrate_test");
+    assert_eq!(rules.matches("dnat to").count(), 1, "one rule: {rules}");
+    assert_eq!(r.point(old, new).await.unwrap()["changed"], false);
+
+    r.point(new, old).await.unwrap();
+    r.verify(old).await.unwrap();
+    let rules = nat.rules("migrate_test");
+    assert!(
+        rules.contains(&format!("dnat to {}:{}", nat.host_ip, pair.port("old"))),
+        "{rules}"
+    );
 }

@@ -35,7 +35,11 @@ pub struct TsigKey {
 
 impl std::fmt::Debug for TsigKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TsigKey({} {:?}, secret redacted)", self.name, self.algorithm)
+        write!(
+            f,
+            "TsigKey({} {:?}, secret redacted)",
+            self.name, self.algorithm
+        )
     }
 }
 
@@ -44,7 +48,14 @@ impl TsigKey {
     pub fn parse(text: &str) -> Result<TsigKey> {
         let text: String = text
             .lines()
-            .map(|l| l.split("//").next().unwrap_or("").split('#').next().unwrap_or(""))
+            .map(|l| {
+                l.split("//")
+                    .next()
+                    .unwrap_or("")
+                    .split('#')
+                    .next()
+                    .unwrap_or("")
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let after_key = text
@@ -67,7 +78,11 @@ impl TsigKey {
         for stmt in body.split(';') {
             let mut words = stmt.split_whitespace();
             match words.next() {
-                Some("algorithm") => algorithm = words.next().map(|a| a.trim_matches('"').to_ascii_lowercase()),
+                Some("algorithm") => {
+                    algorithm = words
+                        .next()
+                        .map(|a| a.trim_matches('"').to_ascii_lowercase())
+                }
                 Some("secret") => secret = words.next().map(|s| s.trim_matches('"').to_string()),
                 _ => {}
             }
@@ -175,7 +190,10 @@ pub async fn check_answer(
             if got.is_empty() {
                 "nothing".to_string()
             } else {
-                got.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                got.iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         );
     }
@@ -254,7 +272,9 @@ impl Router for Dns {
         }
         let served = answer(self.cfg.server, &self.cfg.name, record_type(new), None).await?;
         if served == [new] {
-            return Ok(json!({ "name": self.cfg.name, "address": new.to_string(), "changed": false }));
+            return Ok(
+                json!({ "name": self.cfg.name, "address": new.to_string(), "changed": false }),
+            );
         }
         match self.swap(old, new).await? {
             ResponseCode::NoError => {}
@@ -282,8 +302,13 @@ impl Router for Dns {
     }
 
     async fn verify(&self, to: &Node) -> Result<Value> {
-        let mut v =
-            check_answer(self.cfg.server, &self.cfg.name, self.ip(to)?, Some(&self.key)).await?;
+        let mut v = check_answer(
+            self.cfg.server,
+            &self.cfg.name,
+            self.ip(to)?,
+            Some(&self.key),
+        )
+        .await?;
         if let Some(t) = &self.cfg.connect {
             v["through"] = super::reaches(t, "the DNS name", to).await?;
         }

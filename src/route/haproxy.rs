@@ -66,7 +66,9 @@ impl HaProxy {
             _ => {
                 let socket = format!("UNIX-CONNECT:{}", self.cfg.socket.display());
                 self.host
-                    .run_ok(&Cmd::new(["socat", "STDIO", socket.as_str()]).stdin(format!("{cmd}\n")))
+                    .run_ok(
+                        &Cmd::new(["socat", "STDIO", socket.as_str()]).stdin(format!("{cmd}\n")),
+                    )
                     .await
                     .context("talk to the HAProxy stats socket through socat on the proxy's host")?
                     .stdout_text()
@@ -135,7 +137,8 @@ impl HaProxy {
     }
 
     async fn persist(&self, to: &Target) -> Result<bool> {
-        let old = String::from_utf8_lossy(&self.host.read_file(&self.cfg.config).await?).into_owned();
+        let old =
+            String::from_utf8_lossy(&self.host.read_file(&self.cfg.config).await?).into_owned();
         let new = self.rewritten(&old, to)?;
         if new == old {
             return Ok(false);

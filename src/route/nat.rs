@@ -158,7 +158,9 @@ impl Router for Nat {
                 now.map(|a| a.to_string())
             );
         }
-        Ok(json!({ "listen": self.cfg.listen.to_string(), "dnat": dest.to_string(), "changed": changed }))
+        Ok(
+            json!({ "listen": self.cfg.listen.to_string(), "dnat": dest.to_string(), "changed": changed }),
+        )
     }
 
     async fn verify(&self, to: &Node) -> Result<Value> {

@@ -98,12 +98,15 @@ impl PgBouncer {
 
     /// `SHOW CONFIG`'s value of one setting.
     async fn setting(c: &Client, key: &str) -> Result<Option<String>> {
-        Ok(Self::rows(c, "SHOW CONFIG").await?.into_iter().find_map(|row| {
-            let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-            (get("key").as_deref() == Some(key))
-                .then(|| get("value"))
-                .flatten()
-        }))
+        Ok(Self::rows(c, "SHOW CONFIG")
+            .await?
+            .into_iter()
+            .find_map(|row| {
+                let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                (get("key").as_deref() == Some(key))
+                    .then(|| get("value"))
+                    .flatten()
+            }))
     }
 
     /// Held clients are disconnected after `query_wait_timeout`: raise it above the cutover's

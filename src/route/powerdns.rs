@@ -55,9 +55,20 @@ impl PowerDns {
         let body = resp.text().await.unwrap_or_default();
         let body: String = body.chars().take(300).collect();
         match status.as_u16() {
-            401 | 403 => anyhow!("PowerDNS API at {} refused the API key ({status}) on {what}: check api_key", self.cfg.api),
-            404 => anyhow!("PowerDNS API at {}: zone {} not found on server {} ({what})", self.cfg.api, self.cfg.zone, self.cfg.server_id),
-            _ => anyhow!("PowerDNS API at {} answered {status} to {what}: {body}", self.cfg.api),
+            401 | 403 => anyhow!(
+                "PowerDNS API at {} refused the API key ({status}) on {what}: check api_key",
+                self.cfg.api
+            ),
+            404 => anyhow!(
+                "PowerDNS API at {}: zone {} not found on server {} ({what})",
+                self.cfg.api,
+                self.cfg.zone,
+                self.cfg.server_id
+            ),
+            _ => anyhow!(
+                "PowerDNS API at {} answered {status} to {what}: {body}",
+                self.cfg.api
+            ),
         }
     }
 

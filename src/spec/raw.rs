@@ -88,4 +88,3 @@ pub struct RawRoute {
     #[serde(flatten)]
     pub settings: toml::Table,
 }
-

@@ -324,23 +324,18 @@ impl Validator {
                         host: ip.to_string(),
                         port: node.conninfo.port(),
                     },
-                    Err(_) => {
-                        return Err(self.err(
-                            field,
-                            format!("{text:?} is not an address"),
-                            "write \"10.0.0.5:5432\", \"[2001:db8::5]:5432\" or just the IP address",
-                        ))
-                    }
+                    Err(_) => return Err(self.err(
+                        field,
+                        format!("{text:?} is not an address"),
+                        "write \"10.0.0.5:5432\", \"[2001:db8::5]:5432\" or just the IP address",
+                    )),
                 },
             };
             out.insert(name, target);
         }
         let targets = Targets(out);
         if need_ip {
-            for n in nodes
-                .iter()
-                .filter(|n| n.role != super::Role::Replica)
-            {
+            for n in nodes.iter().filter(|n| n.role != super::Role::Replica) {
                 if targets.of(n).ip().is_none() {
                     return Err(self.err(
                         format!("{f}.targets.{}", n.name),
@@ -359,7 +354,8 @@ impl Validator {
 
     /// An API key: `{ env = "VAR" }` or `{ file = "PATH" }` (the whole file, mode 600).
     fn api_secret(&self, field: &str, v: Option<toml::Value>) -> Result<SecretRef, SpecError> {
-        let fix = "reference it: { env = \"PDNS_API_KEY\" } or { file = \"/etc/migrate/pdns.key\" }";
+        let fix =
+            "reference it: { env = \"PDNS_API_KEY\" } or { file = \"/etc/migrate/pdns.key\" }";
         let Some(v) = v else {
             return Err(self.err(field, "missing", fix));
         };
@@ -374,7 +370,11 @@ impl Validator {
             (["file"], _, Some(toml::Value::String(p))) if !p.is_empty() => Ok(SecretRef::File(
                 self.relative_to_spec(std::path::Path::new(p)),
             )),
-            _ => Err(self.err(field, "expected exactly one of env = \"VAR\" or file = \"PATH\"", fix)),
+            _ => Err(self.err(
+                field,
+                "expected exactly one of env = \"VAR\" or file = \"PATH\"",
+                fix,
+            )),
         }
     }
 
@@ -454,9 +454,17 @@ impl Validator {
             "pgbouncer" => {
                 let raw: RawPgBouncer = self.settings(f, "pgbouncer", r.settings, "admin (conninfo of the admin console), password, config (pgbouncer.ini path), databases, host")?;
                 if raw.databases.is_empty() {
-                    return Err(self.err(format!("{f}.databases"), "no database to repoint", "list the [databases] entries of pgbouncer.ini that point at the primary"));
+                    return Err(self.err(
+                        format!("{f}.databases"),
+                        "no database to repoint",
+                        "list the [databases] entries of pgbouncer.ini that point at the primary",
+                    ));
                 }
-                self.absolute(&format!("{f}.config"), &raw.config, "pgbouncer.ini on the pooler's host")?;
+                self.absolute(
+                    &format!("{f}.config"),
+                    &raw.config,
+                    "pgbouncer.ini on the pooler's host",
+                )?;
                 Ok(Route::PgBouncer(Box::new(PgBouncerRoute {
                     admin: self.conninfo(&format!("{f}.admin"), &raw.admin)?,
                     password: self.secret(&format!("{f}.password"), raw.password)?,
@@ -468,11 +476,23 @@ impl Validator {
             }
             "haproxy" => {
                 let raw: RawHaProxy = self.settings(f, "haproxy", r.settings, "socket (the admin stats socket), backend, server, config (haproxy.cfg), connect, password, host, targets")?;
-                self.absolute(&format!("{f}.socket"), &raw.socket, "the stats socket (level admin) on the proxy's host")?;
-                self.absolute(&format!("{f}.config"), &raw.config, "haproxy.cfg on the proxy's host")?;
+                self.absolute(
+                    &format!("{f}.socket"),
+                    &raw.socket,
+                    "the stats socket (level admin) on the proxy's host",
+                )?;
+                self.absolute(
+                    &format!("{f}.config"),
+                    &raw.config,
+                    "haproxy.cfg on the proxy's host",
+                )?;
                 for (k, v) in [("backend", &raw.backend), ("server", &raw.server)] {
                     if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '/') {
-                        return Err(self.err(format!("{f}.{k}"), format!("{v:?} is not an HAProxy {k} name"), format!("give the {k} name as written in haproxy.cfg")));
+                        return Err(self.err(
+                            format!("{f}.{k}"),
+                            format!("{v:?} is not an HAProxy {k} name"),
+                            format!("give the {k} name as written in haproxy.cfg"),
+                        ));
                     }
                 }
                 Ok(Route::HaProxy(Box::new(HaProxyRoute {
@@ -481,7 +501,9 @@ impl Validator {
                     server: raw.server,
                     config: raw.config,
                     host: self.host(&format!("{f}.host"), raw.host)?,
-                    connect: self.through(f, Some(raw.connect), raw.password)?.expect("given"),
+                    connect: self
+                        .through(f, Some(raw.connect), raw.password)?
+                        .expect("given"),
                     targets: self.targets(f, raw.targets, nodes, true)?,
                 })))
             }
@@ -500,7 +522,11 @@ impl Validator {
             "powerdns" => {
                 let raw: RawPowerDns = self.settings(f, "powerdns", r.settings, "api (base URL), server_id, zone, name, ttl, api_key, dns_server (ip:port), connect, password, targets")?;
                 if !(raw.api.starts_with("http://") || raw.api.starts_with("https://")) {
-                    return Err(self.err(format!("{f}.api"), format!("{:?} is not an http(s) URL", raw.api), "write the API's base URL, e.g. \"http://10.0.0.53:8081\""));
+                    return Err(self.err(
+                        format!("{f}.api"),
+                        format!("{:?} is not an http(s) URL", raw.api),
+                        "write the API's base URL, e.g. \"http://10.0.0.53:8081\"",
+                    ));
                 }
                 let api_key = self.api_secret(&format!("{f}.api_key"), raw.api_key)?;
                 Ok(Route::PowerDns(Box::new(PowerDnsRoute {
@@ -510,7 +536,11 @@ impl Validator {
                     name: self.fqdn(&format!("{f}.name"), &raw.name)?,
                     ttl: raw.ttl.unwrap_or(30),
                     api_key,
-                    dns_server: self.socket_addr(&format!("{f}.dns_server"), &raw.dns_server, 53)?,
+                    dns_server: self.socket_addr(
+                        &format!("{f}.dns_server"),
+                        &raw.dns_server,
+                        53,
+                    )?,
                     connect: self.through(f, raw.connect, raw.password)?,
                     targets: self.targets(f, raw.targets, nodes, true)?,
                 })))
@@ -523,21 +553,33 @@ impl Validator {
                     Some(other) => return Err(self.err(format!("{f}.hook"), format!("unknown hook {other:?}"), "hook is \"prerouting\" (clients on other hosts) or \"output\" (clients on the NAT host)")),
                 };
                 let table = raw.table.unwrap_or_else(|| "migrate".into());
-                if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(self.err(format!("{f}.table"), format!("{table:?} is not an nftables table name"), "use letters, digits and '_'"));
+                if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    return Err(self.err(
+                        format!("{f}.table"),
+                        format!("{table:?} is not an nftables table name"),
+                        "use letters, digits and '_'",
+                    ));
                 }
                 Ok(Route::Nat(Box::new(NatRoute {
                     listen: self.socket_addr(&format!("{f}.listen"), &raw.listen, 5432)?,
                     table,
                     hook,
                     host: self.host(&format!("{f}.host"), raw.host)?,
-                    connect: self.through(f, Some(raw.connect), raw.password)?.expect("given"),
+                    connect: self
+                        .through(f, Some(raw.connect), raw.password)?
+                        .expect("given"),
                     targets: self.targets(f, raw.targets, nodes, true)?,
                 })))
             }
             "exec" => {
                 let raw: RawExec = self.settings(f, "exec", r.settings, "name, command, timeout, config (a table handed to the plugin), connect, password, targets")?;
-                if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                if raw.name.is_empty()
+                    || !raw
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
                     return Err(self.err(format!("{f}.name"), format!("{:?} is not a plugin name", raw.name), "use letters, digits, '-' and '_' (the plugin is migrate-route-<name> on PATH)"));
                 }
                 let command = match raw.command {
@@ -552,18 +594,32 @@ impl Validator {
                 };
                 let config = match raw.config {
                     None => serde_json::Value::Object(Default::default()),
-                    Some(t) => serde_json::to_value(t).map_err(|e| self.err(format!("{f}.config"), e.to_string(), "use plain TOML values"))?,
+                    Some(t) => serde_json::to_value(t).map_err(|e| {
+                        self.err(
+                            format!("{f}.config"),
+                            e.to_string(),
+                            "use plain TOML values",
+                        )
+                    })?,
                 };
                 Ok(Route::Exec(Box::new(ExecRoute {
                     name: raw.name,
                     command,
-                    timeout: self.duration(&format!("{f}.timeout"), raw.timeout, Duration::from_secs(30))?,
+                    timeout: self.duration(
+                        &format!("{f}.timeout"),
+                        raw.timeout,
+                        Duration::from_secs(30),
+                    )?,
                     config,
                     connect: self.through(f, raw.connect, raw.password)?,
                     targets: self.targets(f, raw.targets, nodes, false)?,
                 })))
             }
-            other => Err(self.err(format!("{f}.kind"), format!("unknown route provider {other:?}"), KINDS)),
+            other => Err(self.err(
+                format!("{f}.kind"),
+                format!("unknown route provider {other:?}"),
+                KINDS,
+            )),
         }
     }
 }

@@ -807,7 +807,8 @@ impl Step for VerifyPrimary {
                         Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),
                     }
                 };
-                pointed.push(json!({ "route": r.describe(), "points_at": now, "verified": verified }));
+                pointed
+                    .push(json!({ "route": r.describe(), "points_at": now, "verified": verified }));
             }
             return Ok(
                 json!({ "primary": self.0.to.name(), "routes": pointed, "ms": Direction::ms(t) }),

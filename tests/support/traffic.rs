@@ -53,9 +53,11 @@ pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 pub fn wait_for_tcp(port: u16) {
-    wait_until(&format!("127.0.0.1:{port}"), Duration::from_secs(20), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    wait_until(
+        &format!("127.0.0.1:{port}"),
+        Duration::from_secs(20),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
 }
 
 fn world_readable_dir() -> tempfile::TempDir {
@@ -286,7 +288,12 @@ impl Bind {
         );
         let path = self.dir.join("upd.txt");
         std::fs::write(&path, script).unwrap();
-        run_ok(Command::new("nsupdate").arg("-k").arg(&self.key_file).arg(&path));
+        run_ok(
+            Command::new("nsupdate")
+                .arg("-k")
+                .arg(&self.key_file)
+                .arg(&path),
+        );
     }
 }
 
@@ -301,10 +308,9 @@ pub const PDNS_KEY: &str = "route-test-api-key";
 impl PowerDns {
     pub async fn start(dir: &Path, dns_port: u16, api_port: u16, address: &str) -> PowerDns {
         let db = dir.join("pdns.sqlite3");
-        let schema = std::fs::read_to_string(
-            "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql",
-        )
-        .expect("pdns-backend-sqlite3 schema");
+        let schema =
+            std::fs::read_to_string("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
+                .expect("pdns-backend-sqlite3 schema");
         let mut sqlite = Command::new("sqlite3")
             .arg(&db)
             .stdin(Stdio::piped())
@@ -366,5 +372,127 @@ impl PowerDns {
         )
         .trim()
         .to_string()
+    }
+}
+
+/// A network namespace acting as the NAT box between this host and a virtual address:
+/// `root (10.213.0.1) ⇄ veth ⇄ ns (10.213.0.2)`, with `vip` routed into the namespace and a
+/// masquerade there so replies come back through it. Removed on drop.
+pub struct NatBox {
+    pub ns: String,
+    pub vip: &'static str,
+    pub host_ip: &'static str,
+    /// A stand-in `docker` that runs `exec`'s command inside the namespace, so the route's
+    /// host control (`kind = "docker"`) reaches the NAT box like a container.
+    pub exec_wrapper: PathBuf,
+    veth: String,
+}
+
+fn ip(args: &[&str]) {
+    run_ok(Command::new("ip").args(args));
+}
+
+impl NatBox {
+    pub fn create(dir: &Path) -> NatBox {
+        let id = std::process::id();
+        let ns = format!("migrate-nat-{id}");
+        let veth = format!("mgn{id}a");
+        let peer = format!("mgn{id}b");
+        let nat = NatBox {
+            ns: ns.clone(),
+            vip: "10.213.1.100",
+            host_ip: "10.213.0.1",
+            exec_wrapper: dir.join("docker"),
+            veth: veth.clone(),
+        };
+        nat.remove();
+        ip(&["netns", "add", &ns]);
+        ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &peer, "netns", &ns]);
+        ip(&["addr", "add", "10.213.0.1/24", "dev", &veth]);
+        ip(&["link", "set", &veth, "up"]);
+        ip(&["-n", &ns, "addr", "add", "10.213.0.2/24", "dev", &peer]);
+        ip(&["-n", &ns, "link", "set", &peer, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["route", "add", "10.213.1.100/32", "via", "10.213.0.2"]);
+        run_ok(Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]));
+        let mut nft = Command::new("ip");
+        nft.args(["netns", "exec", &ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped());
+        let mut child = nft.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(
+                b"table ip fixture {\n chain post { type nat hook postrouting priority 100; policy accept; ip daddr 10.213.0.1 masquerade; }\n}\n",
+            )
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        std::fs::write(
+            &nat.exec_wrapper,
+            "#!/bin/sh\n[ \"$1\" = exec ] || exit 64; shift\n[ \"$1\" = -i ] && shift\n\
+             if [ \"$1\" = -u ]; then shift 2; fi\nns=\"$1\"; shift\nexec ip netns exec \"$ns\" \"$@\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&nat.exec_wrapper, std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        nat
+    }
+
+    /// Every rule in the NAT table the route manages, as nft lists it.
+    pub fn rules(&self, table: &str) -> String {
+        run_ok(Command::new("ip").args([
+            "netns", "exec", &self.ns, "nft", "list", "table", "ip", table,
+        ]))
+    }
+
+    fn remove(&self) {
+        let _ = Command::new("ip")
+            .args(["route", "del", "10.213.1.100/32"])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+impl Drop for NatBox {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Let the lab's servers also listen on `address` and take password logins from `subnet`
+/// (restarts them).
+pub async fn listen_also_on(pair: &Pair, nodes: &[&str], address: &str, subnet: &str) {
+    let l = &pair.lab.lab;
+    for n in nodes {
+        let conf = l.data_dir(n).join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!("listen_addresses = '127.0.0.1,{address}'\n"));
+        std::fs::write(&conf, text).unwrap();
+        let hba = l.data_dir(n).join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).unwrap();
+        text.push_str(&format!("host all all {subnet} scram-sha-256\n"));
+        std::fs::write(&hba, text).unwrap();
+        let server = l.server(n);
+        server
+            .stop(migrate::pg::server::StopMode::Fast, Duration::from_secs(30))
+            .await
+            .unwrap();
+        server
+            .start(&l.server_log(n), Duration::from_secs(60))
+            .await
+            .unwrap();
     }
 }
