@@ -227,3 +227,108 @@ async fn pgbouncer_raises_query_wait_timeout_while_holding() {
     );
     r.verify(old).await.unwrap();
 }
+
+/// A route plugin whose actions fail while `fail-<action>` exists in its directory; it
+/// remembers the node it points at in `points_at`.
+const FLAKY_PLUGIN: &str = r#"#!/usr/bin/env python3
+import json, os, sys
+req = json.load(sys.stdin)
+d = req["config"]["dir"]
+a = req["action"]
+state = os.path.join(d, "points_at")
+cur = open(state).read().strip() if os.path.exists(state) else None
+if os.path.exists(os.path.join(d, "fail-" + a)):
+    out = {"ok": False, "error": "simulated outage of the traffic API"}
+elif a == "point":
+    open(state, "w").write(req["endpoint"]["node"])
+    out = {"ok": True, "node": req["endpoint"]["node"]}
+elif a == "verify":
+    out = {"ok": cur == req["endpoint"]["node"], "error": "points at %s" % cur}
+elif a == "current":
+    out = {"ok": True, "node": cur}
+else:
+    out = {"ok": True}
+print(json.dumps(out))
+"#;
+
+/// Before the point of no return a failing route aborts the cutover and unfences the old
+/// primary; after it, the route is retried with backoff, then the run stops with exit 3
+/// naming where the route points and how to continue; `resume` finishes once it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_route_aborts_before_the_point_of_no_return_and_stops_for_the_operator_after() {
+    use std::os::unix::fs::PermissionsExt;
+    let chain = Chain::new().await;
+    let dir = chain.lab.lab.dir.join("flaky");
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugin = dir.join("migrate-route-flaky");
+    std::fs::write(&plugin, FLAKY_PLUGIN).unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("points_at"), "old").unwrap();
+    let text = std::fs::read_to_string(&chain.spec).unwrap();
+    let cut = text.find("[[route]]").unwrap();
+    std::fs::write(
+        &chain.spec,
+        format!(
+            "{}[[route]]\nkind = \"exec\"\nname = \"flaky\"\ncommand = [\"{}\"]\nconfig = {{ dir = \"{}\" }}\n",
+            &text[..cut],
+            plugin.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    chain.replicate_ok().await;
+    chain.plan_ok().await;
+
+    std::fs::write(dir.join("fail-hold"), "").unwrap();
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    let err = text_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("simulated outage"), "{err}");
+    assert!(
+        !err.contains("continue with `migrate resume"),
+        "an undone run must not advise resuming: {err}"
+    );
+    let c = connect(&chain.ep("old")).await.unwrap();
+    c.batch_execute("CREATE TABLE after_abort (i int); DROP TABLE after_abort")
+        .await
+        .expect("the old primary takes writes again");
+    std::fs::remove_file(dir.join("fail-hold")).unwrap();
+
+    chain.plan_ok().await;
+    std::fs::write(dir.join("fail-point"), "").unwrap();
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    let err = text_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("retries"), "{err}");
+    assert!(
+        err.contains("exec flaky") && err.contains("still points at") && err.contains("\"old\""),
+        "the message says where the route points: {err}"
+    );
+    assert!(err.contains("migrate resume"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("points_at")).unwrap(),
+        "old"
+    );
+
+    std::fs::remove_file(dir.join("fail-point")).unwrap();
+    let out = chain.run(&["resume", "--force-window"], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("points_at")).unwrap(),
+        "new"
+    );
+    let c = connect(&chain.ep("new")).await.unwrap();
+    assert!(!c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0));
+}
+
+fn text_of(out: &std::process::Output) -> String {
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}

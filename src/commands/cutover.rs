@@ -131,9 +131,13 @@ pub async fn execute_with_abort(
             Err(e) if e.chain().any(|c| c.is::<Paused>()) => Err(e),
             Err(e) if runner.state().point_of_no_return.is_some() => Err(e),
             Err(e) => match runner.rollback().await {
-                Ok(Outcome::RolledBack) => Err(anyhow!(Aborted(format!(
-                    "aborted before the point of no return, and undone: {e:#}. The old primary serves again; run the command again when the cause is fixed"
-                )))),
+                Ok(Outcome::RolledBack) => {
+                    // The run is undone already: the "resume or roll back" advice no longer applies.
+                    let cause = format!("{e:#}").replace(&format!("; {}", runner.continue_hint()), "");
+                    Err(anyhow!(Aborted(format!(
+                        "aborted before the point of no return, and undone: {cause}. The old primary serves again; run the command again when the cause is fixed"
+                    ))))
+                }
                 Ok(_) => Err(e),
                 Err(undo) => Err(e.context(format!("aborting also failed: {undo:#}"))),
             },

@@ -234,7 +234,8 @@ impl Runner {
         }
     }
 
-    fn continue_hint(&self) -> String {
+    /// The advice appended to a failed step's error (an automatic undo strips it again).
+    pub fn continue_hint(&self) -> String {
         format!(
             "fix the cause, then continue with `migrate resume -f {s}` or undo with `migrate rollback -f {s}`",
             s = self.inv.spec_arg
