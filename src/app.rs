@@ -47,6 +47,7 @@ pub async fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Exit> {
         #[cfg(feature = "failpoints")]
         Command::Drill => commands::drill::run(&cli.global, ui).await,
         Command::Lab { action } => commands::lab::run(action, ui).await,
+        Command::Rehearse(args) => commands::rehearse::run(args, ui).await,
     }
 }
 

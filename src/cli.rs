@@ -68,6 +68,9 @@ pub enum Command {
     #[cfg(feature = "failpoints")]
     #[command(hide = true)]
     Drill,
+    /// A full rehearsal on the embedded lab under a writer (replicate, plan, cutover, rollback),
+    /// with a report of write pauses, client errors and missing commits.
+    Rehearse(RehearseArgs),
     /// The embedded local lab: real PostgreSQL and PgBouncer on loopback for rehearsals.
     Lab {
         #[command(subcommand)]
@@ -90,6 +93,32 @@ pub struct CutoverArgs {
     /// Stop cleanly before this step (e.g. `fence`); continue later with `migrate resume`.
     #[arg(long, value_name = "STEP")]
     pub pause_before: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RehearseArgs {
+    /// Where the lab lives (a new or empty directory; default: a new one under $TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Grow the `app` database to about N MB before replicating.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub scale: u64,
+    /// Concurrent writer clients (through PgBouncer).
+    #[arg(long, value_name = "C", default_value_t = 8)]
+    pub clients: i32,
+    /// Pause between one client's commits, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 2)]
+    pub pace_ms: u64,
+    /// Keep the lab running afterwards (`migrate lab down --dir DIR` stops it).
+    #[arg(long)]
+    pub keep: bool,
+    /// Inject a fault: kill-target-during-catchup, stop-target-after-fence,
+    /// crash-tool-after-promote, route-failure.
+    #[arg(long, value_name = "NAME")]
+    pub fault: Option<String>,
+    /// First of the lab's five ports.
+    #[arg(long, default_value_t = crate::lab::DEFAULT_BASE_PORT)]
+    pub base_port: u16,
 }
 
 #[derive(Debug, Args)]

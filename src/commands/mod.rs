@@ -6,6 +6,7 @@ pub mod cutover;
 pub mod drill;
 pub mod lab;
 pub mod plan;
+pub mod rehearse;
 pub mod replicate;
 pub mod resume;
 pub mod rollback;

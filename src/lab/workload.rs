@@ -51,6 +51,8 @@ pub struct WriterReport {
     pub acks: Vec<Ack>,
     /// Error messages clients saw (connection errors, query errors), in order.
     pub errors: Vec<String>,
+    /// When each of `errors` happened.
+    pub error_times: Vec<DateTime<Utc>>,
 }
 
 /// `clients` concurrent writers, each committing `INSERT INTO ledger (client, seq)` with
@@ -81,6 +83,11 @@ impl Writer {
             tasks,
             report,
         }
+    }
+
+    /// What the writer has recorded so far (it goes on).
+    pub fn report_so_far(&self) -> WriterReport {
+        self.report.lock().expect("report").clone()
     }
 
     pub fn acked(&self) -> usize {
@@ -127,11 +134,11 @@ async fn write_loop(
             match connect_primary(&eps).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
-                    report
-                        .lock()
-                        .expect("report")
-                        .errors
-                        .push(format!("client {client}: {e:#}"));
+                    {
+                        let mut r = report.lock().expect("report");
+                        r.errors.push(format!("client {client}: {e:#}"));
+                        r.error_times.push(Utc::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -153,10 +160,14 @@ async fn write_loop(
                 at: Utc::now(),
             }),
             Err(e) => {
-                report.lock().expect("report").errors.push(format!(
-                    "client {client}: {}",
-                    crate::pg::conn::error_chain_text(&e)
-                ));
+                {
+                    let mut r = report.lock().expect("report");
+                    r.errors.push(format!(
+                        "client {client}: {}",
+                        crate::pg::conn::error_chain_text(&e)
+                    ));
+                    r.error_times.push(Utc::now());
+                }
                 conn = None;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -90,3 +90,47 @@ impl Ui {
         let _ = writeln!(e, "warning: {}", text.as_ref());
     }
 }
+
+/// One line of progress for a long command: an indicatif spinner on a terminal, timestamped
+/// lines on stderr otherwise, nothing in JSON mode.
+pub struct Spinner {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+}
+
+impl Ui {
+    pub fn spinner(&self) -> Spinner {
+        let terminal = !self.json && std::io::stderr().is_terminal();
+        let bar = terminal.then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+                    .expect("template"),
+            );
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        Spinner {
+            bar,
+            plain: !self.json && !terminal,
+        }
+    }
+}
+
+impl Spinner {
+    pub fn note(&self, message: &str, elapsed: std::time::Duration) {
+        if let Some(b) = &self.bar {
+            b.println(format!("[{:>6.1}s] {message}", elapsed.as_secs_f64()));
+            b.set_message(message.to_string());
+        } else if self.plain {
+            let mut e = std::io::stderr().lock();
+            let _ = writeln!(e, "[{:>6.1}s] {message}", elapsed.as_secs_f64());
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! `migrate rehearse`: progress while it runs, then the report (a table, or JSON).
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::cli::RehearseArgs;
+use crate::exit::Exit;
+use crate::rehearse::report::{Report, Switch};
+use crate::rehearse::{self, Fault, Options};
+use crate::ui::Ui;
+
+pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
+    let fault = args.fault.as_deref().map(Fault::parse).transpose()?;
+    let opts = Options {
+        dir: match &args.dir {
+            Some(d) => d.clone(),
+            None => rehearse::default_dir()?,
+        },
+        base_port: args.base_port,
+        scale_mb: args.scale,
+        clients: args.clients,
+        pace: std::time::Duration::from_millis(args.pace_ms),
+        keep: args.keep,
+        fault,
+        exe: std::env::current_exe().context("find this binary")?,
+    };
+    let started = Instant::now();
+    let spinner = ui.spinner();
+    let note = |m: &str| spinner.note(m, started.elapsed());
+    let report = rehearse::run(&opts, &note).await;
+    spinner.finish();
+    let report = report?;
+    if ui.json() {
+        ui.emit_json(&report);
+    } else {
+        show(ui, &report);
+    }
+    Ok(if report.zero_loss() {
+        Exit::Done
+    } else {
+        Exit::NotReady
+    })
+}
+
+fn show(ui: &Ui, r: &Report) {
+    ui.line("");
+    ui.line(format!(
+        "rehearsal in {}: {} clients through PgBouncer, app grown to ~{} MB{}",
+        r.dir,
+        r.clients,
+        r.scale_mb,
+        r.fault
+            .as_ref()
+            .map(|f| format!(", fault: {f}"))
+            .unwrap_or_default()
+    ));
+    for line in &r.fault_log {
+        ui.line(format!("  fault: {line}"));
+    }
+    ui.line(format!(
+        "replicate (clone + catch-up) {:.1} s, plan {:.1} s",
+        r.replicate_ms as f64 / 1000.0,
+        r.plan_ms as f64 / 1000.0
+    ));
+    ui.line("");
+    let row = |name: &str, f: &dyn Fn(&Switch) -> String| {
+        vec![name.to_string(), f(&r.cutover), f(&r.rollback)]
+    };
+    let phase = |k: &'static str| {
+        move |s: &Switch| {
+            s.phases_ms
+                .get(k)
+                .map(|v| format!("{v} ms"))
+                .unwrap_or_else(|| "-".into())
+        }
+    };
+    let mut rows = vec![
+        row("write pause (longest gap, all clients)", &|s| {
+            format!("{:.0} ms", s.write_pause_ms)
+        }),
+        row("per-client pause p50 / p99 / max", &|s| {
+            format!(
+                "{:.0} / {:.0} / {:.0} ms",
+                s.client_pause_p50_ms, s.client_pause_p99_ms, s.client_pause_max_ms
+            )
+        }),
+        row("pause in the certificate (held → released)", &|s| {
+            s.certificate_pause_ms
+                .map(|v| format!("{v} ms"))
+                .unwrap_or_else(|| "-".into())
+        }),
+        row("client errors", &|s| {
+            if s.errors == 0 {
+                "0".into()
+            } else {
+                format!(
+                    "{} ({})",
+                    s.errors,
+                    s.error_kinds
+                        .iter()
+                        .map(|(k, n)| format!("{k}: {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        }),
+        row("acknowledged commits during it", &|s| s.acked.to_string()),
+        row("missing commits (per node)", &|s| {
+            s.missing
+                .iter()
+                .map(|(n, m)| format!("{n} {m}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
+        row("command duration", &|s| format!("{} ms", s.duration_ms)),
+    ];
+    for k in [
+        "hold",
+        "fence",
+        "stop",
+        "proof",
+        "stage",
+        "promote",
+        "reverse",
+        "route",
+        "followers",
+    ] {
+        rows.push(row(&format!("  {k}"), &phase(k)));
+    }
+    ui.table(&["", "cutover", "rollback"], &rows);
+    ui.line("");
+    ui.line(format!(
+        "{} acknowledged commits in all; missing at the end: {}",
+        r.acked_total,
+        r.missing_at_end
+            .iter()
+            .map(|(n, m)| format!("{n} {m}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    ui.line(if r.zero_loss() {
+        "zero data loss: every acknowledged commit is on every node"
+    } else {
+        "DATA LOSS: acknowledged commits are missing (see above)"
+    });
+}

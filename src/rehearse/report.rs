@@ -1,0 +1,198 @@
+//! What a rehearsal measured: write pauses from the writer's acknowledgments, client errors by
+//! kind, missing commits, and each phase's duration.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::lab::workload::Ack;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub dir: String,
+    pub clients: i32,
+    pub scale_mb: u64,
+    pub fault: Option<String>,
+    /// What the tool did about the injected fault, in order.
+    pub fault_log: Vec<String>,
+    /// Clone and catch-up (the `replicate` run) in ms.
+    pub replicate_ms: u64,
+    pub plan_ms: u64,
+    pub cutover: Switch,
+    pub rollback: Switch,
+    /// Every acknowledged commit is on every node at the end.
+    pub acked_total: usize,
+    pub missing_at_end: BTreeMap<String, usize>,
+}
+
+impl Report {
+    pub fn zero_loss(&self) -> bool {
+        self.cutover.missing.values().all(|m| *m == 0)
+            && self.rollback.missing.values().all(|m| *m == 0)
+            && self.missing_at_end.values().all(|m| *m == 0)
+    }
+}
+
+/// One switchover (the cutover, or the rollback's switchback).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Switch {
+    /// Wall time of the command.
+    pub duration_ms: u64,
+    /// The longest gap between consecutive acknowledged commits of all clients.
+    pub write_pause_ms: f64,
+    /// Per client, the longest gap; their median, 99th percentile and maximum.
+    pub client_pause_p50_ms: f64,
+    pub client_pause_p99_ms: f64,
+    pub client_pause_max_ms: f64,
+    /// From the certificate: held (or fenced) to released, as the tool measured it.
+    pub certificate_pause_ms: Option<i64>,
+    pub acked: usize,
+    pub errors: usize,
+    pub error_kinds: BTreeMap<String, usize>,
+    /// Acknowledged commits missing on each node once caught up.
+    pub missing: BTreeMap<String, usize>,
+    /// Step durations inside the pause and around it (hold, fence, stop, proof, stage,
+    /// promote, reverse, route, followers), from the certificate; and release.
+    pub phases_ms: BTreeMap<String, u64>,
+}
+
+/// The longest gap between consecutive acknowledgments (of all clients together) that
+/// overlaps `[from, to]`, in ms.
+pub fn longest_gap(acks: &[Ack], from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    let mut times: Vec<DateTime<Utc>> = acks.iter().map(|a| a.at).collect();
+    times.sort();
+    let mut worst = 0.0f64;
+    for w in times.windows(2) {
+        if w[1] >= from && w[0] <= to {
+            worst = worst.max(ms(w[1] - w[0]));
+        }
+    }
+    worst
+}
+
+/// Each client's longest gap overlapping `[from, to]`.
+pub fn client_gaps(acks: &[Ack], from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<f64> {
+    let mut by_client: BTreeMap<i32, Vec<DateTime<Utc>>> = BTreeMap::new();
+    for a in acks {
+        by_client.entry(a.client).or_default().push(a.at);
+    }
+    by_client
+        .into_values()
+        .map(|mut t| {
+            t.sort();
+            t.windows(2)
+                .filter(|w| w[1] >= from && w[0] <= to)
+                .map(|w| ms(w[1] - w[0]))
+                .fold(0.0, f64::max)
+        })
+        .collect()
+}
+
+/// The `q` quantile (0..=1) by nearest rank.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+fn ms(d: chrono::TimeDelta) -> f64 {
+    d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
+}
+
+/// A client error's kind, for counting: the part that names what happened.
+pub fn error_kind(e: &str) -> String {
+    let lower = e.to_ascii_lowercase();
+    for (needle, kind) in [
+        ("query_wait_timeout", "query_wait_timeout"),
+        ("read-only", "read-only transaction"),
+        ("recovery", "server in recovery"),
+        ("connection refused", "connection refused"),
+        (
+            "terminating connection",
+            "connection terminated by the server",
+        ),
+        ("closed", "connection closed"),
+        ("timed out", "timeout"),
+        ("password", "authentication"),
+    ] {
+        if lower.contains(needle) {
+            return kind.to_string();
+        }
+    }
+    "other".to_string()
+}
+
+pub fn error_kinds(errors: &[String]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for e in errors {
+        *out.entry(error_kind(e)).or_insert(0) += 1;
+    }
+    out
+}
+
+/// The certificate's `phases_ms` (null entries left out).
+pub fn phases(cert: &Value) -> BTreeMap<String, u64> {
+    cert["phases_ms"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| v.as_u64().map(|v| (k.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(client: i32, ms_after: i64) -> Ack {
+        let t0: DateTime<Utc> = "2026-11-22T00:00:00Z".parse().unwrap();
+        Ack {
+            client,
+            seq: ms_after,
+            at: t0 + chrono::TimeDelta::milliseconds(ms_after),
+        }
+    }
+
+    #[test]
+    fn pauses_are_gaps_between_acknowledgments_in_the_window() {
+        let acks = vec![
+            ack(0, 0),
+            ack(1, 10),
+            ack(0, 20),
+            ack(1, 400),
+            ack(0, 410),
+            ack(1, 1500),
+        ];
+        let t0: DateTime<Utc> = "2026-11-22T00:00:00Z".parse().unwrap();
+        let at = |ms| t0 + chrono::TimeDelta::milliseconds(ms);
+        // All clients together: 20 → 400 is the longest gap inside [0, 500].
+        assert_eq!(longest_gap(&acks, at(0), at(500)), 380.0);
+        // 410 → 1500 overlaps a window that ends at 1000.
+        assert_eq!(longest_gap(&acks, at(0), at(1000)), 1090.0);
+        let mut per = client_gaps(&acks, at(0), at(500));
+        per.sort_by(|a, b| a.total_cmp(b));
+        assert_eq!(per, vec![390.0, 1100.0]);
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
+    }
+
+    #[test]
+    fn errors_are_counted_by_kind() {
+        let k = error_kinds(&[
+            "client 1: db error: FATAL: query_wait_timeout".into(),
+            "client 2: error connecting to server: Connection refused (os error 111)".into(),
+            "client 3: connection closed".into(),
+        ]);
+        assert_eq!(k["query_wait_timeout"], 1);
+        assert_eq!(k["connection refused"], 1);
+        assert_eq!(k["connection closed"], 1);
+    }
+}
