@@ -12,5 +12,6 @@ mod lab;
 mod plan;
 pub mod replication;
 mod route;
+mod rehearse;
 mod spec_fixtures;
 mod traffic;

@@ -173,11 +173,11 @@ mod tests {
         ];
         let t0: DateTime<Utc> = "2026-11-22T00:00:00Z".parse().unwrap();
         let at = |ms| t0 + chrono::TimeDelta::milliseconds(ms);
-        // All clients together: 20 → 400 is the longest gap inside [0, 500].
-        assert_eq!(longest_gap(&acks, at(0), at(500)), 380.0);
+        // All clients together: 20 → 400 is the longest gap overlapping [0, 405].
+        assert_eq!(longest_gap(&acks, at(0), at(405)), 380.0);
         // 410 → 1500 overlaps a window that ends at 1000.
         assert_eq!(longest_gap(&acks, at(0), at(1000)), 1090.0);
-        let mut per = client_gaps(&acks, at(0), at(500));
+        let mut per = client_gaps(&acks, at(0), at(405));
         per.sort_by(|a, b| a.total_cmp(b));
         assert_eq!(per, vec![390.0, 1100.0]);
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
