@@ -3,6 +3,7 @@
 
 mod support;
 
+mod compose;
 mod conn;
 mod cutover;
 mod engine;
@@ -10,8 +11,8 @@ mod host_local;
 mod host_ssh;
 mod lab;
 mod plan;
+mod rehearse;
 pub mod replication;
 mod route;
-mod rehearse;
 mod spec_fixtures;
 mod traffic;
