@@ -112,10 +112,6 @@ pub struct RehearseArgs {
     /// Keep the lab running afterwards (`migrate lab down --dir DIR` stops it).
     #[arg(long)]
     pub keep: bool,
-    /// Inject a fault: kill-target-during-catchup, stop-target-after-fence,
-    /// crash-tool-after-promote, route-failure.
-    #[arg(long, value_name = "NAME")]
-    pub fault: Option<String>,
     /// First of the lab's five ports.
     #[arg(long, default_value_t = crate::lab::DEFAULT_BASE_PORT)]
     pub base_port: u16,

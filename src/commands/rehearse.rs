@@ -7,11 +7,10 @@ use anyhow::{Context, Result};
 use crate::cli::RehearseArgs;
 use crate::exit::Exit;
 use crate::rehearse::report::{Report, Switch};
-use crate::rehearse::{self, Fault, Options};
+use crate::rehearse::{self, Options};
 use crate::ui::Ui;
 
 pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
-    let fault = args.fault.as_deref().map(Fault::parse).transpose()?;
     let opts = Options {
         dir: match &args.dir {
             Some(d) => d.clone(),
@@ -22,7 +21,6 @@ pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
         clients: args.clients,
         pace: std::time::Duration::from_millis(args.pace_ms),
         keep: args.keep,
-        fault,
         exe: std::env::current_exe().context("find this binary")?,
     };
     let started = Instant::now();
@@ -46,18 +44,9 @@ pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
 fn show(ui: &Ui, r: &Report) {
     ui.line("");
     ui.line(format!(
-        "rehearsal in {}: {} clients through PgBouncer, app grown to ~{} MB{}",
-        r.dir,
-        r.clients,
-        r.scale_mb,
-        r.fault
-            .as_ref()
-            .map(|f| format!(", fault: {f}"))
-            .unwrap_or_default()
+        "rehearsal in {}: {} clients through PgBouncer, app grown to ~{} MB",
+        r.dir, r.clients, r.scale_mb
     ));
-    for line in &r.fault_log {
-        ui.line(format!("  fault: {line}"));
-    }
     ui.line(format!(
         "replicate (clone + catch-up) {:.1} s, plan {:.1} s",
         r.replicate_ms as f64 / 1000.0,

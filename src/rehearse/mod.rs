@@ -4,12 +4,10 @@
 //! through the application endpoint (PgBouncer), and the real commands run as child processes
 //! of this binary, exactly as an operator runs them: `replicate`, `plan`, `cutover`,
 //! `rollback`. After each switchover every acknowledged commit is looked up on every node.
-//! Faults are injected from outside, as they happen in life (a killed server, a killed tool,
-//! a failing traffic layer).
 
 pub mod report;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -21,49 +19,6 @@ use crate::lab::Lab;
 use crate::pg::{connect, Endpoint, Lsn};
 use report::{client_gaps, error_kinds, longest_gap, phases, quantile, Report, Switch};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The target's server is killed (SIGKILL) while the chain catches up.
-    KillTargetDuringCatchup,
-    /// The target's server is stopped right after the fence: the proof cannot come, the
-    /// time box must abort the cutover and the old primary serve again.
-    StopTargetAfterFence,
-    /// The tool itself is killed right after the promotion: `resume` must finish.
-    CrashToolAfterPromote,
-    /// The traffic layer fails before the point of no return: abort and unfence.
-    RouteFailure,
-}
-
-impl Fault {
-    pub const ALL: [(&'static str, Fault); 4] = [
-        ("kill-target-during-catchup", Fault::KillTargetDuringCatchup),
-        ("stop-target-after-fence", Fault::StopTargetAfterFence),
-        ("crash-tool-after-promote", Fault::CrashToolAfterPromote),
-        ("route-failure", Fault::RouteFailure),
-    ];
-
-    pub fn parse(s: &str) -> Result<Fault> {
-        Fault::ALL
-            .iter()
-            .find(|(n, _)| *n == s)
-            .map(|(_, f)| *f)
-            .ok_or_else(|| {
-                anyhow!(
-                    "unknown fault {s:?}; one of: {}",
-                    Fault::ALL.map(|(n, _)| n).join(", ")
-                )
-            })
-    }
-
-    pub fn name(self) -> &'static str {
-        Fault::ALL
-            .iter()
-            .find(|(_, f)| *f == self)
-            .map(|(n, _)| *n)
-            .expect("listed")
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Options {
     pub dir: PathBuf,
@@ -73,7 +28,6 @@ pub struct Options {
     /// Pause between one client's commits.
     pub pace: Duration,
     pub keep: bool,
-    pub fault: Option<Fault>,
     /// This binary, to run the commands as an operator would.
     pub exe: PathBuf,
 }
@@ -87,7 +41,6 @@ struct Rehearsal<'a> {
     spec: PathBuf,
     logs: PathBuf,
     note: Notes<'a>,
-    fault_log: Vec<String>,
 }
 
 pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
@@ -104,7 +57,6 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
         logs: opts.dir.join("logs"),
         lab,
         note,
-        fault_log: Vec::new(),
     };
     let mut r = r;
     let result = r.drive().await;
@@ -197,8 +149,6 @@ impl Rehearsal<'_> {
             dir: o.dir.display().to_string(),
             clients: o.clients,
             scale_mb: o.scale_mb,
-            fault: o.fault.map(|f| f.name().to_string()),
-            fault_log: self.fault_log.clone(),
             replicate_ms,
             plan_ms,
             cutover,
@@ -358,8 +308,4 @@ pub fn default_dir() -> Result<PathBuf> {
         }
     }
     bail!("no free rehearsal directory under {}", base.display())
-}
-
-pub fn is_lab_dir(p: &Path) -> bool {
-    p.join("lab-state.json").exists()
 }

@@ -14,9 +14,6 @@ pub struct Report {
     pub dir: String,
     pub clients: i32,
     pub scale_mb: u64,
-    pub fault: Option<String>,
-    /// What the tool did about the injected fault, in order.
-    pub fault_log: Vec<String>,
     /// Clone and catch-up (the `replicate` run) in ms.
     pub replicate_ms: u64,
     pub plan_ms: u64,
