@@ -481,13 +481,7 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
             None,
         )
         .await;
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    crate::support::assert_exit(&out, 3);
     assert!(
         text(&out.stderr).contains("paused before step promote"),
         "{}",
@@ -519,13 +513,7 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
         .unwrap()
         .get::<_, bool>(0));
     let out = chain.run(&["resume"], None).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    crate::support::assert_exit(&out, 0);
     assert_topology(&chain, "new", "resumed after a pause").await;
 }
 
@@ -561,13 +549,7 @@ async fn complete_retires_the_rollback_path_and_drops_stale_slots() {
     let out = chain
         .run(&["cutover", "--yes", "--force-window"], None)
         .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    crate::support::assert_exit(&out, 0);
     // Before: the old primary keeps the target's slot from the replication era (stale now).
     assert_eq!(migrate_slots(&chain, "old").await, ["migrate_new"]);
     assert_eq!(
@@ -576,13 +558,7 @@ async fn complete_retires_the_rollback_path_and_drops_stale_slots() {
     );
 
     let out = chain.run(&["complete"], None).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    crate::support::assert_exit(&out, 0);
     assert_eq!(
         chain.lab.lab.server("old").state().await.unwrap(),
         migrate::pg::server::RunState::Stopped

@@ -6,7 +6,6 @@ use migrate::lab::workload::{missing_acks, Writer};
 use migrate::pg::connect;
 
 use crate::replication::Chain;
-use crate::support::text;
 
 /// The lab spec routes through its PgBouncer already; this checks that it does.
 fn with_pgbouncer_route(chain: &Chain) {
@@ -42,13 +41,7 @@ async fn a_cutover_and_rollback_through_pgbouncer_hold_clients_without_errors() 
     let out = chain
         .run(&["cutover", "--yes", "--force-window"], None)
         .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    crate::support::assert_exit(&out, 0);
     assert!(
         pgbouncer_points_at(&chain).contains(&format!("port={}", chain.lab.lab.port("new"))),
         "{}",
@@ -62,13 +55,7 @@ async fn a_cutover_and_rollback_through_pgbouncer_hold_clients_without_errors() 
     );
 
     let out = chain.run(&["rollback", "--yes"], None).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    crate::support::assert_exit(&out, 0);
     assert!(
         pgbouncer_points_at(&chain).contains(&format!("port={}", chain.lab.lab.port("old"))),
         "{}",
@@ -154,13 +141,7 @@ async fn an_aborted_cutover_releases_the_held_clients() {
     };
     let (out, ()) = tokio::join!(run, fault);
     let out = out.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    crate::support::assert_exit(&out, 1);
     // Held clients were released and write again to the old primary, through PgBouncer.
     let before = w.acked();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -283,7 +264,7 @@ async fn a_failing_route_aborts_before_the_point_of_no_return_and_stops_for_the_
     let out = chain
         .run(&["cutover", "--yes", "--force-window"], None)
         .await;
-    let err = text_of(&out);
+    let err = crate::support::output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("simulated outage"), "{err}");
     assert!(
@@ -301,7 +282,7 @@ async fn a_failing_route_aborts_before_the_point_of_no_return_and_stops_for_the_
     let out = chain
         .run(&["cutover", "--yes", "--force-window"], None)
         .await;
-    let err = text_of(&out);
+    let err = crate::support::output_text(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("retries"), "{err}");
     assert!(
@@ -316,7 +297,12 @@ async fn a_failing_route_aborts_before_the_point_of_no_return_and_stops_for_the_
 
     std::fs::remove_file(dir.join("fail-point")).unwrap();
     let out = chain.run(&["resume", "--force-window"], None).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        crate::support::output_text(&out)
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("points_at")).unwrap(),
         "new"
@@ -327,8 +313,4 @@ async fn a_failing_route_aborts_before_the_point_of_no_return_and_stops_for_the_
         .await
         .unwrap()
         .get::<_, bool>(0));
-}
-
-fn text_of(out: &std::process::Output) -> String {
-    format!("{}{}", text(&out.stdout), text(&out.stderr))
 }

@@ -88,6 +88,8 @@ async fn dns_update_is_signed_compare_and_swap_and_verified_by_query() {
     assert!(e.contains("TSIG") || e.contains("refused"), "{e}");
     assert!(!e.contains("d3Jvbmd3"), "the secret leaked: {e}");
     assert_eq!(bind.dig(), "127.0.0.11");
+    // The plan's route check (verify) uses a signed query: a wrong key shows there too.
+    assert!(bad.verify(old).await.is_err(), "verify must prove the key");
 
     // Someone else moved the record: the compare-and-swap refuses to overwrite it.
     bind.nsupdate("127.0.0.99");
@@ -131,6 +133,7 @@ async fn powerdns_api_replaces_the_rrset_and_the_answer_is_verified() {
     let e = format!("{:#}", bad.point(old, new).await.unwrap_err());
     assert!(e.contains("refused the API key"), "{e}");
     assert!(!e.contains("not-the-key") && !e.contains(PDNS_KEY), "{e}");
+    assert!(bad.verify(old).await.is_err(), "verify must prove the key");
     assert_eq!(pdns.dig(), "127.0.0.11");
 }
 

@@ -58,7 +58,6 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
         lab,
         note,
     };
-    let mut r = r;
     let result = r.drive().await;
     if !opts.keep {
         note("lab down");
@@ -70,7 +69,7 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
 }
 
 impl Rehearsal<'_> {
-    async fn drive(&mut self) -> Result<Report> {
+    async fn drive(&self) -> Result<Report> {
         let o = self.opts;
         (self.note)(&format!("lab up in {}", o.dir.display()));
         self.lab.up().await.context("lab up")?;
@@ -197,12 +196,12 @@ impl Rehearsal<'_> {
         Ok(())
     }
 
-    async fn replicate(&mut self) -> Result<()> {
+    async fn replicate(&self) -> Result<()> {
         (self.note)("replicate: clone the chain old → new → {new_replica, dr} and catch up");
         self.step("replicate", &["replicate", "--yes"]).await
     }
 
-    async fn cutover(&mut self) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>, u64)> {
+    async fn cutover(&self) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>, u64)> {
         (self.note)("cutover (switch over to new)");
         let c0 = Utc::now();
         let t = Instant::now();

@@ -142,14 +142,8 @@ fn record_type(ip: IpAddr) -> RecordType {
 }
 
 /// The A or AAAA addresses `server` answers for `name` (authoritative, no recursion).
-/// With `key`, the query is signed, which also proves the key is accepted.
-pub async fn answer(
-    server: SocketAddr,
-    name: &str,
-    rtype: RecordType,
-    key: Option<&TsigKey>,
-) -> Result<Vec<IpAddr>> {
-    let mut c = client(server, key).await?;
+pub async fn answer(server: SocketAddr, name: &str, rtype: RecordType) -> Result<Vec<IpAddr>> {
+    let mut c = client(server, None).await?;
     let resp = c
         .query(Name::from_ascii(name)?, DNSClass::IN, rtype)
         .await
@@ -172,18 +166,8 @@ pub async fn answer(
 }
 
 /// The served answer must be exactly `want`.
-pub async fn check_answer(
-    server: SocketAddr,
-    name: &str,
-    want: IpAddr,
-    key: Option<&TsigKey>,
-) -> Result<Value> {
-    let got = answer(server, name, record_type(want), key)
-        .await
-        .with_context(|| match key {
-            Some(k) => format!("a query signed with the TSIG key {}", k.name),
-            None => "a DNS query".to_string(),
-        })?;
+pub async fn check_answer(server: SocketAddr, name: &str, want: IpAddr) -> Result<Value> {
+    let got = answer(server, name, record_type(want)).await?;
     if got != [want] {
         bail!(
             "{server} serves {name} as {}, not {want}",
@@ -219,10 +203,44 @@ impl Dns {
         Ok(Dns { cfg, key })
     }
 
-    fn ip(&self, node: &Node) -> Result<IpAddr> {
-        let t = self.cfg.targets.of(node);
-        t.ip()
-            .ok_or_else(|| anyhow!("{}: {} is not an IP address", node.name, t.host))
+    /// Prove the key without changing anything: an update message with only a prerequisite
+    /// (the zone's SOA exists, RFC 2136 §2.4.1) and no update section. The server checks the
+    /// TSIG signature of every update; a signed query would not show a bad key (BIND answers
+    /// queries regardless).
+    async fn prove_key(&self) -> Result<()> {
+        use hickory_client::proto::op::{Message, MessageType, OpCode, Query, UpdateMessage};
+        use hickory_client::proto::xfer::{DnsHandle, FirstAnswer};
+        let c = client(self.cfg.server, Some(&self.key)).await?;
+        let zone = Name::from_ascii(&self.cfg.zone)?;
+        let mut q = Query::new();
+        q.set_name(zone.clone())
+            .set_query_class(DNSClass::IN)
+            .set_query_type(RecordType::SOA);
+        let mut prereq = Record::update0(zone, 0, RecordType::SOA);
+        prereq.set_dns_class(DNSClass::ANY);
+        let mut m = Message::new();
+        m.set_id(rand::random())
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Update)
+            .set_recursion_desired(false);
+        m.add_zone(q);
+        m.add_pre_requisite(prereq);
+        let code = match c.send(m).first_answer().await {
+            Ok(r) => r.response_code(),
+            Err(e) => bail!(
+                "{} did not accept an update signed with the TSIG key {}: {e} (is the key known to the server, and are the clocks within 300 s?)",
+                self.cfg.server,
+                self.key.name
+            ),
+        };
+        if code != ResponseCode::NoError {
+            bail!(
+                "{} answered {code} to an update signed with the TSIG key {} (no change was asked): check the key and allow-update / update-policy",
+                self.cfg.server,
+                self.key.name
+            );
+        }
+        Ok(())
     }
 
     /// Send the compare-and-swap; the response code tells whether the server took it.
@@ -257,8 +275,8 @@ impl Router for Dns {
     }
 
     async fn current(&self) -> Result<Value> {
-        let mut all = answer(self.cfg.server, &self.cfg.name, RecordType::A, None).await?;
-        all.extend(answer(self.cfg.server, &self.cfg.name, RecordType::AAAA, None).await?);
+        let mut all = answer(self.cfg.server, &self.cfg.name, RecordType::A).await?;
+        all.extend(answer(self.cfg.server, &self.cfg.name, RecordType::AAAA).await?);
         Ok(json!({
             "name": self.cfg.name,
             "addresses": all.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
@@ -266,11 +284,11 @@ impl Router for Dns {
     }
 
     async fn point(&self, from: &Node, to: &Node) -> Result<Value> {
-        let (old, new) = (self.ip(from)?, self.ip(to)?);
+        let (old, new) = (self.cfg.targets.ip_of(from)?, self.cfg.targets.ip_of(to)?);
         if record_type(old) != record_type(new) {
             bail!("{} ({old}) and {} ({new}) are not the same address family: one compare-and-swap cannot move an A record to AAAA", from.name, to.name);
         }
-        let served = answer(self.cfg.server, &self.cfg.name, record_type(new), None).await?;
+        let served = answer(self.cfg.server, &self.cfg.name, record_type(new)).await?;
         if served == [new] {
             return Ok(
                 json!({ "name": self.cfg.name, "address": new.to_string(), "changed": false }),
@@ -279,7 +297,7 @@ impl Router for Dns {
         match self.swap(old, new).await? {
             ResponseCode::NoError => {}
             ResponseCode::NXRRSet => {
-                let now = answer(self.cfg.server, &self.cfg.name, record_type(new), None).await?;
+                let now = answer(self.cfg.server, &self.cfg.name, record_type(new)).await?;
                 if now != [new] {
                     bail!(
                         "{} no longer holds {old} ({}): it holds {:?}. Someone else changed it; refusing to overwrite (compare-and-swap prerequisite failed)",
@@ -302,13 +320,9 @@ impl Router for Dns {
     }
 
     async fn verify(&self, to: &Node) -> Result<Value> {
-        let mut v = check_answer(
-            self.cfg.server,
-            &self.cfg.name,
-            self.ip(to)?,
-            Some(&self.key),
-        )
-        .await?;
+        self.prove_key().await?;
+        let mut v =
+            check_answer(self.cfg.server, &self.cfg.name, self.cfg.targets.ip_of(to)?).await?;
         if let Some(t) = &self.cfg.connect {
             v["through"] = super::reaches(t, "the DNS name", to).await?;
         }

@@ -191,9 +191,7 @@ impl Router for HaProxy {
 
     async fn point(&self, _from: &Node, to: &Node) -> Result<Value> {
         let target = self.cfg.targets.of(to);
-        let ip = target
-            .ip()
-            .ok_or_else(|| anyhow!("{}: {} is not an IP address", to.name, target.host))?;
+        let ip = self.cfg.targets.ip_of(to)?;
         let now = self.state().await?;
         let moved = now.addr != ip.to_string() || now.port != target.port;
         if moved || now.admin_state & 0x01 != 0 {

@@ -108,10 +108,8 @@ impl Nat {
     }
 
     fn target(&self, node: &Node) -> Result<SocketAddr> {
-        let t = self.cfg.targets.of(node);
-        let ip = t
-            .ip()
-            .ok_or_else(|| anyhow!("{}: {} is not an IP address", node.name, t.host))?;
+        let port = self.cfg.targets.of(node).port;
+        let ip = self.cfg.targets.ip_of(node)?;
         if ip.is_ipv4() != self.cfg.listen.is_ipv4() {
             bail!(
                 "{} ({ip}) and listen ({}) are not the same address family",
@@ -119,7 +117,7 @@ impl Nat {
                 self.cfg.listen
             );
         }
-        Ok(SocketAddr::new(ip, t.port))
+        Ok(SocketAddr::new(ip, port))
     }
 }
 

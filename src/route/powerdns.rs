@@ -44,12 +44,6 @@ impl PowerDns {
             .context("the PowerDNS API key (api_key)")
     }
 
-    fn ip(&self, node: &Node) -> Result<IpAddr> {
-        let t = self.cfg.targets.of(node);
-        t.ip()
-            .ok_or_else(|| anyhow!("{}: {} is not an IP address", node.name, t.host))
-    }
-
     async fn refused(&self, resp: reqwest::Response, what: &str) -> anyhow::Error {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
@@ -119,7 +113,7 @@ impl Router for PowerDns {
     }
 
     async fn point(&self, from: &Node, to: &Node) -> Result<Value> {
-        let (old, new) = (self.ip(from)?, self.ip(to)?);
+        let (old, new) = (self.cfg.targets.ip_of(from)?, self.cfg.targets.ip_of(to)?);
         let now = self.rrset().await?;
         if now == [new] {
             return Ok(
@@ -154,7 +148,7 @@ impl Router for PowerDns {
     }
 
     async fn verify(&self, to: &Node) -> Result<Value> {
-        let want = self.ip(to)?;
+        let want = self.cfg.targets.ip_of(to)?;
         let held = self.rrset().await?;
         if held != [want] {
             bail!(
@@ -164,7 +158,7 @@ impl Router for PowerDns {
                 to.name
             );
         }
-        let mut v = check_answer(self.cfg.dns_server, &self.cfg.name, want, None).await?;
+        let mut v = check_answer(self.cfg.dns_server, &self.cfg.name, want).await?;
         if let Some(t) = &self.cfg.connect {
             v["through"] = super::reaches(t, "the DNS name", to).await?;
         }

@@ -234,22 +234,37 @@ impl Validator {
         field: &str,
         value: Option<toml::Value>,
     ) -> Result<Option<SecretRef>, SpecError> {
-        let fix = "reference the secret instead: { env = \"PGPASSWORD_OLD\" } or { passfile = \"/path/.pgpass\" }";
+        self.secret_ref(
+            field,
+            value,
+            ("passfile", SecretRef::Passfile),
+            "reference the secret instead: { env = \"PGPASSWORD_OLD\" } or { passfile = \"/path/.pgpass\" }",
+        )
+    }
+
+    /// `{ env = "VAR" }` or `{ <file_key> = "PATH" }` (relative to the spec); never inline.
+    fn secret_ref(
+        &self,
+        field: &str,
+        value: Option<toml::Value>,
+        (file_key, from_path): (&str, fn(PathBuf) -> SecretRef),
+        fix: &str,
+    ) -> Result<Option<SecretRef>, SpecError> {
         let Some(value) = value else { return Ok(None) };
         let toml::Value::Table(t) = value else {
-            return Err(self.err(field, "inline passwords are not allowed in a spec", fix));
+            return Err(self.err(field, "inline secrets are not allowed in a spec", fix));
         };
         let keys: Vec<&str> = t.keys().map(String::as_str).collect();
-        match (keys.as_slice(), t.get("env"), t.get("passfile")) {
+        match (keys.as_slice(), t.get("env"), t.get(file_key)) {
             (["env"], Some(toml::Value::String(var)), _) if !var.is_empty() => {
                 Ok(Some(SecretRef::Env(var.clone())))
             }
-            (["passfile"], _, Some(toml::Value::String(p))) if !p.is_empty() => Ok(Some(
-                SecretRef::Passfile(self.relative_to_spec(Path::new(p))),
-            )),
+            ([k], _, Some(toml::Value::String(p))) if *k == file_key && !p.is_empty() => {
+                Ok(Some(from_path(self.relative_to_spec(Path::new(p)))))
+            }
             _ => Err(self.err(
                 field,
-                "expected exactly one of env = \"VAR\" or passfile = \"PATH\"",
+                format!("expected exactly one of env = \"VAR\" or {file_key} = \"PATH\""),
                 fix,
             )),
         }

@@ -69,6 +69,13 @@ impl std::fmt::Display for Target {
 pub struct Targets(BTreeMap<String, Target>);
 
 impl Targets {
+    /// The IP address the route uses for `node` (DNS records, DNAT rules, proxy servers).
+    pub fn ip_of(&self, node: &Node) -> anyhow::Result<IpAddr> {
+        let t = self.of(node);
+        t.ip()
+            .ok_or_else(|| anyhow::anyhow!("{}: {} is not an IP address", node.name, t.host))
+    }
+
     pub fn of(&self, node: &Node) -> Target {
         self.0.get(&node.name).cloned().unwrap_or_else(|| Target {
             host: node.conninfo.host().to_string(),
@@ -356,26 +363,8 @@ impl Validator {
     fn api_secret(&self, field: &str, v: Option<toml::Value>) -> Result<SecretRef, SpecError> {
         let fix =
             "reference it: { env = \"PDNS_API_KEY\" } or { file = \"/etc/migrate/pdns.key\" }";
-        let Some(v) = v else {
-            return Err(self.err(field, "missing", fix));
-        };
-        let toml::Value::Table(t) = v else {
-            return Err(self.err(field, "inline secrets are not allowed in a spec", fix));
-        };
-        let keys: Vec<&str> = t.keys().map(String::as_str).collect();
-        match (keys.as_slice(), t.get("env"), t.get("file")) {
-            (["env"], Some(toml::Value::String(var)), _) if !var.is_empty() => {
-                Ok(SecretRef::Env(var.clone()))
-            }
-            (["file"], _, Some(toml::Value::String(p))) if !p.is_empty() => Ok(SecretRef::File(
-                self.relative_to_spec(std::path::Path::new(p)),
-            )),
-            _ => Err(self.err(
-                field,
-                "expected exactly one of env = \"VAR\" or file = \"PATH\"",
-                fix,
-            )),
-        }
+        self.secret_ref(field, v, ("file", SecretRef::File), fix)?
+            .ok_or_else(|| self.err(field, "missing", fix))
     }
 
     fn fqdn(&self, field: &str, v: &str) -> Result<String, SpecError> {

@@ -67,6 +67,17 @@ pub fn migrate(args: &[&str]) -> Output {
         .expect("run migrate")
 }
 
+/// The binary ended with `code`; otherwise fail showing everything it printed.
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "{}", output_text(out));
+}
+
+/// stdout then stderr of a finished command.
+pub fn output_text(out: &Output) -> String {
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
