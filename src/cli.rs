@@ -115,6 +115,10 @@ pub struct RehearseArgs {
     /// First of the lab's five ports.
     #[arg(long, default_value_t = crate::lab::DEFAULT_BASE_PORT)]
     pub base_port: u16,
+    /// Inject a fault and report what the tool did: kill-target-during-catchup,
+    /// stop-target-after-fence, crash-tool-after-promote, route-failure.
+    #[arg(long, value_name = "NAME", value_parser = crate::rehearse::fault::Fault::parse)]
+    pub fault: Option<crate::rehearse::fault::Fault>,
 }
 
 #[derive(Debug, Args)]

@@ -51,3 +51,114 @@ fn a_rehearsal_reports_pauses_and_loses_no_commit() {
         assert_eq!(crate::support::postmaster_pid(&lab.data_dir(node)), None);
     }
 }
+
+/// Runs `rehearse --fault <name>`; checks what every fault rehearsal must show (exit 0, the
+/// tool did as expected, no client error, every acknowledged commit on every node after the
+/// cutover, after the rollback and at the end), and returns the fault's report.
+fn rehearse_fault(name: &str) -> serde_json::Value {
+    let (out, _dir) = rehearse(&["--fault", name]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", crate::support::output_text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{r:#}\n{}", text(&out.stderr));
+    let f = r["fault"].clone();
+    assert_eq!(f["name"], name, "{f:#}");
+    assert_eq!(f["as_expected"], true, "{f:#}");
+    assert_eq!(
+        f["errors"], 0,
+        "PgBouncer holds clients through the fault: {f:#}"
+    );
+    for node in ["old", "new", "new_replica", "dr"] {
+        for switch in ["cutover", "rollback"] {
+            assert_eq!(r[switch]["missing"][node], 0, "{switch} on {node}: {r:#}");
+        }
+        assert_eq!(r["missing_at_end"][node], 0, "{node}: {r:#}");
+    }
+    // Whatever the fault, the migration then went through, both ways.
+    for switch in ["cutover", "rollback"] {
+        assert!(
+            r[switch]["phases_ms"]["promote"].is_u64(),
+            "{switch}: {r:#}"
+        );
+        assert_eq!(r[switch]["errors"], 0, "{switch}: {r:#}");
+    }
+    f
+}
+
+fn undone(f: &serde_json::Value) -> Vec<String> {
+    f["run"]["undone"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_target_crashed_during_catch_up_is_waited_for() {
+    let f = rehearse_fault("kill-target-during-catchup");
+    assert_eq!(f["exit_code"], 0, "{f:#}");
+    assert_eq!(f["run"]["operation"], "replicate", "{f:#}");
+    assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
+    assert!(f["run"]["failed_step"].is_null(), "{f:#}");
+    let recovery = f["recovery"].to_string();
+    assert!(
+        recovery.contains("still waiting at the catch-up gate"),
+        "{f:#}"
+    );
+}
+
+#[test]
+fn a_target_stopped_after_the_fence_makes_the_time_box_undo_the_cutover() {
+    let f = rehearse_fault("stop-target-after-fence");
+    assert_eq!(f["exit_code"], 1, "{f:#}");
+    assert_eq!(f["run"]["operation"], "cutover", "{f:#}");
+    assert_eq!(f["run"]["failed_step"], "proof", "{f:#}");
+    assert!(
+        f["run"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no proof within 10s"),
+        "{f:#}"
+    );
+    assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
+    assert_eq!(f["run"]["outcome"], "rolled_back", "{f:#}");
+    assert_eq!(undone(&f), ["stop", "fence", "hold"], "{f:#}");
+}
+
+#[test]
+fn a_tool_crash_after_the_promotion_is_finished_by_resume() {
+    let f = rehearse_fault("crash-tool-after-promote");
+    assert!(f["exit_code"].is_null(), "killed by a signal: {f:#}");
+    assert_eq!(f["run"]["point_of_no_return"], "promote", "{f:#}");
+    assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
+    assert!(undone(&f).is_empty(), "{f:#}");
+}
+
+#[test]
+fn a_route_failure_before_the_point_of_no_return_aborts_and_undoes() {
+    let f = rehearse_fault("route-failure");
+    assert_eq!(f["exit_code"], 1, "{f:#}");
+    assert_eq!(f["run"]["failed_step"], "hold", "{f:#}");
+    assert!(
+        f["run"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("traffic switch API is unavailable"),
+        "{f:#}"
+    );
+    assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
+    assert_eq!(f["run"]["outcome"], "rolled_back", "{f:#}");
+    assert_eq!(undone(&f), ["hold"], "{f:#}");
+}
+
+#[test]
+fn an_unknown_fault_is_refused_before_anything_starts() {
+    let (out, dir) = rehearse(&["--fault", "unplug-the-dc"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("unplug-the-dc") && err.contains("route-failure"),
+        "{err}"
+    );
+    assert!(!dir.path().join("lab").exists(), "no lab was made");
+}

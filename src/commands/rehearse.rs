@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::RehearseArgs;
 use crate::exit::Exit;
+use crate::rehearse::fault::FaultReport;
 use crate::rehearse::report::{Report, Switch};
 use crate::rehearse::{self, Options};
 use crate::ui::Ui;
@@ -22,6 +23,7 @@ pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
         pace: std::time::Duration::from_millis(args.pace_ms),
         keep: args.keep,
         exe: std::env::current_exe().context("find this binary")?,
+        fault: args.fault,
     };
     let started = Instant::now();
     let spinner = ui.spinner();
@@ -34,7 +36,7 @@ pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
     } else {
         show(ui, &report);
     }
-    Ok(if report.zero_loss() {
+    Ok(if report.passed() {
         Exit::Done
     } else {
         Exit::NotReady
@@ -132,5 +134,49 @@ fn show(ui: &Ui, r: &Report) {
         "zero data loss: every acknowledged commit is on every node"
     } else {
         "DATA LOSS: acknowledged commits are missing (see above)"
+    });
+    if let Some(f) = &r.fault {
+        show_fault(ui, f);
+    }
+}
+
+fn show_fault(ui: &Ui, f: &FaultReport) {
+    ui.line("");
+    ui.line(format!("fault {}", f.name));
+    ui.line(format!("  injected: {}", f.injected));
+    let run = &f.run;
+    let mut did = vec![format!(
+        "exit {}",
+        f.exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "by signal".into())
+    )];
+    if let Some(step) = &run.failed_step {
+        did.push(format!(
+            "step {step} failed: {}",
+            run.error.as_deref().unwrap_or_default()
+        ));
+    }
+    if !run.undone.is_empty() {
+        did.push(format!("undid {}", run.undone.join(", ")));
+    }
+    did.push(format!(
+        "run {} {}",
+        run.operation,
+        run.outcome.as_deref().unwrap_or("unfinished")
+    ));
+    ui.line(format!("  the tool: {}", did.join("; ")));
+    for r in &f.recovery {
+        ui.line(format!("  then: {r}"));
+    }
+    ui.line(format!(
+        "  writes meanwhile: longest pause {:.0} ms, {} client errors",
+        f.write_pause_ms, f.errors
+    ));
+    ui.line(format!("  expected: {}", f.expected));
+    ui.line(if f.as_expected {
+        "  as expected"
+    } else {
+        "  NOT AS EXPECTED (see the logs in the rehearsal directory)"
     });
 }

@@ -38,6 +38,8 @@ use pgbouncer::Bouncer;
 pub const DEFAULT_BASE_PORT: u16 = 25430;
 pub const PGBOUNCER_OFFSET: u16 = 4;
 /// How many ports a lab uses from its base port.
+/// The lab spec's `cutover.proof_timeout`.
+pub const PROOF_TIMEOUT_S: u64 = 30;
 pub const PORT_SPAN: u16 = 5;
 
 /// The lab's topology: the old primary, the target, and two replicas cascaded from it.
@@ -487,7 +489,7 @@ impl Lab {
                 q(&self.bin_dir.display().to_string()),
             ));
         }
-        s.push_str("\n[cutover]\nlag_threshold = \"16MiB\"\nlag_stable_for = \"2s\"\nproof_timeout = \"30s\"\n");
+        s.push_str(&format!("\n[cutover]\nlag_threshold = \"16MiB\"\nlag_stable_for = \"2s\"\nproof_timeout = \"{PROOF_TIMEOUT_S}s\"\n"));
         // The application endpoint is the route: clients are held there during the switch.
         s.push_str(&format!(
             "\n[[route]]\nkind = \"pgbouncer\"\nadmin = \"host=127.0.0.1 port={} user=postgres dbname=pgbouncer sslmode=disable\"\npassword = {{ passfile = {pass} }}\nconfig = {}\ndatabases = [\"app\", \"postgres\"]\nhost = {{ kind = \"local\"{run_as} }}\n",

@@ -5,18 +5,23 @@
 //! of this binary, exactly as an operator runs them: `replicate`, `plan`, `cutover`,
 //! `rollback`. After each switchover every acknowledged commit is looked up on every node.
 
+pub mod fault;
 pub mod report;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::lab::workload::{grow_app, missing_acks, Ack, Writer};
 use crate::lab::Lab;
 use crate::pg::{connect, Endpoint, Lsn};
+use fault::{
+    crash_server, install_traffic_switch, step_started, step_succeeded, traffic_switch_route,
+    Fault, FaultReport, JournalWatch, RunSummary,
+};
 use report::{client_gaps, error_kinds, longest_gap, phases, quantile, Report, Switch};
 
 #[derive(Debug, Clone)]
@@ -30,7 +35,15 @@ pub struct Options {
     pub keep: bool,
     /// This binary, to run the commands as an operator would.
     pub exe: PathBuf,
+    /// A fault to inject during the run.
+    pub fault: Option<Fault>,
 }
+
+/// The lab's target node, which the faults hit.
+const TARGET: &str = "new";
+const FAULT_PROOF_TIMEOUT_S: u64 = 10;
+/// How long a crashed target stays down.
+const CRASH_DOWNTIME_S: u64 = 3;
 
 /// Progress notes for the UI layer (the library never prints).
 pub type Notes<'a> = &'a (dyn Fn(&str) + Sync);
@@ -74,25 +87,41 @@ impl Rehearsal<'_> {
         (self.note)(&format!("lab up in {}", o.dir.display()));
         self.lab.up().await.context("lab up")?;
         std::fs::create_dir_all(&self.logs)?;
+        self.prepare_fault()?;
         if o.scale_mb > 0 {
             (self.note)(&format!("grow app to about {} MB", o.scale_mb));
             grow_app(&self.lab.endpoint("old", "app"), o.scale_mb).await?;
         }
         (self.note)(&format!("writer: {} clients through PgBouncer", o.clients));
         let writer = Writer::start(vec![self.lab.app_endpoint()], o.clients, o.pace);
+        let mut fault: Option<(FaultReport, DateTime<Utc>, DateTime<Utc>)> = None;
 
         let t = Instant::now();
-        self.replicate().await?;
+        if o.fault == Some(Fault::KillTargetDuringCatchup) {
+            fault = Some(self.replicate_with_target_crash().await?);
+        } else {
+            self.replicate().await?;
+        }
         let replicate_ms = t.elapsed().as_millis() as u64;
         let t = Instant::now();
         self.step("plan", &["plan"]).await?;
         let plan_ms = t.elapsed().as_millis() as u64;
 
-        let (c0, c1, cutover_ms) = self.cutover().await?;
+        let (c0, c1, cutover_ms) = match o.fault {
+            Some(f @ (Fault::StopTargetAfterFence | Fault::RouteFailure)) => {
+                fault = Some(self.aborted_cutover(f, &writer).await?);
+                self.cutover().await?
+            }
+            Some(Fault::CrashToolAfterPromote) => {
+                let (report, c0, c1, ms) = self.cutover_with_tool_crash().await?;
+                fault = Some((report, c0, c1));
+                (c0, c1, ms)
+            }
+            _ => self.cutover().await?,
+        };
         tokio::time::sleep(Duration::from_millis(300)).await;
         let acks = writer.report_so_far();
         let cutover_missing = self.missing_everywhere("new", &acks.acks).await?;
-
         let r0 = Utc::now();
         let t = Instant::now();
         (self.note)("rollback (switch back to old)");
@@ -154,7 +183,294 @@ impl Rehearsal<'_> {
             rollback,
             acked_total: report.acks.len(),
             missing_at_end: rollback_missing,
+            fault: fault.map(|(mut f, from, to)| {
+                f.write_pause_ms = longest_gap(&report.acks, from, to);
+                f.errors = errors_between(&report.errors, &report.error_times, from, to).len();
+                f
+            }),
         })
+    }
+
+    fn state_dir(&self) -> Result<PathBuf> {
+        Ok(crate::spec::load(&self.spec)?.state_dir)
+    }
+
+    fn switch_dir(&self) -> PathBuf {
+        self.opts.dir.join("traffic-switch")
+    }
+
+    /// Spec changes a fault needs, made before anything runs.
+    fn prepare_fault(&self) -> Result<()> {
+        let edit = |f: &dyn Fn(String) -> Result<String>| -> Result<()> {
+            let text = std::fs::read_to_string(&self.spec)?;
+            std::fs::write(&self.spec, f(text)?)?;
+            Ok(())
+        };
+        match self.opts.fault {
+            // A shorter time box than the lab's 30 s: the same path, a quicker rehearsal.
+            Some(Fault::StopTargetAfterFence) => edit(&|t| {
+                let from = format!("proof_timeout = \"{}s\"", crate::lab::PROOF_TIMEOUT_S);
+                if !t.contains(&from) {
+                    bail!("the lab spec has no `{from}` to shorten");
+                }
+                Ok(t.replace(
+                    &from,
+                    &format!("proof_timeout = \"{FAULT_PROOF_TIMEOUT_S}s\""),
+                ))
+            }),
+            Some(Fault::RouteFailure) => {
+                let plugin = install_traffic_switch(&self.switch_dir(), "old")?;
+                edit(&|t| Ok(t + &traffic_switch_route(&plugin)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `replicate`, with the target crashed as soon as the catch-up step begins and started
+    /// again a few seconds later.
+    async fn replicate_with_target_crash(
+        &self,
+    ) -> Result<(FaultReport, DateTime<Utc>, DateTime<Utc>)> {
+        let fault = Fault::KillTargetDuringCatchup;
+        let from = Utc::now();
+        let state_dir = self.state_dir()?;
+        (self.note)("replicate, with the target crashed during catch-up");
+        let mut child = self
+            .command("replicate", &["replicate", "--yes"], &[])
+            .await?;
+        if !JournalWatch::new(&state_dir)
+            .wait(
+                &mut child,
+                Duration::from_secs(1800),
+                &step_started("catchup"),
+            )
+            .await?
+        {
+            bail!(
+                "`migrate replicate` ended before its catch-up step: the fault was not injected; see {}",
+                self.log("replicate").display()
+            );
+        }
+        let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
+        (self.note)("fault: crashed the target (new) during catch-up");
+        let mut f = self.fault_report(
+            fault,
+            format!(
+                "crashed {TARGET} (SIGQUIT to postmaster {pid}: immediate shutdown, no checkpoint) as `replicate` began step catchup"
+            ),
+        );
+        tokio::time::sleep(Duration::from_secs(CRASH_DOWNTIME_S)).await;
+        let waited = child.try_wait()?.is_none();
+        f.recovery.push(format!(
+            "after {CRASH_DOWNTIME_S} s `replicate` was {}",
+            if waited {
+                "still waiting at the catch-up gate"
+            } else {
+                "no longer running"
+            }
+        ));
+        self.lab
+            .server(TARGET)
+            .start(&self.lab.server_log(TARGET), Duration::from_secs(120))
+            .await
+            .context("start the crashed target again")?;
+        f.recovery.push(format!(
+            "started {TARGET} again (crash recovery, then streaming)"
+        ));
+        let status = child.wait().await?;
+        f.exit_code = status.code();
+        f.run = RunSummary::read(&state_dir)?;
+        f.as_expected = waited && status.success() && f.run.outcome.as_deref() == Some("completed");
+        if !status.success() {
+            f.recovery.push("`migrate resume`".into());
+            self.step("resume", &["resume"]).await?;
+            f.run = RunSummary::read(&state_dir)?;
+        }
+        Ok((f, from, Utc::now()))
+    }
+
+    /// A cutover the fault must make abort before the point of no return; then the rehearsal
+    /// checks the old primary took writes again, undoes the fault and plans again.
+    async fn aborted_cutover(
+        &self,
+        fault: Fault,
+        writer: &Writer,
+    ) -> Result<(FaultReport, DateTime<Utc>, DateTime<Utc>)> {
+        let from = Utc::now();
+        let state_dir = self.state_dir()?;
+        let outage = self.switch_dir().join("outage-hold");
+        if fault == Fault::RouteFailure {
+            std::fs::write(&outage, "")?;
+        }
+        (self.note)(&format!("cutover, with fault {}", fault.name()));
+        let mut child = self
+            .command(
+                "cutover-fault",
+                &["cutover", "--yes", "--force-window"],
+                &[],
+            )
+            .await?;
+        let injected = if fault == Fault::StopTargetAfterFence {
+            if !JournalWatch::new(&state_dir)
+                .wait(
+                    &mut child,
+                    Duration::from_secs(600),
+                    &step_succeeded("fence"),
+                )
+                .await?
+            {
+                bail!(
+                    "`migrate cutover` ended before it fenced: the fault was not injected; see {}",
+                    self.log("cutover-fault").display()
+                );
+            }
+            let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
+            format!(
+                "stopped {TARGET} at once (SIGQUIT to postmaster {pid}) as soon as `cutover` journaled step fence; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
+            )
+        } else {
+            "the traffic switch (an exec route beside PgBouncer) answers every hold with an outage"
+                .to_string()
+        };
+        let mut f = self.fault_report(fault, injected);
+        let status = child.wait().await?;
+        f.exit_code = status.code();
+        f.run = RunSummary::read(&state_dir)?;
+        let undone = |step: &str| f.run.undone.iter().any(|s| s == step);
+        let run_ok = f.run.outcome.as_deref() == Some("rolled_back")
+            && f.run.point_of_no_return.is_none()
+            && undone("hold")
+            && match fault {
+                Fault::StopTargetAfterFence => {
+                    f.run.failed_step.as_deref() == Some("proof")
+                        && undone("fence")
+                        && undone("stop")
+                }
+                _ => f.run.failed_step.as_deref() == Some("hold"),
+            };
+        let writable = self.takes_writes_again("old", writer).await;
+        f.recovery.push(match &writable {
+            Ok(()) => {
+                "checked: old is a writable primary again and writes through PgBouncer go on".into()
+            }
+            Err(e) => format!("old did not take writes again: {e:#}"),
+        });
+        f.as_expected = !status.success() && run_ok && writable.is_ok();
+        if fault == Fault::StopTargetAfterFence {
+            self.lab
+                .server(TARGET)
+                .start(&self.lab.server_log(TARGET), Duration::from_secs(120))
+                .await
+                .context("start the stopped target again")?;
+            f.recovery.push(format!("started {TARGET} again"));
+        } else {
+            std::fs::remove_file(&outage)?;
+            f.recovery.push("ended the traffic switch's outage".into());
+        }
+        self.step("plan-again", &["plan"]).await?;
+        f.recovery
+            .push("`migrate plan` passed; then the cutover below".into());
+        Ok((f, from, Utc::now()))
+    }
+
+    /// `cutover`, killed as soon as it journals the promotion, then `resume`.
+    async fn cutover_with_tool_crash(
+        &self,
+    ) -> Result<(FaultReport, DateTime<Utc>, DateTime<Utc>, u64)> {
+        let state_dir = self.state_dir()?;
+        (self.note)("cutover, with the tool killed right after the promotion");
+        let c0 = Utc::now();
+        let t = Instant::now();
+        let mut child = self
+            .command("cutover", &["cutover", "--yes", "--force-window"], &[])
+            .await?;
+        let pid = child.id().unwrap_or_default();
+        if !JournalWatch::new(&state_dir)
+            .wait(
+                &mut child,
+                Duration::from_secs(600),
+                &step_succeeded("promote"),
+            )
+            .await?
+        {
+            bail!(
+                "`migrate cutover` ended before the promotion: the fault was not injected; see {}",
+                self.log("cutover").display()
+            );
+        }
+        child.start_kill()?;
+        let status = child.wait().await?;
+        let mut f = self.fault_report(
+            Fault::CrashToolAfterPromote,
+            format!("killed `migrate cutover` (SIGKILL to pid {pid}) as soon as it journaled step promote"),
+        );
+        f.exit_code = status.code();
+        let at_crash = RunSummary::read(&state_dir)?;
+        f.recovery.push(format!(
+            "the journal at the crash: point of no return {}, run {}",
+            at_crash
+                .point_of_no_return
+                .as_deref()
+                .unwrap_or("not passed"),
+            at_crash.outcome.as_deref().unwrap_or("unfinished")
+        ));
+        let resumed = self
+            .command("resume", &["resume"], &[])
+            .await?
+            .wait()
+            .await?;
+        f.recovery.push(format!("`migrate resume`: {resumed}"));
+        f.run = RunSummary::read(&state_dir)?;
+        f.as_expected = status.code().is_none()
+            && at_crash.outcome.is_none()
+            && resumed.success()
+            && f.run.outcome.as_deref() == Some("completed");
+        if !resumed.success() {
+            bail!(
+                "`migrate resume` after the crash failed ({resumed}); see {}",
+                self.log("resume").display()
+            );
+        }
+        Ok((f, c0, Utc::now(), t.elapsed().as_millis() as u64))
+    }
+
+    fn fault_report(&self, fault: Fault, injected: String) -> FaultReport {
+        FaultReport {
+            name: fault.name().into(),
+            injected,
+            expected: fault.expected().into(),
+            ..Default::default()
+        }
+    }
+
+    /// The node is a primary, not fenced, and the writer's commits (through PgBouncer) go on.
+    async fn takes_writes_again(&self, node: &str, writer: &Writer) -> Result<()> {
+        let c = connect(&self.lab.endpoint(node, "app")).await?;
+        let r = c
+            .query_one(
+                "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')",
+                &[],
+            )
+            .await?;
+        if r.get::<_, bool>(0) {
+            bail!("{node} is in recovery");
+        }
+        if r.get::<_, String>(1) != "off" {
+            bail!("{node} is still fenced (default_transaction_read_only is on)");
+        }
+        let before = writer.acked();
+        let t = Instant::now();
+        while writer.acked() < before + self.opts.clients as usize {
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("no new acknowledged commit through PgBouncer in 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{name}.log"))
     }
 
     /// Run `migrate <args> -f <spec>`; its output goes to logs/<name>.log.
@@ -167,7 +483,7 @@ impl Rehearsal<'_> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.logs.join(format!("{name}.log")))?;
+            .open(self.log(name))?;
         let mut cmd = tokio::process::Command::new(&self.opts.exe);
         cmd.args(args)
             .arg("-f")
@@ -190,7 +506,7 @@ impl Rehearsal<'_> {
             bail!(
                 "`migrate {}` failed ({st}); see {}",
                 args.join(" "),
-                self.logs.join(format!("{name}.log")).display()
+                self.log(name).display()
             );
         }
         Ok(())

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::fault::FaultReport;
 use crate::lab::workload::Ack;
 
 #[derive(Debug, Clone, Serialize)]
@@ -22,6 +23,8 @@ pub struct Report {
     /// Every acknowledged commit is on every node at the end.
     pub acked_total: usize,
     pub missing_at_end: BTreeMap<String, usize>,
+    /// The injected fault (`--fault`), if any, and what the tool did.
+    pub fault: Option<FaultReport>,
 }
 
 impl Report {
@@ -29,6 +32,11 @@ impl Report {
         self.cutover.missing.values().all(|m| *m == 0)
             && self.rollback.missing.values().all(|m| *m == 0)
             && self.missing_at_end.values().all(|m| *m == 0)
+    }
+
+    /// Zero loss, and the tool handled the fault (if any) as it must.
+    pub fn passed(&self) -> bool {
+        self.zero_loss() && self.fault.as_ref().is_none_or(|f| f.as_expected)
     }
 }
 

@@ -344,6 +344,17 @@ async fn controldata(m: &Member) -> Result<Control> {
     })
 }
 
+/// The target's received and replayed positions, timeline and recovery state.
+async fn target_position(to: &Member) -> Result<tokio_postgres::Row> {
+    let c = connect(&to.endpoint()).await?;
+    Ok(c.query_one(
+        "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, timeline_id::bigint, pg_is_in_recovery()
+           FROM pg_control_checkpoint()",
+        &[],
+    )
+    .await?)
+}
+
 #[async_trait]
 impl Step for Proof {
     fn id(&self) -> String {
@@ -378,8 +389,17 @@ impl Step for Proof {
         }
         loop {
             // The target may be briefly unreachable; that is "not yet", until the time box.
-            let c = match connect(&self.d.to.endpoint()).await {
-                Ok(c) => c,
+            // A hung target (frozen host, cut link) must not outlast the time box either.
+            let left = self
+                .timeout
+                .saturating_sub(t.elapsed())
+                .max(Duration::from_millis(200));
+            let sample = match tokio::time::timeout(left, target_position(&self.d.to)).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow!("no answer within {left:?}")),
+            };
+            let r = match sample {
+                Ok(r) => r,
                 Err(e) => {
                     let last_error = format!("{e:#}");
                     if t.elapsed() > self.timeout {
@@ -394,13 +414,6 @@ impl Step for Proof {
                     continue;
                 }
             };
-            let r = c
-                .query_one(
-                    "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, timeline_id::bigint, pg_is_in_recovery()
-                       FROM pg_control_checkpoint()",
-                    &[],
-                )
-                .await?;
             let parse = |i: usize| {
                 r.get::<_, Option<String>>(i)
                     .and_then(|s| s.parse::<Lsn>().ok())
