@@ -119,7 +119,37 @@ impl Server {
         Ok(())
     }
 
+    /// Start without waiting (`pg_ctl start -W`): for callers that wait for a stronger
+    /// condition themselves (a standby streaming), sooner than `pg_ctl`'s 100 ms polling.
+    pub async fn launch(&self, log: &Path) -> Result<()> {
+        let cmd = Cmd::new([
+            self.tool("pg_ctl"),
+            "start".into(),
+            "-D".into(),
+            self.data(),
+            "-l".into(),
+            log.display().to_string(),
+            "-W".into(),
+        ]);
+        let out = self.host.run(&cmd).await?;
+        if !out.success() {
+            bail!(
+                "on {}: pg_ctl start -D {} failed: {}; server log {}",
+                self.host.describe(),
+                self.data(),
+                out.stderr_tail(),
+                log.display()
+            );
+        }
+        Ok(())
+    }
+
     /// Stop and wait. Stopping a stopped server is not an error.
+    ///
+    /// `pg_ctl stop -w` checks every 100 ms, and a fast shutdown of a fenced primary takes a
+    /// fraction of that, inside the write pause. So `pg_ctl` only signals (`-W`) and a shell
+    /// loop on the server's host waits in 10 ms steps for what `pg_ctl` waits for: the pid
+    /// file gone or the postmaster gone.
     pub async fn stop(&self, mode: StopMode, timeout: Duration) -> Result<()> {
         if self.state().await? != RunState::Running {
             return Ok(());
@@ -128,22 +158,22 @@ impl Server {
             StopMode::Fast => "fast",
             StopMode::Immediate => "immediate",
         };
+        let steps = (timeout.as_millis() / 10).max(100).to_string();
         let cmd = Cmd::new([
+            "sh".into(),
+            "-c".into(),
+            STOP_AND_WAIT.into(),
+            "migrate-stop".into(),
             self.tool("pg_ctl"),
-            "stop".into(),
-            "-D".into(),
             self.data(),
-            "-m".into(),
             m.into(),
-            "-w".into(),
-            "-t".into(),
-            timeout.as_secs().max(5).to_string(),
+            steps,
         ])
         .timeout(timeout + Duration::from_secs(10));
         let out = self.host.run(&cmd).await?;
         if !out.success() && self.state().await? == RunState::Running {
             bail!(
-                "on {}: pg_ctl stop -D {} failed: {}",
+                "on {}: pg_ctl stop -D {} -m {m} failed: {}",
                 self.host.describe(),
                 self.data(),
                 out.stderr_tail()
@@ -152,6 +182,18 @@ impl Server {
         Ok(())
     }
 }
+
+/// `sh -c` script: $1 pg_ctl, $2 data directory, $3 mode, $4 how many 10 ms waits at most.
+/// A `sleep` without fractions (some busybox builds) falls back to whole seconds.
+const STOP_AND_WAIT: &str = r#"pid=$(head -n 1 "$2/postmaster.pid" 2>/dev/null)
+"$1" stop -D "$2" -m "$3" -W -s || exit $?
+[ -n "$pid" ] || exit 0
+i=0
+while [ -e "$2/postmaster.pid" ] && kill -0 "$pid" 2>/dev/null; do
+  i=$((i + 1))
+  if [ "$i" -gt "$4" ]; then echo "the server did not stop in time" >&2; exit 1; fi
+  sleep 0.01 2>/dev/null || sleep 1
+done"#;
 
 /// Where the PostgreSQL server binaries are on this machine: `PG_BIN`, else
 /// `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.

@@ -16,7 +16,6 @@ use crate::engine::{Cx, Description, Kind, Probe, Step};
 use crate::host::Cmd;
 use crate::pg::server::{RunState, StopMode};
 use crate::pg::{connect, Endpoint, Lsn};
-use crate::replication::lag::{sample_hop, Hop, HopState};
 use crate::spec::Window;
 
 /// Who hands over to whom.
@@ -46,14 +45,6 @@ impl Direction {
 fn out<'a>(cx: &'a Cx, step: &str) -> Result<&'a Value> {
     cx.output(step)
         .ok_or_else(|| anyhow!("{step} recorded nothing"))
-}
-
-async fn in_recovery(ep: &Endpoint) -> Result<bool> {
-    Ok(connect(ep)
-        .await?
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await?
-        .get(0))
 }
 
 /// (status, received_tli) of a node's walreceiver.
@@ -561,6 +552,9 @@ impl Step for Stage {
 
 // ---------------------------------------------------------------------------------------------
 
+/// How long a promotion request may go unanswered before it is sent again (P13).
+const PROMOTE_RESIGNAL: Duration = Duration::from_millis(250);
+
 /// The point of no return.
 pub struct Promote {
     pub d: Direction,
@@ -575,8 +569,12 @@ impl Step for Promote {
     fn describe(&self) -> Description {
         Description {
             host: self.d.to.host_label(),
-            action: format!("SELECT pg_promote(true, {}); CHECKPOINT", self.timeout.as_secs()),
-            proof: "pg_is_in_recovery() = false; the new timeline from pg_control_checkpoint() after the checkpoint".into(),
+            action: format!(
+                "SELECT pg_promote(false), repeated every {} ms while pg_is_in_recovery(), within {:?}",
+                PROMOTE_RESIGNAL.as_millis(),
+                self.timeout
+            ),
+            proof: "pg_is_in_recovery() = false; the new timeline from pg_walfile_name(pg_current_wal_lsn())".into(),
             undo: "none: going back is a switchover in the other direction (migrate rollback)".into(),
         }
     }
@@ -586,37 +584,54 @@ impl Step for Promote {
     async fn apply(&self, _: &Cx) -> Result<Value> {
         let t = Instant::now();
         let c = connect(&self.d.to.endpoint()).await?;
-        if in_recovery(&self.d.to.endpoint()).await? {
-            let secs = self.timeout.as_secs().max(1) as i32;
-            let done: bool = c
-                .query_one("SELECT pg_promote(true, $1)", &[&secs])
-                .await?
-                .get(0);
-            if !done {
+        let mut signals = 0;
+        let mut last_signal = None::<Instant>;
+        // pg_promote(wait => true) checks every 100 ms, inside the write pause; this polls every
+        // 5 ms. A request that lands just as the walreceiver lost the stopped primary can sit
+        // out wal_retrieve_retry_interval (P13), so an unanswered request is repeated.
+        while c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await?
+            .get::<_, bool>(0)
+        {
+            if last_signal.is_none_or(|at| at.elapsed() >= PROMOTE_RESIGNAL) {
+                if let Err(e) = c.batch_execute("SELECT pg_promote(false)").await {
+                    // Promoted in the meantime: "recovery is not in progress".
+                    if !e.to_string().contains("not in progress")
+                        && !format!("{e:?}").contains("not in progress")
+                    {
+                        return Err(e.into());
+                    }
+                }
+                signals += 1;
+                last_signal = Some(Instant::now());
+            }
+            if t.elapsed() > self.timeout {
                 bail!(
-                    "{} did not finish promotion within {secs} s",
-                    self.d.to.name()
+                    "{} did not finish promotion within {:?}",
+                    self.d.to.name(),
+                    self.timeout
                 );
             }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let promoted_ms = Direction::ms(t);
-        // The end-of-recovery checkpoint is asynchronous; the control file shows the new
-        // timeline only after a checkpoint (P6).
-        c.batch_execute("CHECKPOINT").await?;
-        let tli: i64 = c
+        // The control file shows the new timeline only after the asynchronous end-of-recovery
+        // checkpoint (P6); the current WAL file's name has it now.
+        let r = c
             .query_one(
-                "SELECT timeline_id::bigint FROM pg_control_checkpoint()",
+                "SELECT pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text",
                 &[],
             )
-            .await?
-            .get(0);
-        let lsn: String = c
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await?
-            .get(0);
-        Ok(
-            json!({ "timeline": tli, "lsn": lsn, "promote_ms": promoted_ms, "ms": Direction::ms(t) }),
-        )
+            .await?;
+        let walfile: String = r.get(0);
+        let tli = i64::from_str_radix(walfile.get(..8).unwrap_or_default(), 16)
+            .with_context(|| format!("timeline from WAL file name {walfile:?}"))?;
+        let lsn: String = r.get(1);
+        Ok(json!({
+            "timeline": tli, "lsn": lsn, "promote_ms": promoted_ms, "signals": signals,
+            "ms": Direction::ms(t),
+        }))
     }
     async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
         bail!("a promotion cannot be undone")
@@ -636,6 +651,10 @@ fn new_timeline(cx: &Cx) -> Result<i32> {
         .ok_or_else(|| anyhow!("promote recorded no timeline"))
 }
 
+/// Wait until `m` streams from `upstream` on timeline `tli` (P5: its walreceiver streaming on
+/// that timeline, and a streaming row for it on the upstream). Polled every 10 ms, inside the
+/// write pause for the reverse step, on kept connections: a new connection per poll (a
+/// backend fork on each side) would slow the start it waits for.
 async fn wait_following(
     m: &Member,
     upstream: &Member,
@@ -644,23 +663,36 @@ async fn wait_following(
     cx: &Cx,
     step: &str,
 ) -> Result<()> {
-    let hop = Hop {
-        upstream: upstream.endpoint(),
-        node: m.endpoint(),
-        application_name: m.name().to_string(),
-    };
     let deadline = Instant::now() + limit;
+    let mut node: Option<tokio_postgres::Client> = None;
+    let mut up: Option<tokio_postgres::Client> = None;
+    let mut checks = 0u32;
     loop {
-        let why = match (receiver(&m.endpoint()).await, sample_hop(&hop).await.state) {
-            (Ok(Some((status, got))), HopState::Streaming { .. })
-                if status == "streaming" && got == tli =>
+        let sample = tokio::time::timeout(
+            Duration::from_secs(5),
+            follow_state(m, upstream, &mut node, &mut up),
+        )
+        .await;
+        let why = match sample {
+            Ok(Ok((Some((status, got)), Some(state))))
+                if status == "streaming" && got == tli && state == "streaming" =>
             {
                 return Ok(())
             }
-            (Ok(Some((status, got))), _) => format!("walreceiver {status} on timeline {got}"),
-            (Ok(None), HopState::Down { reason }) => reason,
-            (Ok(None), _) => "no walreceiver".into(),
-            (Err(e), _) => format!("{e:#}"),
+            Ok(Ok((Some((status, got)), state))) => format!(
+                "walreceiver {status} on timeline {got}; on {}: {}",
+                upstream.name(),
+                state.unwrap_or_else(|| "no replication row".into())
+            ),
+            Ok(Ok((None, _))) => "no walreceiver".into(),
+            Ok(Err(e)) => {
+                let text = format!("{e:#}");
+                text.lines().next().unwrap_or_default().to_string()
+            }
+            Err(_) => {
+                (node, up) = (None, None);
+                "no answer within 5 s".into()
+            }
         };
         if Instant::now() > deadline {
             bail!(
@@ -673,8 +705,56 @@ async fn wait_following(
             step,
             format!("waiting for {} to follow timeline {tli}: {why}", m.name()),
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A server that died while starting never streams: say so now, with its log.
+        if checks % 25 == 24 && m.server()?.state().await? != RunState::Running {
+            bail!(
+                "{} is not running ({why}); see its server log {}",
+                m.name(),
+                m.node.log_file.display()
+            );
+        }
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// (walreceiver status and timeline on `m`, state of its row on `upstream`), (re)connecting
+/// where a kept connection is missing or broke.
+async fn follow_state(
+    m: &Member,
+    upstream: &Member,
+    node: &mut Option<tokio_postgres::Client>,
+    up: &mut Option<tokio_postgres::Client>,
+) -> Result<(Option<(String, i32)>, Option<String>)> {
+    async fn kept<'a>(
+        slot: &'a mut Option<tokio_postgres::Client>,
+        ep: &Endpoint,
+    ) -> Result<&'a tokio_postgres::Client> {
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = Some(connect(ep).await?);
+        }
+        Ok(slot.as_ref().expect("connected"))
+    }
+    let receiver = kept(node, &m.endpoint())
+        .await?
+        .query_opt("SELECT status, received_tli FROM pg_stat_wal_receiver", &[])
+        .await
+        .inspect_err(|_| *node = None)?
+        .map(|r| (r.get(0), r.get(1)));
+    if receiver.is_none() {
+        return Ok((None, None));
+    }
+    let row = kept(up, &upstream.endpoint())
+        .await?
+        .query_opt(
+            "SELECT state FROM pg_stat_replication WHERE application_name = $1
+              ORDER BY backend_start DESC LIMIT 1",
+            &[&m.name()],
+        )
+        .await
+        .inspect_err(|_| *up = None)?
+        .map(|r| r.get(0));
+    Ok((receiver, row))
 }
 
 #[async_trait]
@@ -703,9 +783,9 @@ impl Step for Reverse {
         let m = self.0.demoted();
         let server = m.server()?;
         if server.state().await? != RunState::Running {
-            server
-                .start(&m.node.log_file, Duration::from_secs(300))
-                .await?;
+            // Not `pg_ctl start -w`: streaming, waited for below, is the stronger proof, and
+            // it comes sooner than pg_ctl's 100 ms polling notices the server is up.
+            server.launch(&m.node.log_file).await?;
         }
         wait_following(&m, &self.0.to, tli, Duration::from_secs(60), cx, "reverse").await.map_err(|e| {
             anyhow!(
@@ -904,7 +984,7 @@ impl Step for Followers {
                 .map(|m| m.name().to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            action: "wait until each streams on the new timeline".into(),
+            action: "CHECKPOINT on the new primary (P6/P7); wait until each standby streams on the new timeline".into(),
             proof: "pg_stat_wal_receiver.received_tli = the new timeline, streaming".into(),
             undo: "nothing".into(),
         }
@@ -915,6 +995,14 @@ impl Step for Followers {
     async fn apply(&self, cx: &Cx) -> Result<Value> {
         let t = Instant::now();
         let tli = new_timeline(cx)?;
+        // Kept out of the promotion, which is inside the write pause: the control file shows
+        // the new timeline only after a checkpoint (P6), and pg_rewind against this primary
+        // needs it (P7).
+        connect(&self.0.to.endpoint())
+            .await?
+            .batch_execute("CHECKPOINT")
+            .await
+            .context("CHECKPOINT on the new primary")?;
         for f in &self.0.followers {
             let upstream_name = f.node.upstream.clone().unwrap_or_default();
             let upstream = if upstream_name == self.0.from.name() {
