@@ -422,6 +422,41 @@ async fn with_the_chain_running_the_build_and_the_reverse_path_are_checked() {
     );
     assert_eq!(check(&v, "replication_auth:dr")["status"], "pass");
     assert_eq!(check(&v, "same_cluster:dr")["status"], "pass");
+    assert_eq!(
+        check(&v, "clocks")["status"],
+        "pass",
+        "one machine, one clock"
+    );
+
+    // A database whose indexes were built under another collation library version (as when
+    // the new hosts run another OS release): recorded on the primary, replicated, and
+    // compared on every node with the library that node's host has.
+    let c = connect(&chain.ep("old")).await.unwrap();
+    c.batch_execute(
+        "CREATE DATABASE sorted LOCALE_PROVIDER icu ICU_LOCALE 'und' LOCALE 'C.UTF-8' TEMPLATE template0",
+    )
+    .await
+    .unwrap();
+    let (_, v, _) = plan(&chain).await;
+    for node in ["old", "new", "new_replica", "dr"] {
+        let c = check(&v, &format!("collation:{node}"));
+        assert_eq!(c["status"], "pass", "{c}");
+    }
+    c.batch_execute("UPDATE pg_database SET datcollversion = '1.0' WHERE datname = 'sorted'")
+        .await
+        .unwrap();
+    chain.wait_caught_up().await;
+    let (code, v, _) = plan(&chain).await;
+    assert_eq!(code, Some(1), "{v}");
+    let old = check(&v, "collation:old");
+    assert_eq!(old["status"], "warn", "the primary's own: {old}");
+    let new = check(&v, "collation:new");
+    assert_eq!(new["status"], "fail", "{new}");
+    let msg = new["message"].as_str().unwrap();
+    assert!(msg.contains("sorted (built with 1.0, new has"), "{new}");
+    assert!(new["remedy"].as_str().unwrap().contains("REINDEX"), "{new}");
+    c.batch_execute("DROP DATABASE sorted").await.unwrap();
+    chain.wait_caught_up().await;
 
     // The target stops admitting replication: the rollback path is gone, and plan says so.
     drop_replication_hba(&chain, "new").await;

@@ -316,6 +316,8 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
     }
 
     control_compatibility(&mut checks, &facts, p).await;
+    collations(&mut checks, &facts, p).await;
+    clocks(&mut checks, &facts).await;
     database_checks(&mut checks, spec, p).await;
     clone_targets(&mut checks, spec, p, &facts).await;
     reverse_path(&mut checks, spec, &facts).await;
@@ -572,6 +574,103 @@ async fn control_compatibility(
     }
 }
 
+/// Reference §4 #14: text indexes are ordered by the collation library of the host that built
+/// them. A standby on a host whose glibc/ICU sorts differently serves (and after promotion
+/// writes) corrupt indexes without an error. PG 15+ records the version per database and
+/// `pg_database_collation_actual_version` reports the running host's, also on a standby.
+async fn collations(checks: &mut Vec<Check>, facts: &BTreeMap<String, Facts>, p: &Facts) {
+    const SQL: &str =
+        "SELECT datname::text, datcollversion, pg_database_collation_actual_version(oid)
+                         FROM pg_database WHERE datallowconn AND datcollversion IS NOT NULL";
+    for f in facts.values() {
+        if f.int("server_version_num") < 150000 {
+            continue;
+        }
+        let Ok(rows) = f.client.query(SQL, &[]).await else {
+            continue;
+        };
+        let differ: Vec<String> = rows
+            .iter()
+            .filter_map(|r| {
+                let (db, built, here): (String, String, Option<String>) =
+                    (r.get(0), r.get(1), r.get(2));
+                here.filter(|h| *h != built)
+                    .map(|h| format!("{db} (built with {built}, {} has {h})", f.name))
+            })
+            .collect();
+        let id = format!("collation:{}", f.name);
+        if differ.is_empty() {
+            checks.push(Check::pass(
+                id,
+                format!(
+                    "{}: the collation library matches what every database was built with",
+                    f.name
+                ),
+            ));
+        } else if f.name == p.name {
+            checks.push(Check::warn(
+                id,
+                format!("collation versions differ on the primary itself: {}", differ.join(", ")),
+                "the primary's OS was upgraded under its indexes: REINDEX the text indexes, then ALTER DATABASE … REFRESH COLLATION VERSION",
+            ));
+        } else {
+            checks.push(Check::fail(
+                id,
+                format!("collation versions differ: {}", differ.join(", ")),
+                format!(
+                    "text indexes would be silently corrupt on {}: give its host the same glibc/ICU version as {}'s (same OS release), or plan a REINDEX of text indexes right after the cutover",
+                    f.name, p.name
+                ),
+            ));
+        }
+    }
+}
+
+/// Reference §4 #22: clocks. Lag in seconds, the window and DNS TSIG (300 s fudge) read them.
+async fn clocks(checks: &mut Vec<Check>, facts: &BTreeMap<String, Facts>) {
+    let mut skews = Vec::new();
+    for f in facts.values() {
+        let t0 = chrono::Utc::now();
+        let Ok(r) = f.client.query_one("SELECT clock_timestamp()", &[]).await else {
+            continue;
+        };
+        let t1 = chrono::Utc::now();
+        let theirs: chrono::DateTime<chrono::Utc> = r.get(0);
+        let skew = theirs - (t0 + (t1 - t0) / 2);
+        skews.push((f.name.clone(), skew.num_milliseconds()));
+    }
+    checks.push(clock_verdict(&skews));
+}
+
+/// Within 1 s of this machine: pass; up to TSIG's 300 s: warn; beyond: fail.
+pub(crate) fn clock_verdict(skews: &[(String, i64)]) -> Check {
+    let worst = skews.iter().map(|(_, ms)| ms.abs()).max().unwrap_or(0);
+    let list = skews
+        .iter()
+        .map(|(n, ms)| format!("{n} {ms:+} ms"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let remedy = "synchronise the clocks (chrony/NTP) on every host: time-based lag, the maintenance window and signed DNS updates rely on them";
+    if worst <= 1000 {
+        Check::pass(
+            "clocks",
+            format!("clocks agree with this machine's: {list}"),
+        )
+    } else if worst <= 300_000 {
+        Check::warn(
+            "clocks",
+            format!("clocks differ from this machine's: {list}"),
+            remedy,
+        )
+    } else {
+        Check::fail(
+            "clocks",
+            format!("clocks differ by more than 300 s from this machine's: {list}"),
+            remedy,
+        )
+    }
+}
+
 /// For each node that will be cloned: free disk for the copy plus retained WAL, the
 /// tablespace paths, and the extension files on its host.
 async fn clone_targets(
@@ -798,4 +897,21 @@ async fn control_row(f: &Facts, sql: &str) -> Option<String> {
         r.get::<_, i32>(5),
         r.get::<_, String>(6)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock_verdict;
+    use crate::preflight::Status;
+
+    #[test]
+    fn clock_skew_passes_within_a_second_warns_to_300_s_and_fails_beyond() {
+        let at = |ms: i64| clock_verdict(&[("old".into(), 3), ("new".into(), ms)]);
+        assert_eq!(at(-900).status, Status::Pass);
+        let warn = at(-4_000);
+        assert_eq!(warn.status, Status::Warn);
+        assert!(warn.message.contains("new -4000 ms"), "{}", warn.message);
+        assert!(warn.remedy.contains("NTP"), "{}", warn.remedy);
+        assert_eq!(at(301_000).status, Status::Fail);
+    }
 }
