@@ -216,3 +216,28 @@ async fn nat_swaps_the_dnat_rule_atomically_in_a_network_namespace() {
         "{rules}"
     );
 }
+
+/// A route is verified by who answers through it, not by the port: old and new here are
+/// copies of one cluster (one system identifier), both writable, and the postmaster start time
+/// tells them apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_reaches_a_node_only_if_that_very_server_answers() {
+    use migrate::pg::conninfo::Conninfo;
+    use migrate::spec::Through;
+    let pair = Pair::up().await;
+    let spec = pair.spec_with("");
+    let to_old = Through {
+        conninfo: Conninfo::parse(&pair.connect_via(pair.port("old"))).unwrap(),
+        password: None,
+    };
+    let v = migrate::route::reaches(&to_old, "the app endpoint", node(&spec, "old"))
+        .await
+        .unwrap();
+    assert_eq!(v["primary"], "old", "{v}");
+    let e = migrate::route::reaches(&to_old, "the app endpoint", node(&spec, "new"))
+        .await
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("another server answers than new"), "{e}");
+    assert!(e.contains("system identifier"), "{e}");
+}

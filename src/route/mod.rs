@@ -58,36 +58,50 @@ pub fn open(routes: &[Route]) -> Result<Vec<Box<dyn Router>>> {
     Ok(out)
 }
 
+/// Who answers a connection: enough to tell two servers apart even when they are copies of
+/// one cluster (same system identifier) behind port-translating NAT (ports say nothing).
+const IDENTITY_SQL: &str = "SELECT pg_is_in_recovery()::text, inet_server_port()::text, \
+     pg_postmaster_start_time()::text, (SELECT system_identifier::text FROM pg_control_system())";
+
+async fn identity(c: &tokio_postgres::Client, label: &str) -> Result<[String; 4]> {
+    c.simple_query(IDENTITY_SQL)
+        .await
+        .with_context(|| format!("query through {label}"))?
+        .into_iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some(std::array::from_fn(|i| r.get(i).unwrap_or("").to_string()))
+            }
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("no answer through {label}"))
+}
+
 /// Connect through an application-facing endpoint and check it reaches `expected` as a
-/// writable primary (not in recovery, on that node's port). Simple protocol: poolers in
-/// transaction mode cannot keep prepared statements.
+/// writable primary: not in recovery, and the same server instance as a direct connection to
+/// `expected` finds (system identifier and postmaster start time). Simple protocol: poolers
+/// in transaction mode cannot keep prepared statements.
 pub async fn reaches(through: &Through, label: &str, expected: &Node) -> Result<Value> {
     let c = connect(&through.endpoint(label))
         .await
         .with_context(|| format!("connect through {label} ({})", through.conninfo))?;
-    let msgs = c
-        .simple_query("SELECT pg_is_in_recovery()::text, inet_server_port()::text")
-        .await
-        .with_context(|| format!("query through {label}"))?;
-    let (recovery, port) = msgs
-        .into_iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((
-                r.get(0).unwrap_or("").to_string(),
-                r.get(1).unwrap_or("").to_string(),
-            )),
-            _ => None,
-        })
-        .ok_or_else(|| anyhow!("no answer through {label}"))?;
+    let [recovery, port, started, sysid] = identity(&c, label).await?;
     if recovery != "false" {
         bail!("through {label}, the server is in recovery: not the new primary");
     }
-    if port != expected.conninfo.port().to_string() {
+    let direct = connect(&expected.endpoint())
+        .await
+        .with_context(|| format!("connect to {} directly to compare", expected.name))?;
+    let [_, _, want_started, want_sysid] = identity(&direct, &expected.name).await?;
+    if (&started, &sysid) != (&want_started, &want_sysid) {
         bail!(
-            "through {label}, the server listens on port {port}, not {} ({})",
-            expected.conninfo.port(),
+            "through {label}, another server answers than {} (it listens on port {port}, started {started}, system identifier {sysid}; {} started {want_started}, system identifier {want_sysid})",
+            expected.name,
             expected.name
         );
     }
-    Ok(json!({ "through": through.conninfo.to_string(), "primary": expected.name, "port": port }))
+    Ok(json!({
+        "through": through.conninfo.to_string(), "primary": expected.name, "port": port,
+        "postmaster_start_time": started, "system_identifier": sysid,
+    }))
 }
