@@ -238,19 +238,13 @@ impl Rehearsal<'_> {
         let mut child = self
             .command("replicate", &["replicate", "--yes"], &[])
             .await?;
-        if !JournalWatch::new(&state_dir)
-            .wait(
-                &mut child,
-                Duration::from_secs(1800),
-                &step_started("catchup"),
-            )
-            .await?
-        {
-            bail!(
-                "`migrate replicate` ended before its catch-up step: the fault was not injected; see {}",
-                self.log("replicate").display()
-            );
-        }
+        self.wait_for_instant(
+            &mut child,
+            "replicate",
+            "its catch-up step",
+            &step_started("catchup"),
+        )
+        .await?;
         let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
         (self.note)("fault: crashed the target (new) during catch-up");
         let mut f = self.fault_report(
@@ -311,19 +305,13 @@ impl Rehearsal<'_> {
             )
             .await?;
         let injected = if fault == Fault::StopTargetAfterFence {
-            if !JournalWatch::new(&state_dir)
-                .wait(
-                    &mut child,
-                    Duration::from_secs(600),
-                    &step_succeeded("fence"),
-                )
-                .await?
-            {
-                bail!(
-                    "`migrate cutover` ended before it fenced: the fault was not injected; see {}",
-                    self.log("cutover-fault").display()
-                );
-            }
+            self.wait_for_instant(
+                &mut child,
+                "cutover-fault",
+                "it fenced",
+                &step_succeeded("fence"),
+            )
+            .await?;
             let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
             format!(
                 "stopped {TARGET} at once (SIGQUIT to postmaster {pid}) as soon as `cutover` journaled step fence; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
@@ -385,19 +373,13 @@ impl Rehearsal<'_> {
             .command("cutover", &["cutover", "--yes", "--force-window"], &[])
             .await?;
         let pid = child.id().unwrap_or_default();
-        if !JournalWatch::new(&state_dir)
-            .wait(
-                &mut child,
-                Duration::from_secs(600),
-                &step_succeeded("promote"),
-            )
-            .await?
-        {
-            bail!(
-                "`migrate cutover` ended before the promotion: the fault was not injected; see {}",
-                self.log("cutover").display()
-            );
-        }
+        self.wait_for_instant(
+            &mut child,
+            "cutover",
+            "the promotion",
+            &step_succeeded("promote"),
+        )
+        .await?;
         child.start_kill()?;
         let status = child.wait().await?;
         let mut f = self.fault_report(
@@ -432,6 +414,25 @@ impl Rehearsal<'_> {
             );
         }
         Ok((f, c0, Utc::now(), t.elapsed().as_millis() as u64))
+    }
+
+    /// Wait until the command logging to `name` journals what `wanted` accepts (the instant to
+    /// inject a fault); an error naming its log if it ended first.
+    async fn wait_for_instant(
+        &self,
+        child: &mut tokio::process::Child,
+        name: &str,
+        instant: &str,
+        wanted: &dyn Fn(&crate::engine::journal::Event) -> bool,
+    ) -> Result<()> {
+        let watch = JournalWatch::new(&self.state_dir()?);
+        if !watch.wait(child, Duration::from_secs(1800), wanted).await? {
+            bail!(
+                "the command ended before {instant}: the fault was not injected; see {}",
+                self.log(name).display()
+            );
+        }
+        Ok(())
     }
 
     fn fault_report(&self, fault: Fault, injected: String) -> FaultReport {
