@@ -106,3 +106,43 @@ async fn ssh_failures_are_named() {
         "{err}"
     );
 }
+
+/// The server's stop (pg_ctl -W, then a shell loop on the host) and launch, over ssh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stops_and_starts_through_ssh() {
+    use migrate::pg::server::{RunState, Server, StopMode};
+    use std::time::Duration;
+    let lab = crate::support::TestLab::up().await;
+    let sshd = Sshd::start();
+    let server = Server::new(
+        std::sync::Arc::new(sshd.host()),
+        lab.lab.bin_dir.clone(),
+        lab.lab.data_dir("old"),
+    );
+    assert_eq!(server.state().await.unwrap(), RunState::Running);
+    server
+        .stop(StopMode::Fast, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(server.state().await.unwrap(), RunState::Stopped);
+    assert!(!lab.lab.data_dir("old").join("postmaster.pid").exists());
+    // Stopping a stopped server is not an error.
+    server
+        .stop(StopMode::Fast, Duration::from_secs(60))
+        .await
+        .unwrap();
+    server.launch(&lab.lab.server_log("old")).await.unwrap();
+    let t = std::time::Instant::now();
+    while migrate::pg::connect(&lab.lab.endpoint("old", "postgres"))
+        .await
+        .is_err()
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "old did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+        .stop(StopMode::Immediate, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(server.state().await.unwrap(), RunState::Stopped);
+}
