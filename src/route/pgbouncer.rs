@@ -118,14 +118,7 @@ impl PgBouncer {
             .await?
             .and_then(|v| seconds(&v));
         if now.is_some_and(|s| s != 0 && s < budget) {
-            c.simple_query(&format!("SET query_wait_timeout = {}", budget + 1))
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "PgBouncer SET query_wait_timeout: {}",
-                        crate::pg::conn::error_chain_text(&e)
-                    )
-                })?;
+            set_wait_timeout(c, budget + 1).await?;
         }
         Ok(())
     }
@@ -140,17 +133,22 @@ impl PgBouncer {
             .await?
             .and_then(|v| seconds(&v));
         if now.is_some_and(|s| s != configured) {
-            c.simple_query(&format!("SET query_wait_timeout = {configured}"))
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "PgBouncer SET query_wait_timeout: {}",
-                        crate::pg::conn::error_chain_text(&e)
-                    )
-                })?;
+            set_wait_timeout(c, configured).await?;
         }
         Ok(())
     }
+}
+
+async fn set_wait_timeout(c: &Client, seconds: u64) -> Result<()> {
+    c.simple_query(&format!("SET query_wait_timeout = {seconds}"))
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "PgBouncer SET query_wait_timeout: {}",
+                crate::pg::conn::error_chain_text(&e)
+            )
+        })?;
+    Ok(())
 }
 
 /// A time setting as PgBouncer shows or takes it ("120", "120s", "2min" is not used by it).
