@@ -40,9 +40,17 @@ fn a_rehearsal_reports_pauses_and_loses_no_commit() {
         for node in ["old", "new", "new_replica", "dr"] {
             assert_eq!(s["missing"][node], 0, "{switch} on {node}: {s}");
         }
-        for phase in ["fence", "stop", "proof", "promote", "reverse", "route"] {
+        for phase in [
+            "hold", "fence", "stop", "proof", "promote", "reverse", "route", "release",
+        ] {
             assert!(s["phases_ms"][phase].is_u64(), "{phase}: {s}");
         }
+    }
+    for phase in ["clone", "catchup"] {
+        assert!(
+            r["replicate_phases_ms"][phase].as_u64().unwrap() > 0,
+            "{phase}: {r}"
+        );
     }
     assert!(r["acked_total"].as_u64().unwrap() > 0);
     // The lab was taken down.

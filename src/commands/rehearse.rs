@@ -50,8 +50,10 @@ fn show(ui: &Ui, r: &Report) {
         r.dir, r.clients, r.scale_mb
     ));
     ui.line(format!(
-        "replicate (clone + catch-up) {:.1} s, plan {:.1} s",
+        "replicate {:.1} s (clone {:.1} s, catch-up {:.1} s), plan {:.1} s",
         r.replicate_ms as f64 / 1000.0,
+        r.replicate_phases_ms.get("clone").copied().unwrap_or(0) as f64 / 1000.0,
+        r.replicate_phases_ms.get("catchup").copied().unwrap_or(0) as f64 / 1000.0,
         r.plan_ms as f64 / 1000.0
     ));
     ui.line("");
@@ -97,13 +99,7 @@ fn show(ui: &Ui, r: &Report) {
             }
         }),
         row("acknowledged commits during it", &|s| s.acked.to_string()),
-        row("missing commits (per node)", &|s| {
-            s.missing
-                .iter()
-                .map(|(n, m)| format!("{n} {m}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }),
+        row("missing commits (per node)", &|s| per_node(&s.missing)),
         row("command duration", &|s| format!("{} ms", s.duration_ms)),
     ];
     for k in [
@@ -115,6 +111,7 @@ fn show(ui: &Ui, r: &Report) {
         "promote",
         "reverse",
         "route",
+        "release",
         "followers",
     ] {
         rows.push(row(&format!("  {k}"), &phase(k)));
@@ -124,11 +121,7 @@ fn show(ui: &Ui, r: &Report) {
     ui.line(format!(
         "{} acknowledged commits in all; missing at the end: {}",
         r.acked_total,
-        r.missing_at_end
-            .iter()
-            .map(|(n, m)| format!("{n} {m}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        per_node(&r.missing_at_end)
     ));
     ui.line(if r.zero_loss() {
         "zero data loss: every acknowledged commit is on every node"
@@ -179,4 +172,12 @@ fn show_fault(ui: &Ui, f: &FaultReport) {
     } else {
         "  NOT AS EXPECTED (see the logs in the rehearsal directory)"
     });
+}
+
+fn per_node(missing: &std::collections::BTreeMap<String, usize>) -> String {
+    missing
+        .iter()
+        .map(|(n, m)| format!("{n} {m}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -103,6 +103,13 @@ impl Rehearsal<'_> {
             self.replicate().await?;
         }
         let replicate_ms = t.elapsed().as_millis() as u64;
+        // The replicate run's journal stays current until the next run starts.
+        let replicate_phases_ms = report::replicate_phases(
+            &crate::engine::journal::read(
+                &self.state_dir()?.join(crate::engine::journal::JOURNAL_FILE),
+            )?
+            .records,
+        );
         let t = Instant::now();
         self.step("plan", &["plan"]).await?;
         let plan_ms = t.elapsed().as_millis() as u64;
@@ -178,6 +185,7 @@ impl Rehearsal<'_> {
             clients: o.clients,
             scale_mb: o.scale_mb,
             replicate_ms,
+            replicate_phases_ms,
             plan_ms,
             cutover,
             rollback,

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::fault::FaultReport;
+use crate::engine::journal::{Event, Record};
 use crate::lab::workload::Ack;
 
 #[derive(Debug, Clone, Serialize)]
@@ -17,6 +18,8 @@ pub struct Report {
     pub scale_mb: u64,
     /// Clone and catch-up (the `replicate` run) in ms.
     pub replicate_ms: u64,
+    /// Inside it, from its journal: `clone` (every clone step together) and `catchup`.
+    pub replicate_phases_ms: BTreeMap<String, u64>,
     pub plan_ms: u64,
     pub cutover: Switch,
     pub rollback: Switch,
@@ -141,6 +144,35 @@ pub fn error_kinds(errors: &[String]) -> BTreeMap<String, usize> {
     out
 }
 
+/// From a finished `replicate` run's journal: the clone steps' time together (`clone`) and
+/// the catch-up step's (`catchup`), in ms.
+pub fn replicate_phases(records: &[Record]) -> BTreeMap<String, u64> {
+    let mut started: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for r in records {
+        match &r.event {
+            Event::StepStarted { step } => {
+                started.insert(step, r.ts);
+            }
+            Event::StepSucceeded { step, .. } => {
+                let phase = if step.starts_with("clone:") {
+                    "clone"
+                } else if step == "catchup" {
+                    "catchup"
+                } else {
+                    continue;
+                };
+                if let Some(t0) = started.get(step.as_str()) {
+                    let ms = (r.ts - *t0).num_milliseconds().max(0) as u64;
+                    *out.entry(phase.to_string()).or_insert(0) += ms;
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The certificate's `phases_ms` (null entries left out).
 pub fn phases(cert: &Value) -> BTreeMap<String, u64> {
     cert["phases_ms"]
@@ -187,6 +219,35 @@ mod tests {
         assert_eq!(per, vec![390.0, 1100.0]);
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
+    }
+
+    #[test]
+    fn replicate_phases_add_up_the_clones_and_the_catch_up() {
+        let t0: DateTime<Utc> = "2026-11-22T00:00:00Z".parse().unwrap();
+        let rec = |ms: i64, event: Event| Record {
+            seq: 0,
+            ts: t0 + chrono::TimeDelta::milliseconds(ms),
+            event,
+        };
+        let start = |s: &str| Event::StepStarted { step: s.into() };
+        let ok = |s: &str| Event::StepSucceeded {
+            step: s.into(),
+            output: Value::Null,
+        };
+        let records = vec![
+            rec(0, start("clone:new")),
+            rec(1000, ok("clone:new")),
+            rec(1000, start("start:new")),
+            rec(1200, ok("start:new")),
+            rec(1200, start("clone:dr")),
+            rec(1700, ok("clone:dr")),
+            rec(1700, start("catchup")),
+            rec(4000, ok("catchup")),
+        ];
+        let p = replicate_phases(&records);
+        assert_eq!(p["clone"], 1500);
+        assert_eq!(p["catchup"], 2300);
+        assert_eq!(p.len(), 2, "{p:?}");
     }
 
     #[test]

@@ -946,12 +946,15 @@ impl Step for Release {
         Kind::ReadOnly
     }
     async fn apply(&self, cx: &Cx) -> Result<Value> {
+        let t = Instant::now();
         let routers = self.0.routers()?;
         for r in &routers {
             let what = format!("release clients at {}", r.describe());
             with_retries(cx, "release", &what, || r.release()).await?;
         }
         let released_at = Utc::now();
+        // Inside the pause: up to the release; the verification after it is not.
+        let ms = Direction::ms(t);
         let mut verified = Vec::new();
         for r in routers.iter().filter(|r| r.holds()) {
             let to = &self.0.to.node;
@@ -962,7 +965,7 @@ impl Step for Release {
             };
             verified.push(json!({ "route": r.describe(), "verified": v }));
         }
-        Ok(json!({ "released_at": released_at, "verified": verified }))
+        Ok(json!({ "released_at": released_at, "verified": verified, "ms": ms }))
     }
 }
 
@@ -1081,7 +1084,8 @@ impl Step for Certificate {
             "write_pause_ms": (released - fenced).num_milliseconds(),
             "phases_ms": {
                 "hold": ms("hold"), "fence": ms("fence"), "stop": ms("stop"), "proof": ms("proof"), "stage": ms("stage"),
-                "promote": ms("promote"), "reverse": ms("reverse"), "route": ms("route"), "followers": ms("followers"),
+                "promote": ms("promote"), "reverse": ms("reverse"), "route": ms("route"), "release": ms("release"),
+                "followers": ms("followers"),
             },
         });
         let path = certificate_path(&self.state_dir, &cx.run_id);
