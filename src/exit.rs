@@ -2,13 +2,14 @@
 
 use std::process::ExitCode;
 
-/// How a command ended. Errors (`anyhow::Error`) map to [`Exit::BadInput`] unless they carry
-/// an [`OperatorNeeded`].
+use crate::engine::{RunError, Stop};
+
+/// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// 0: done.
     Done,
-    /// 1: checks failed or not ready.
+    /// 1: checks failed or not ready (an aborted cutover included: nothing changed).
     NotReady,
     /// 2: bad input or error; nothing changed.
     BadInput,
@@ -26,17 +27,13 @@ impl Exit {
         }
     }
 
-    /// The exit for a failed command.
+    /// The exit for a failed command: the kind of the run's typed error where there is one;
+    /// an error from outside a run (loading the spec, a refused precondition) changed nothing.
     pub fn for_error(err: &anyhow::Error) -> Exit {
-        // A context layer is found by downcast_ref, a source in the chain by is().
-        if err.downcast_ref::<Aborted>().is_some() || err.chain().any(|e| e.is::<Aborted>()) {
-            Exit::NotReady
-        } else if err.downcast_ref::<OperatorNeeded>().is_some()
-            || err.chain().any(|e| e.is::<OperatorNeeded>())
-        {
-            Exit::OperatorNeeded
-        } else {
-            Exit::BadInput
+        match RunError::find(err).map(|e| e.stop) {
+            Some(Stop::Aborted) => Exit::NotReady,
+            Some(Stop::OperatorNeeded(_) | Stop::Paused) => Exit::OperatorNeeded,
+            Some(Stop::Refused) | None => Exit::BadInput,
         }
     }
 }
@@ -47,31 +44,33 @@ impl From<Exit> for ExitCode {
     }
 }
 
-/// An error after which a person must act; its message names the command that continues.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct OperatorNeeded(pub String);
-
-/// A cutover that was aborted and undone before its point of no return: nothing changed, it can
-/// be tried again.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Aborted(pub String);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Next;
+
+    fn run_error(stop: Stop) -> anyhow::Error {
+        RunError {
+            stop,
+            message: "x".into(),
+            spec_arg: "s.toml".into(),
+        }
+        .into()
+    }
 
     #[test]
     fn exit_codes_follow_the_error_kind_wherever_it_sits() {
         let plain = anyhow::anyhow!("bad spec");
         assert_eq!(Exit::for_error(&plain), Exit::BadInput);
-        let as_source =
-            anyhow::Error::from(OperatorNeeded("step failed".into())).context("cutover");
+        let as_source = run_error(Stop::OperatorNeeded(Next::Resume)).context("cutover");
         assert_eq!(Exit::for_error(&as_source), Exit::OperatorNeeded);
-        let as_context = anyhow::anyhow!("paused").context(OperatorNeeded("resume later".into()));
+        let as_context = anyhow::anyhow!("paused").context(RunError {
+            stop: Stop::Paused,
+            message: "resume later".into(),
+            spec_arg: "s".into(),
+        });
         assert_eq!(Exit::for_error(&as_context), Exit::OperatorNeeded);
-        let aborted = anyhow::Error::from(Aborted("undone".into()));
-        assert_eq!(Exit::for_error(&aborted), Exit::NotReady);
+        assert_eq!(Exit::for_error(&run_error(Stop::Aborted)), Exit::NotReady);
+        assert_eq!(Exit::for_error(&run_error(Stop::Refused)), Exit::BadInput);
     }
 }

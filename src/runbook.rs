@@ -4,7 +4,8 @@
 
 use std::fmt::Write;
 
-use crate::engine::{Kind, Step};
+use crate::engine::step::DynStep;
+use crate::engine::Kind;
 use crate::preflight::{Check, Status};
 use crate::spec::{Retire, Spec};
 use crate::units::format_bytes;
@@ -12,9 +13,9 @@ use crate::units::format_bytes;
 pub fn render(
     spec: &Spec,
     checks: &[Check],
-    chain: &[Box<dyn Step>],
-    cutover: &[Box<dyn Step>],
-    switchback: &[Box<dyn Step>],
+    chain: &[Box<dyn DynStep>],
+    cutover: &[Box<dyn DynStep>],
+    switchback: &[Box<dyn DynStep>],
 ) -> String {
     let mut md = String::new();
     let f = format!("-f {}", spec.path.display());
@@ -135,7 +136,7 @@ pub fn render(
     md
 }
 
-fn steps(md: &mut String, steps: &[Box<dyn Step>]) {
+fn steps(md: &mut String, steps: &[Box<dyn DynStep>]) {
     for (i, s) in steps.iter().enumerate() {
         let d = s.describe();
         if s.kind() == Kind::PointOfNoReturn {

@@ -4,20 +4,19 @@
 use anyhow::{bail, Result};
 
 use crate::cli::Global;
-use crate::engine::journal::Outcome;
-use crate::engine::runner::current_run;
-use crate::engine::Runner;
+use crate::engine::replay::load;
+use crate::engine::Outcome;
 use crate::exit::Exit;
 use crate::plans::{self, cutover};
 use crate::ui::Ui;
 
 pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
     let s = super::run::open(g, cutover::COMPLETE, ui).await?;
-    match current_run(&s.inv.state_dir)? {
-        Some((state, _))
+    match load(&s.inv.state_dir)?.map(|l| l.state) {
+        Some(state)
             if state.operation == cutover::CUTOVER
                 && state.finished() == Some(Outcome::Completed) => {}
-        Some((state, _)) => bail!(
+        Some(state) => bail!(
             "`migrate complete` follows a completed cutover; the current run is {} ({}, {})",
             state.run_id,
             state.operation,
@@ -29,8 +28,5 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
         None => bail!("there is no cutover to complete"),
     }
     let plan = plans::build(cutover::COMPLETE, &s.spec)?;
-    super::run::drive(ui, |events| async move {
-        Runner::start(plan, s.inv.clone(), events)?.execute().await
-    })
-    .await
+    super::run::start(ui, &s, plan, None).await
 }

@@ -3,7 +3,6 @@
 use anyhow::Result;
 
 use crate::cli::Global;
-use crate::engine::Runner;
 use crate::exit::Exit;
 use crate::plans;
 use crate::ui::Ui;
@@ -11,9 +10,5 @@ use crate::ui::Ui;
 pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
     let s = super::run::open(g, "drill", ui).await?;
     let plan = plans::build(plans::drill::OPERATION, &s.spec)?;
-    super::run::drive(ui, |events| async move {
-        let mut runner = Runner::start(plan, s.inv.clone(), events)?;
-        runner.execute().await
-    })
-    .await
+    super::run::start(ui, &s, plan, None).await
 }

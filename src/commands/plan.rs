@@ -37,17 +37,12 @@ pub async fn run(g: &Global, args: &PlanArgs, ui: &Ui) -> Result<Exit> {
     }
     let mut steps = chain;
     steps.extend(switchover);
-    let kind = |k: Kind| match k {
-        Kind::ReadOnly => "read_only",
-        Kind::Reversible => "reversible",
-        Kind::PointOfNoReturn => "point_of_no_return",
-    };
     if ui.json() {
         let steps: Vec<_> = steps
             .iter()
             .map(|s| {
                 let d = s.describe();
-                json!({ "id": s.id(), "host": d.host, "action": d.action, "proof": d.proof, "undo": d.undo, "kind": kind(s.kind()) })
+                json!({ "id": s.id(), "host": d.host, "action": d.action, "proof": d.proof, "undo": d.undo, "kind": crate::engine::label(&s.kind()) })
             })
             .collect();
         ui.emit_json(&json!({ "ready": ready, "checks": checks, "steps": steps }));
@@ -82,7 +77,7 @@ pub async fn run(g: &Global, args: &PlanArgs, ui: &Ui) -> Result<Exit> {
             "{:>3}. {} [{}] on {}",
             i + 1,
             s.id(),
-            kind(s.kind()),
+            crate::engine::label(&s.kind()),
             d.host
         ));
         ui.line(format!("       do:    {}", d.action));

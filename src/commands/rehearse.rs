@@ -156,7 +156,8 @@ fn show_fault(ui: &Ui, f: &FaultReport) {
     did.push(format!(
         "run {} {}",
         run.operation,
-        run.outcome.as_deref().unwrap_or("unfinished")
+        run.outcome
+            .map_or_else(|| "unfinished".into(), |o| crate::engine::label(&o))
     ));
     ui.line(format!("  the tool: {}", did.join("; ")));
     for r in &f.recovery {

@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 
 use crate::cli::Global;
-use crate::engine::runner::current_run;
+use crate::engine::replay::load;
 use crate::engine::Runner;
 use crate::exit::Exit;
 use crate::plans::{self, cutover};
@@ -12,7 +12,7 @@ use crate::ui::Ui;
 
 pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
     let s = super::run::open(g, "rollback", ui).await?;
-    let Some((state, _)) = current_run(&s.inv.state_dir)? else {
+    let Some(state) = load(&s.inv.state_dir)?.map(|l| l.state) else {
         bail!(
             "there is no run to roll back in {}",
             s.inv.state_dir.display()
@@ -22,10 +22,7 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
     // that was aborted), going back is a switchback.
     let target_is_primary = match state.finished() {
         Some(_) => match crate::pg::connect(&s.spec.target().endpoint()).await {
-            Ok(c) => !c
-                .query_one("SELECT pg_is_in_recovery()", &[])
-                .await?
-                .get::<_, bool>(0),
+            Ok(c) => !crate::pg::sql::in_recovery(&c).await?,
             Err(_) => false,
         },
         None => false,
@@ -52,7 +49,7 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
                 }
             }
             let plan = plans::build(cutover::SWITCHBACK, &s.spec)?;
-            return super::cutover::execute_with_abort(ui, plan, s.inv.clone(), None, true).await;
+            return super::run::start(ui, &s, plan, None).await;
         }
         Some(o) => bail!(
             "run {} ({}) already finished ({o:?}); there is nothing to roll back",
@@ -69,9 +66,9 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
         );
     }
     let plan = plans::build(&state.operation, &s.spec)?;
-    super::run::drive(ui, |events| async move {
-        let mut runner = Runner::resume(plan, s.inv.clone(), events)?;
-        runner.rollback().await
+    let inv = s.inv.clone();
+    super::run::drive(ui, |events, _| async move {
+        Runner::resume(plan, inv, events)?.rollback().await
     })
     .await
 }

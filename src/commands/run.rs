@@ -7,10 +7,10 @@ use sha2::{Digest, Sha256};
 
 use crate::cli::Global;
 use crate::engine::events::{self, EventSink};
-use crate::engine::journal::Outcome;
-use crate::engine::lock::{AdvisoryLock, AdvisoryOutcome, StateLock};
-use crate::engine::Invocation;
+use crate::engine::lock::StateLock;
+use crate::engine::{Interrupts, Invocation, Outcome, Plan, Runner};
 use crate::exit::Exit;
+use crate::pg::advisory::{AdvisoryLock, AdvisoryOutcome};
 use crate::spec::{self, Spec};
 use crate::ui::{progress, Ui};
 
@@ -57,15 +57,53 @@ pub fn spec_hash(path: &std::path::Path) -> Result<String> {
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
-/// Run `work` with a renderer attached to the runner's events.
+/// Run `work` with a renderer attached to the runner's events and the interrupt signals
+/// (Ctrl-C, SIGTERM, SIGHUP: all three mean "stop safely", as the runner decides).
 pub async fn drive<F, Fut>(ui: &Ui, work: F) -> Result<Exit>
 where
-    F: FnOnce(EventSink) -> Fut,
+    F: FnOnce(EventSink, Interrupts) -> Fut,
     Fut: std::future::Future<Output = Result<Outcome>>,
 {
     let (tx, rx) = events::channel();
     let renderer = progress::spawn(ui.progress_mode(), rx);
-    let result = work(tx).await;
+    let (signals, watcher) = interrupts();
+    let result = work(tx, signals).await;
+    watcher.abort();
     let _ = renderer.await;
     result.map(|_| Exit::Done)
+}
+
+/// Start a new run of `plan` and run it to its end under the runner's policy.
+pub async fn start(ui: &Ui, s: &Session, plan: Plan, pause_before: Option<String>) -> Result<Exit> {
+    let inv = s.inv.clone();
+    drive(ui, |events, mut signals| async move {
+        let mut runner = Runner::start(plan, inv, events)?;
+        runner.pause_before(pause_before)?;
+        runner.run(Some(&mut signals)).await
+    })
+    .await
+}
+
+fn interrupts() -> (Interrupts, tokio::task::JoinHandle<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        loop {
+            let name = tokio::select! {
+                r = tokio::signal::ctrl_c() => match r { Ok(()) => "interrupt (Ctrl-C)", Err(_) => return },
+                _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
+            };
+            if tx.send(name).is_err() {
+                return;
+            }
+        }
+    });
+    (rx, watcher)
 }

@@ -6,10 +6,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::Global;
-use crate::engine::journal::Outcome;
-use crate::engine::replay::{Phase, RunState, StepStatus};
-use crate::engine::runner::current_run;
-use crate::engine::Kind;
+use crate::engine::replay::{load, Phase, RunState, StepStatus};
+use crate::engine::{label, Kind};
 use crate::exit::Exit;
 use crate::replication::lag::HopState;
 use crate::spec;
@@ -20,8 +18,8 @@ use crate::units::format_bytes;
 pub struct StatusReport {
     pub run_id: String,
     pub operation: String,
-    /// `in_progress`, `rolling_back`, `completed` or `rolled_back`.
-    pub state: &'static str,
+    /// `in_progress`, `rolling_back`, or how it finished: `completed`, `rolled_back`, `aborted`.
+    pub state: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub point_of_no_return: Option<String>,
@@ -44,25 +42,29 @@ pub struct StepReport {
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub duration_ms: Option<i64>,
+    /// How long its apply took, as the runner measured it.
+    pub elapsed_ms: Option<u64>,
     pub attempts: u32,
     pub output: Option<Value>,
     pub error: Option<String>,
 }
 
 pub fn report(state: &RunState, torn_tail: bool, spec_arg: &str) -> StatusReport {
-    let (label, next) = match state.phase {
-        Phase::Finished(Outcome::Completed) => ("completed", None),
-        Phase::Finished(Outcome::RolledBack) => ("rolled_back", None),
+    let (phase, next) = match state.phase {
+        Phase::Finished(outcome) => (label(&outcome), None),
         Phase::RollingBack => (
-            "rolling_back",
+            label(&state.phase),
             Some(format!("migrate rollback -f {spec_arg}")),
         ),
-        Phase::Forward => ("in_progress", Some(format!("migrate resume -f {spec_arg}"))),
+        Phase::Forward => (
+            "in_progress".to_string(),
+            Some(format!("migrate resume -f {spec_arg}")),
+        ),
     };
     StatusReport {
         run_id: state.run_id.clone(),
         operation: state.operation.clone(),
-        state: label,
+        state: phase,
         started_at: state.started_at,
         updated_at: state.updated_at,
         point_of_no_return: state.point_of_no_return.clone(),
@@ -82,6 +84,7 @@ pub fn report(state: &RunState, torn_tail: bool, spec_arg: &str) -> StatusReport
                     (Some(a), Some(b)) => Some((b - a).num_milliseconds()),
                     _ => None,
                 },
+                elapsed_ms: s.elapsed_ms,
                 attempts: s.attempts,
                 output: s.output.clone(),
                 error: s.error.clone(),
@@ -96,7 +99,7 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
     let path = super::spec_path(g)?;
     let spec = spec::load(&path)?;
     let spec_arg = path.display().to_string();
-    let Some((state, torn)) = current_run(&spec.state_dir)? else {
+    let Some(loaded) = load(&spec.state_dir)? else {
         if ui.json() {
             ui.emit_json(&serde_json::json!({ "run": null }));
         } else {
@@ -108,7 +111,7 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
         }
         return Ok(Exit::Done);
     };
-    let mut r = report(&state, torn.is_some(), &spec_arg);
+    let mut r = report(&loaded.state, loaded.torn_tail.is_some(), &spec_arg);
     let hops = crate::plans::replicate::hops(&spec);
     if !hops.is_empty() {
         r.lag =
@@ -136,10 +139,7 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
         .map(|s| {
             vec![
                 s.id.clone(),
-                serde_json::to_value(s.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                label(&s.status),
                 s.started_at
                     .map(|t| t.format("%H:%M:%S").to_string())
                     .unwrap_or_else(|| "-".into()),

@@ -1,18 +1,27 @@
 //! What the runner reports as it goes. The UI renders these; the engine never prints.
+//!
+//! Everything the runner journals is reported as that very journal event
+//! ([`RunEvent::Journaled`]), so the journal and the live view cannot disagree; the other
+//! variants are for the live view only.
 
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::journal::Outcome;
+use super::journal::Event;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunEvent {
-    RunStarted {
+    /// A process began (or resumed) work on a run.
+    RunOpened {
         run_id: String,
         operation: String,
         resumed: bool,
+    },
+    /// Just journaled (fsynced).
+    Journaled {
+        record: Event,
     },
     Notice {
         message: String,
@@ -23,46 +32,15 @@ pub enum RunEvent {
     StepProbing {
         step: String,
     },
-    StepStarted {
-        step: String,
-        action: String,
-        host: String,
-    },
     StepProgress {
         step: String,
         message: String,
     },
-    StepSucceeded {
+    /// Structured progress of the step's own domain (a lag sample, …); the UI decodes the
+    /// shapes it knows.
+    StepData {
         step: String,
-        elapsed_ms: u64,
-        output: Value,
-    },
-    StepFailed {
-        step: String,
-        elapsed_ms: u64,
-        error: String,
-    },
-    PointOfNoReturn {
-        step: String,
-    },
-    CompensationStarted {
-        step: String,
-    },
-    CompensationFinished {
-        step: String,
-        elapsed_ms: u64,
-    },
-    CompensationFailed {
-        step: String,
-        error: String,
-    },
-    RunFinished {
-        outcome: Outcome,
-    },
-    /// A lag sample of the whole chain (catch-up).
-    Lag {
-        step: String,
-        sample: crate::replication::lag::ChainSample,
+        data: Value,
     },
 }
 

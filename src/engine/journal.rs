@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::step::Kind;
+use super::model::Kind;
+pub use super::model::Outcome;
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const JOURNAL_FILE: &str = "journal.jsonl";
@@ -26,13 +27,6 @@ pub const JOURNAL_FILE: &str = "journal.jsonl";
 pub struct PlannedStep {
     pub id: String,
     pub kind: Kind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Completed,
-    RolledBack,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +40,11 @@ pub enum Event {
         spec_hash: String,
         tool_version: String,
         steps: Vec<PlannedStep>,
+        /// The first `keep` steps are not undone by an automatic abort (the chain a cutover
+        /// builds); an operator's `rollback` undoes them too. Absent in format-1 journals
+        /// written before it existed, which means 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        keep: usize,
     },
     /// A process began (or resumed) work on the run.
     RunStarted {
@@ -54,14 +53,24 @@ pub enum Event {
     },
     StepStarted {
         step: String,
+        /// Where it runs and what it does (the plan's description; no secrets).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        host: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        action: String,
     },
     StepSucceeded {
         step: String,
         output: Value,
+        /// Measured by the runner around `apply`; `None` when a probe found the step done.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        elapsed_ms: Option<u64>,
     },
     StepFailed {
         step: String,
         error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        elapsed_ms: Option<u64>,
     },
     /// Recorded just before the first side effect that cannot be undone.
     PointOfNoReturn {
@@ -72,6 +81,8 @@ pub enum Event {
     },
     CompensationFinished {
         step: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        elapsed_ms: Option<u64>,
     },
     CompensationFailed {
         step: String,
@@ -82,7 +93,25 @@ pub enum Event {
     },
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl Event {
+    /// The step this event is about, if any.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Event::StepStarted { step, .. }
+            | Event::StepSucceeded { step, .. }
+            | Event::StepFailed { step, .. }
+            | Event::PointOfNoReturn { step }
+            | Event::CompensationStarted { step }
+            | Event::CompensationFinished { step, .. }
+            | Event::CompensationFailed { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Event::Header { .. } => "header",
@@ -187,8 +216,10 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Contents> {
                 valid_len = next;
                 missing_newline = !terminated;
             }
-            // Only a last line without its newline can have been torn by a crash mid-append.
-            Err(_) if !terminated => torn_tail = Some(number),
+            // Only the last line can have been torn by a crash mid-append: without its newline,
+            // or with one but a bad checksum (the file grew before all its bytes reached the
+            // disk). A bad line with records after it is corruption.
+            Err(_) if !terminated || next >= bytes.len() => torn_tail = Some(number),
             Err(e) => bail!(
                 "journal {} is corrupt at line {number}: {}; it is the run's only record, so it is not repaired automatically (keep a copy, then fix or remove that line by hand)",
                 path.display(),
@@ -325,12 +356,20 @@ mod tests {
                     command: "x".into(),
                 },
             ),
-            rec(1, Event::StepStarted { step: "a".into() }),
+            rec(
+                1,
+                Event::StepStarted {
+                    step: "a".into(),
+                    host: String::new(),
+                    action: String::new(),
+                },
+            ),
             rec(
                 2,
                 Event::StepSucceeded {
                     step: "a".into(),
                     output: serde_json::json!({"lsn": "0/3000060"}),
+                    elapsed_ms: Some(12),
                 },
             ),
         ]
@@ -376,10 +415,27 @@ mod tests {
     }
 
     #[test]
-    fn complete_last_line_with_bad_checksum_is_corruption_not_a_tear() {
+    fn a_newline_terminated_last_line_with_a_bad_checksum_is_a_tear() {
+        // The file's length reached the disk before all of the append's bytes did: only the
+        // last record can be in that state, so it is the append that was in flight.
         let r = sample();
         let text = lines(&r).replace("0/3000060", "0/3000061");
-        let err = parse(text.as_bytes(), Path::new("j"))
+        let c = parse(text.as_bytes(), Path::new("j")).unwrap();
+        assert_eq!(c.torn_tail, Some(3));
+        assert_eq!(c.records, r[..2]);
+        // The same damage with a record after it is corruption.
+        let mut more = text.clone();
+        more.push_str(
+            &(encode(&rec(
+                3,
+                Event::RunFinished {
+                    outcome: Outcome::Completed,
+                },
+            ))
+            .unwrap()
+                + "\n"),
+        );
+        let err = parse(more.as_bytes(), Path::new("j"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 3"), "{err}");
@@ -406,9 +462,15 @@ mod tests {
             spec_hash: "h".into(),
             tool_version: "0".into(),
             steps: vec![],
+            keep: 0,
         };
         let mut j = Journal::create(&state, header).unwrap();
-        j.append(Event::StepStarted { step: "a".into() }).unwrap();
+        j.append(Event::StepStarted {
+            step: "a".into(),
+            host: String::new(),
+            action: String::new(),
+        })
+        .unwrap();
         drop(j);
         assert_eq!(
             std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
@@ -434,6 +496,7 @@ mod tests {
         j.append(Event::StepSucceeded {
             step: "a".into(),
             output: Value::Null,
+            elapsed_ms: None,
         })
         .unwrap();
         let c = read(&state.join(JOURNAL_FILE)).unwrap();

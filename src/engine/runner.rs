@@ -1,28 +1,80 @@
-//! Executing a plan, resuming it after a crash, and rolling it back before the point of no
-//! return. Every event is checked against the replay rules, then journaled (fsynced), before
-//! anything it announces happens.
+//! Executing a plan, resuming it after a crash, and undoing it before the point of no return.
+//! Every event is checked against the replay rules, then journaled (fsynced), before anything
+//! it announces happens, and reported to the UI as that same journal event.
+//!
+//! The runner owns the run policy: it times every step, it undoes a failure before the point
+//! of no return at once when the plan says so ([`OnFailure`]), and it stops with a typed
+//! [`RunError`] whose kind decides the exit code.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use chrono::Utc;
 use rand::Rng;
+use tokio::sync::mpsc;
 
+use super::error::{Next, RunError, Stop};
 use super::events::{EventSink, RunEvent};
 use super::failpoint;
-use super::journal::{self, Event, Journal, Outcome, PlannedStep, FORMAT_VERSION, JOURNAL_FILE};
-use super::replay::{check, replay, RunState, StepStatus};
-use super::step::{Cx, Kind, Probe, Step};
-use crate::exit::OperatorNeeded;
+use super::journal::{Event, Journal, PlannedStep, FORMAT_VERSION, JOURNAL_FILE};
+use super::model::{Kind, Outcome};
+use super::replay::{check, load, replay, Phase, RunState, StepStatus};
+use super::step::{boxed, Cx, DynStep, Probe, Step};
 
-/// An ordered list of steps for one operation (`cutover`, …).
+/// What a failure before the point of no return does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop for the operator, who resumes or rolls back (a `replicate` run: its clones are worth
+    /// keeping while the cause is fixed).
+    Stop,
+    /// Undo at once every step from index `keep` on, latest first, and finish the run as
+    /// [`Outcome::Aborted`]; a failure in the first `keep` steps stops for the operator (the
+    /// chain a cutover builds before its window).
+    Abort { keep: usize },
+}
+
+/// An ordered list of steps for one operation (`cutover`, …), and what a failure does.
 pub struct Plan {
     pub operation: String,
-    pub steps: Vec<Box<dyn Step>>,
+    pub steps: Vec<Box<dyn DynStep>>,
+    pub on_failure: OnFailure,
 }
 
 impl Plan {
+    pub fn new(operation: impl Into<String>) -> Plan {
+        Plan {
+            operation: operation.into(),
+            steps: Vec::new(),
+            on_failure: OnFailure::Stop,
+        }
+    }
+
+    pub fn push<S: Step + 'static>(&mut self, step: S) {
+        self.steps.push(boxed(step));
+    }
+
+    /// From the next step on, a failure before the point of no return is undone at once; the
+    /// steps pushed so far are kept.
+    pub fn abort_from_here(&mut self) {
+        self.on_failure = OnFailure::Abort {
+            keep: self.steps.len(),
+        };
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.steps.iter().map(|s| s.id()).collect()
+    }
+
+    fn keep(&self) -> usize {
+        match self.on_failure {
+            OnFailure::Stop => 0,
+            OnFailure::Abort { keep } => keep,
+        }
+    }
+
     pub fn planned(&self) -> Vec<PlannedStep> {
         self.steps
             .iter()
@@ -31,6 +83,29 @@ impl Plan {
                 kind: s.kind(),
             })
             .collect()
+    }
+
+    /// Make this plan the one a journal recorded: the same steps, or (a journal of an older
+    /// version, whose `cutover` ran its chain as a run of its own) the same steps as this plan's
+    /// tail, whose head is then dropped. `false` when they differ otherwise.
+    fn fit(&mut self, recorded: &[PlannedStep]) -> bool {
+        let Some(skip) = self.steps.len().checked_sub(recorded.len()) else {
+            return false;
+        };
+        let same = self.steps[skip..]
+            .iter()
+            .zip(recorded)
+            .all(|(s, r)| s.id() == r.id && s.kind().resumes(r.kind));
+        if same && skip > 0 {
+            self.steps.drain(..skip);
+            self.on_failure = match self.on_failure {
+                OnFailure::Abort { keep } => OnFailure::Abort {
+                    keep: keep.saturating_sub(skip),
+                },
+                OnFailure::Stop => OnFailure::Stop,
+            };
+        }
+        same
     }
 }
 
@@ -45,15 +120,12 @@ pub struct Invocation {
     pub command: String,
 }
 
-/// The run stopped cleanly before a step, as asked (`--pause-before`).
-#[derive(Debug, thiserror::Error)]
-#[error("paused before step {0}")]
-pub struct Paused(pub String);
+/// Interrupt requests (Ctrl-C, SIGTERM, SIGHUP), each with the signal's name.
+pub type Interrupts = mpsc::UnboundedReceiver<&'static str>;
 
 pub struct Runner {
-    /// Set once the run records its point of no return; shared so a signal handler can see it
-    /// while `execute` runs.
-    past_point_of_no_return: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the run records its point of no return.
+    past_point_of_no_return: Arc<AtomicBool>,
     pause_before: Option<String>,
     plan: Plan,
     journal: Journal,
@@ -62,30 +134,39 @@ pub struct Runner {
     inv: Invocation,
 }
 
-/// The journal of the current run, if any, replayed.
-pub fn current_run(state_dir: &Path) -> Result<Option<(RunState, Option<usize>)>> {
-    let path = state_dir.join(JOURNAL_FILE);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let contents = journal::read(&path)?;
-    Ok(Some((replay(&contents.records)?, contents.torn_tail)))
+/// Why a forward pass stopped, before the policy decides what that means.
+enum Halt {
+    Paused(String),
+    Failed(anyhow::Error),
 }
 
 impl Runner {
+    fn refused(inv: &Invocation, message: String) -> anyhow::Error {
+        RunError {
+            stop: Stop::Refused,
+            message,
+            spec_arg: inv.spec_arg.clone(),
+        }
+        .into()
+    }
+
     /// Begin a new run. Refuses while an unfinished run exists; a finished run's journal is
     /// kept as `journal-<run id>.jsonl`.
     pub fn start(plan: Plan, inv: Invocation, events: EventSink) -> Result<Runner> {
-        if let Some((old, _)) = current_run(&inv.state_dir)? {
+        if let Some(old) = load(&inv.state_dir)? {
+            let old = old.state;
             match old.finished() {
-                None => bail!(
-                    "run {} ({}) is not finished: continue it with `migrate resume -f {}` or undo it with `migrate rollback -f {}`",
-                    old.run_id, old.operation, inv.spec_arg, inv.spec_arg
-                ),
+                None => {
+                    return Err(Self::refused(&inv, format!(
+                        "run {} ({}) is not finished: continue it with `migrate resume -f {a}` or undo it with `migrate rollback -f {a}`",
+                        old.run_id, old.operation, a = inv.spec_arg
+                    )))
+                }
                 Some(_) => {
                     let archived = inv.state_dir.join(format!("journal-{}.jsonl", old.run_id));
-                    std::fs::rename(inv.state_dir.join(JOURNAL_FILE), &archived)
-                        .with_context(|| format!("archive the finished run's journal as {}", archived.display()))?;
+                    std::fs::rename(inv.state_dir.join(JOURNAL_FILE), &archived).with_context(
+                        || format!("archive the finished run's journal as {}", archived.display()),
+                    )?;
                 }
             }
         }
@@ -101,45 +182,30 @@ impl Runner {
             spec_hash: inv.spec_hash.clone(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
             steps: plan.planned(),
+            keep: plan.keep(),
         };
         let journal = Journal::create(&inv.state_dir, header)?;
-        let contents = journal::read(journal.path())?;
-        let state = replay(&contents.records)?;
-        let mut r = Runner {
-            past_point_of_no_return: Default::default(),
-            pause_before: None,
-            plan,
-            journal,
-            state,
-            events,
-            inv,
-        };
-        r.record(Event::RunStarted {
-            pid: std::process::id(),
-            command: r.inv.command.clone(),
-        })?;
-        r.emit(RunEvent::RunStarted {
-            run_id: r.state.run_id.clone(),
-            operation: r.state.operation.clone(),
-            resumed: false,
-        });
-        Ok(r)
+        let state = replay(&super::journal::read(journal.path())?.records)?;
+        Self::opened(plan, inv, events, journal, state, false)
     }
 
     /// Continue the current run with the plan rebuilt for its operation.
-    pub fn resume(plan: Plan, inv: Invocation, events: EventSink) -> Result<Runner> {
+    pub fn resume(mut plan: Plan, inv: Invocation, events: EventSink) -> Result<Runner> {
         if !inv.state_dir.join(JOURNAL_FILE).exists() {
-            bail!("no run to continue in {}", inv.state_dir.display());
+            return Err(Self::refused(
+                &inv,
+                format!("no run to continue in {}", inv.state_dir.display()),
+            ));
         }
         let (journal, contents) = Journal::open(&inv.state_dir)?;
         let state = replay(&contents.records)?;
         if state.spec_hash != inv.spec_hash {
-            bail!(
+            return Err(Self::refused(&inv, format!(
                 "the spec changed since run {} started (it was {}, it is now {}); put the original spec back to continue, or roll back",
                 state.run_id, short(&state.spec_hash), short(&inv.spec_hash)
-            );
+            )));
         }
-        let planned: Vec<PlannedStep> = state
+        let recorded: Vec<PlannedStep> = state
             .steps
             .iter()
             .map(|s| PlannedStep {
@@ -147,24 +213,22 @@ impl Runner {
                 kind: s.kind,
             })
             .collect();
-        if planned != plan.planned() {
-            bail!("this version of migrate plans run {} differently from the one that started it; continue it with migrate {}", state.run_id, state.tool_version);
+        if !plan.fit(&recorded) {
+            return Err(Self::refused(&inv, format!(
+                "this version of migrate plans run {} differently from the one that started it; continue it with migrate {}",
+                state.run_id, state.tool_version
+            )));
         }
         if let Some(o) = state.finished() {
-            bail!(
-                "run {} already finished ({o:?}); there is nothing to continue",
-                state.run_id
-            );
+            return Err(Self::refused(
+                &inv,
+                format!(
+                    "run {} already finished ({o:?}); there is nothing to continue",
+                    state.run_id
+                ),
+            ));
         }
-        let mut r = Runner {
-            past_point_of_no_return: Default::default(),
-            pause_before: None,
-            plan,
-            journal,
-            state,
-            events,
-            inv,
-        };
+        let r = Self::opened(plan, inv, events, journal, state, true)?;
         if let Some(line) = contents.torn_tail {
             r.emit(RunEvent::Notice {
                 message: format!(
@@ -172,15 +236,35 @@ impl Runner {
                 ),
             });
         }
-        r.record(Event::RunStarted {
+        Ok(r)
+    }
+
+    fn opened(
+        plan: Plan,
+        inv: Invocation,
+        events: EventSink,
+        journal: Journal,
+        state: RunState,
+        resumed: bool,
+    ) -> Result<Runner> {
+        let mut r = Runner {
+            past_point_of_no_return: Arc::new(AtomicBool::new(state.point_of_no_return.is_some())),
+            pause_before: None,
+            plan,
+            journal,
+            state,
+            events,
+            inv,
+        };
+        r.emit(RunEvent::RunOpened {
+            run_id: r.state.run_id.clone(),
+            operation: r.state.operation.clone(),
+            resumed,
+        });
+        r.note(Event::RunStarted {
             pid: std::process::id(),
             command: r.inv.command.clone(),
         })?;
-        r.emit(RunEvent::RunStarted {
-            run_id: r.state.run_id.clone(),
-            operation: r.state.operation.clone(),
-            resumed: true,
-        });
         Ok(r)
     }
 
@@ -188,11 +272,13 @@ impl Runner {
     pub fn pause_before(&mut self, step: Option<String>) -> Result<()> {
         if let Some(s) = &step {
             if !self.plan.steps.iter().any(|x| &x.id() == s) {
-                let ids: Vec<String> = self.plan.steps.iter().map(|x| x.id()).collect();
-                bail!(
-                    "--pause-before {s}: no such step; the steps are {}",
-                    ids.join(", ")
-                );
+                return Err(Self::refused(
+                    &self.inv,
+                    format!(
+                        "--pause-before {s}: no such step; the steps are {}",
+                        self.plan.ids().join(", ")
+                    ),
+                ));
             }
         }
         self.pause_before = step;
@@ -207,50 +293,109 @@ impl Runner {
         let _ = self.events.send(e);
     }
 
-    fn record(&mut self, event: Event) -> Result<()> {
+    /// Journal an event (checked against the replay rules first), then report it.
+    fn note(&mut self, event: Event) -> Result<()> {
         let next = check(&self.state, &event)?;
-        self.journal.append(event)?;
+        self.journal.append(event.clone())?;
         self.state = next;
-        self.past_point_of_no_return.store(
-            self.state.point_of_no_return.is_some(),
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        self.past_point_of_no_return
+            .store(self.state.point_of_no_return.is_some(), Ordering::SeqCst);
+        self.emit(RunEvent::Journaled { record: event });
         Ok(())
     }
 
-    pub fn events(&self) -> EventSink {
-        self.events.clone()
-    }
-
-    pub fn point_of_no_return_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-        self.past_point_of_no_return.clone()
-    }
-
     fn cx(&self) -> Cx {
-        Cx {
-            run_id: self.state.run_id.clone(),
-            outputs: self.state.outputs(),
-            events: Some(self.events.clone()),
-        }
-    }
-
-    /// The advice appended to a failed step's error (an automatic undo strips it again).
-    pub fn continue_hint(&self) -> String {
-        format!(
-            "fix the cause, then continue with `migrate resume -f {s}` or undo with `migrate rollback -f {s}`",
-            s = self.inv.spec_arg
+        Cx::new(
+            self.state.run_id.clone(),
+            self.state.outputs(),
+            self.state.elapsed(),
+            Some(self.events.clone()),
         )
     }
 
-    /// Run every step not yet done, in order.
-    pub async fn execute(&mut self) -> Result<Outcome> {
-        if self.state.phase != super::replay::Phase::Forward {
-            bail!(
-                "run {} is rolling back; finish it with `migrate rollback -f {}`",
-                self.state.run_id,
-                self.inv.spec_arg
-            );
+    fn error(&self, stop: Stop, message: String) -> anyhow::Error {
+        RunError {
+            stop,
+            message,
+            spec_arg: self.inv.spec_arg.clone(),
         }
+        .into()
+    }
+
+    /// Run every step not yet done, in order, under the plan's failure policy. An interrupt
+    /// before the point of no return stops the step in flight (left in doubt, and undone like
+    /// every other when the policy says so); after it, interrupts are ignored until the run
+    /// is safe.
+    pub async fn run(&mut self, mut interrupts: Option<&mut Interrupts>) -> Result<Outcome> {
+        if self.state.phase != Phase::Forward {
+            return Err(self.error(
+                Stop::Refused,
+                format!(
+                    "run {} is rolling back; finish it with `migrate rollback -f {}`",
+                    self.state.run_id, self.inv.spec_arg
+                ),
+            ));
+        }
+        let past = self.past_point_of_no_return.clone();
+        let events = self.events.clone();
+        let halt = {
+            let forward = self.forward();
+            tokio::pin!(forward);
+            loop {
+                let signal = async {
+                    match interrupts.as_deref_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = &mut forward => break r,
+                    Some(name) = signal => {
+                        if past.load(Ordering::SeqCst) {
+                            let _ = events.send(RunEvent::Notice {
+                                message: format!("{name} ignored: past the point of no return, the run goes on until it is safe"),
+                            });
+                        } else {
+                            break Err(Halt::Failed(anyhow!("interrupted by {name}")));
+                        }
+                    }
+                }
+            }
+        };
+        let cause = match halt {
+            Ok(outcome) => return Ok(outcome),
+            Err(Halt::Paused(id)) => {
+                return Err(self.error(Stop::Paused, format!("paused before step {id} as asked")))
+            }
+            Err(Halt::Failed(cause)) => cause,
+        };
+        let failed_at = self
+            .state
+            .steps
+            .iter()
+            .position(|s| s.status != StepStatus::Succeeded)
+            .unwrap_or(0);
+        match self.plan.on_failure {
+            OnFailure::Abort { keep }
+                if self.state.point_of_no_return.is_none() && failed_at >= keep =>
+            {
+                match self.undo(keep, Outcome::Aborted).await {
+                    Ok(()) => Err(self.error(Stop::Aborted, format!("{cause:#}"))),
+                    Err(undo) => Err(self.error(
+                        Stop::OperatorNeeded(Next::Rollback),
+                        format!("{cause:#}; aborting also failed: {undo:#}"),
+                    )),
+                }
+            }
+            _ => Err(self.error(
+                Stop::OperatorNeeded(Next::ResumeOrRollback),
+                format!("{cause:#}"),
+            )),
+        }
+    }
+
+    /// The forward pass: every step not yet done, in order.
+    async fn forward(&mut self) -> Result<Outcome, Halt> {
         for i in 0..self.plan.steps.len() {
             let id = self.plan.steps[i].id();
             let status = self.state.steps[i].status;
@@ -259,152 +404,128 @@ impl Runner {
                 continue;
             }
             if status == StepStatus::Pending && self.pause_before.as_deref() == Some(id.as_str()) {
-                let msg = format!(
-                    "paused before step {id} as asked; continue with `migrate resume -f {}`",
-                    self.inv.spec_arg
-                );
-                return Err(anyhow::Error::from(Paused(id)).context(OperatorNeeded(msg)));
+                return Err(Halt::Paused(id));
             }
-            let cx = self.cx();
-            let step = &self.plan.steps[i];
-            if status != StepStatus::Pending {
-                self.emit(RunEvent::StepProbing { step: id.clone() });
-            }
-            let probe = step
-                .probe(&cx)
-                .await
-                .with_context(|| format!("probe step {id}"))?;
-            match probe {
-                Probe::Done(output) => {
-                    if status == StepStatus::Pending {
-                        self.record(Event::StepStarted { step: id.clone() })?;
-                    }
-                    self.emit(RunEvent::StepSucceeded {
-                        step: id.clone(),
-                        elapsed_ms: 0,
-                        output: output.clone(),
-                    });
-                    self.record(Event::StepSucceeded { step: id, output })?;
-                    continue;
-                }
-                Probe::Unsafe(reason) => {
-                    return Err(OperatorNeeded(format!(
-                        "step {id} cannot go on safely: {reason}; {}",
-                        self.continue_hint()
-                    ))
-                    .into());
-                }
-                Probe::NotDone => {}
-            }
-            if step.kind() == Kind::PointOfNoReturn && self.state.point_of_no_return.is_none() {
-                self.record(Event::PointOfNoReturn { step: id.clone() })?;
-                self.emit(RunEvent::PointOfNoReturn { step: id.clone() });
-            }
-            let d = self.plan.steps[i].describe();
-            self.record(Event::StepStarted { step: id.clone() })?;
-            self.emit(RunEvent::StepStarted {
-                step: id.clone(),
-                action: d.action,
-                host: d.host,
-            });
-            failpoint::point(&id, "before").await;
-            let t0 = Instant::now();
-            let result = self.plan.steps[i].apply(&cx).await;
-            let elapsed_ms = t0.elapsed().as_millis() as u64;
-            match result {
-                Ok(output) => {
-                    failpoint::point(&id, "after").await;
-                    self.record(Event::StepSucceeded {
-                        step: id.clone(),
-                        output: output.clone(),
-                    })?;
-                    self.emit(RunEvent::StepSucceeded {
-                        step: id,
-                        elapsed_ms,
-                        output,
-                    });
-                }
-                Err(e) => {
-                    let error = format!("{e:#}");
-                    self.record(Event::StepFailed {
-                        step: id.clone(),
-                        error: error.clone(),
-                    })?;
-                    self.emit(RunEvent::StepFailed {
-                        step: id.clone(),
-                        elapsed_ms,
-                        error: error.clone(),
-                    });
-                    return Err(OperatorNeeded(format!(
-                        "step {id} failed: {error}; {}",
-                        self.continue_hint()
-                    ))
-                    .into());
-                }
-            }
+            self.step(i, &id, status).await.map_err(Halt::Failed)?;
         }
-        self.record(Event::RunFinished {
+        self.note(Event::RunFinished {
             outcome: Outcome::Completed,
-        })?;
-        self.emit(RunEvent::RunFinished {
-            outcome: Outcome::Completed,
-        });
+        })
+        .map_err(Halt::Failed)?;
         Ok(Outcome::Completed)
     }
 
-    /// Undo every step that may have left an effect, latest first. Refused after the point of
-    /// no return: from there, going back is a procedure of its own, never an undo.
+    /// One step: probe when it may have run before, then apply, timed and journaled.
+    async fn step(&mut self, i: usize, id: &str, status: StepStatus) -> Result<()> {
+        let cx = self.cx();
+        if status != StepStatus::Pending {
+            self.emit(RunEvent::StepProbing { step: id.into() });
+        }
+        let probe = self.plan.steps[i]
+            .probe(&cx)
+            .await
+            .with_context(|| format!("probe step {id}"))?;
+        match probe {
+            Probe::Done(output) => {
+                if status == StepStatus::Pending {
+                    self.note(Event::StepStarted {
+                        step: id.into(),
+                        host: String::new(),
+                        action: String::new(),
+                    })?;
+                }
+                return self.note(Event::StepSucceeded {
+                    step: id.into(),
+                    output,
+                    elapsed_ms: None,
+                });
+            }
+            Probe::Unsafe(reason) => {
+                return Err(anyhow!("step {id} cannot go on safely: {reason}"));
+            }
+            Probe::NotDone => {}
+        }
+        if self.plan.steps[i].kind() == Kind::PointOfNoReturn
+            && self.state.point_of_no_return.is_none()
+        {
+            self.note(Event::PointOfNoReturn { step: id.into() })?;
+        }
+        let d = self.plan.steps[i].describe();
+        self.note(Event::StepStarted {
+            step: id.into(),
+            host: d.host,
+            action: d.action,
+        })?;
+        failpoint::point(id, "before").await;
+        let t0 = Instant::now();
+        let result = self.plan.steps[i].apply(&cx).await;
+        let elapsed_ms = Some(t0.elapsed().as_millis() as u64);
+        match result {
+            Ok(output) => {
+                failpoint::point(id, "after").await;
+                self.note(Event::StepSucceeded {
+                    step: id.into(),
+                    output,
+                    elapsed_ms,
+                })
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                self.note(Event::StepFailed {
+                    step: id.into(),
+                    error: error.clone(),
+                    elapsed_ms,
+                })?;
+                Err(anyhow!("step {id} failed: {error}"))
+            }
+        }
+    }
+
+    /// The operator's rollback: undo every step that may have left an effect, latest first.
+    /// Refused after the point of no return: from there, going back is a procedure of its own,
+    /// never an undo.
     pub async fn rollback(&mut self) -> Result<Outcome> {
         if let Some(p) = &self.state.point_of_no_return {
-            bail!(
+            return Err(self.error(Stop::Refused, format!(
                 "run {} passed the point of no return at step {p}; it cannot be undone step by step (going back is a switchover in the other direction)",
                 self.state.run_id
-            );
+            )));
         }
-        for i in (0..self.plan.steps.len()).rev() {
+        match self.undo(0, Outcome::RolledBack).await {
+            Ok(()) => Ok(Outcome::RolledBack),
+            Err(e) => Err(self.error(Stop::OperatorNeeded(Next::Rollback), format!("{e:#}"))),
+        }
+    }
+
+    /// Compensate every step from index `floor` on that may have left an effect, latest first,
+    /// then finish the run with `outcome`.
+    async fn undo(&mut self, floor: usize, outcome: Outcome) -> Result<()> {
+        for i in (floor..self.plan.steps.len()).rev() {
             if !self.state.steps[i].needs_compensation() {
                 continue;
             }
             let id = self.plan.steps[i].id();
             let output = self.state.steps[i].output.clone();
-            self.record(Event::CompensationStarted { step: id.clone() })?;
-            self.emit(RunEvent::CompensationStarted { step: id.clone() });
+            self.note(Event::CompensationStarted { step: id.clone() })?;
             failpoint::point(&id, "compensate").await;
             let cx = self.cx();
             let t0 = Instant::now();
             match self.plan.steps[i].compensate(&cx, output.as_ref()).await {
-                Ok(()) => {
-                    self.record(Event::CompensationFinished { step: id.clone() })?;
-                    self.emit(RunEvent::CompensationFinished {
-                        step: id,
-                        elapsed_ms: t0.elapsed().as_millis() as u64,
-                    });
-                }
+                Ok(()) => self.note(Event::CompensationFinished {
+                    step: id,
+                    elapsed_ms: Some(t0.elapsed().as_millis() as u64),
+                })?,
                 Err(e) => {
                     let error = format!("{e:#}");
-                    self.record(Event::CompensationFailed {
+                    self.note(Event::CompensationFailed {
                         step: id.clone(),
                         error: error.clone(),
                     })?;
-                    self.emit(RunEvent::CompensationFailed {
-                        step: id.clone(),
-                        error: error.clone(),
-                    });
-                    return Err(OperatorNeeded(format!(
-                        "undoing step {id} failed: {error}; fix the cause and run `migrate rollback -f {}` again",
-                        self.inv.spec_arg
-                    ))
-                    .into());
+                    return Err(anyhow!("undoing step {id} failed: {error}"));
                 }
             }
         }
-        self.record(Event::RunFinished {
-            outcome: Outcome::RolledBack,
-        })?;
-        self.emit(RunEvent::RunFinished {
-            outcome: Outcome::RolledBack,
-        });
-        Ok(Outcome::RolledBack)
+        self.note(Event::RunFinished { outcome })
     }
 }
 
@@ -414,6 +535,7 @@ fn short(hash: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::sync::{Arc, Mutex};
 
     use async_trait::async_trait;
@@ -434,6 +556,7 @@ mod tests {
 
     #[async_trait]
     impl Step for Fake {
+        type Output = Value;
         fn id(&self) -> String {
             self.id.into()
         }
@@ -443,7 +566,7 @@ mod tests {
         fn kind(&self) -> Kind {
             self.kind
         }
-        async fn probe(&self, _: &Cx) -> Result<Probe> {
+        async fn probe(&self, _: &Cx) -> Result<Probe<Value>> {
             Ok(if self.unsafe_probe {
                 Probe::Unsafe("the data directory belongs to another cluster".into())
             } else {
@@ -454,11 +577,14 @@ mod tests {
             self.log.lock().unwrap().push(format!(
                 "apply {} seeing {:?}",
                 self.id,
-                cx.outputs.keys().collect::<Vec<_>>()
+                ["fence", "promote", "reverse"]
+                    .iter()
+                    .filter(|s| cx.find::<Value>(s).unwrap().is_some())
+                    .collect::<Vec<_>>()
             ));
             Ok(json!({ "by": self.id }))
         }
-        async fn compensate(&self, _: &Cx, out: Option<&Value>) -> Result<()> {
+        async fn compensate(&self, _: &Cx, out: Option<Value>) -> Result<()> {
             self.log
                 .lock()
                 .unwrap()
@@ -468,22 +594,17 @@ mod tests {
     }
 
     fn plan(log: &Log, unsafe_last: bool) -> Plan {
-        let f = |id, kind, unsafe_probe| {
-            Box::new(Fake {
-                id,
-                kind,
-                log: log.clone(),
-                unsafe_probe,
-            }) as Box<dyn Step>
+        let f = |id, kind, unsafe_probe| Fake {
+            id,
+            kind,
+            log: log.clone(),
+            unsafe_probe,
         };
-        Plan {
-            operation: "test".into(),
-            steps: vec![
-                f("fence", Kind::Reversible, false),
-                f("promote", Kind::PointOfNoReturn, false),
-                f("reverse", Kind::Reversible, unsafe_last),
-            ],
-        }
+        let mut p = Plan::new("test");
+        p.push(f("fence", Kind::Reversible, false));
+        p.push(f("promote", Kind::PointOfNoReturn, false));
+        p.push(f("reverse", Kind::Reversible, unsafe_last));
+        p
     }
 
     fn inv(dir: &Path) -> Invocation {
@@ -501,9 +622,10 @@ mod tests {
         let log = Log::default();
         let (tx, _rx) = events::channel();
         let mut r = Runner::start(plan(&log, true), inv(dir.path()), tx.clone()).unwrap();
-        let err = r.execute().await.unwrap_err();
-        assert!(
-            err.chain().any(|e| e.is::<OperatorNeeded>()),
+        let err = r.run(None).await.unwrap_err();
+        assert_eq!(
+            RunError::find(&err).map(|e| e.stop),
+            Some(Stop::OperatorNeeded(Next::ResumeOrRollback)),
             "an unsafe probe needs the operator: {err:#}"
         );
         assert!(err.to_string().contains("another cluster"), "{err:#}");
@@ -518,7 +640,7 @@ mod tests {
             !log.lock().unwrap().iter().any(|l| l.starts_with("undo")),
             "nothing may be undone"
         );
-        assert_eq!(r.execute().await.unwrap(), Outcome::Completed);
+        assert_eq!(r.run(None).await.unwrap(), Outcome::Completed);
     }
 
     #[tokio::test]
@@ -538,7 +660,7 @@ mod tests {
             "{err}"
         );
         let mut r = Runner::resume(plan(&log, false), inv(dir.path()), tx.clone()).unwrap();
-        r.execute().await.unwrap();
+        r.run(None).await.unwrap();
         drop(r);
         let again = Runner::start(plan(&log, false), inv(dir.path()), tx).unwrap();
         assert_ne!(again.state().run_id, id);

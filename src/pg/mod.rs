@@ -1,10 +1,12 @@
 //! Talking to PostgreSQL: conninfo parsing, secrets, TLS and connections.
 
+pub mod advisory;
 pub mod conn;
 pub mod conninfo;
 pub mod lsn;
 pub mod secret;
 pub mod server;
+pub mod sql;
 pub mod tls;
 
 pub use conn::{connect, Endpoint};

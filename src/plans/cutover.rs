@@ -1,17 +1,23 @@
 //! `cutover` (old primary → target) and `switchback` (the same switchover back: the rollback
 //! after the point of no return).
+//!
+//! A cutover is one plan: the chain (built, or verified and adopted), then the switchover. A
+//! failure while building the chain stops for the operator (the clones are worth keeping); a
+//! failure in the switchover before the promotion is undone at once, down to the chain, so the
+//! old primary serves again and the next attempt finds the chain in place.
 
 use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::engine::{Plan, Step};
+use crate::engine::Plan;
 use crate::spec::{Role, Spec};
 use crate::steps::member::Member;
 use crate::steps::switchover::{
     Certificate, Direction, Fence, Followers, Hold, Promote, Proof, Release, Reverse, Stage,
     StopPrimary, VerifyPrimary, WaitForWindow,
 };
+use crate::steps::StepId;
 
 pub const CUTOVER: &str = "cutover";
 pub const SWITCHBACK: &str = "switchback";
@@ -19,20 +25,16 @@ pub const COMPLETE: &str = "complete";
 
 pub fn complete(spec: &Arc<Spec>) -> Result<Plan> {
     use crate::steps::complete::{CheckCutOver, DropStaleSlots, RetireOld};
-    let steps: Vec<Box<dyn Step>> = vec![
-        Box::new(CheckCutOver {
-            new_primary: Member::new(spec, &spec.target().name)?,
-        }),
-        Box::new(RetireOld {
-            old: Member::new(spec, &spec.primary().name)?,
-            retire: spec.cutover.retire,
-        }),
-        Box::new(DropStaleSlots::for_spec(spec)?),
-    ];
-    Ok(Plan {
-        operation: COMPLETE.into(),
-        steps,
-    })
+    let mut plan = Plan::new(COMPLETE);
+    plan.push(CheckCutOver {
+        new_primary: Member::new(spec, &spec.target().name)?,
+    });
+    plan.push(RetireOld {
+        old: Member::new(spec, &spec.primary().name)?,
+        retire: spec.cutover.retire,
+    });
+    plan.push(DropStaleSlots::for_spec(spec)?);
+    Ok(plan)
 }
 
 pub fn direction(spec: &Spec, operation: &str) -> Result<Direction> {
@@ -57,43 +59,39 @@ pub fn direction(spec: &Spec, operation: &str) -> Result<Direction> {
 
 pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Plan> {
     let d = direction(spec, operation)?;
-    let window = if operation == CUTOVER {
-        spec.cutover.window
-    } else {
-        None
-    };
-    let mut steps: Vec<Box<dyn Step>> = vec![Box::new(WaitForWindow {
-        window,
-        force: force_window,
-    })];
-    if operation == CUTOVER {
-        steps.push(Box::new(super::replicate::catch_up(spec, "gate")));
+    let cutover = operation == CUTOVER;
+    let mut plan = Plan::new(operation);
+    if cutover {
+        plan.steps = super::replicate::chain_steps(spec)?;
     }
-    steps.extend([
-        Box::new(Hold(d.clone())) as Box<dyn Step>,
-        Box::new(Fence(d.clone())),
-        Box::new(StopPrimary(d.clone())),
-        Box::new(Proof {
-            d: d.clone(),
-            timeout: spec.cutover.proof_timeout,
-        }),
-        Box::new(Stage(d.clone())),
-        Box::new(Promote {
-            d: d.clone(),
-            timeout: spec.cutover.promote_timeout,
-        }),
-        Box::new(Reverse(d.clone())),
-        Box::new(VerifyPrimary(d.clone())),
-        Box::new(Release(d.clone())),
-        Box::new(Followers(d.clone())),
-        Box::new(Certificate {
-            d,
-            state_dir: spec.state_dir.clone(),
-            operation: operation.into(),
-        }),
-    ]);
-    Ok(Plan {
+    plan.abort_from_here();
+    plan.push(WaitForWindow {
+        window: if cutover { spec.cutover.window } else { None },
+        force: force_window,
+    });
+    if cutover {
+        plan.push(super::replicate::catch_up(spec, StepId::Gate));
+    }
+    plan.push(Hold(d.clone()));
+    plan.push(Fence(d.clone()));
+    plan.push(StopPrimary(d.clone()));
+    plan.push(Proof {
+        d: d.clone(),
+        timeout: spec.cutover.proof_timeout,
+    });
+    plan.push(Stage(d.clone()));
+    plan.push(Promote {
+        d: d.clone(),
+        timeout: spec.cutover.promote_timeout,
+    });
+    plan.push(Reverse(d.clone()));
+    plan.push(VerifyPrimary(d.clone()));
+    plan.push(Release(d.clone()));
+    plan.push(Followers(d.clone()));
+    plan.push(Certificate {
+        d,
+        state_dir: spec.state_dir.clone(),
         operation: operation.into(),
-        steps,
-    })
+    });
+    Ok(plan)
 }

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use async_trait::async_trait;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::engine::{Cx, Description, Kind, Plan, Probe, Step};
@@ -33,18 +33,15 @@ pub fn plan(spec: &Arc<Spec>) -> Result<Plan> {
         ep: e.clone(),
         host: host.clone(),
     };
-    Ok(Plan {
-        operation: OPERATION.into(),
-        steps: vec![
-            Box::new(Observe(on(&ep))),
-            Box::new(CreateTable(on(&ep))),
-            Box::new(InsertRows(on(&ep))),
-            Box::new(CreateSlot(on(&ep))),
-            Box::new(WriteMarker {
-                path: marker_path(spec),
-            }),
-        ],
-    })
+    let mut plan = Plan::new(OPERATION);
+    plan.push(Observe(on(&ep)));
+    plan.push(CreateTable(on(&ep)));
+    plan.push(InsertRows(on(&ep)));
+    plan.push(CreateSlot(on(&ep)));
+    plan.push(WriteMarker {
+        path: marker_path(spec),
+    });
+    Ok(plan)
 }
 
 #[derive(Clone)]
@@ -73,12 +70,46 @@ async fn table_exists(c: &Client) -> Result<bool> {
         .get(0))
 }
 
+// The drill's step ids (its own plan; not part of StepId, which names the real ones).
+const OBSERVE: &str = "observe";
+const CREATE_TABLE: &str = "create_table";
+const INSERT_ROWS: &str = "insert_rows";
+const CREATE_SLOT: &str = "create_slot";
+const WRITE_MARKER: &str = "write_marker";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Observed {
+    lsn: String,
+    system_identifier: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TableOut {
+    table: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RowsOut {
+    rows: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SlotOut {
+    slot: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MarkerOut {
+    path: PathBuf,
+}
+
 struct Observe(Target);
 
 #[async_trait]
 impl Step for Observe {
+    type Output = Observed;
     fn id(&self) -> String {
-        "observe".into()
+        OBSERVE.into()
     }
     fn describe(&self) -> Description {
         self.0.describe(
@@ -90,12 +121,15 @@ impl Step for Observe {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn apply(&self, _: &Cx) -> Result<Value> {
+    async fn apply(&self, _: &Cx) -> Result<Observed> {
         let c = self.0.client().await?;
         let r = c
             .query_one("SELECT pg_current_wal_lsn()::text, system_identifier::text FROM pg_control_system()", &[])
             .await?;
-        Ok(json!({ "lsn": r.get::<_, String>(0), "system_identifier": r.get::<_, String>(1) }))
+        Ok(Observed {
+            lsn: r.get(0),
+            system_identifier: r.get(1),
+        })
     }
 }
 
@@ -103,8 +137,9 @@ struct CreateTable(Target);
 
 #[async_trait]
 impl Step for CreateTable {
+    type Output = TableOut;
     fn id(&self) -> String {
-        "create_table".into()
+        CREATE_TABLE.into()
     }
     fn describe(&self) -> Description {
         self.0.describe(
@@ -116,23 +151,27 @@ impl Step for CreateTable {
     fn kind(&self) -> Kind {
         Kind::Reversible
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
+    async fn probe(&self, _: &Cx) -> Result<Probe<TableOut>> {
         let c = self.0.client().await?;
         Ok(if table_exists(&c).await? {
-            Probe::Done(json!({ "table": TABLE }))
+            Probe::Done(TableOut {
+                table: TABLE.into(),
+            })
         } else {
             Probe::NotDone
         })
     }
-    async fn apply(&self, _: &Cx) -> Result<Value> {
+    async fn apply(&self, _: &Cx) -> Result<TableOut> {
         let c = self.0.client().await?;
         c.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {TABLE} (n bigint PRIMARY KEY, note text)"
         ))
         .await?;
-        Ok(json!({ "table": TABLE }))
+        Ok(TableOut {
+            table: TABLE.into(),
+        })
     }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+    async fn compensate(&self, _: &Cx, _: Option<TableOut>) -> Result<()> {
         self.0
             .client()
             .await?
@@ -147,17 +186,15 @@ struct InsertRows(Target);
 impl InsertRows {
     /// The table comes from the journaled output of `create_table`, never from the spec.
     fn table(cx: &Cx) -> Result<String> {
-        cx.output("create_table")
-            .and_then(|o| o["table"].as_str())
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("create_table recorded no table name"))
+        Ok(cx.get::<TableOut>(&CREATE_TABLE)?.table)
     }
 }
 
 #[async_trait]
 impl Step for InsertRows {
+    type Output = RowsOut;
     fn id(&self) -> String {
-        "insert_rows".into()
+        INSERT_ROWS.into()
     }
     fn describe(&self) -> Description {
         self.0.describe(
@@ -169,7 +206,7 @@ impl Step for InsertRows {
     fn kind(&self) -> Kind {
         Kind::Reversible
     }
-    async fn probe(&self, cx: &Cx) -> Result<Probe> {
+    async fn probe(&self, cx: &Cx) -> Result<Probe<RowsOut>> {
         let table = Self::table(cx)?;
         let c = self.0.client().await?;
         let n: i64 = c
@@ -177,21 +214,21 @@ impl Step for InsertRows {
             .await?
             .get(0);
         Ok(if n == ROWS {
-            Probe::Done(json!({ "rows": n }))
+            Probe::Done(RowsOut { rows: n })
         } else {
             Probe::NotDone
         })
     }
-    async fn apply(&self, cx: &Cx) -> Result<Value> {
+    async fn apply(&self, cx: &Cx) -> Result<RowsOut> {
         let table = Self::table(cx)?;
         let c = self.0.client().await?;
         c.batch_execute(&format!(
             "INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series(1, {ROWS}) g ON CONFLICT DO NOTHING"
         ))
         .await?;
-        Ok(json!({ "rows": ROWS }))
+        Ok(RowsOut { rows: ROWS })
     }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+    async fn compensate(&self, _: &Cx, _: Option<RowsOut>) -> Result<()> {
         let c = self.0.client().await?;
         if table_exists(&c).await? {
             c.batch_execute(&format!("DELETE FROM {TABLE}")).await?;
@@ -213,8 +250,9 @@ async fn slot_exists(c: &Client) -> Result<bool> {
 
 #[async_trait]
 impl Step for CreateSlot {
+    type Output = SlotOut;
     fn id(&self) -> String {
-        "create_slot".into()
+        CREATE_SLOT.into()
     }
     fn describe(&self) -> Description {
         self.0.describe(
@@ -226,23 +264,23 @@ impl Step for CreateSlot {
     fn kind(&self) -> Kind {
         Kind::Reversible
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe> {
+    async fn probe(&self, _: &Cx) -> Result<Probe<SlotOut>> {
         let c = self.0.client().await?;
         Ok(if slot_exists(&c).await? {
-            Probe::Done(json!({ "slot": SLOT }))
+            Probe::Done(SlotOut { slot: SLOT.into() })
         } else {
             Probe::NotDone
         })
     }
-    async fn apply(&self, _: &Cx) -> Result<Value> {
+    async fn apply(&self, _: &Cx) -> Result<SlotOut> {
         let c = self.0.client().await?;
         if !slot_exists(&c).await? {
             c.execute("SELECT pg_create_physical_replication_slot($1)", &[&SLOT])
                 .await?;
         }
-        Ok(json!({ "slot": SLOT }))
+        Ok(SlotOut { slot: SLOT.into() })
     }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+    async fn compensate(&self, _: &Cx, _: Option<SlotOut>) -> Result<()> {
         let c = self.0.client().await?;
         if slot_exists(&c).await? {
             c.execute("SELECT pg_drop_replication_slot($1)", &[&SLOT])
@@ -258,18 +296,16 @@ struct WriteMarker {
 
 impl WriteMarker {
     fn content(cx: &Cx) -> Result<String> {
-        let lsn = cx
-            .output("observe")
-            .and_then(|o| o["lsn"].as_str())
-            .ok_or_else(|| anyhow!("observe recorded no LSN"))?;
+        let lsn = cx.get::<Observed>(&OBSERVE)?.lsn;
         Ok(format!("run {} observed {lsn}\n", cx.run_id))
     }
 }
 
 #[async_trait]
 impl Step for WriteMarker {
+    type Output = MarkerOut;
     fn id(&self) -> String {
-        "write_marker".into()
+        WRITE_MARKER.into()
     }
     fn describe(&self) -> Description {
         Description {
@@ -282,21 +318,25 @@ impl Step for WriteMarker {
     fn kind(&self) -> Kind {
         Kind::Reversible
     }
-    async fn probe(&self, cx: &Cx) -> Result<Probe> {
+    async fn probe(&self, cx: &Cx) -> Result<Probe<MarkerOut>> {
         let want = Self::content(cx)?;
         Ok(match std::fs::read_to_string(&self.path) {
-            Ok(have) if have == want => Probe::Done(json!({ "path": self.path })),
+            Ok(have) if have == want => Probe::Done(MarkerOut {
+                path: self.path.clone(),
+            }),
             _ => Probe::NotDone,
         })
     }
-    async fn apply(&self, cx: &Cx) -> Result<Value> {
+    async fn apply(&self, cx: &Cx) -> Result<MarkerOut> {
         LocalHost::new(None)?
             .write_file(&self.path, Self::content(cx)?.as_bytes(), 0o600, None)
             .await
             .context("write the drill marker")?;
-        Ok(json!({ "path": self.path }))
+        Ok(MarkerOut {
+            path: self.path.clone(),
+        })
     }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+    async fn compensate(&self, _: &Cx, _: Option<MarkerOut>) -> Result<()> {
         LocalHost::new(None)?.remove_file(&self.path).await
     }
 }

@@ -4,29 +4,31 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::engine::{Plan, Step};
+use crate::engine::step::{boxed, DynStep};
+use crate::engine::Plan;
 use crate::replication::lag::Hop;
 use crate::spec::{Role, Spec};
 use crate::steps::chain::{CatchUp, Clone, Prepare, Slot, Start};
 use crate::steps::member::Member;
+use crate::steps::StepId;
 
 pub const OPERATION: &str = "replicate";
 
-/// The chain-building steps, reused by the cutover plan.
-pub fn chain_steps(spec: &Spec) -> Result<Vec<Box<dyn Step>>> {
+/// The chain-building steps for every standby (target first, then its cascades), reused by
+/// the cutover plan; without the catch-up wait, which each plan adds where it belongs.
+pub fn chain_steps(spec: &Spec) -> Result<Vec<Box<dyn DynStep>>> {
     let primary = spec.primary().endpoint();
-    let mut steps: Vec<Box<dyn Step>> = Vec::new();
+    let mut steps = Vec::new();
     for node in spec.nodes.iter().filter(|n| n.role != Role::Primary) {
         let m = Member::new(spec, &node.name)?;
-        steps.push(Box::new(Prepare {
+        steps.push(boxed(Prepare {
             m: m.clone(),
             primary: primary.clone(),
         }));
-        steps.push(Box::new(Slot(m.clone())));
-        steps.push(Box::new(Clone(m.clone())));
-        steps.push(Box::new(Start(m)));
+        steps.push(boxed(Slot(m.clone())));
+        steps.push(boxed(Clone(m.clone())));
+        steps.push(boxed(Start(m)));
     }
-    steps.push(Box::new(catch_up(spec, "catchup")));
     Ok(steps)
 }
 
@@ -44,7 +46,7 @@ pub fn hops(spec: &Spec) -> Vec<Hop> {
         .collect()
 }
 
-pub fn catch_up(spec: &Spec, id: &'static str) -> CatchUp {
+pub fn catch_up(spec: &Spec, id: StepId) -> CatchUp {
     CatchUp {
         id,
         primary: spec.primary().endpoint(),
@@ -56,8 +58,8 @@ pub fn catch_up(spec: &Spec, id: &'static str) -> CatchUp {
 }
 
 pub fn plan(spec: &Arc<Spec>) -> Result<Plan> {
-    Ok(Plan {
-        operation: OPERATION.into(),
-        steps: chain_steps(spec)?,
-    })
+    let mut plan = Plan::new(OPERATION);
+    plan.steps = chain_steps(spec)?;
+    plan.push(catch_up(spec, StepId::Catchup));
+    Ok(plan)
 }

@@ -10,7 +10,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use crate::engine::journal::{self, Event, Outcome, JOURNAL_FILE};
+use crate::engine::journal::{Event, JOURNAL_FILE};
+use crate::engine::replay::{load, load_bytes};
+use crate::engine::Outcome;
+use crate::steps::StepId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -104,37 +107,29 @@ pub struct RunSummary {
     /// Steps compensated, in the order they were undone.
     pub undone: Vec<String>,
     pub point_of_no_return: Option<String>,
-    /// `completed`, `rolled_back`, or None while the run is unfinished.
-    pub outcome: Option<String>,
+    /// None while the run is unfinished.
+    pub outcome: Option<Outcome>,
 }
 
 impl RunSummary {
     /// The current run in `state_dir` (its journal is archived only when the next run starts).
     pub fn read(state_dir: &Path) -> Result<RunSummary> {
-        let records = journal::read(&state_dir.join(JOURNAL_FILE))?.records;
-        let mut s = RunSummary::default();
-        for r in records {
-            match r.event {
-                Event::Header { operation, .. } => s.operation = operation,
-                Event::StepFailed { step, error } => {
-                    s.failed_step = Some(step);
-                    s.error = Some(error);
-                }
-                Event::CompensationFinished { step } => s.undone.push(step),
-                Event::PointOfNoReturn { step } => s.point_of_no_return = Some(step),
-                Event::RunFinished { outcome } => {
-                    s.outcome = Some(
-                        match outcome {
-                            Outcome::Completed => "completed",
-                            Outcome::RolledBack => "rolled_back",
-                        }
-                        .into(),
-                    )
-                }
-                _ => {}
-            }
-        }
-        Ok(s)
+        let Some(run) = load(state_dir)? else {
+            bail!("no run in {}", state_dir.display());
+        };
+        let s = run.state;
+        let (failed_step, error) = match s.failure() {
+            Some((step, error)) => (Some(step.to_string()), Some(error.to_string())),
+            None => (None, None),
+        };
+        Ok(RunSummary {
+            operation: s.operation.clone(),
+            failed_step,
+            error,
+            undone: s.undone().into_iter().map(str::to_string).collect(),
+            point_of_no_return: s.point_of_no_return.clone(),
+            outcome: s.finished(),
+        })
     }
 }
 
@@ -156,18 +151,7 @@ impl JournalWatch {
         let Ok(bytes) = std::fs::read(&self.path) else {
             return false;
         };
-        let Ok(contents) = journal::parse(&bytes, &self.path) else {
-            return false;
-        };
-        let mut ours = false;
-        for r in &contents.records {
-            match &r.event {
-                Event::RunStarted { pid: p, .. } => ours = *p == pid,
-                e if ours && wanted(e) => return true,
-                _ => {}
-            }
-        }
-        false
+        load_bytes(&bytes, &self.path).is_some_and(|run| run.since_process(pid).any(|e| wanted(e)))
     }
 
     /// Poll every few ms until [`Self::seen`], or until `child` exits first (false).
@@ -197,12 +181,14 @@ impl JournalWatch {
     }
 }
 
-pub fn step_started(id: &'static str) -> impl Fn(&Event) -> bool {
-    move |e| matches!(e, Event::StepStarted { step } if step == id)
+pub fn step_started(id: StepId) -> impl Fn(&Event) -> bool {
+    let id = id.to_string();
+    move |e| matches!(e, Event::StepStarted { step, .. } if *step == id)
 }
 
-pub fn step_succeeded(id: &'static str) -> impl Fn(&Event) -> bool {
-    move |e| matches!(e, Event::StepSucceeded { step, .. } if step == id)
+pub fn step_succeeded(id: StepId) -> impl Fn(&Event) -> bool {
+    let id = id.to_string();
+    move |e| matches!(e, Event::StepSucceeded { step, .. } if *step == id)
 }
 
 /// Bring a server down at once, as a crash would: SIGQUIT to the postmaster (an immediate

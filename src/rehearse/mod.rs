@@ -13,16 +13,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
+use crate::engine::Outcome;
 use crate::lab::workload::{grow_app, missing_acks, Ack, Writer};
 use crate::lab::Lab;
 use crate::pg::{connect, Endpoint, Lsn};
+use crate::steps::switchover::CertificateDoc;
+use crate::steps::StepId;
 use fault::{
     crash_server, install_traffic_switch, step_started, step_succeeded, traffic_switch_route,
     Fault, FaultReport, JournalWatch, RunSummary,
 };
-use report::{client_gaps, error_kinds, longest_gap, phases, quantile, Report, Switch};
+use report::{client_gaps, error_kinds, longest_gap, quantile, Report, Switch};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -104,12 +106,10 @@ impl Rehearsal<'_> {
         }
         let replicate_ms = t.elapsed().as_millis() as u64;
         // The replicate run's journal stays current until the next run starts.
-        let replicate_phases_ms = report::replicate_phases(
-            &crate::engine::journal::read(
-                &self.state_dir()?.join(crate::engine::journal::JOURNAL_FILE),
-            )?
-            .records,
-        );
+        let replicate_phases_ms = match crate::engine::replay::load(&self.state_dir()?)? {
+            Some(run) => report::replicate_phases(&run.state),
+            None => Default::default(),
+        };
         let t = Instant::now();
         self.step("plan", &["plan"]).await?;
         let plan_ms = t.elapsed().as_millis() as u64;
@@ -141,10 +141,10 @@ impl Rehearsal<'_> {
         let rollback_missing = self.missing_everywhere("old", &report.acks).await?;
 
         let certs = self.certificates()?;
-        let cert = |op: &str| certs.iter().rev().find(|c| c["operation"] == op).cloned();
+        let cert = |op: &str| certs.iter().rev().find(|c| c.operation == op).cloned();
         let cut_errors: Vec<String> = errors_between(&report.errors, &report.error_times, c0, c1);
         let back_errors: Vec<String> = errors_between(&report.errors, &report.error_times, r0, r1);
-        let switch = |from, to, ms, missing, cert: Option<Value>, errors: Vec<String>| {
+        let switch = |from, to, ms, missing, cert: Option<CertificateDoc>, errors: Vec<String>| {
             let gaps = client_gaps(&report.acks, from, to);
             Switch {
                 duration_ms: ms,
@@ -152,7 +152,7 @@ impl Rehearsal<'_> {
                 client_pause_p50_ms: quantile(&gaps, 0.5),
                 client_pause_p99_ms: quantile(&gaps, 0.99),
                 client_pause_max_ms: gaps.iter().copied().fold(0.0, f64::max),
-                certificate_pause_ms: cert.as_ref().and_then(|c| c["write_pause_ms"].as_i64()),
+                certificate_pause_ms: cert.as_ref().map(|c| c.write_pause_ms),
                 acked: report
                     .acks
                     .iter()
@@ -161,7 +161,10 @@ impl Rehearsal<'_> {
                 errors: errors.len(),
                 error_kinds: error_kinds(&errors),
                 missing,
-                phases_ms: cert.as_ref().map(phases).unwrap_or_default(),
+                phases_ms: cert
+                    .as_ref()
+                    .map(CertificateDoc::timed_phases)
+                    .unwrap_or_default(),
             }
         };
         let cutover = switch(
@@ -250,7 +253,7 @@ impl Rehearsal<'_> {
             &mut child,
             "replicate",
             "its catch-up step",
-            &step_started("catchup"),
+            &step_started(StepId::Catchup),
         )
         .await?;
         let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
@@ -282,7 +285,7 @@ impl Rehearsal<'_> {
         let status = child.wait().await?;
         f.exit_code = status.code();
         f.run = RunSummary::read(&state_dir)?;
-        f.as_expected = waited && status.success() && f.run.outcome.as_deref() == Some("completed");
+        f.as_expected = waited && status.success() && f.run.outcome == Some(Outcome::Completed);
         if !status.success() {
             f.recovery.push("`migrate resume`".into());
             self.step("resume", &["resume"]).await?;
@@ -317,7 +320,7 @@ impl Rehearsal<'_> {
                 &mut child,
                 "cutover-fault",
                 "it fenced",
-                &step_succeeded("fence"),
+                &step_succeeded(StepId::Fence),
             )
             .await?;
             let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
@@ -332,17 +335,16 @@ impl Rehearsal<'_> {
         let status = child.wait().await?;
         f.exit_code = status.code();
         f.run = RunSummary::read(&state_dir)?;
-        let undone = |step: &str| f.run.undone.iter().any(|s| s == step);
-        let run_ok = f.run.outcome.as_deref() == Some("rolled_back")
+        let undone = |step: StepId| f.run.undone.contains(&step.to_string());
+        let failed_at = |step: StepId| f.run.failed_step == Some(step.to_string());
+        let run_ok = f.run.outcome == Some(Outcome::Aborted)
             && f.run.point_of_no_return.is_none()
-            && undone("hold")
+            && undone(StepId::Hold)
             && match fault {
                 Fault::StopTargetAfterFence => {
-                    f.run.failed_step.as_deref() == Some("proof")
-                        && undone("fence")
-                        && undone("stop")
+                    failed_at(StepId::Proof) && undone(StepId::Fence) && undone(StepId::Stop)
                 }
-                _ => f.run.failed_step.as_deref() == Some("hold"),
+                _ => failed_at(StepId::Hold),
             };
         let writable = self.takes_writes_again("old", writer).await;
         f.recovery.push(match &writable {
@@ -385,7 +387,7 @@ impl Rehearsal<'_> {
             &mut child,
             "cutover",
             "the promotion",
-            &step_succeeded("promote"),
+            &step_succeeded(StepId::Promote),
         )
         .await?;
         child.start_kill()?;
@@ -402,7 +404,9 @@ impl Rehearsal<'_> {
                 .point_of_no_return
                 .as_deref()
                 .unwrap_or("not passed"),
-            at_crash.outcome.as_deref().unwrap_or("unfinished")
+            at_crash
+                .outcome
+                .map_or_else(|| "unfinished".into(), |o| crate::engine::label(&o))
         ));
         let resumed = self
             .command("resume", &["resume"], &[])
@@ -414,7 +418,7 @@ impl Rehearsal<'_> {
         f.as_expected = status.code().is_none()
             && at_crash.outcome.is_none()
             && resumed.success()
-            && f.run.outcome.as_deref() == Some("completed");
+            && f.run.outcome == Some(Outcome::Completed);
         if !resumed.success() {
             bail!(
                 "`migrate resume` after the crash failed ({resumed}); see {}",
@@ -535,7 +539,7 @@ impl Rehearsal<'_> {
         Ok((c0, Utc::now(), t.elapsed().as_millis() as u64))
     }
 
-    fn certificates(&self) -> Result<Vec<Value>> {
+    fn certificates(&self) -> Result<Vec<CertificateDoc>> {
         let spec = crate::spec::load(&self.spec)?;
         let mut out = Vec::new();
         for e in std::fs::read_dir(&spec.state_dir)? {
@@ -547,7 +551,7 @@ impl Rehearsal<'_> {
                 out.push(serde_json::from_slice(&std::fs::read(&p)?)?);
             }
         }
-        out.sort_by_key(|c: &Value| c["fenced_at"].as_str().unwrap_or("").to_string());
+        out.sort_by_key(|c: &CertificateDoc| c.fenced_at);
         Ok(out)
     }
 

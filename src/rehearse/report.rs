@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use super::fault::FaultReport;
+use crate::engine::replay::RunState;
+use crate::lab::workload::Ack;
+use crate::steps::StepId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
-
-use super::fault::FaultReport;
-use crate::engine::journal::{Event, Record};
-use crate::lab::workload::Ack;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -144,45 +143,30 @@ pub fn error_kinds(errors: &[String]) -> BTreeMap<String, usize> {
     out
 }
 
-/// From a finished `replicate` run's journal: the clone steps' time together (`clone`) and
-/// the catch-up step's (`catchup`), in ms.
-pub fn replicate_phases(records: &[Record]) -> BTreeMap<String, u64> {
-    let mut started: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+/// From a finished `replicate` run: the clone steps' time together (`clone`) and the
+/// catch-up step's (`catchup`), in ms, as the runner timed them.
+pub fn replicate_phases(run: &RunState) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    for r in records {
-        match &r.event {
-            Event::StepStarted { step } => {
-                started.insert(step, r.ts);
-            }
-            Event::StepSucceeded { step, .. } => {
-                let phase = if step.starts_with("clone:") {
-                    "clone"
-                } else if step == "catchup" {
-                    "catchup"
-                } else {
-                    continue;
-                };
-                if let Some(t0) = started.get(step.as_str()) {
-                    let ms = (r.ts - *t0).num_milliseconds().max(0) as u64;
-                    *out.entry(phase.to_string()).or_insert(0) += ms;
-                }
-            }
-            _ => {}
+    for s in &run.steps {
+        let Ok(id) = s.id.parse::<StepId>() else {
+            continue;
+        };
+        let phase = match id {
+            StepId::Clone(_) => "clone",
+            StepId::Catchup => "catchup",
+            _ => continue,
+        };
+        let ms = s
+            .elapsed_ms
+            .or_else(|| match (s.started_at, s.finished_at) {
+                (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0) as u64),
+                _ => None,
+            });
+        if let Some(ms) = ms {
+            *out.entry(phase.to_string()).or_insert(0) += ms;
         }
     }
     out
-}
-
-/// The certificate's `phases_ms` (null entries left out).
-pub fn phases(cert: &Value) -> BTreeMap<String, u64> {
-    cert["phases_ms"]
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter_map(|(k, v)| v.as_u64().map(|v| (k.clone(), v)))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -223,28 +207,63 @@ mod tests {
 
     #[test]
     fn replicate_phases_add_up_the_clones_and_the_catch_up() {
+        use crate::engine::journal::{Event, PlannedStep, Record};
+        use crate::engine::Kind;
         let t0: DateTime<Utc> = "2026-11-22T00:00:00Z".parse().unwrap();
-        let rec = |ms: i64, event: Event| Record {
-            seq: 0,
-            ts: t0 + chrono::TimeDelta::milliseconds(ms),
-            event,
-        };
-        let start = |s: &str| Event::StepStarted { step: s.into() };
-        let ok = |s: &str| Event::StepSucceeded {
-            step: s.into(),
-            output: Value::Null,
-        };
-        let records = vec![
-            rec(0, start("clone:new")),
-            rec(1000, ok("clone:new")),
-            rec(1000, start("start:new")),
-            rec(1200, ok("start:new")),
-            rec(1200, start("clone:dr")),
-            rec(1700, ok("clone:dr")),
-            rec(1700, start("catchup")),
-            rec(4000, ok("catchup")),
-        ];
-        let p = replicate_phases(&records);
+        let ids = ["clone:new", "start:new", "clone:dr", "catchup"];
+        let mut events = vec![(
+            0,
+            Event::Header {
+                format: crate::engine::journal::FORMAT_VERSION,
+                run_id: "r".into(),
+                operation: "replicate".into(),
+                spec_hash: "h".into(),
+                tool_version: "0".into(),
+                steps: ids
+                    .iter()
+                    .map(|id| PlannedStep {
+                        id: id.to_string(),
+                        kind: Kind::Reversible,
+                    })
+                    .collect(),
+                keep: 0,
+            },
+        )];
+        // (step, started at, took): the runner's timing wins; a format-1 record without it
+        // falls back to the journal's timestamps.
+        for (id, at, took) in [
+            ("clone:new", 0, Some(1000)),
+            ("start:new", 1000, Some(200)),
+            ("clone:dr", 1200, None),
+            ("catchup", 1700, Some(2300)),
+        ] {
+            events.push((
+                at,
+                Event::StepStarted {
+                    step: id.into(),
+                    host: String::new(),
+                    action: String::new(),
+                },
+            ));
+            events.push((
+                at + took.unwrap_or(500),
+                Event::StepSucceeded {
+                    step: id.into(),
+                    output: serde_json::Value::Null,
+                    elapsed_ms: took.map(|t| t as u64),
+                },
+            ));
+        }
+        let records: Vec<Record> = events
+            .into_iter()
+            .enumerate()
+            .map(|(seq, (ms, event))| Record {
+                seq: seq as u64,
+                ts: t0 + chrono::TimeDelta::milliseconds(ms),
+                event,
+            })
+            .collect();
+        let p = replicate_phases(&crate::engine::replay::replay(&records).unwrap());
         assert_eq!(p["clone"], 1500);
         assert_eq!(p["catchup"], 2300);
         assert_eq!(p.len(), 2, "{p:?}");

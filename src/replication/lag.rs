@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::pg::{connect, Endpoint, Lsn};
@@ -19,7 +19,7 @@ pub struct Hop {
     pub application_name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum HopState {
     Streaming {
@@ -35,7 +35,7 @@ pub enum HopState {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HopSample {
     pub upstream: String,
     pub node: String,
@@ -43,7 +43,7 @@ pub struct HopSample {
     pub state: HopState,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeLag {
     pub node: String,
     pub replay_lsn: Option<Lsn>,
@@ -51,7 +51,7 @@ pub struct NodeLag {
     pub behind_primary_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChainSample {
     pub at: DateTime<Utc>,
     pub primary_lsn: Option<Lsn>,

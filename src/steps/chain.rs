@@ -4,16 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
+use super::id::StepId;
 use super::member::{DirState, Member};
-use crate::engine::events::RunEvent;
 use crate::engine::{failpoint, Cx, Description, Kind, Probe, Step};
 use crate::host::Cmd;
 use crate::pg::server::{RunState, StopMode};
-use crate::pg::{connect, Endpoint};
+use crate::pg::{connect, sql, Endpoint};
 use crate::replication::gate::{catch_up_gate, Decision};
 use crate::replication::lag::{sample_chain, sample_hop, ChainSample, Hop, HopState};
 use crate::units::format_bytes;
@@ -26,28 +26,63 @@ pub fn temp_passfile(node: &str, data_dir: &std::path::Path) -> String {
     let h = crc32fast::hash(data_dir.as_os_str().as_encoded_bytes());
     format!("/tmp/migrate-{node}-{h:08x}-clone.pgpass")
 }
-use super::member::PASSFILE;
 
-/// What `prepare:<node>` decided, read back from the journal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+/// What `prepare:<node>` decided, read back from the journal by the node's other steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Mode {
     /// Already a streaming standby of the right upstream: verified and kept.
     Adopt,
     /// Cloned by this run into a location that was empty (`existed`) or absent.
-    Clone { existed: bool },
+    Clone {
+        #[serde(default)]
+        existed: bool,
+    },
 }
 
 fn mode(cx: &Cx, node: &str) -> Result<Mode> {
-    let out = cx
-        .output(&format!("prepare:{node}"))
-        .ok_or_else(|| anyhow!("prepare:{node} recorded nothing"))?;
-    Ok(match out["mode"].as_str() {
-        Some("adopt") => Mode::Adopt,
-        Some("clone") => Mode::Clone {
-            existed: out["existed"].as_bool().unwrap_or(false),
-        },
-        other => bail!("prepare:{node} recorded an unknown mode {other:?}"),
-    })
+    cx.get(&StepId::Prepare(node.into()))
+}
+
+/// What `slot:<node>` and `start:<node>` record: an adopted node, or what was done.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeOut {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub streaming: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_behind_bytes: Option<u64>,
+}
+
+impl NodeOut {
+    fn adopted() -> NodeOut {
+        NodeOut {
+            adopted: true,
+            ..NodeOut::default()
+        }
+    }
+}
+
+/// The marker a finished clone leaves in its data directory, and `clone:<node>`'s output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloneMarker {
+    pub node: String,
+    pub run_id: String,
+    pub upstream: String,
+    pub slot: String,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// `clone:<node>`'s output: the marker, or an adopted node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CloneOut {
+    Cloned(CloneMarker),
+    Adopted { adopted: bool },
 }
 
 fn hop(m: &Member) -> Result<Hop> {
@@ -77,8 +112,9 @@ pub struct Prepare {
 
 #[async_trait]
 impl Step for Prepare {
+    type Output = Mode;
     fn id(&self) -> String {
-        format!("prepare:{}", self.m.name())
+        StepId::Prepare(self.m.name().into()).to_string()
     }
     fn describe(&self) -> Description {
         Description {
@@ -96,7 +132,7 @@ impl Step for Prepare {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn apply(&self, _: &Cx) -> Result<Value> {
+    async fn apply(&self, _: &Cx) -> Result<Mode> {
         let name = self.m.name();
         let up = self.m.upstream()?;
         let addr = format!(
@@ -130,7 +166,7 @@ impl Step for Prepare {
                 sample_hop(&hop(&self.m)?).await.state,
                 HopState::Streaming { .. }
             ) {
-                return Ok(json!({ "mode": "adopt" }));
+                return Ok(Mode::Adopt);
             }
             bail!(
                 "{name} at {addr} is a standby of this cluster but is not streaming from {} as application_name {name}; fix its primary_conninfo, or stop it and empty {} to have it cloned",
@@ -144,8 +180,8 @@ impl Step for Prepare {
             self.m.host.describe()
         );
         match self.m.dir_state().await? {
-            DirState::Absent => Ok(json!({ "mode": "clone", "existed": false })),
-            DirState::Empty => Ok(json!({ "mode": "clone", "existed": true })),
+            DirState::Absent => Ok(Mode::Clone { existed: false }),
+            DirState::Empty => Ok(Mode::Clone { existed: true }),
             DirState::Cluster => bail!(
                 "{where_} holds a cluster whose server does not answer at {addr}; start it as a standby of {} to adopt it, or empty the directory to have it cloned",
                 up.name
@@ -162,19 +198,22 @@ pub struct Slot(pub Member);
 impl Slot {
     async fn exists(&self) -> Result<bool> {
         let c = connect(&self.0.upstream()?.endpoint()).await?;
-        Ok(c.query_one(
-            "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&self.0.slot()],
-        )
-        .await?
-        .get(0))
+        sql::slot_exists(&c, &self.0.slot()).await
+    }
+
+    fn made(&self) -> NodeOut {
+        NodeOut {
+            slot: Some(self.0.slot()),
+            ..NodeOut::default()
+        }
     }
 }
 
 #[async_trait]
 impl Step for Slot {
+    type Output = NodeOut;
     fn id(&self) -> String {
-        format!("slot:{}", self.0.name())
+        StepId::Slot(self.0.name().into()).to_string()
     }
     fn describe(&self) -> Description {
         let up = self.0.node.upstream.clone().unwrap_or_default();
@@ -191,27 +230,22 @@ impl Step for Slot {
     fn kind(&self) -> Kind {
         Kind::Reversible
     }
-    async fn probe(&self, cx: &Cx) -> Result<Probe> {
+    async fn probe(&self, cx: &Cx) -> Result<Probe<NodeOut>> {
         if mode(cx, self.0.name())? == Mode::Adopt {
-            return Ok(Probe::Done(json!({ "adopted": true })));
+            return Ok(Probe::Done(NodeOut::adopted()));
         }
         Ok(if self.exists().await? {
-            Probe::Done(json!({ "slot": self.0.slot() }))
+            Probe::Done(self.made())
         } else {
             Probe::NotDone
         })
     }
-    async fn apply(&self, _: &Cx) -> Result<Value> {
+    async fn apply(&self, _: &Cx) -> Result<NodeOut> {
         let c = connect(&self.0.upstream()?.endpoint()).await?;
-        c.execute(
-            "SELECT pg_create_physical_replication_slot($1, true)
-              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-            &[&self.0.slot()],
-        )
-        .await?;
-        Ok(json!({ "slot": self.0.slot() }))
+        sql::create_physical_slot(&c, &self.0.slot()).await?;
+        Ok(self.made())
     }
-    async fn compensate(&self, cx: &Cx, _: Option<&Value>) -> Result<()> {
+    async fn compensate(&self, cx: &Cx, _: Option<NodeOut>) -> Result<()> {
         if mode(cx, self.0.name())? == Mode::Adopt {
             return Ok(());
         }
@@ -255,7 +289,7 @@ impl Clone {
         temp_passfile(self.0.name(), &self.0.node.data_dir)
     }
 
-    async fn marker(&self) -> Option<Value> {
+    async fn marker(&self) -> Option<CloneMarker> {
         let bytes = self
             .0
             .host
@@ -349,8 +383,9 @@ impl Clone {
 
 #[async_trait]
 impl Step for Clone {
+    type Output = CloneOut;
     fn id(&self) -> String {
-        format!("clone:{}", self.0.name())
+        StepId::Clone(self.0.name().into()).to_string()
     }
     fn describe(&self) -> Description {
         let conninfo = self
@@ -372,20 +407,20 @@ impl Step for Clone {
     fn kind(&self) -> Kind {
         Kind::Reversible
     }
-    async fn probe(&self, cx: &Cx) -> Result<Probe> {
+    async fn probe(&self, cx: &Cx) -> Result<Probe<CloneOut>> {
         if mode(cx, self.0.name())? == Mode::Adopt {
-            return Ok(Probe::Done(json!({ "adopted": true })));
+            return Ok(Probe::Done(CloneOut::Adopted { adopted: true }));
         }
         Ok(match self.marker().await {
-            Some(m) if m["node"] == self.0.name() && m["run_id"] == cx.run_id.as_str() => {
-                Probe::Done(m)
+            Some(m) if m.node == self.0.name() && m.run_id == cx.run_id => {
+                Probe::Done(CloneOut::Cloned(m))
             }
             _ => Probe::NotDone,
         })
     }
-    async fn apply(&self, cx: &Cx) -> Result<Value> {
+    async fn apply(&self, cx: &Cx) -> Result<CloneOut> {
         let Mode::Clone { existed } = mode(cx, self.0.name())? else {
-            return Ok(json!({ "adopted": true }));
+            return Ok(CloneOut::Adopted { adopted: true });
         };
         let id = self.id();
         let server = self.0.server()?;
@@ -489,54 +524,27 @@ impl Step for Clone {
             .read_file(&data.join("postgresql.auto.conf"))
             .await
             .unwrap_or_default();
-        let settings = self
-            .0
-            .standby_settings(&String::from_utf8_lossy(&copied), password.is_some())?;
-        self.0
-            .host
-            .write_file(
-                &data.join("postgresql.auto.conf"),
-                settings.as_bytes(),
-                0o600,
-                None,
-            )
-            .await?;
-        if let Some(pw) = &password {
-            self.0
-                .host
-                .write_file(
-                    &data.join(PASSFILE),
-                    self.0.passfile_line(pw).as_bytes(),
-                    0o600,
-                    None,
-                )
-                .await?;
-        }
-        self.0
-            .host
-            .write_file(&data.join("standby.signal"), b"", 0o600, None)
-            .await?;
-        let bytes = self.bytes_on_disk().await.unwrap_or(0);
-        let marker = json!({
-            "node": self.0.name(),
-            "run_id": cx.run_id,
-            "upstream": self.0.upstream()?.name,
-            "slot": self.0.slot(),
-            "bytes": bytes,
-            "seconds": (secs * 1000.0).round() / 1000.0,
-        });
+        self.0.make_standby(&copied).await?;
+        let marker = CloneMarker {
+            node: self.0.name().into(),
+            run_id: cx.run_id.clone(),
+            upstream: self.0.upstream()?.name.clone(),
+            slot: self.0.slot(),
+            bytes: self.bytes_on_disk().await.unwrap_or(0),
+            seconds: (secs * 1000.0).round() / 1000.0,
+        };
         self.0
             .host
             .write_file(
                 &data.join(MARKER),
-                marker.to_string().as_bytes(),
+                serde_json::to_string(&marker)?.as_bytes(),
                 0o600,
                 None,
             )
             .await?;
-        Ok(marker)
+        Ok(CloneOut::Cloned(marker))
     }
-    async fn compensate(&self, cx: &Cx, _: Option<&Value>) -> Result<()> {
+    async fn compensate(&self, cx: &Cx, _: Option<CloneOut>) -> Result<()> {
         match mode(cx, self.0.name())? {
             Mode::Adopt => Ok(()),
             Mode::Clone { existed } => {
@@ -553,8 +561,9 @@ pub struct Start(pub Member);
 
 #[async_trait]
 impl Step for Start {
+    type Output = NodeOut;
     fn id(&self) -> String {
-        format!("start:{}", self.0.name())
+        StepId::Start(self.0.name().into()).to_string()
     }
     fn describe(&self) -> Description {
         Description {
@@ -571,19 +580,22 @@ impl Step for Start {
     fn kind(&self) -> Kind {
         Kind::Reversible
     }
-    async fn probe(&self, cx: &Cx) -> Result<Probe> {
+    async fn probe(&self, cx: &Cx) -> Result<Probe<NodeOut>> {
         if mode(cx, self.0.name())? == Mode::Adopt {
-            return Ok(Probe::Done(json!({ "adopted": true })));
+            return Ok(Probe::Done(NodeOut::adopted()));
         }
         if self.0.server()?.state().await? != RunState::Running {
             return Ok(Probe::NotDone);
         }
         Ok(match sample_hop(&hop(&self.0)?).await.state {
-            HopState::Streaming { .. } => Probe::Done(json!({ "streaming": true })),
+            HopState::Streaming { .. } => Probe::Done(NodeOut {
+                streaming: true,
+                ..NodeOut::default()
+            }),
             HopState::Down { .. } => Probe::NotDone,
         })
     }
-    async fn apply(&self, cx: &Cx) -> Result<Value> {
+    async fn apply(&self, cx: &Cx) -> Result<NodeOut> {
         let server = self.0.server()?;
         if server.state().await? != RunState::Running {
             server
@@ -597,9 +609,11 @@ impl Step for Start {
                     replay_behind_bytes,
                     ..
                 } => {
-                    return Ok(
-                        json!({ "streaming": true, "replay_behind_bytes": replay_behind_bytes }),
-                    )
+                    return Ok(NodeOut {
+                        streaming: true,
+                        replay_behind_bytes: Some(replay_behind_bytes),
+                        ..NodeOut::default()
+                    })
                 }
                 HopState::Down { reason } => {
                     if Instant::now() > deadline {
@@ -609,13 +623,16 @@ impl Step for Start {
                             self.0.node.log_file.display()
                         );
                     }
-                    cx.progress(&self.id(), format!("waiting to stream: {reason}"));
+                    cx.progress(
+                        &StepId::Start(self.0.name().into()),
+                        format!("waiting to stream: {reason}"),
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    async fn compensate(&self, cx: &Cx, _: Option<&Value>) -> Result<()> {
+    async fn compensate(&self, cx: &Cx, _: Option<NodeOut>) -> Result<()> {
         if mode(cx, self.0.name())? == Mode::Adopt {
             return Ok(());
         }
@@ -629,8 +646,8 @@ impl Step for Start {
 // ---------------------------------------------------------------------------------------------
 
 pub struct CatchUp {
-    /// `catchup` when building the chain, `gate` right before a cutover's fence.
-    pub id: &'static str,
+    /// `catchup` when building the chain, `gate` right before a cutover's hold.
+    pub id: StepId,
     pub primary: Endpoint,
     pub hops: Vec<Hop>,
     pub threshold: u64,
@@ -640,8 +657,9 @@ pub struct CatchUp {
 
 #[async_trait]
 impl Step for CatchUp {
+    type Output = ChainSample;
     fn id(&self) -> String {
-        self.id.into()
+        self.id.to_string()
     }
     fn describe(&self) -> Description {
         Description {
@@ -658,17 +676,12 @@ impl Step for CatchUp {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn apply(&self, cx: &Cx) -> Result<Value> {
+    async fn apply(&self, cx: &Cx) -> Result<ChainSample> {
         let started = Instant::now();
         let mut samples: Vec<ChainSample> = Vec::new();
         loop {
             let s = sample_chain(&self.primary, &self.hops).await;
-            if let Some(tx) = &cx.events {
-                let _ = tx.send(RunEvent::Lag {
-                    step: self.id(),
-                    sample: s.clone(),
-                });
-            }
+            cx.data(&self.id, &s);
             samples.push(s);
             let keep_from = chrono::Utc::now()
                 - chrono::Duration::from_std(self.stable_for + Duration::from_secs(2))
@@ -687,7 +700,7 @@ impl Step for CatchUp {
                 self.stable_for,
                 chrono::Utc::now(),
             ) {
-                Decision::Go => return Ok(serde_json::to_value(samples.last().expect("sampled"))?),
+                Decision::Go => return Ok(samples.pop().expect("sampled")),
                 Decision::Wait(why) => {
                     if started.elapsed() > self.timeout {
                         bail!(

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use async_trait::async_trait;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
+use super::id::StepId;
 use super::member::Member;
 use crate::engine::{Cx, Description, Kind, Step};
-use crate::pg::connect;
 use crate::pg::server::{RunState, StopMode};
+use crate::pg::{connect, sql};
 use crate::replication::slot_name;
 use crate::spec::{Retire, Spec};
 
@@ -21,8 +22,9 @@ pub struct CheckCutOver {
 
 #[async_trait]
 impl Step for CheckCutOver {
+    type Output = PrimaryOut;
     fn id(&self) -> String {
-        "check".into()
+        StepId::Check.to_string()
     }
     fn describe(&self) -> Description {
         Description {
@@ -35,16 +37,31 @@ impl Step for CheckCutOver {
     fn kind(&self) -> Kind {
         Kind::ReadOnly
     }
-    async fn apply(&self, _: &Cx) -> Result<Value> {
+    async fn apply(&self, _: &Cx) -> Result<PrimaryOut> {
         let c = connect(&self.new_primary.endpoint()).await?;
-        if c.query_one("SELECT pg_is_in_recovery()", &[])
-            .await?
-            .get::<_, bool>(0)
-        {
+        if sql::in_recovery(&c).await? {
             bail!("{} is not the primary: `migrate complete` retires the rollback path after a cutover", self.new_primary.name());
         }
-        Ok(json!({ "primary": self.new_primary.name() }))
+        Ok(PrimaryOut {
+            primary: self.new_primary.name().into(),
+        })
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrimaryOut {
+    pub primary: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetireOut {
+    pub retire: Retire,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DroppedOut {
+    /// `node:slot` for each slot dropped.
+    pub dropped: Vec<String>,
 }
 
 /// Stop the old primary for good (it keeps standby.signal, so it can never start as a
@@ -56,8 +73,9 @@ pub struct RetireOld {
 
 #[async_trait]
 impl Step for RetireOld {
+    type Output = RetireOut;
     fn id(&self) -> String {
-        "retire".into()
+        StepId::Retire.to_string()
     }
     fn describe(&self) -> Description {
         let action = match self.retire {
@@ -77,7 +95,7 @@ impl Step for RetireOld {
     fn kind(&self) -> Kind {
         Kind::PointOfNoReturn
     }
-    async fn apply(&self, _: &Cx) -> Result<Value> {
+    async fn apply(&self, _: &Cx) -> Result<RetireOut> {
         if self.retire == Retire::Stop {
             let server = self.old.server()?;
             if server.state().await? == RunState::Running {
@@ -86,9 +104,11 @@ impl Step for RetireOld {
                     .await?;
             }
         }
-        Ok(json!({ "retire": self.retire }))
+        Ok(RetireOut {
+            retire: self.retire,
+        })
     }
-    async fn compensate(&self, _: &Cx, _: Option<&Value>) -> Result<()> {
+    async fn compensate(&self, _: &Cx, _: Option<RetireOut>) -> Result<()> {
         bail!("the rollback path cannot be restored by undoing `complete`")
     }
 }
@@ -122,8 +142,9 @@ impl DropStaleSlots {
 
 #[async_trait]
 impl Step for DropStaleSlots {
+    type Output = DroppedOut;
     fn id(&self) -> String {
-        "drop_stale_slots".into()
+        StepId::DropStaleSlots.to_string()
     }
     fn describe(&self) -> Description {
         Description {
@@ -136,7 +157,7 @@ impl Step for DropStaleSlots {
     fn kind(&self) -> Kind {
         Kind::PointOfNoReturn
     }
-    async fn apply(&self, _: &Cx) -> Result<Value> {
+    async fn apply(&self, _: &Cx) -> Result<DroppedOut> {
         let mut dropped = Vec::new();
         for (m, keep) in &self.nodes {
             let Ok(c) = connect(&m.endpoint()).await else {
@@ -152,7 +173,7 @@ impl Step for DropStaleSlots {
                 }
             }
         }
-        Ok(json!({ "dropped": dropped }))
+        Ok(DroppedOut { dropped })
     }
 }
 

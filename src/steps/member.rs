@@ -185,6 +185,39 @@ impl Member {
         Ok(out)
     }
 
+    /// Make this member's (stopped) data directory a standby of its upstream: the replication
+    /// passfile (when the spec has a password), `postgresql.auto.conf` from `existing` with
+    /// [`Member::standby_settings`], and `standby.signal`, in that order, so the signal file
+    /// is only ever beside settings that stream from the right place. Used after a clone and
+    /// when the old primary is staged as the new primary's standby.
+    pub async fn make_standby(&self, existing: &[u8]) -> Result<()> {
+        let data = &self.node.data_dir;
+        let password = self.replication_password()?;
+        if let Some(pw) = &password {
+            self.host
+                .write_file(
+                    &data.join(PASSFILE),
+                    self.passfile_line(pw).as_bytes(),
+                    0o600,
+                    None,
+                )
+                .await?;
+        }
+        let settings =
+            self.standby_settings(&String::from_utf8_lossy(existing), password.is_some())?;
+        self.host
+            .write_file(
+                &data.join("postgresql.auto.conf"),
+                settings.as_bytes(),
+                0o600,
+                None,
+            )
+            .await?;
+        self.host
+            .write_file(&data.join("standby.signal"), b"", 0o600, None)
+            .await
+    }
+
     /// The same member, streaming from `upstream` instead of its spec upstream (the old primary
     /// becoming a standby of the new one, and back).
     pub fn with_upstream(&self, upstream: &Node) -> Member {

@@ -2,5 +2,8 @@
 
 pub mod chain;
 pub mod complete;
+pub mod id;
 pub mod member;
 pub mod switchover;
+
+pub use id::StepId;

@@ -9,7 +9,9 @@ use chrono::{SecondsFormat, Utc};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::engine::events::{EventStream, RunEvent};
-use crate::replication::lag::HopState;
+use crate::engine::journal::Event;
+use crate::engine::label;
+use crate::replication::lag::{ChainSample, HopState};
 use crate::units::format_bytes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +104,7 @@ impl Renderer {
         }
         let terminal = self.mode == Mode::Terminal;
         match e {
-            RunEvent::RunStarted {
+            RunEvent::RunOpened {
                 run_id,
                 operation,
                 resumed,
@@ -110,12 +112,34 @@ impl Renderer {
                 "{} {operation} run {run_id}",
                 if *resumed { "resuming" } else { "starting" }
             )),
+            RunEvent::Journaled { record } => self.journaled(record, terminal),
             RunEvent::Notice { message } => self.line(format!("note: {message}")),
             RunEvent::StepSkipped { step } => self.line(format!("· {step}: already done")),
             RunEvent::StepProbing { step } => self.line(format!(
                 "? {step}: was interrupted; checking whether it took effect"
             )),
-            RunEvent::StepStarted { step, action, host } => {
+            RunEvent::StepProgress { step, message } => match self.bars.get(step) {
+                Some(pb) => pb.set_message(format!("{step}: {message}")),
+                None => self.line(format!("  {step}: {message}")),
+            },
+            RunEvent::StepData { data, .. } => {
+                // The one shape of step data there is today: a lag sample of the chain.
+                if let Ok(sample) = serde_json::from_value::<ChainSample>(data.clone()) {
+                    self.lag(&sample, terminal);
+                }
+            }
+        }
+    }
+
+    /// A journal event, as it was written.
+    fn journaled(&mut self, e: &Event, terminal: bool) {
+        let took = |ms: &Option<u64>| ms.map_or_else(|| "done earlier".into(), secs);
+        match e {
+            Event::Header { .. } | Event::RunStarted { .. } => {}
+            Event::StepStarted { step, action, host } => {
+                if action.is_empty() {
+                    return; // a probe found it done; its success follows at once
+                }
                 let msg = format!("{step}: {action} on {host}");
                 if terminal {
                     self.spinner(step, msg);
@@ -123,25 +147,19 @@ impl Renderer {
                     self.line(format!("▶ {msg}"));
                 }
             }
-            RunEvent::StepProgress { step, message } => match self.bars.get(step) {
-                Some(pb) => pb.set_message(format!("{step}: {message}")),
-                None => self.line(format!("  {step}: {message}")),
-            },
-            RunEvent::StepSucceeded {
+            Event::StepSucceeded {
                 step, elapsed_ms, ..
             } => {
                 self.finish_lag_bars();
-                self.finish(step, format!("✓ {step} ({})", secs(*elapsed_ms)))
+                self.finish(step, format!("✓ {step} ({})", took(elapsed_ms)))
             }
-            RunEvent::StepFailed {
+            Event::StepFailed {
                 step,
                 elapsed_ms,
                 error,
-            } => self.finish(step, format!("✗ {step} ({}): {error}", secs(*elapsed_ms))),
-            RunEvent::PointOfNoReturn { step } => {
-                self.line(format!("! point of no return: {step}"))
-            }
-            RunEvent::CompensationStarted { step } => {
+            } => self.finish(step, format!("✗ {step} ({}): {error}", took(elapsed_ms))),
+            Event::PointOfNoReturn { step } => self.line(format!("! point of no return: {step}")),
+            Event::CompensationStarted { step } => {
                 let key = format!("undo:{step}");
                 if terminal {
                     self.spinner(&key, format!("undo {step}"));
@@ -149,51 +167,54 @@ impl Renderer {
                     self.line(format!("↶ undo {step}"));
                 }
             }
-            RunEvent::CompensationFinished { step, elapsed_ms } => self.finish(
+            Event::CompensationFinished { step, elapsed_ms } => self.finish(
                 &format!("undo:{step}"),
-                format!("✓ undone {step} ({})", secs(*elapsed_ms)),
+                format!("✓ undone {step} ({})", took(elapsed_ms)),
             ),
-            RunEvent::CompensationFailed { step, error } => {
+            Event::CompensationFailed { step, error } => {
                 self.finish(&format!("undo:{step}"), format!("✗ undo {step}: {error}"))
             }
-            RunEvent::RunFinished { outcome } => self.line(format!("run finished: {outcome:?}")),
-            RunEvent::Lag { sample, .. } => {
-                let hop_text = |h: &crate::replication::lag::HopSample| match &h.state {
-                    HopState::Streaming {
-                        receive_behind_bytes,
-                        replay_behind_bytes,
-                        ..
-                    } => format!(
-                        "{} → {}: streaming, {} to receive, {} to replay",
-                        h.upstream,
-                        h.node,
-                        format_bytes(*receive_behind_bytes),
-                        format_bytes(*replay_behind_bytes)
-                    ),
-                    HopState::Down { reason } => {
-                        format!("{} → {}: DOWN ({reason})", h.upstream, h.node)
-                    }
-                };
-                if terminal {
-                    for h in &sample.hops {
-                        let key = format!("lag:{}", h.node);
-                        if !self.bars.contains_key(&key) {
-                            self.spinner(&key, String::new());
-                        }
-                        self.bars[&key].set_message(hop_text(h));
-                    }
-                } else {
-                    self.line(format!(
-                        "lag: {}",
-                        sample
-                            .hops
-                            .iter()
-                            .map(hop_text)
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ));
-                }
+            Event::RunFinished { outcome } => {
+                self.line(format!("run finished: {}", label(outcome)))
             }
+        }
+    }
+
+    fn lag(&mut self, sample: &ChainSample, terminal: bool) {
+        let hop_text = |h: &crate::replication::lag::HopSample| match &h.state {
+            HopState::Streaming {
+                receive_behind_bytes,
+                replay_behind_bytes,
+                ..
+            } => format!(
+                "{} → {}: streaming, {} to receive, {} to replay",
+                h.upstream,
+                h.node,
+                format_bytes(*receive_behind_bytes),
+                format_bytes(*replay_behind_bytes)
+            ),
+            HopState::Down { reason } => {
+                format!("{} → {}: DOWN ({reason})", h.upstream, h.node)
+            }
+        };
+        if terminal {
+            for h in &sample.hops {
+                let key = format!("lag:{}", h.node);
+                if !self.bars.contains_key(&key) {
+                    self.spinner(&key, String::new());
+                }
+                self.bars[&key].set_message(hop_text(h));
+            }
+        } else {
+            self.line(format!(
+                "lag: {}",
+                sample
+                    .hops
+                    .iter()
+                    .map(hop_text)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
         }
     }
 }

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::journal::{Event, Outcome, PlannedStep, Record};
-use super::step::Kind;
+use super::journal::{Event, PlannedStep, Record};
+use super::model::{Kind, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -32,6 +32,8 @@ pub struct StepState {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub output: Option<Value>,
+    /// How long its last successful apply took, as the runner measured it.
+    pub elapsed_ms: Option<u64>,
     pub error: Option<String>,
     /// How many times it was started (more than once after a crash or a retry).
     pub attempts: u32,
@@ -40,7 +42,7 @@ pub struct StepState {
 impl StepState {
     /// Started and possibly left an effect that rollback must undo.
     pub fn needs_compensation(&self) -> bool {
-        self.kind != Kind::ReadOnly
+        self.kind.compensated()
             && matches!(
                 self.status,
                 StepStatus::InDoubt
@@ -71,7 +73,11 @@ pub struct RunState {
     pub phase: Phase,
     /// The step at which the run passed the point of no return, if it did.
     pub point_of_no_return: Option<String>,
+    /// The first `keep` steps survive an automatic abort (see the journal header).
+    pub keep: usize,
     pub steps: Vec<StepState>,
+    /// Every process that worked on the run: (pid, command line), in order.
+    pub processes: Vec<(u32, String)>,
 }
 
 impl RunState {
@@ -84,6 +90,33 @@ impl RunState {
             .iter()
             .filter(|s| s.status == StepStatus::Succeeded)
             .filter_map(|s| s.output.clone().map(|o| (s.id.clone(), o)))
+            .collect()
+    }
+
+    pub fn elapsed(&self) -> BTreeMap<String, u64> {
+        self.steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Succeeded)
+            .filter_map(|s| s.elapsed_ms.map(|ms| (s.id.clone(), ms)))
+            .collect()
+    }
+
+    /// The step whose failure stopped the run going forward, with its error (kept after it
+    /// was undone). Undoing goes latest first from it, so it is the last step with an error.
+    pub fn failure(&self) -> Option<(&str, &str)> {
+        self.steps
+            .iter()
+            .rev()
+            .find_map(|s| Some((s.id.as_str(), s.error.as_deref()?)))
+    }
+
+    /// The steps an undo reached, in the order it undid them.
+    pub fn undone(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .rev()
+            .filter(|s| s.status == StepStatus::Compensated)
+            .map(|s| s.id.as_str())
             .collect()
     }
 
@@ -109,7 +142,7 @@ impl RunState {
         }
         match event {
             Event::Header { .. } => return Err("a second header".into()),
-            Event::RunStarted { .. } => {}
+            Event::RunStarted { pid, command } => self.processes.push((*pid, command.clone())),
             Event::PointOfNoReturn { step } => {
                 let i = self.index(step)?;
                 if self.phase != Phase::Forward {
@@ -129,7 +162,7 @@ impl RunState {
                 }
                 self.point_of_no_return.get_or_insert_with(|| step.clone());
             }
-            Event::StepStarted { step } => {
+            Event::StepStarted { step, .. } => {
                 let i = self.index(step)?;
                 if self.phase != Phase::Forward {
                     return Err(format!("step {step:?} started while rolling back"));
@@ -159,7 +192,11 @@ impl RunState {
                 s.error = None;
                 s.attempts += 1;
             }
-            Event::StepSucceeded { step, output } => {
+            Event::StepSucceeded {
+                step,
+                output,
+                elapsed_ms,
+            } => {
                 let i = self.index(step)?;
                 let s = &mut self.steps[i];
                 if s.status != StepStatus::InDoubt {
@@ -168,8 +205,9 @@ impl RunState {
                 s.status = StepStatus::Succeeded;
                 s.finished_at = Some(ts);
                 s.output = Some(output.clone());
+                s.elapsed_ms = *elapsed_ms;
             }
-            Event::StepFailed { step, error } => {
+            Event::StepFailed { step, error, .. } => {
                 let i = self.index(step)?;
                 let s = &mut self.steps[i];
                 if s.status != StepStatus::InDoubt {
@@ -202,7 +240,7 @@ impl RunState {
                 s.started_at = Some(ts);
                 s.finished_at = None;
             }
-            Event::CompensationFinished { step } | Event::CompensationFailed { step, .. } => {
+            Event::CompensationFinished { step, .. } | Event::CompensationFailed { step, .. } => {
                 let i = self.index(step)?;
                 let s = &mut self.steps[i];
                 if s.status != StepStatus::Compensating {
@@ -240,6 +278,18 @@ impl RunState {
                     }
                     self.phase = Phase::Finished(Outcome::RolledBack);
                 }
+                Outcome::Aborted => {
+                    if self.point_of_no_return.is_some() {
+                        return Err("aborted after the point of no return".into());
+                    }
+                    if let Some(s) = self.steps[self.keep..]
+                        .iter()
+                        .find(|s| s.needs_compensation())
+                    {
+                        return Err(format!("aborted while step {:?} is {:?}", s.id, s.status));
+                    }
+                    self.phase = Phase::Finished(Outcome::Aborted);
+                }
             },
         }
         Ok(())
@@ -258,6 +308,7 @@ pub fn replay(records: &[Record]) -> Result<RunState> {
         spec_hash,
         tool_version,
         steps,
+        keep,
     } = &first.event
     else {
         bail!("journal record 0 is {}, not the header", first.event.name());
@@ -277,7 +328,9 @@ pub fn replay(records: &[Record]) -> Result<RunState> {
         updated_at: first.ts,
         phase: Phase::Forward,
         point_of_no_return: None,
+        keep: (*keep).min(steps.len()),
         steps: steps.iter().map(new_step).collect(),
+        processes: Vec::new(),
     };
     for r in &records[1..] {
         if let Err(why) = state.apply(r.ts, &r.event) {
@@ -308,9 +361,64 @@ fn new_step(p: &PlannedStep) -> StepState {
         started_at: None,
         finished_at: None,
         output: None,
+        elapsed_ms: None,
         error: None,
         attempts: 0,
     }
+}
+
+/// A run as its journal tells it: the one reader, used by the runner, `status`, `resume`,
+/// `rollback`, the rehearsal's fault watch and its report.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub state: RunState,
+    /// A torn last line was found and ignored (1-based line number).
+    pub torn_tail: Option<usize>,
+    /// The records the state was folded from, in order.
+    pub records: Vec<Record>,
+}
+
+impl Loaded {
+    /// The events journaled since process `pid` last began work on the run (empty if it never
+    /// did): what a watcher of that process waits for.
+    pub fn since_process(&self, pid: u32) -> impl Iterator<Item = &Event> {
+        let from = self
+            .records
+            .iter()
+            .rposition(|r| matches!(r.event, Event::RunStarted { pid: p, .. } if p == pid))
+            .map_or(self.records.len(), |i| i + 1);
+        self.records[from..].iter().map(|r| &r.event)
+    }
+}
+
+/// The current run in `state_dir`, if there is one.
+pub fn load(state_dir: &std::path::Path) -> Result<Option<Loaded>> {
+    let path = state_dir.join(super::journal::JOURNAL_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    load_file(&path).map(Some)
+}
+
+/// A journal file (a current or an archived run).
+pub fn load_file(path: &std::path::Path) -> Result<Loaded> {
+    let contents = super::journal::read(path)?;
+    Ok(Loaded {
+        state: replay(&contents.records)?,
+        torn_tail: contents.torn_tail,
+        records: contents.records,
+    })
+}
+
+/// The same from bytes being written by another process: `None` while it is not yet a
+/// readable journal (a fault watch polls it as it grows).
+pub fn load_bytes(bytes: &[u8], path: &std::path::Path) -> Option<Loaded> {
+    let contents = super::journal::parse(bytes, path).ok()?;
+    Some(Loaded {
+        state: replay(&contents.records).ok()?,
+        torn_tail: contents.torn_tail,
+        records: contents.records,
+    })
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ fn header() -> E {
         spec_hash: "h".into(),
         tool_version: "0".into(),
         steps: plan(),
+        keep: 0,
     }
 }
 
@@ -45,25 +46,34 @@ fn records(events: Vec<E>) -> Vec<Record> {
 }
 
 fn start(s: &str) -> E {
-    E::StepStarted { step: s.into() }
+    E::StepStarted {
+        step: s.into(),
+        host: String::new(),
+        action: String::new(),
+    }
 }
 fn ok(s: &str) -> E {
     E::StepSucceeded {
         step: s.into(),
         output: json!({ "step": s }),
+        elapsed_ms: Some(1),
     }
 }
 fn fail(s: &str) -> E {
     E::StepFailed {
         step: s.into(),
         error: "boom".into(),
+        elapsed_ms: None,
     }
 }
 fn comp(s: &str) -> E {
     E::CompensationStarted { step: s.into() }
 }
 fn comp_ok(s: &str) -> E {
-    E::CompensationFinished { step: s.into() }
+    E::CompensationFinished {
+        step: s.into(),
+        elapsed_ms: None,
+    }
 }
 fn done(o: Outcome) -> E {
     E::RunFinished { outcome: o }
@@ -331,4 +341,30 @@ fn every_history_the_runner_can_write_replays() {
             panic!("legal history refused: {e}\n{ev:#?}");
         }
     }
+}
+
+#[test]
+fn an_abort_keeps_the_kept_steps_and_undoes_the_rest() {
+    let mut recs = records(vec![
+        start("look"),
+        ok("look"),
+        start("a"),
+        ok("a"),
+        start("b"),
+        fail("b"),
+        comp("b"),
+        comp_ok("b"),
+        done(Outcome::Aborted),
+    ]);
+    // Without kept steps, step a is still to be undone: an abort cannot be recorded.
+    let err = replay(&recs).unwrap_err().to_string();
+    assert!(err.contains("aborted while step \"a\""), "{err}");
+    if let E::Header { keep, .. } = &mut recs[0].event {
+        *keep = 2;
+    }
+    let s = replay(&recs).unwrap();
+    assert_eq!(s.finished(), Some(Outcome::Aborted));
+    assert_eq!(s.step("a").unwrap().status, StepStatus::Succeeded);
+    assert_eq!(s.undone(), vec!["b"]);
+    assert_eq!(s.failure(), Some(("b", "boom")));
 }

@@ -1,0 +1,176 @@
+//! Step ids: the one definition of every step's journaled key, shared by plans, the
+//! certificate, `status`, the rehearsal and the tests. The text form (`fence`,
+//! `clone:new_replica`) is what the journal stores; [`StepId`]'s `Display` writes it and
+//! `FromStr` reads it back, both from the one table in [`StepId::name`].
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StepId {
+    // Building the chain, per standby.
+    Prepare(String),
+    Slot(String),
+    Clone(String),
+    Start(String),
+    /// `migrate replicate`'s wait until the chain has caught up.
+    Catchup,
+    // The switchover.
+    Window,
+    /// The catch-up gate inside a cutover.
+    Gate,
+    Hold,
+    Fence,
+    Stop,
+    Proof,
+    Stage,
+    Promote,
+    Reverse,
+    Route,
+    Release,
+    Followers,
+    Certificate,
+    // `migrate complete`.
+    Check,
+    Retire,
+    DropStaleSlots,
+}
+
+impl StepId {
+    /// Every id that names no node.
+    pub const FIXED: [StepId; 17] = [
+        StepId::Catchup,
+        StepId::Window,
+        StepId::Gate,
+        StepId::Hold,
+        StepId::Fence,
+        StepId::Stop,
+        StepId::Proof,
+        StepId::Stage,
+        StepId::Promote,
+        StepId::Reverse,
+        StepId::Route,
+        StepId::Release,
+        StepId::Followers,
+        StepId::Certificate,
+        StepId::Check,
+        StepId::Retire,
+        StepId::DropStaleSlots,
+    ];
+
+    /// The steps inside the write pause, in order: from holding the clients to releasing them.
+    pub const PAUSE: [StepId; 9] = [
+        StepId::Hold,
+        StepId::Fence,
+        StepId::Stop,
+        StepId::Proof,
+        StepId::Stage,
+        StepId::Promote,
+        StepId::Reverse,
+        StepId::Route,
+        StepId::Release,
+    ];
+
+    /// The name, and the node for the per-node steps.
+    fn name(&self) -> (&'static str, Option<&str>) {
+        match self {
+            StepId::Prepare(n) => ("prepare", Some(n)),
+            StepId::Slot(n) => ("slot", Some(n)),
+            StepId::Clone(n) => ("clone", Some(n)),
+            StepId::Start(n) => ("start", Some(n)),
+            StepId::Catchup => ("catchup", None),
+            StepId::Window => ("window", None),
+            StepId::Gate => ("gate", None),
+            StepId::Hold => ("hold", None),
+            StepId::Fence => ("fence", None),
+            StepId::Stop => ("stop", None),
+            StepId::Proof => ("proof", None),
+            StepId::Stage => ("stage", None),
+            StepId::Promote => ("promote", None),
+            StepId::Reverse => ("reverse", None),
+            StepId::Route => ("route", None),
+            StepId::Release => ("release", None),
+            StepId::Followers => ("followers", None),
+            StepId::Certificate => ("certificate", None),
+            StepId::Check => ("check", None),
+            StepId::Retire => ("retire", None),
+            StepId::DropStaleSlots => ("drop_stale_slots", None),
+        }
+    }
+
+    /// The node a per-node step works on.
+    pub fn node(&self) -> Option<&str> {
+        self.name().1
+    }
+
+    /// Whether this is a clone step (any node).
+    pub fn is_clone(&self) -> bool {
+        matches!(self, StepId::Clone(_))
+    }
+}
+
+impl fmt::Display for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            (name, Some(node)) => write!(f, "{name}:{node}"),
+            (name, None) => f.write_str(name),
+        }
+    }
+}
+
+impl FromStr for StepId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<StepId, String> {
+        let per_node: [(fn(String) -> StepId, &str); 4] = [
+            (StepId::Prepare, "prepare"),
+            (StepId::Slot, "slot"),
+            (StepId::Clone, "clone"),
+            (StepId::Start, "start"),
+        ];
+        if let Some((kind, node)) = s.split_once(':') {
+            for (make, name) in per_node {
+                if kind == name && !node.is_empty() {
+                    return Ok(make(node.to_string()));
+                }
+            }
+        } else if let Some(id) = StepId::FIXED.iter().find(|id| id.name().0 == s) {
+            return Ok(id.clone());
+        }
+        Err(format!("no step {s:?}"))
+    }
+}
+
+impl serde::Serialize for StepId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StepId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StepId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_id_reads_back_as_itself() {
+        let mut all: Vec<StepId> = StepId::FIXED.to_vec();
+        all.extend([
+            StepId::Prepare("new".into()),
+            StepId::Slot("dr".into()),
+            StepId::Clone("new_replica".into()),
+            StepId::Start("dr".into()),
+        ]);
+        for id in all {
+            assert_eq!(id.to_string().parse::<StepId>(), Ok(id.clone()), "{id}");
+        }
+        assert_eq!(StepId::Clone("dr".into()).to_string(), "clone:dr");
+        assert!("clone:".parse::<StepId>().is_err());
+        assert!("nonsense".parse::<StepId>().is_err());
+    }
+}

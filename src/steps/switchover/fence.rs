@@ -1,0 +1,83 @@
+//! `fence`, the soft fence: read-only by default, client sessions ended, a checkpoint so the
+//! shutdown checkpoint is short. Not the guarantee (P1): stopping the server is.
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::Direction;
+use crate::engine::{Cx, Description, Kind, Step};
+use crate::pg::{connect, sql};
+use crate::steps::id::StepId;
+
+pub struct Fence(pub Direction);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FenceOut {
+    pub fenced_at: DateTime<Utc>,
+    pub sessions_ended: i64,
+    /// The target's timeline while it still streamed (P6), for the proof.
+    pub to_timeline: Option<i64>,
+}
+
+#[async_trait]
+impl Step for Fence {
+    type Output = FenceOut;
+    fn id(&self) -> String {
+        StepId::Fence.to_string()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self.0.from.host_label(),
+            action: "ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf(); \
+                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' (except migrate's own); CHECKPOINT"
+                .into(),
+            proof: "the settings are reloaded; no client backend remains".into(),
+            undo: "ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn apply(&self, _: &Cx) -> Result<FenceOut> {
+        let fenced_at = Utc::now();
+        // The target's timeline, read while its walreceiver still runs: once the primary is
+        // down there is no receiver row, and a standby's control file lags (P6). Journaled
+        // here, before the stop, so a resumed run has it too.
+        let to_timeline = match connect(&self.0.to.endpoint()).await {
+            Ok(c) => sql::walreceiver(&c)
+                .await
+                .ok()
+                .flatten()
+                .map(|(_, tli)| i64::from(tli)),
+            Err(_) => None,
+        };
+        let c = connect(&self.0.from.endpoint()).await?;
+        c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            .await?;
+        c.batch_execute("SELECT pg_reload_conf()").await?;
+        let sessions_ended: i64 = c
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                    AND coalesce(application_name, '') NOT LIKE 'migrate%'",
+                &[],
+            )
+            .await?
+            .get(0);
+        c.batch_execute("CHECKPOINT").await?;
+        Ok(FenceOut {
+            fenced_at,
+            sessions_ended,
+            to_timeline,
+        })
+    }
+    async fn compensate(&self, _: &Cx, _: Option<FenceOut>) -> Result<()> {
+        let c = connect(&self.0.from.endpoint()).await.context("unfence")?;
+        c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
+            .await?;
+        c.batch_execute("SELECT pg_reload_conf()").await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+//! Waiting until a standby streams on a timeline: used by `reverse` (inside the write pause)
+//! and `followers`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use tokio_postgres::Client;
+
+use crate::engine::Cx;
+use crate::pg::server::RunState;
+use crate::pg::{connect, sql, Endpoint};
+use crate::steps::id::StepId;
+use crate::steps::member::Member;
+
+/// Wait until `m` streams from `upstream` on timeline `tli` (P5: its walreceiver streaming on
+/// that timeline, and a streaming row for it on the upstream). Polled every 10 ms, inside the
+/// write pause for the reverse step, on kept connections: a new connection per poll (a
+/// backend fork on each side) would slow the start it waits for.
+pub async fn wait_following(
+    m: &Member,
+    upstream: &Member,
+    tli: i32,
+    limit: Duration,
+    cx: &Cx,
+    step: &StepId,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut node: Option<Client> = None;
+    let mut up: Option<Client> = None;
+    let mut checks = 0u32;
+    loop {
+        let sample = tokio::time::timeout(
+            Duration::from_secs(5),
+            follow_state(m, upstream, &mut node, &mut up),
+        )
+        .await;
+        let why = match sample {
+            Ok(Ok((Some((status, got)), Some(state))))
+                if status == "streaming" && got == tli && state == "streaming" =>
+            {
+                return Ok(())
+            }
+            Ok(Ok((Some((status, got)), state))) => format!(
+                "walreceiver {status} on timeline {got}; on {}: {}",
+                upstream.name(),
+                state.unwrap_or_else(|| "no replication row".into())
+            ),
+            Ok(Ok((None, _))) => "no walreceiver".into(),
+            Ok(Err(e)) => {
+                let text = format!("{e:#}");
+                text.lines().next().unwrap_or_default().to_string()
+            }
+            Err(_) => {
+                (node, up) = (None, None);
+                "no answer within 5 s".into()
+            }
+        };
+        if Instant::now() > deadline {
+            bail!(
+                "{} does not stream from {} on timeline {tli}: {why}",
+                m.name(),
+                upstream.name()
+            );
+        }
+        cx.progress(
+            step,
+            format!("waiting for {} to follow timeline {tli}: {why}", m.name()),
+        );
+        // A server that died while starting never streams: say so now, with its log.
+        if checks % 25 == 24 && m.server()?.state().await? != RunState::Running {
+            bail!(
+                "{} is not running ({why}); see its server log {}",
+                m.name(),
+                m.node.log_file.display()
+            );
+        }
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// (walreceiver status and timeline on `m`, state of its row on `upstream`), (re)connecting
+/// where a kept connection is missing or broke.
+async fn follow_state(
+    m: &Member,
+    upstream: &Member,
+    node: &mut Option<Client>,
+    up: &mut Option<Client>,
+) -> Result<(Option<(String, i32)>, Option<String>)> {
+    async fn kept<'a>(slot: &'a mut Option<Client>, ep: &Endpoint) -> Result<&'a Client> {
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = Some(connect(ep).await?);
+        }
+        Ok(slot.as_ref().expect("connected"))
+    }
+    let receiver = sql::walreceiver(kept(node, &m.endpoint()).await?)
+        .await
+        .inspect_err(|_| *node = None)?;
+    if receiver.is_none() {
+        return Ok((None, None));
+    }
+    let row = sql::replication_state(kept(up, &upstream.endpoint()).await?, m.name())
+        .await
+        .inspect_err(|_| *up = None)?;
+    Ok((receiver, row))
+}

@@ -1,0 +1,60 @@
+//! The zero-loss switchover (docs/pitfalls.md, and the reference §1.2 it summarizes), in one
+//! direction: `from` is the serving primary, `to` the standby that takes over; `followers` are
+//! the other standbys, which must follow the new timeline. The same steps, with roles swapped,
+//! are the rollback after the point of no return (`switchback`).
+//!
+//! One file per step, each with its output type; the go / no-go decisions are pure functions
+//! beside them ([`window::decide`], [`proof::verdict`], [`retry::BACKOFF_MS`]).
+
+pub mod certificate;
+mod fence;
+mod follow;
+mod followers;
+mod hold;
+mod promote;
+pub mod proof;
+mod release;
+pub mod retry;
+mod reverse;
+mod route;
+mod stage;
+mod stop;
+pub mod window;
+
+use anyhow::Result;
+
+use super::member::Member;
+
+pub use certificate::{certificate_path, Certificate, CertificateDoc};
+pub use fence::{Fence, FenceOut};
+pub use followers::Followers;
+pub use hold::{Hold, HoldOut};
+pub use promote::{Promote, PromoteOut};
+pub use proof::{Proof, ProofOut};
+pub use release::{Release, ReleaseOut};
+pub use reverse::Reverse;
+pub use route::{RouteOut, VerifyPrimary};
+pub use stage::Stage;
+pub use stop::StopPrimary;
+pub use window::WaitForWindow;
+
+/// Who hands over to whom.
+#[derive(Clone)]
+pub struct Direction {
+    pub from: Member,
+    pub to: Member,
+    pub followers: Vec<Member>,
+    /// The traffic layer (`kind = "none"` routes are left out).
+    pub routes: Vec<crate::spec::Route>,
+}
+
+impl Direction {
+    fn routers(&self) -> Result<Vec<Box<dyn crate::route::Router>>> {
+        crate::route::open(&self.routes)
+    }
+
+    /// `from` as a standby of `to`.
+    fn demoted(&self) -> Member {
+        self.from.with_upstream(&self.to.node)
+    }
+}

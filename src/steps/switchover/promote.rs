@@ -1,0 +1,112 @@
+//! `promote`, the point of no return.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::Direction;
+use crate::engine::{Cx, Description, Kind, Step};
+use crate::pg::{connect, sql};
+use crate::steps::id::StepId;
+
+/// How long a promotion request may go unanswered before it is sent again (P13).
+const PROMOTE_RESIGNAL: Duration = Duration::from_millis(250);
+
+pub struct Promote {
+    pub d: Direction,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromoteOut {
+    /// The new timeline.
+    pub timeline: i64,
+    /// The new primary's WAL position just after it left recovery.
+    pub lsn: String,
+    /// From the first request until `pg_is_in_recovery()` said false.
+    pub promote_ms: u64,
+    /// How many promotion requests were sent (more than one: P13).
+    pub signals: u32,
+}
+
+/// SQLSTATE 55000 (object_not_in_prerequisite_state) with this text: promoted meanwhile.
+fn already_promoted(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE
+            && d.message().contains("not in progress")
+    })
+}
+
+#[async_trait]
+impl Step for Promote {
+    type Output = PromoteOut;
+    fn id(&self) -> String {
+        StepId::Promote.to_string()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self.d.to.host_label(),
+            action: format!(
+                "SELECT pg_promote(false), repeated every {} ms while pg_is_in_recovery(), within {:?}",
+                PROMOTE_RESIGNAL.as_millis(),
+                self.timeout
+            ),
+            proof: "pg_is_in_recovery() = false; the new timeline from pg_walfile_name(pg_current_wal_lsn())".into(),
+            undo: "none: going back is a switchover in the other direction (migrate rollback)".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::PointOfNoReturn
+    }
+    async fn apply(&self, _: &Cx) -> Result<PromoteOut> {
+        let t = Instant::now();
+        let c = connect(&self.d.to.endpoint()).await?;
+        let mut signals = 0;
+        let mut last_signal = None::<Instant>;
+        // pg_promote(wait => true) checks every 100 ms, inside the write pause; this polls every
+        // 5 ms. A request that lands just as the walreceiver lost the stopped primary can sit
+        // out wal_retrieve_retry_interval (P13), so an unanswered request is repeated.
+        while sql::in_recovery(&c).await? {
+            if last_signal.is_none_or(|at| at.elapsed() >= PROMOTE_RESIGNAL) {
+                if let Err(e) = c.batch_execute("SELECT pg_promote(false)").await {
+                    if !already_promoted(&e) {
+                        return Err(e.into());
+                    }
+                }
+                signals += 1;
+                last_signal = Some(Instant::now());
+            }
+            if t.elapsed() > self.timeout {
+                bail!(
+                    "{} did not finish promotion within {:?}",
+                    self.d.to.name(),
+                    self.timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let promote_ms = t.elapsed().as_millis() as u64;
+        // The control file shows the new timeline only after the asynchronous end-of-recovery
+        // checkpoint (P6); the current WAL file's name has it now.
+        let r = c
+            .query_one(
+                "SELECT pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text",
+                &[],
+            )
+            .await?;
+        let walfile: String = r.get(0);
+        let timeline = i64::from_str_radix(walfile.get(..8).unwrap_or_default(), 16)
+            .with_context(|| format!("timeline from WAL file name {walfile:?}"))?;
+        Ok(PromoteOut {
+            timeline,
+            lsn: r.get(1),
+            promote_ms,
+            signals,
+        })
+    }
+    async fn compensate(&self, _: &Cx, _: Option<PromoteOut>) -> Result<()> {
+        bail!("a promotion cannot be undone")
+    }
+}

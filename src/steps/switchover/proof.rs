@@ -1,0 +1,334 @@
+//! `proof`, the evidence: the stopped primary's control file says "shut down" at checkpoint L
+//! on timeline T, and the new node has received and replayed past L on T. Time-boxed: without
+//! the proof in time there is no promotion, and the cutover is undone.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::fence::FenceOut;
+use super::Direction;
+use crate::engine::{Cx, Description, Kind, Step};
+use crate::host::Cmd;
+use crate::pg::{connect, Lsn};
+use crate::steps::id::StepId;
+use crate::steps::member::Member;
+
+pub struct Proof {
+    pub d: Direction,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProofOut {
+    /// L: the stopped primary's shutdown checkpoint.
+    pub checkpoint_lsn: Lsn,
+    /// T: the timeline it shut down on.
+    pub timeline: i64,
+    pub receive_lsn: Lsn,
+    pub replay_lsn: Lsn,
+}
+
+/// What `pg_controldata` says of the stopped primary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Control {
+    pub state: String,
+    pub checkpoint: Lsn,
+    pub timeline: i64,
+}
+
+/// One sample of the target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Position {
+    pub receive: Option<Lsn>,
+    pub replay: Option<Lsn>,
+    /// The timeline from the target's control file (lags on a standby, P6).
+    pub timeline: i64,
+    pub in_recovery: bool,
+}
+
+/// The proof's verdict on one sample.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Proven(ProofOut),
+    /// Not yet: sample again until the time box.
+    Wait,
+    /// Never: no promotion, whatever comes later.
+    Refuse(String),
+}
+
+/// Pure: does this sample prove the target has every byte? `journaled_tli` is the target's
+/// timeline read while it still streamed (the fence's record), preferred to the control
+/// file's.
+pub fn verdict(
+    from: &str,
+    to: &str,
+    ctl: &Control,
+    at: &Position,
+    journaled_tli: Option<i64>,
+) -> Verdict {
+    if ctl.state != "shut down" {
+        return Verdict::Refuse(format!(
+            "{from} is not cleanly shut down (pg_controldata says {:?}); no promotion",
+            ctl.state
+        ));
+    }
+    if !at.in_recovery {
+        return Verdict::Refuse(format!(
+            "{to} is not in recovery: it must be a standby to be promoted"
+        ));
+    }
+    let (Some(rc), Some(rp)) = (at.receive, at.replay) else {
+        return Verdict::Wait;
+    };
+    if rc <= ctl.checkpoint || rp <= ctl.checkpoint {
+        return Verdict::Wait;
+    }
+    let tli = journaled_tli.unwrap_or(at.timeline);
+    if tli != ctl.timeline {
+        return Verdict::Refuse(format!(
+            "{to} is on timeline {tli}, {from} shut down on timeline {}; no promotion",
+            ctl.timeline
+        ));
+    }
+    Verdict::Proven(ProofOut {
+        checkpoint_lsn: ctl.checkpoint,
+        timeline: ctl.timeline,
+        receive_lsn: rc,
+        replay_lsn: rp,
+    })
+}
+
+/// The control file of a member's (stopped) server, read in the C locale: the field names
+/// are translated in other locales.
+async fn controldata(m: &Member) -> Result<Control> {
+    let server = m.server()?;
+    let out = m
+        .host
+        .run_ok(
+            &Cmd::new([
+                server.tool("pg_controldata"),
+                "-D".into(),
+                m.node.data_dir.display().to_string(),
+            ])
+            .env("LC_ALL", "C"),
+        )
+        .await?;
+    parse_controldata(&out.stdout_text(), m.name())
+}
+
+fn parse_controldata(text: &str, node: &str) -> Result<Control> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .ok_or_else(|| anyhow!("pg_controldata of {node} has no {name:?}"))
+    };
+    Ok(Control {
+        state: field("Database cluster state:")?,
+        checkpoint: field("Latest checkpoint location:")?
+            .parse()
+            .map_err(|e: String| anyhow!(e))?,
+        timeline: field("Latest checkpoint's TimeLineID:")?.parse()?,
+    })
+}
+
+/// The target's received and replayed positions, timeline and recovery state.
+async fn position(to: &Member) -> Result<Position> {
+    let c = connect(&to.endpoint()).await?;
+    let r = c
+        .query_one(
+            "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, timeline_id::bigint, pg_is_in_recovery()
+               FROM pg_control_checkpoint()",
+            &[],
+        )
+        .await?;
+    let lsn = |i: usize| {
+        r.get::<_, Option<String>>(i)
+            .and_then(|s| s.parse::<Lsn>().ok())
+    };
+    Ok(Position {
+        receive: lsn(0),
+        replay: lsn(1),
+        timeline: r.get(2),
+        in_recovery: r.get(3),
+    })
+}
+
+#[async_trait]
+impl Step for Proof {
+    type Output = ProofOut;
+    fn id(&self) -> String {
+        StepId::Proof.to_string()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: format!("{} and {}", self.d.from.name(), self.d.to.name()),
+            action: format!(
+                "pg_controldata {} (must say \"shut down\"; read checkpoint L and timeline T); on {}: pg_last_wal_receive_lsn() > L and pg_last_wal_replay_lsn() > L on T, within {:?}",
+                self.d.from.node.data_dir.display(),
+                self.d.to.name(),
+                self.timeout
+            ),
+            proof: "both LSNs strictly past L, journaled".into(),
+            undo: "nothing (read-only); if it does not come in time the cutover is aborted".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::ReadOnly
+    }
+    async fn apply(&self, cx: &Cx) -> Result<ProofOut> {
+        let t = Instant::now();
+        let journaled_tli = cx
+            .find::<FenceOut>(&StepId::Fence)?
+            .and_then(|f| f.to_timeline);
+        let (from, to) = (self.d.from.name(), self.d.to.name());
+        let ctl = controldata(&self.d.from).await?;
+        let mut last: Option<Position>;
+        loop {
+            // The target may be briefly unreachable; that is "not yet", until the time box.
+            // A hung target (frozen host, cut link) must not outlast the time box either.
+            let left = self
+                .timeout
+                .saturating_sub(t.elapsed())
+                .max(Duration::from_millis(200));
+            let sample = match tokio::time::timeout(left, position(&self.d.to)).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow!("no answer within {left:?}")),
+            };
+            match sample {
+                Ok(at) => {
+                    match verdict(from, to, &ctl, &at, journaled_tli) {
+                        Verdict::Proven(out) => return Ok(out),
+                        Verdict::Refuse(why) => bail!(why),
+                        Verdict::Wait => {}
+                    }
+                    last = Some(at);
+                }
+                Err(e) if t.elapsed() > self.timeout => {
+                    let text = format!("{e:#}");
+                    bail!(
+                        "no proof within {:?}: {to} is unreachable ({}); not promoting",
+                        self.timeout,
+                        text.lines().next().unwrap_or_default()
+                    );
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+            if t.elapsed() > self.timeout {
+                let shown = |l: Option<Lsn>| l.map_or_else(|| "nothing".into(), |l| l.to_string());
+                let (rc, rp) = last
+                    .as_ref()
+                    .map_or((None, None), |p| (p.receive, p.replay));
+                bail!(
+                    "{to} did not receive and replay past {from}'s shutdown checkpoint {} within {:?} (received {}, replayed {}); not promoting",
+                    ctl.checkpoint,
+                    self.timeout,
+                    shown(rc),
+                    shown(rp)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lsn(s: &str) -> Lsn {
+        s.parse().unwrap()
+    }
+
+    fn ctl(state: &str) -> Control {
+        Control {
+            state: state.into(),
+            checkpoint: lsn("0/3000028"),
+            timeline: 1,
+        }
+    }
+
+    fn at(receive: Option<&str>, replay: Option<&str>, timeline: i64) -> Position {
+        Position {
+            receive: receive.map(lsn),
+            replay: replay.map(lsn),
+            timeline,
+            in_recovery: true,
+        }
+    }
+
+    #[test]
+    fn both_positions_strictly_past_the_checkpoint_on_the_same_timeline_prove_it() {
+        let v = verdict(
+            "old",
+            "new",
+            &ctl("shut down"),
+            &at(Some("0/30000A0"), Some("0/30000A0"), 1),
+            None,
+        );
+        assert_eq!(
+            v,
+            Verdict::Proven(ProofOut {
+                checkpoint_lsn: lsn("0/3000028"),
+                timeline: 1,
+                receive_lsn: lsn("0/30000A0"),
+                replay_lsn: lsn("0/30000A0"),
+            })
+        );
+    }
+
+    #[test]
+    fn equal_to_the_checkpoint_or_nothing_received_is_not_yet() {
+        let c = ctl("shut down");
+        for sample in [
+            at(Some("0/3000028"), Some("0/30000A0"), 1),
+            at(Some("0/30000A0"), Some("0/3000028"), 1),
+            at(None, Some("0/30000A0"), 1),
+            at(Some("0/30000A0"), None, 1),
+        ] {
+            assert_eq!(verdict("old", "new", &c, &sample, None), Verdict::Wait);
+        }
+    }
+
+    #[test]
+    fn a_dirty_shutdown_a_primary_target_or_another_timeline_is_never_a_proof() {
+        let past = at(Some("0/30000A0"), Some("0/30000A0"), 1);
+        assert!(matches!(
+            verdict("old", "new", &ctl("in production"), &past, None),
+            Verdict::Refuse(w) if w.contains("not cleanly shut down")
+        ));
+        let mut primary = past.clone();
+        primary.in_recovery = false;
+        assert!(matches!(
+            verdict("old", "new", &ctl("shut down"), &primary, None),
+            Verdict::Refuse(w) if w.contains("not in recovery")
+        ));
+        assert!(matches!(
+            verdict("old", "new", &ctl("shut down"), &at(Some("0/30000A0"), Some("0/30000A0"), 2), None),
+            Verdict::Refuse(w) if w.contains("timeline 2")
+        ));
+        // The journaled timeline (read while streaming) wins over the lagging control file.
+        assert!(matches!(
+            verdict(
+                "old",
+                "new",
+                &ctl("shut down"),
+                &at(Some("0/30000A0"), Some("0/30000A0"), 2),
+                Some(1)
+            ),
+            Verdict::Proven(_)
+        ));
+    }
+
+    #[test]
+    fn controldata_fields_are_read_from_c_locale_output() {
+        let text = "pg_control version number:            1300\nDatabase cluster state:               shut down\nLatest checkpoint location:           0/3000028\nLatest checkpoint's TimeLineID:       1\n";
+        assert_eq!(parse_controldata(text, "old").unwrap(), ctl("shut down"));
+        assert!(parse_controldata("Datenbank-Cluster-Status: heruntergefahren", "old").is_err());
+    }
+}

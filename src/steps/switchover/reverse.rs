@@ -1,0 +1,75 @@
+//! `reverse`: start the old primary as a standby of the new one and prove it follows the new
+//! timeline (a diverged standby also starts, P5).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::follow::wait_following;
+use super::promote::PromoteOut;
+use super::Direction;
+use crate::engine::{Cx, Description, Kind, Step};
+use crate::pg::server::RunState;
+use crate::steps::id::StepId;
+
+pub struct Reverse(pub Direction);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimelineOut {
+    /// The timeline the node(s) now stream on.
+    pub timeline: i64,
+}
+
+/// The timeline the promotion started.
+pub(super) fn new_timeline(cx: &Cx) -> Result<i32> {
+    let p: PromoteOut = cx.get(&StepId::Promote)?;
+    i32::try_from(p.timeline).map_err(|_| anyhow!("promote recorded timeline {}", p.timeline))
+}
+
+#[async_trait]
+impl Step for Reverse {
+    type Output = TimelineOut;
+    fn id(&self) -> String {
+        StepId::Reverse.to_string()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self.0.from.host_label(),
+            action: format!("pg_ctl start -D {} (as a standby of {})", self.0.from.node.data_dir.display(), self.0.to.name()),
+            proof: format!(
+                "pg_stat_wal_receiver on {} streaming with received_tli = the new timeline, and a streaming row in pg_stat_replication on {}",
+                self.0.from.name(),
+                self.0.to.name()
+            ),
+            undo: "none (after the point of no return)".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn apply(&self, cx: &Cx) -> Result<TimelineOut> {
+        let tli = new_timeline(cx)?;
+        let m = self.0.demoted();
+        let server = m.server()?;
+        if server.state().await? != RunState::Running {
+            // Not `pg_ctl start -w`: streaming, waited for below, is the stronger proof, and
+            // it comes sooner than pg_ctl's 100 ms polling notices the server is up.
+            server.launch(&m.node.log_file).await?;
+        }
+        wait_following(&m, &self.0.to, tli, Duration::from_secs(60), cx, &StepId::Reverse).await.map_err(|e| {
+            anyhow!(
+                "{e}; {to} is the primary and keeps serving. {from} cannot follow it: re-sync it with pg_rewind \
+                 (pg_rewind -D {dir} --source-server='<conninfo of {to}>', then re-apply port, cluster_name and primary_slot_name) \
+                 or re-clone it, then run `migrate resume`",
+                to = self.0.to.name(),
+                from = self.0.from.name(),
+                dir = m.node.data_dir.display()
+            )
+        })?;
+        Ok(TimelineOut {
+            timeline: i64::from(tli),
+        })
+    }
+}

@@ -1,0 +1,93 @@
+//! `stage`: before promoting, make the stopped primary a standby of the new one
+//! (standby.signal, primary_conninfo, slot), so that no restart can ever bring it up as a
+//! second primary.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::Direction;
+use crate::engine::{Cx, Description, Kind, Step};
+use crate::pg::{connect, sql};
+use crate::steps::id::StepId;
+use crate::steps::member::PASSFILE;
+
+pub struct Stage(pub Direction);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageOut {
+    /// The slot the old primary will stream from.
+    pub slot: String,
+    /// The node that holds it (the new primary).
+    pub on: String,
+}
+
+impl Stage {
+    fn backup(&self, cx: &Cx) -> PathBuf {
+        self.0
+            .from
+            .node
+            .data_dir
+            .join(format!("postgresql.auto.conf.migrate-{}", cx.run_id))
+    }
+}
+
+#[async_trait]
+impl Step for Stage {
+    type Output = StageOut;
+    fn id(&self) -> String {
+        StepId::Stage.to_string()
+    }
+    fn describe(&self) -> Description {
+        let m = self.0.demoted();
+        Description {
+            host: format!("{} and {}", self.0.from.host_label(), self.0.to.name()),
+            action: format!(
+                "on {to}: pg_create_physical_replication_slot('{slot}', true); on {from}: standby.signal, and in postgresql.auto.conf primary_conninfo = '{ci}', primary_slot_name = '{slot}', without the soft fence",
+                to = self.0.to.name(),
+                from = self.0.from.name(),
+                slot = m.slot(),
+                ci = m.replication_conninfo(Some(&m.node.data_dir.join(PASSFILE).display().to_string())).map(|c| c.to_string()).unwrap_or_default(),
+            ),
+            proof: "standby.signal exists on the stopped node".into(),
+            undo: "restore postgresql.auto.conf, remove standby.signal, drop the slot".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn apply(&self, cx: &Cx) -> Result<StageOut> {
+        let m = self.0.demoted();
+        let c = connect(&self.0.to.endpoint()).await?;
+        sql::create_physical_slot(&c, &m.slot()).await?;
+        let auto = m.node.data_dir.join("postgresql.auto.conf");
+        let current = m.host.read_file(&auto).await.unwrap_or_default();
+        if !m.host.exists(&self.backup(cx)).await? {
+            m.host
+                .write_file(&self.backup(cx), &current, 0o600, None)
+                .await?;
+        }
+        m.make_standby(&current).await?;
+        Ok(StageOut {
+            slot: m.slot(),
+            on: self.0.to.name().to_string(),
+        })
+    }
+    async fn compensate(&self, cx: &Cx, _: Option<StageOut>) -> Result<()> {
+        let m = &self.0.from;
+        let data = &m.node.data_dir;
+        let backup = self.backup(cx);
+        if m.host.exists(&backup).await? {
+            let original = m.host.read_file(&backup).await?;
+            m.host
+                .write_file(&data.join("postgresql.auto.conf"), &original, 0o600, None)
+                .await?;
+            m.host.remove_file(&backup).await?;
+        }
+        m.host.remove_file(&data.join("standby.signal")).await?;
+        let c = connect(&self.0.to.endpoint()).await?;
+        sql::drop_inactive_slot(&c, &self.0.demoted().slot()).await
+    }
+}

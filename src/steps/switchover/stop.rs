@@ -1,0 +1,70 @@
+//! `stop`, the hard fence: a clean fast shutdown, which waits for connected standbys to receive
+//! everything, shutdown checkpoint included.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::Direction;
+use crate::engine::{Cx, Description, Kind, Probe, Step};
+use crate::pg::server::{RunState, StopMode};
+use crate::steps::id::StepId;
+
+pub struct StopPrimary(pub Direction);
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StopOut {
+    /// When the stop returned; `None` when a resumed run found the server already down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<DateTime<Utc>>,
+}
+
+#[async_trait]
+impl Step for StopPrimary {
+    type Output = StopOut;
+    fn id(&self) -> String {
+        StepId::Stop.to_string()
+    }
+    fn describe(&self) -> Description {
+        Description {
+            host: self.0.from.host_label(),
+            action: format!(
+                "pg_ctl stop -D {} -m fast -w",
+                self.0.from.node.data_dir.display()
+            ),
+            proof: "pg_ctl status: not running".into(),
+            undo: "pg_ctl start (as primary again)".into(),
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reversible
+    }
+    async fn probe(&self, _: &Cx) -> Result<Probe<StopOut>> {
+        Ok(match self.0.from.server()?.state().await? {
+            RunState::Running => Probe::NotDone,
+            _ => Probe::Done(StopOut::default()),
+        })
+    }
+    async fn apply(&self, _: &Cx) -> Result<StopOut> {
+        self.0
+            .from
+            .server()?
+            .stop(StopMode::Fast, Duration::from_secs(300))
+            .await?;
+        Ok(StopOut {
+            stopped_at: Some(Utc::now()),
+        })
+    }
+    async fn compensate(&self, _: &Cx, _: Option<StopOut>) -> Result<()> {
+        let server = self.0.from.server()?;
+        if server.state().await? != RunState::Running {
+            server
+                .start(&self.0.from.node.log_file, Duration::from_secs(300))
+                .await?;
+        }
+        Ok(())
+    }
+}
