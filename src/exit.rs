@@ -73,4 +73,89 @@ mod tests {
         assert_eq!(Exit::for_error(&run_error(Stop::Aborted)), Exit::NotReady);
         assert_eq!(Exit::for_error(&run_error(Stop::Refused)), Exit::BadInput);
     }
+
+    /// A plan whose second step fails its probe on resume: anything after the first side
+    /// effect is "operator needed", never "bad input".
+    mod a_run {
+        use anyhow::{bail, Result};
+        use async_trait::async_trait;
+        use serde_json::Value;
+
+        use super::super::Exit;
+        use crate::engine::{events, Cx, Description, Invocation, Kind, Plan, Probe, Runner, Step};
+
+        struct Effect;
+        struct FailingProbe;
+
+        #[async_trait]
+        impl Step for Effect {
+            type Output = Value;
+            fn id(&self) -> String {
+                "effect".into()
+            }
+            fn describe(&self) -> Description {
+                Description::default()
+            }
+            fn kind(&self) -> Kind {
+                Kind::Reversible
+            }
+            async fn apply(&self, _: &Cx) -> Result<Value> {
+                Ok(Value::Null)
+            }
+        }
+
+        #[async_trait]
+        impl Step for FailingProbe {
+            type Output = Value;
+            fn id(&self) -> String {
+                "probed".into()
+            }
+            fn describe(&self) -> Description {
+                Description::default()
+            }
+            fn kind(&self) -> Kind {
+                Kind::Reversible
+            }
+            async fn probe(&self, _: &Cx) -> Result<Probe<Value>> {
+                bail!("connection refused")
+            }
+            async fn apply(&self, _: &Cx) -> Result<Value> {
+                Ok(Value::Null)
+            }
+        }
+
+        fn plan() -> Plan {
+            let mut p = Plan::new("test");
+            p.push(Effect);
+            p.push(FailingProbe);
+            p
+        }
+
+        #[tokio::test]
+        async fn a_probe_error_mid_run_exits_3_with_the_continuing_command() {
+            let dir = tempfile::tempdir().unwrap();
+            let inv = Invocation {
+                state_dir: dir.path().join("state"),
+                spec_hash: "h".into(),
+                spec_arg: "spec.toml".into(),
+                command: "test".into(),
+            };
+            let (tx, _rx) = events::channel();
+            // The probe runs only for a step that may have run before: stop before it, then
+            // mark it in doubt as a crash would, by resuming after its start was journaled.
+            let mut r = Runner::start(plan(), inv.clone(), tx.clone()).unwrap();
+            r.pause_before(Some("probed".into())).unwrap();
+            let paused = r.run(None).await.unwrap_err();
+            assert_eq!(Exit::for_error(&paused), Exit::OperatorNeeded);
+            drop(r);
+            let mut r = Runner::resume(plan(), inv, tx).unwrap();
+            let err = r.run(None).await.unwrap_err();
+            // A probe error on a pending step is still after the first side effect (step
+            // `effect` changed something).
+            assert_eq!(Exit::for_error(&err), Exit::OperatorNeeded, "{err:#}");
+            let text = format!("{err:#}");
+            assert!(text.contains("probe step probed"), "{text}");
+            assert!(text.contains("migrate resume -f spec.toml"), "{text}");
+        }
+    }
 }

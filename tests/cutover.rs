@@ -219,7 +219,7 @@ async fn the_time_box_aborts_when_the_target_cannot_catch_up_and_the_old_primary
     // The journal says why, and that it was undone.
     let v: serde_json::Value =
         serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
-    assert_eq!(v["state"], "rolled_back");
+    assert_eq!(v["state"], "aborted");
     assert_eq!(v["point_of_no_return"], serde_json::Value::Null);
     let proof = v["steps"]
         .as_array()
@@ -422,7 +422,7 @@ async fn ctrl_c_before_the_point_of_no_return_aborts_and_unfences() {
     assert!(out.1.contains("interrupted by the operator"), "{}", out.1);
     let v: serde_json::Value =
         serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
-    assert_eq!(v["state"], "rolled_back");
+    assert_eq!(v["state"], "aborted");
     assert_old_serves_unfenced(&chain).await;
 }
 

@@ -129,7 +129,7 @@ fn a_target_stopped_after_the_fence_makes_the_time_box_undo_the_cutover() {
         "{f:#}"
     );
     assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
-    assert_eq!(f["run"]["outcome"], "rolled_back", "{f:#}");
+    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
     assert_eq!(undone(&f), ["stop", "fence", "hold"], "{f:#}");
 }
 
@@ -155,7 +155,7 @@ fn a_route_failure_before_the_point_of_no_return_aborts_and_undoes() {
         "{f:#}"
     );
     assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
-    assert_eq!(f["run"]["outcome"], "rolled_back", "{f:#}");
+    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
     assert_eq!(undone(&f), ["hold"], "{f:#}");
 }
 

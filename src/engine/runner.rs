@@ -356,7 +356,7 @@ impl Runner {
                                 message: format!("{name} ignored: past the point of no return, the run goes on until it is safe"),
                             });
                         } else {
-                            break Err(Halt::Failed(anyhow!("interrupted by {name}")));
+                            break Err(Halt::Failed(anyhow!("interrupted by the operator ({name})")));
                         }
                     }
                 }

@@ -574,7 +574,7 @@ async fn control_compatibility(
     }
 }
 
-/// Reference §4 #14: text indexes are ordered by the collation library of the host that built
+/// docs/pitfalls.md, preflight #14: text indexes are ordered by the collation library of the host that built
 /// them. A standby on a host whose glibc/ICU sorts differently serves (and after promotion
 /// writes) corrupt indexes without an error. PG 15+ records the version per database and
 /// `pg_database_collation_actual_version` reports the running host's, also on a standby.
@@ -626,7 +626,7 @@ async fn collations(checks: &mut Vec<Check>, facts: &BTreeMap<String, Facts>, p:
     }
 }
 
-/// Reference §4 #22: clocks. Lag in seconds, the window and DNS TSIG (300 s fudge) read them.
+/// docs/pitfalls.md, preflight #22: clocks. Lag in seconds, the window and DNS TSIG (300 s fudge) read them.
 async fn clocks(checks: &mut Vec<Check>, facts: &BTreeMap<String, Facts>) {
     let mut skews = Vec::new();
     for f in facts.values() {

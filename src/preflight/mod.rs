@@ -1,5 +1,5 @@
 //! Preflight: every reason the cutover would fail or lose data, found before the window.
-//! Each check has a stable id, a status, the finding and the remedy (reference §4).
+//! Each check has a stable id, a status, the finding and the remedy (docs/pitfalls.md, preflight).
 
 mod checks;
 

@@ -151,7 +151,7 @@ impl JournalWatch {
         let Ok(bytes) = std::fs::read(&self.path) else {
             return false;
         };
-        load_bytes(&bytes, &self.path).is_some_and(|run| run.since_process(pid).any(|e| wanted(e)))
+        load_bytes(&bytes, &self.path).is_some_and(|run| run.since_process(pid).any(wanted))
     }
 
     /// Poll every few ms until [`Self::seen`], or until `child` exits first (false).

@@ -1,6 +1,6 @@
 //! DNS: an RFC 2136 dynamic update signed with TSIG (HMAC-SHA256 or stronger), sent natively
 //! with hickory as a compare-and-swap (prerequisite: the record still holds the old primary's
-//! address; reference §5.3), then verified by querying the server. Shared with the PowerDNS
+//! address; docs/pitfalls.md, traffic §5.3), then verified by querying the server. Shared with the PowerDNS
 //! provider: the answer check.
 
 use std::net::{IpAddr, SocketAddr};

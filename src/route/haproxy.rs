@@ -1,5 +1,5 @@
 //! HAProxy (TCP mode): the backend's server is re-addressed through the runtime API on the
-//! admin stats socket (reference §5.2): `disable server` → `shutdown sessions server` →
+//! admin stats socket (docs/pitfalls.md, traffic §5.2): `disable server` → `shutdown sessions server` →
 //! `set server … addr … port …` → `enable server`. HAProxy cannot hold clients: connections
 //! during the switch fail and the application reconnects. The `server` line in haproxy.cfg is
 //! rewritten too, so a reload or restart keeps the new address.

@@ -1,5 +1,5 @@
 //! NAT: one nftables DNAT rule, `listen` → a node, in a table of its own on the NAT host
-//! (reference §5.5). The swap is one `nft -f` transaction (flush the chain, add the rule), so
+//! (docs/pitfalls.md, traffic §5.5). The swap is one `nft -f` transaction (flush the chain, add the rule), so
 //! there is no instant without a rule. NAT cannot hold clients; established connections keep
 //! their conntrack binding, which is harmless because the old primary is stopped and restarted
 //! as a standby (every old connection is gone).
@@ -100,7 +100,9 @@ impl Nat {
                     .as_str()
                     .and_then(|a| a.parse().ok())
                     .ok_or_else(|| anyhow!("nft rule with an unreadable dnat address: {d}"))?;
-                let port = d["port"].as_u64().unwrap_or(self.cfg.listen.port() as u64) as u16;
+                let port = d["port"]
+                    .as_u64()
+                    .unwrap_or(u64::from(self.cfg.listen.port())) as u16;
                 return Ok(Some(SocketAddr::new(ip, port)));
             }
         }

@@ -1,5 +1,5 @@
 //! PowerDNS Authoritative: the rrset is replaced through the HTTP API (`PATCH` with
-//! `X-API-Key`, 204 on success; reference §5.4), then the served answer is checked with a DNS
+//! `X-API-Key`, 204 on success; docs/pitfalls.md, traffic §5.4), then the served answer is checked with a DNS
 //! query. The API has no compare-and-swap: the rrset is read first and the change refused when
 //! it no longer holds the old primary's address (a narrow race remains, stated in the README).
 

@@ -121,7 +121,8 @@ impl fmt::Display for StepId {
 impl FromStr for StepId {
     type Err = String;
     fn from_str(s: &str) -> Result<StepId, String> {
-        let per_node: [(fn(String) -> StepId, &str); 4] = [
+        type PerNode = (fn(String) -> StepId, &'static str);
+        let per_node: [PerNode; 4] = [
             (StepId::Prepare, "prepare"),
             (StepId::Slot, "slot"),
             (StepId::Clone, "clone"),

@@ -1,4 +1,4 @@
-//! The zero-loss switchover (docs/pitfalls.md, and the reference §1.2 it summarizes), in one
+//! The zero-loss switchover (docs/pitfalls.md, "The switchover, in brief"), in one
 //! direction: `from` is the serving primary, `to` the standby that takes over; `followers` are
 //! the other standbys, which must follow the new timeline. The same steps, with roles swapped,
 //! are the rollback after the point of no return (`switchback`).
@@ -7,18 +7,18 @@
 //! beside them ([`window::decide`], [`proof::verdict`], [`retry::BACKOFF_MS`]).
 
 pub mod certificate;
-mod fence;
+pub mod fence;
 mod follow;
-mod followers;
-mod hold;
-mod promote;
+pub mod followers;
+pub mod hold;
+pub mod promote;
 pub mod proof;
-mod release;
+pub mod release;
 pub mod retry;
-mod reverse;
-mod route;
-mod stage;
-mod stop;
+pub mod reverse;
+pub mod route;
+pub mod stage;
+pub mod stop;
 pub mod window;
 
 use anyhow::Result;
