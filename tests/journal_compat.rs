@@ -70,7 +70,7 @@ fn every_output_of_a_format_1_journal_decodes_into_its_type() {
     for node in ["new", "new_replica", "dr"] {
         assert_eq!(
             cx.get::<Mode>(&StepId::Prepare(node.into())).unwrap(),
-            Mode::Clone { existed: false },
+            Mode::Clone { existed: true },
             "{node}"
         );
         decodes::<NodeOut>(&cx, &StepId::Slot(node.into()));
