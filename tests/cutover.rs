@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use migrate::lab::workload::{missing_acks, Writer, WriterReport};
 use migrate::pg::connect;
+use migrate::steps::StepId;
 
 use crate::replication::Chain;
 use crate::support::{migrate_bin, text};
@@ -252,25 +253,26 @@ async fn the_time_box_aborts_when_the_target_cannot_catch_up_and_the_old_primary
         .unwrap();
 }
 
-const CUTOVER_STEPS: [&str; 13] = [
-    "window",
-    "gate",
-    "hold",
-    "fence",
-    "stop",
-    "proof",
-    "stage",
-    "promote",
-    "reverse",
-    "route",
-    "release",
-    "followers",
-    "certificate",
+/// The switchover's steps, in order (the chain steps before them are in tests/replication.rs).
+const CUTOVER_STEPS: [StepId; 13] = [
+    StepId::Window,
+    StepId::Gate,
+    StepId::Hold,
+    StepId::Fence,
+    StepId::Stop,
+    StepId::Proof,
+    StepId::Stage,
+    StepId::Promote,
+    StepId::Reverse,
+    StepId::Route,
+    StepId::Release,
+    StepId::Followers,
+    StepId::Certificate,
 ];
 
 /// Kill the cutover at a step boundary, resume; then kill the switchback at the same boundary,
 /// resume. Each time the end state is the uninterrupted one and no acknowledged write is lost.
-async fn crash_matrix(steps: &[&str]) {
+async fn crash_matrix(steps: &[StepId]) {
     let chain = Chain::new().await;
     chain.replicate_ok().await;
     let w = writer(&chain);
@@ -288,7 +290,7 @@ async fn crash_matrix(steps: &[&str]) {
                 text(&out.stdout),
                 text(&out.stderr)
             );
-            if at == "promote:before" {
+            if *step == StepId::Promote && when == "before" {
                 // Crashed between staging and promotion: a restart by hand brings the old
                 // primary up as a standby, never as a second primary.
                 let old = chain.lab.lab.server("old");
@@ -314,7 +316,7 @@ async fn crash_matrix(steps: &[&str]) {
             );
             assert_topology(&chain, "new", &format!("cutover resumed after {at}")).await;
 
-            if *step == "gate" {
+            if *step == StepId::Gate {
                 // The switchback has no catch-up gate.
                 let out = chain.run(&["rollback", "--yes"], None).await;
                 assert_eq!(
@@ -347,6 +349,42 @@ async fn crash_matrix(steps: &[&str]) {
     }
     let report = w.stop().await;
     assert_no_loss(&chain, &report, "crash matrix").await;
+}
+
+/// One plan, one run: a cutover killed while it builds the chain is resumed to the end of the
+/// cutover, not to the end of the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_killed_while_it_builds_the_chain_is_resumed_to_the_end_of_the_cutover() {
+    let chain = Chain::new().await;
+    chain.plan_ok().await;
+    let w = writer(&chain);
+    let at = format!("{}:after", StepId::Clone("new_replica".into()));
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], Some(&at))
+        .await;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{at}: the crash point did not fire: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = chain.run(&["resume"], None).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "resume: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(v["operation"], "cutover");
+    assert_eq!(v["state"], "completed");
+    assert_eq!(v["point_of_no_return"], StepId::Promote.to_string());
+    assert_topology(&chain, "new", "cutover resumed from its chain phase").await;
+    let report = w.stop().await;
+    assert_no_loss(&chain, &report, "cutover resumed from its chain phase").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
