@@ -226,7 +226,7 @@ async fn the_time_box_aborts_when_the_target_cannot_catch_up_and_the_old_primary
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["id"] == "proof")
+        .find(|s| s["id"] == StepId::Proof.to_string())
         .unwrap();
     assert_eq!(proof["status"], "failed");
     assert!(
@@ -235,40 +235,10 @@ async fn the_time_box_aborts_when_the_target_cannot_catch_up_and_the_old_primary
     );
 
     // The old primary accepts writes again (running, not read-only).
-    let c = connect(&chain.ep("old")).await.unwrap();
-    assert!(!c
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get::<_, bool>(0));
-    assert_eq!(
-        c.query_one("SHOW default_transaction_read_only", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        "off"
-    );
-    c.batch_execute("INSERT INTO ledger (client, seq) VALUES (999, 1)")
-        .await
-        .unwrap();
+    assert_old_serves_unfenced(&chain).await;
 }
 
-/// The switchover's steps, in order (the chain steps before them are in tests/replication.rs).
-const CUTOVER_STEPS: [StepId; 13] = [
-    StepId::Window,
-    StepId::Gate,
-    StepId::Hold,
-    StepId::Fence,
-    StepId::Stop,
-    StepId::Proof,
-    StepId::Stage,
-    StepId::Promote,
-    StepId::Reverse,
-    StepId::Route,
-    StepId::Release,
-    StepId::Followers,
-    StepId::Certificate,
-];
+const CUTOVER_STEPS: [StepId; 13] = StepId::SWITCHOVER;
 
 /// Kill the cutover at a step boundary, resume; then kill the switchback at the same boundary,
 /// resume. Each time the end state is the uninterrupted one and no acknowledged write is lost.
@@ -555,19 +525,6 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
     assert_topology(&chain, "new", "resumed after a pause").await;
 }
 
-async fn migrate_slots(chain: &Chain, node: &str) -> Vec<String> {
-    let c = connect(&chain.ep(node)).await.unwrap();
-    c.query(
-        "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1",
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_retires_the_rollback_path_and_drops_stale_slots() {
     let chain = Chain::new().await;
@@ -589,9 +546,9 @@ async fn complete_retires_the_rollback_path_and_drops_stale_slots() {
         .await;
     crate::support::assert_exit(&out, 0);
     // Before: the old primary keeps the target's slot from the replication era (stale now).
-    assert_eq!(migrate_slots(&chain, "old").await, ["migrate_new"]);
+    assert_eq!(chain.slots("old").await, ["migrate_new"]);
     assert_eq!(
-        migrate_slots(&chain, "new").await,
+        chain.slots("new").await,
         ["migrate_dr", "migrate_new_replica", "migrate_old"]
     );
 
@@ -611,7 +568,7 @@ async fn complete_retires_the_rollback_path_and_drops_stale_slots() {
         "a retired old primary must never start as a primary"
     );
     assert_eq!(
-        migrate_slots(&chain, "new").await,
+        chain.slots("new").await,
         ["migrate_dr", "migrate_new_replica"],
         "the stopped node's slot would retain WAL forever"
     );

@@ -125,7 +125,10 @@ async fn an_open_format_1_cutover_journal_is_resumed_to_its_end() {
     // Today's cutover plan starts with the chain; the format-1 run did not hold it, and the
     // runner fits the plan to the recorded steps.
     let plan = plans::build(cutover::CUTOVER, &spec).unwrap();
-    assert!(plan.ids()[0].starts_with("prepare:"));
+    let ids = plan.ids();
+    assert_eq!(ids[0], StepId::Prepare("new".into()).to_string());
+    let tail: Vec<String> = StepId::SWITCHOVER.iter().map(|s| s.to_string()).collect();
+    assert_eq!(ids[ids.len() - tail.len()..], tail[..]);
     let (tx, _rx) = events::channel();
     let mut runner = Runner::resume(plan, inv, tx).unwrap();
     assert_eq!(runner.run(None).await.unwrap(), Outcome::Completed);

@@ -119,7 +119,7 @@ impl Chain {
         ]
     }
 
-    async fn slots(&self, node: &str) -> Vec<String> {
+    pub async fn slots(&self, node: &str) -> Vec<String> {
         let c = connect(&self.ep(node)).await.unwrap();
         c.query(
             "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1",

@@ -58,8 +58,10 @@ impl StepId {
         StepId::DropStaleSlots,
     ];
 
-    /// The steps inside the write pause, in order: from holding the clients to releasing them.
-    pub const PAUSE: [StepId; 9] = [
+    /// The switchover's steps, in the order a cutover or switchback runs them.
+    pub const SWITCHOVER: [StepId; 13] = [
+        StepId::Window,
+        StepId::Gate,
         StepId::Hold,
         StepId::Fence,
         StepId::Stop,
@@ -69,7 +71,14 @@ impl StepId {
         StepId::Reverse,
         StepId::Route,
         StepId::Release,
+        StepId::Followers,
+        StepId::Certificate,
     ];
+
+    /// The steps inside the write pause, in order: from holding the clients to releasing them.
+    pub fn pause() -> &'static [StepId] {
+        &Self::SWITCHOVER[2..11]
+    }
 
     /// The name, and the node for the per-node steps.
     fn name(&self) -> (&'static str, Option<&str>) {

@@ -66,7 +66,7 @@ impl CertificateDoc {
         let release: ReleaseOut = cx.get(&StepId::Release)?;
         let proof: ProofOut = cx.get(&StepId::Proof)?;
         let promote: PromoteOut = cx.get(&StepId::Promote)?;
-        let mut phases_ms: BTreeMap<StepId, Option<u64>> = StepId::PAUSE
+        let mut phases_ms: BTreeMap<StepId, Option<u64>> = StepId::pause()
             .iter()
             .chain([&StepId::Followers])
             .map(|id| (id.clone(), cx.elapsed_ms(id)))
