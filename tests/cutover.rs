@@ -1,7 +1,7 @@
 //! `migrate cutover` and `migrate rollback` on the lab, with a writer recording every
 //! acknowledged commit.
 
-use std::os::unix::process::ExitStatusExt;
+use migrate::exit::Exit;
 use std::time::{Duration, Instant};
 
 use migrate::lab::workload::{missing_acks, Writer, WriterReport};
@@ -9,6 +9,7 @@ use migrate::pg::connect;
 use migrate::steps::StepId;
 
 use crate::replication::Chain;
+use crate::support::crash::{assert_killed, boundaries};
 use crate::support::{migrate_bin, text};
 
 fn writer(chain: &Chain) -> Writer {
@@ -104,13 +105,7 @@ async fn cutover_then_rollback_keeps_every_acknowledged_write() {
     let out = chain
         .run(&["cutover", "--yes", "--force-window"], None)
         .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "cutover: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    crate::support::assert_exit_at(&out, Exit::Done, "cutover");
     assert_topology(&chain, "new", "after cutover").await;
     let at_cutover = w.acked();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -152,13 +147,7 @@ async fn cutover_then_rollback_keeps_every_acknowledged_write() {
     );
 
     let out = chain.run(&["rollback", "--yes"], None).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "rollback: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    crate::support::assert_exit_at(&out, Exit::Done, "rollback");
     assert_topology(&chain, "old", "after rollback").await;
     assert_eq!(timeline_of_primary(&chain, "old").await, 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -204,13 +193,7 @@ async fn the_time_box_aborts_when_the_target_cannot_catch_up_and_the_old_primary
     };
     let (out, ()) = tokio::join!(child, fault);
     let out = out.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "aborted means exit 1: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    crate::support::assert_exit_at(&out, Exit::NotReady, "aborted means exit 1");
     assert!(
         text(&out.stderr).contains("aborted before the point of no return"),
         "{}",
@@ -246,76 +229,44 @@ async fn crash_matrix(steps: &[StepId]) {
     let chain = Chain::new().await;
     chain.replicate_ok().await;
     let w = writer(&chain);
-    for step in steps {
-        for when in ["before", "after"] {
-            let at = format!("{step}:{when}");
-            chain.plan_ok().await;
-            let out = chain
-                .run(&["cutover", "--yes", "--force-window"], Some(&at))
-                .await;
-            assert_eq!(
-                out.status.signal(),
-                Some(9),
-                "{at}: cutover crash point did not fire: {}{}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-            if *step == StepId::Promote && when == "before" {
-                // Crashed between staging and promotion: a restart by hand brings the old
-                // primary up as a standby, never as a second primary.
-                let old = chain.lab.lab.server("old");
-                old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
+    for point in boundaries(steps) {
+        let at = point.at();
+        chain.plan_ok().await;
+        let out = chain
+            .run(&["cutover", "--yes", "--force-window"], Some(&at))
+            .await;
+        assert_killed(&out, &format!("{at} (cutover)"));
+        if point.step == StepId::Promote.to_string() && point.when == "before" {
+            // Crashed between staging and promotion: a restart by hand brings the old
+            // primary up as a standby, never as a second primary.
+            let old = chain.lab.lab.server("old");
+            old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
+                .await
+                .unwrap();
+            let c = connect(&chain.ep("old")).await.unwrap();
+            assert!(
+                c.query_one("SELECT pg_is_in_recovery()", &[])
                     .await
-                    .unwrap();
-                let c = connect(&chain.ep("old")).await.unwrap();
-                assert!(
-                    c.query_one("SELECT pg_is_in_recovery()", &[])
-                        .await
-                        .unwrap()
-                        .get::<_, bool>(0),
-                    "a second primary!"
-                );
-            }
-            let out = chain.run(&["resume"], None).await;
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{at}: resume cutover: {}{}",
-                text(&out.stdout),
-                text(&out.stderr)
+                    .unwrap()
+                    .get::<_, bool>(0),
+                "a second primary!"
             );
-            assert_topology(&chain, "new", &format!("cutover resumed after {at}")).await;
-
-            if *step == StepId::Gate {
-                // The switchback has no catch-up gate.
-                let out = chain.run(&["rollback", "--yes"], None).await;
-                assert_eq!(
-                    out.status.code(),
-                    Some(0),
-                    "{at}: rollback: {}{}",
-                    text(&out.stdout),
-                    text(&out.stderr)
-                );
-            } else {
-                let out = chain.run(&["rollback", "--yes"], Some(&at)).await;
-                assert_eq!(
-                    out.status.signal(),
-                    Some(9),
-                    "{at}: switchback crash point did not fire: {}{}",
-                    text(&out.stdout),
-                    text(&out.stderr)
-                );
-                let out = chain.run(&["resume"], None).await;
-                assert_eq!(
-                    out.status.code(),
-                    Some(0),
-                    "{at}: resume switchback: {}{}",
-                    text(&out.stdout),
-                    text(&out.stderr)
-                );
-            }
-            assert_topology(&chain, "old", &format!("switchback resumed after {at}")).await;
         }
+        let out = chain.run(&["resume"], None).await;
+        crate::support::assert_exit_at(&out, Exit::Done, &format!("{at}: resume cutover"));
+        assert_topology(&chain, "new", &format!("cutover resumed after {at}")).await;
+
+        if point.step == StepId::Gate.to_string() {
+            // The switchback has no catch-up gate.
+            let out = chain.run(&["rollback", "--yes"], None).await;
+            crate::support::assert_exit_at(&out, Exit::Done, &format!("{at}: rollback"));
+        } else {
+            let out = chain.run(&["rollback", "--yes"], Some(&at)).await;
+            assert_killed(&out, &format!("{at} (switchback)"));
+            let out = chain.run(&["resume"], None).await;
+            crate::support::assert_exit_at(&out, Exit::Done, &format!("{at}: resume switchback"));
+        }
+        assert_topology(&chain, "old", &format!("switchback resumed after {at}")).await;
     }
     let report = w.stop().await;
     assert_no_loss(&chain, &report, "crash matrix").await;
@@ -332,21 +283,9 @@ async fn a_cutover_killed_while_it_builds_the_chain_is_resumed_to_the_end_of_the
     let out = chain
         .run(&["cutover", "--yes", "--force-window"], Some(&at))
         .await;
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "{at}: the crash point did not fire: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_killed(&out, &at);
     let out = chain.run(&["resume"], None).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "resume: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    crate::support::assert_exit_at(&out, Exit::Done, "resume");
     let v: serde_json::Value =
         serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
     assert_eq!(v["operation"], "cutover");
@@ -489,7 +428,7 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
             None,
         )
         .await;
-    crate::support::assert_exit(&out, 3);
+    crate::support::assert_exit(&out, Exit::OperatorNeeded);
     assert!(
         text(&out.stderr).contains("paused before step promote"),
         "{}",
@@ -521,7 +460,7 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
         .unwrap()
         .get::<_, bool>(0));
     let out = chain.run(&["resume"], None).await;
-    crate::support::assert_exit(&out, 0);
+    crate::support::assert_exit(&out, Exit::Done);
     assert_topology(&chain, "new", "resumed after a pause").await;
 }
 
@@ -533,18 +472,17 @@ async fn complete_retires_the_rollback_path_and_drops_stale_slots() {
         .replace("[cutover]\n", "[cutover]\nretire = \"stop\"\n");
     std::fs::write(&chain.spec, spec_text).unwrap();
     let out = chain.run(&["complete"], None).await;
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "complete before any cutover is refused: {}",
-        text(&out.stderr)
+    crate::support::assert_exit_at(
+        &out,
+        Exit::BadInput,
+        "complete before any cutover is refused",
     );
 
     chain.plan_ok().await;
     let out = chain
         .run(&["cutover", "--yes", "--force-window"], None)
         .await;
-    crate::support::assert_exit(&out, 0);
+    crate::support::assert_exit(&out, Exit::Done);
     // Before: the old primary keeps the target's slot from the replication era (stale now).
     assert_eq!(chain.slots("old").await, ["migrate_new"]);
     assert_eq!(
@@ -553,7 +491,7 @@ async fn complete_retires_the_rollback_path_and_drops_stale_slots() {
     );
 
     let out = chain.run(&["complete"], None).await;
-    crate::support::assert_exit(&out, 0);
+    crate::support::assert_exit(&out, Exit::Done);
     assert_eq!(
         chain.lab.lab.server("old").state().await.unwrap(),
         migrate::pg::server::RunState::Stopped

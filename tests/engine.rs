@@ -2,7 +2,7 @@
 //! effects on a lab PostgreSQL and on disk), resume, rollback, and exclusivity.
 //! Needs the `failpoints` feature (the README's test command enables all features).
 
-use std::os::unix::process::ExitStatusExt;
+use migrate::exit::Exit;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use migrate::pg::connect;
 use serde_json::Value;
 
+use crate::support::crash::{assert_killed, boundaries};
 use crate::support::{migrate, migrate_bin, text, TestLab};
 
 const STEPS: [&str; 5] = [
@@ -119,15 +120,6 @@ impl Drill {
     }
 }
 
-fn assert_killed(out: &std::process::Output, at: &str) {
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "{at}: expected the crash point to kill the process; stderr: {}",
-        text(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn crash_at_every_step_boundary_then_resume_reaches_the_uninterrupted_end_state() {
     let d = Drill::new().await;
@@ -153,52 +145,45 @@ async fn crash_at_every_step_boundary_then_resume_reaches_the_uninterrupted_end_
         }
     );
 
-    for step in STEPS {
-        for when in ["before", "after"] {
-            d.reset().await;
-            let at = format!("{step}:{when}");
-            assert_killed(&d.run(&["drill"], Some(&at)), &at);
-            let s = d.status();
-            assert_eq!(s["state"], "in_progress", "{at}");
-            let st = s["steps"]
+    for point in boundaries(STEPS) {
+        let (step, at) = (point.step.as_str(), point.at());
+        d.reset().await;
+        assert_killed(&d.run(&["drill"], Some(&at)), &at);
+        let s = d.status();
+        assert_eq!(s["state"], "in_progress", "{at}");
+        let st = s["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == step)
+            .unwrap();
+        assert_eq!(
+            st["status"], "in_doubt",
+            "{at}: the crashed step is in doubt"
+        );
+        assert_eq!(s["next"], format!("migrate resume -f {}", d.spec()));
+
+        let out = d.run(&["resume"], None);
+        crate::support::assert_exit_at(&out, Exit::Done, &format!("{at}: resume failed"));
+        let s = d.status();
+        assert_eq!(s["state"], "completed", "{at}");
+        assert!(
+            s["steps"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|x| x["id"] == step)
-                .unwrap();
-            assert_eq!(
-                st["status"], "in_doubt",
-                "{at}: the crashed step is in doubt"
-            );
-            assert_eq!(s["next"], format!("migrate resume -f {}", d.spec()));
-
-            let out = d.run(&["resume"], None);
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{at}: resume failed: {}",
-                text(&out.stderr)
-            );
-            let s = d.status();
-            assert_eq!(s["state"], "completed", "{at}");
-            assert!(
-                s["steps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|x| x["status"] == "succeeded"),
-                "{at}: {s}"
-            );
-            let after = d.snapshot().await;
-            assert_eq!(
-                after,
-                Snapshot {
-                    marker: Some(d.expected_marker()),
-                    ..reference_without_marker(&reference)
-                },
-                "{at}"
-            );
-        }
+                .all(|x| x["status"] == "succeeded"),
+            "{at}: {s}"
+        );
+        let after = d.snapshot().await;
+        assert_eq!(
+            after,
+            Snapshot {
+                marker: Some(d.expected_marker()),
+                ..reference_without_marker(&reference)
+            },
+            "{at}"
+        );
     }
 }
 
@@ -230,12 +215,7 @@ async fn crash_at_every_step_boundary_then_rollback_restores_the_start() {
                 assert_eq!(d.status()["torn_tail"], true);
             }
             let out = d.run(&["rollback"], None);
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{at}: rollback failed: {}",
-                text(&out.stderr)
-            );
+            crate::support::assert_exit_at(&out, Exit::Done, &format!("{at}: rollback failed"));
             assert_eq!(
                 d.snapshot().await,
                 start,
@@ -266,11 +246,7 @@ async fn crash_at_every_step_boundary_then_rollback_restores_the_start() {
     );
     assert_eq!(d.status()["state"], "rolling_back");
     let resume = d.run(&["resume"], None);
-    assert_eq!(
-        resume.status.code(),
-        Some(2),
-        "resume refuses while rolling back"
-    );
+    crate::support::assert_exit_at(&resume, Exit::BadInput, "resume refuses while rolling back");
     assert!(
         text(&resume.stderr).contains("migrate rollback"),
         "{}",

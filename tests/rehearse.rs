@@ -2,6 +2,7 @@
 
 use migrate::lab::ports::PortBlock;
 use migrate::lab::PORT_SPAN;
+use migrate::steps::StepId;
 
 use crate::support::{migrate_bin, text};
 
@@ -40,10 +41,9 @@ fn a_rehearsal_reports_pauses_and_loses_no_commit() {
         for node in ["old", "new", "new_replica", "dr"] {
             assert_eq!(s["missing"][node], 0, "{switch} on {node}: {s}");
         }
-        for phase in [
-            "hold", "fence", "stop", "proof", "promote", "reverse", "route", "release",
-        ] {
-            assert!(s["phases_ms"][phase].is_u64(), "{phase}: {s}");
+        for phase in StepId::pause() {
+            let phase = phase.to_string();
+            assert!(s["phases_ms"][&phase].is_u64(), "{phase}: {s}");
         }
     }
     for phase in ["clone", "catchup"] {
@@ -84,7 +84,7 @@ fn rehearse_fault(name: &str) -> serde_json::Value {
     // Whatever the fault, the migration then went through, both ways.
     for switch in ["cutover", "rollback"] {
         assert!(
-            r[switch]["phases_ms"]["promote"].is_u64(),
+            r[switch]["phases_ms"][StepId::Promote.to_string()].is_u64(),
             "{switch}: {r:#}"
         );
         assert_eq!(r[switch]["errors"], 0, "{switch}: {r:#}");
@@ -120,7 +120,7 @@ fn a_target_stopped_after_the_fence_makes_the_time_box_undo_the_cutover() {
     let f = rehearse_fault("stop-target-after-fence");
     assert_eq!(f["exit_code"], 1, "{f:#}");
     assert_eq!(f["run"]["operation"], "cutover", "{f:#}");
-    assert_eq!(f["run"]["failed_step"], "proof", "{f:#}");
+    assert_eq!(f["run"]["failed_step"], StepId::Proof.to_string(), "{f:#}");
     assert!(
         f["run"]["error"]
             .as_str()
@@ -130,14 +130,22 @@ fn a_target_stopped_after_the_fence_makes_the_time_box_undo_the_cutover() {
     );
     assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
     assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
-    assert_eq!(undone(&f), ["stop", "fence", "hold"], "{f:#}");
+    assert_eq!(
+        undone(&f),
+        [StepId::Stop, StepId::Fence, StepId::Hold].map(|s| s.to_string()),
+        "{f:#}"
+    );
 }
 
 #[test]
 fn a_tool_crash_after_the_promotion_is_finished_by_resume() {
     let f = rehearse_fault("crash-tool-after-promote");
     assert!(f["exit_code"].is_null(), "killed by a signal: {f:#}");
-    assert_eq!(f["run"]["point_of_no_return"], "promote", "{f:#}");
+    assert_eq!(
+        f["run"]["point_of_no_return"],
+        StepId::Promote.to_string(),
+        "{f:#}"
+    );
     assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
     assert!(undone(&f).is_empty(), "{f:#}");
 }
@@ -146,7 +154,7 @@ fn a_tool_crash_after_the_promotion_is_finished_by_resume() {
 fn a_route_failure_before_the_point_of_no_return_aborts_and_undoes() {
     let f = rehearse_fault("route-failure");
     assert_eq!(f["exit_code"], 1, "{f:#}");
-    assert_eq!(f["run"]["failed_step"], "hold", "{f:#}");
+    assert_eq!(f["run"]["failed_step"], StepId::Hold.to_string(), "{f:#}");
     assert!(
         f["run"]["error"]
             .as_str()
@@ -156,7 +164,7 @@ fn a_route_failure_before_the_point_of_no_return_aborts_and_undoes() {
     );
     assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
     assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
-    assert_eq!(undone(&f), ["hold"], "{f:#}");
+    assert_eq!(undone(&f), [StepId::Hold.to_string()], "{f:#}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Chained replication on the lab: old → new → {new_replica, dr}, through the real binary.
 
-use std::os::unix::process::ExitStatusExt;
+use migrate::exit::Exit;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -8,11 +8,21 @@ use migrate::lab::workload::{grow_app, missing_acks, Writer};
 use migrate::pg::{connect, Endpoint, Lsn};
 use migrate::replication::gate::{catch_up_gate, Decision};
 use migrate::replication::lag::{sample_chain, ChainSample, Hop, HopState};
+use migrate::steps::StepId;
 
+use crate::support::crash::{assert_killed, boundaries};
 use crate::support::{migrate_bin, text, TestLab};
 
 const STANDBYS: [&str; 3] = ["new", "new_replica", "dr"];
-const STEPS_PER_NODE: [&str; 4] = ["prepare", "slot", "clone", "start"];
+/// The chain steps of one standby, in order.
+fn steps_of(node: &str) -> [StepId; 4] {
+    [
+        StepId::Prepare(node.into()),
+        StepId::Slot(node.into()),
+        StepId::Clone(node.into()),
+        StepId::Start(node.into()),
+    ]
+}
 
 pub struct Chain {
     pub lab: TestLab,
@@ -52,13 +62,7 @@ impl Chain {
 
     pub async fn replicate_ok(&self) {
         let out = self.run(&["replicate"], None).await;
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "replicate: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        crate::support::assert_exit_at(&out, Exit::Done, "replicate");
     }
 
     /// Wait until the current run is `operation` and its `step` has `status`.
@@ -97,13 +101,7 @@ impl Chain {
 
     pub async fn plan_ok(&self) {
         let out = self.run(&["plan"], None).await;
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "plan: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        crate::support::assert_exit_at(&out, Exit::Done, "plan");
     }
 
     pub fn hops(&self) -> Vec<Hop> {
@@ -250,16 +248,6 @@ impl Chain {
     }
 }
 
-fn killed(out: &std::process::Output, at: &str) {
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "{at}: the crash point did not fire: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 async fn table_fingerprint(ep: &Endpoint, table: &str) -> (i64, i64) {
     let c = connect(ep).await.unwrap();
     let r = c.query_one(&format!("SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0)::bigint FROM {table} t"), &[]).await.unwrap();
@@ -320,7 +308,7 @@ async fn chain_of_a_200mb_database_built_under_writes_matches_on_all_four_nodes(
 
     // A crash in the middle of the base backup: resume cleans the partial copy and redoes it.
     chain.reset().await;
-    killed(
+    assert_killed(
         &chain.run(&["replicate"], Some("clone:new:during")).await,
         "clone:new:during",
     );
@@ -351,7 +339,7 @@ async fn chain_of_a_200mb_database_built_under_writes_matches_on_all_four_nodes(
         "the crash left a partial copy"
     );
     let out = chain.run(&["resume"], None).await;
-    crate::support::assert_exit(&out, 0);
+    crate::support::assert_exit(&out, Exit::Done);
     assert!(
         text(&out.stdout).contains("interrupted clone"),
         "{}",
@@ -363,12 +351,12 @@ async fn chain_of_a_200mb_database_built_under_writes_matches_on_all_four_nodes(
 
     // The same crash, then rollback: nothing left.
     chain.reset().await;
-    killed(
+    assert_killed(
         &chain.run(&["replicate"], Some("clone:new:during")).await,
         "clone:new:during",
     );
     let out = chain.run(&["rollback"], None).await;
-    crate::support::assert_exit(&out, 0);
+    crate::support::assert_exit(&out, Exit::Done);
     chain
         .assert_clean("rolled back after a crash during the base backup")
         .await;
@@ -376,42 +364,23 @@ async fn chain_of_a_200mb_database_built_under_writes_matches_on_all_four_nodes(
 
 async fn crash_matrix(nodes: &[&str], with_catchup: bool) {
     let chain = Chain::new().await;
-    let mut points: Vec<String> = Vec::new();
-    for n in nodes {
-        for s in STEPS_PER_NODE {
-            points.push(format!("{s}:{n}"));
-        }
-    }
+    let mut steps: Vec<StepId> = nodes.iter().flat_map(|n| steps_of(n)).collect();
     if with_catchup {
-        points.push("catchup".into());
+        steps.push(StepId::Catchup);
     }
-    for step in &points {
-        for when in ["before", "after"] {
-            let at = format!("{step}:{when}");
+    for point in boundaries(&steps) {
+        let (at, when) = (point.at(), point.when);
+        chain.reset().await;
+        assert_killed(&chain.run(&["replicate"], Some(&at)).await, &at);
+        let out = chain.run(&["resume"], None).await;
+        crate::support::assert_exit_at(&out, Exit::Done, &format!("{at}: resume"));
+        chain.assert_chain(&at).await;
+        if when == "after" {
             chain.reset().await;
-            killed(&chain.run(&["replicate"], Some(&at)).await, &at);
-            let out = chain.run(&["resume"], None).await;
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{at}: resume: {}{}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-            chain.assert_chain(&at).await;
-            if when == "after" {
-                chain.reset().await;
-                killed(&chain.run(&["replicate"], Some(&at)).await, &at);
-                let out = chain.run(&["rollback"], None).await;
-                assert_eq!(
-                    out.status.code(),
-                    Some(0),
-                    "{at}: rollback: {}{}",
-                    text(&out.stdout),
-                    text(&out.stderr)
-                );
-                chain.assert_clean(&at).await;
-            }
+            assert_killed(&chain.run(&["replicate"], Some(&at)).await, &at);
+            let out = chain.run(&["rollback"], None).await;
+            crate::support::assert_exit_at(&out, Exit::Done, &format!("{at}: rollback"));
+            chain.assert_clean(&at).await;
         }
     }
 }

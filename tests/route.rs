@@ -1,9 +1,11 @@
 //! The PgBouncer route against the lab's real PgBouncer: clients held, not failed.
 
+use migrate::exit::Exit;
 use std::time::Duration;
 
 use migrate::lab::workload::{missing_acks, Writer};
 use migrate::pg::connect;
+use migrate::steps::StepId;
 
 use crate::replication::Chain;
 
@@ -41,7 +43,7 @@ async fn a_cutover_and_rollback_through_pgbouncer_hold_clients_without_errors() 
     let out = chain
         .run(&["cutover", "--yes", "--force-window"], None)
         .await;
-    crate::support::assert_exit(&out, 0);
+    crate::support::assert_exit(&out, Exit::Done);
     assert!(
         pgbouncer_points_at(&chain).contains(&format!("port={}", chain.lab.lab.port("new"))),
         "{}",
@@ -55,7 +57,7 @@ async fn a_cutover_and_rollback_through_pgbouncer_hold_clients_without_errors() 
     );
 
     let out = chain.run(&["rollback", "--yes"], None).await;
-    crate::support::assert_exit(&out, 0);
+    crate::support::assert_exit(&out, Exit::Done);
     assert!(
         pgbouncer_points_at(&chain).contains(&format!("port={}", chain.lab.lab.port("old"))),
         "{}",
@@ -86,7 +88,7 @@ async fn a_cutover_and_rollback_through_pgbouncer_hold_clients_without_errors() 
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["id"] == "hold")
+        .find(|s| s["id"] == StepId::Hold.to_string())
         .unwrap();
     assert_eq!(
         hold["output"]["previous"][0]["points_at"]["app"]["port"],
@@ -97,7 +99,7 @@ async fn a_cutover_and_rollback_through_pgbouncer_hold_clients_without_errors() 
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["id"] == "release")
+        .find(|s| s["id"] == StepId::Release.to_string())
         .unwrap();
     assert_eq!(
         release["output"]["verified"][0]["verified"]["app"]["primary"], "old",
@@ -135,13 +137,15 @@ async fn an_aborted_cutover_releases_the_held_clients() {
     let run = child.output();
     let fault = async {
         // The fence is up: now the target's server goes away.
-        chain.wait_for_step("cutover", "fence", "in_doubt").await;
+        chain
+            .wait_for_step("cutover", &StepId::Fence.to_string(), "in_doubt")
+            .await;
         chain.kill_server("new").await;
         std::fs::write(chain.lab.lab.dir.join("go"), "").unwrap();
     };
     let (out, ()) = tokio::join!(run, fault);
     let out = out.unwrap();
-    crate::support::assert_exit(&out, 1);
+    crate::support::assert_exit(&out, Exit::NotReady);
     // Held clients were released and write again to the old primary, through PgBouncer.
     let before = w.acked();
     tokio::time::sleep(Duration::from_millis(500)).await;

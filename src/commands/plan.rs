@@ -11,6 +11,7 @@ use crate::exit::Exit;
 use crate::plans::{self, cutover};
 use crate::preflight::{self, Status};
 use crate::spec;
+use crate::steps::StepId;
 use crate::ui::Ui;
 
 pub async fn run(g: &Global, args: &PlanArgs, ui: &Ui) -> Result<Exit> {
@@ -25,9 +26,10 @@ pub async fn run(g: &Global, args: &PlanArgs, ui: &Ui) -> Result<Exit> {
         nodes: preflight::observe(&spec).await,
     };
     preflight::record::write(&spec.state_dir, &record)?;
-    // The steps of both runs `cutover` makes: the chain, then the switchover.
-    let chain = plans::build(plans::replicate::OPERATION, &spec)?.steps;
-    let switchover = plans::build(cutover::CUTOVER, &spec)?.steps;
+    // The cutover's one plan: the chain (kept by an abort), then the switchover.
+    let mut steps = plans::build(cutover::CUTOVER, &spec)?.steps;
+    let switchover = steps.split_off(steps.len() - StepId::SWITCHOVER.len());
+    let chain = steps;
     if let Some(file) = &args.runbook {
         let back = plans::build(cutover::SWITCHBACK, &spec)?.steps;
         let md = crate::runbook::render(&spec, &checks, &chain, &switchover, &back);

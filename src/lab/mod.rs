@@ -471,7 +471,7 @@ impl Lab {
             s.push_str(&format!(
                 "\n[nodes.{}]\nrole = \"{}\"\n",
                 n.name,
-                role_name(n.role)
+                crate::engine::label(&n.role)
             ));
             if let Some(up) = n.upstream {
                 s.push_str(&format!("upstream = \"{up}\"\n"));
@@ -499,14 +499,6 @@ impl Lab {
         LocalHost::new(None)?
             .write_file(&self.spec_path(), s.as_bytes(), 0o644, None)
             .await
-    }
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Primary => "primary",
-        Role::Target => "target",
-        Role::Replica => "replica",
     }
 }
 

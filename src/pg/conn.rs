@@ -138,36 +138,107 @@ pub async fn connect(ep: &Endpoint) -> Result<Client> {
     Ok(client)
 }
 
+/// The usual causes of a failed connection, each with its fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    WrongPassword,
+    NoHbaEntry,
+    NoDatabase,
+    NoSlots,
+    StartingOrStopping,
+    Refused,
+    NoAnswer,
+    Certificate,
+    PasswordMissing,
+    NoTls,
+}
+
+impl Hint {
+    pub fn fix(self) -> &'static str {
+        match self {
+            Hint::WrongPassword => "the password is wrong: check the password reference (env var or passfile) for this user",
+            Hint::NoHbaEntry => "pg_hba.conf has no entry admitting this user from this address: add one and reload",
+            Hint::NoDatabase => "the database does not exist: fix dbname in the conninfo",
+            Hint::NoSlots => "the server has no free connection slots: raise max_connections or close sessions",
+            Hint::StartingOrStopping => "the server is starting up or shutting down: wait and retry",
+            Hint::Refused => "nothing listens there: is the server running, are host and port right, is a firewall in the way?",
+            Hint::NoAnswer => "no answer in time: check the host, routing and firewalls",
+            Hint::Certificate => "the server certificate was not accepted: check sslrootcert and that the host name matches the certificate",
+            Hint::PasswordMissing => "the server asks for a password: give the node a password reference (env var or passfile)",
+            Hint::NoTls => "the server does not offer TLS: enable ssl on the server or lower sslmode",
+        }
+    }
+
+    /// The hint for a driver error: by SQLSTATE where the server answered, by the I/O error's
+    /// kind where the network failed, and by the driver's text only where it offers nothing
+    /// typed (TLS and authentication set-up).
+    pub fn of(e: &tokio_postgres::Error) -> Option<Hint> {
+        use tokio_postgres::error::SqlState;
+        if let Some(db) = e.as_db_error() {
+            let code = db.code();
+            return [
+                (SqlState::INVALID_PASSWORD, Hint::WrongPassword),
+                (
+                    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                    Hint::NoHbaEntry,
+                ),
+                (SqlState::INVALID_CATALOG_NAME, Hint::NoDatabase),
+                (SqlState::TOO_MANY_CONNECTIONS, Hint::NoSlots),
+                (SqlState::CANNOT_CONNECT_NOW, Hint::StartingOrStopping),
+            ]
+            .into_iter()
+            .find_map(|(state, hint)| (*code == state).then_some(hint));
+        }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return Some(Hint::Refused),
+                    std::io::ErrorKind::TimedOut => return Some(Hint::NoAnswer),
+                    _ => {}
+                }
+            }
+            source = err.source();
+        }
+        let detail = error_chain_text(e);
+        [
+            ("timed out", Hint::NoAnswer),
+            ("certificate", Hint::Certificate),
+            ("InvalidCertificate", Hint::Certificate),
+            ("password missing", Hint::PasswordMissing),
+            ("server does not support TLS", Hint::NoTls),
+        ]
+        .into_iter()
+        .find_map(|(text, hint)| detail.contains(text).then_some(hint))
+    }
+}
+
+/// A connection that failed: what was tried, the driver's error (kept whole), and the hint.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {detail}{}", hint.map(|h| format!("\n  hint: {}", h.fix())).unwrap_or_default())]
+pub struct ConnectError {
+    pub what: String,
+    pub hint: Option<Hint>,
+    detail: String,
+    driver: tokio_postgres::Error,
+}
+
+impl ConnectError {
+    /// The driver's error, for a caller that branches on it (SQLSTATE, I/O kind).
+    pub fn driver(&self) -> &tokio_postgres::Error {
+        &self.driver
+    }
+}
+
 /// Turn a driver error into a message with a hint for the usual causes.
 fn explain(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
-    let detail = error_chain_text(&e);
-    let hint = if let Some(db) = e.as_db_error() {
-        match db.code().code() {
-            "28P01" => "the password is wrong: check the password reference (env var or passfile) for this user",
-            "28000" => "pg_hba.conf has no entry admitting this user from this address: add one and reload",
-            "3D000" => "the database does not exist: fix dbname in the conninfo",
-            "53300" => "the server has no free connection slots: raise max_connections or close sessions",
-            "57P03" => "the server is starting up or shutting down: wait and retry",
-            _ => "",
-        }
-    } else if detail.contains("Connection refused") {
-        "nothing listens there: is the server running, are host and port right, is a firewall in the way?"
-    } else if detail.contains("timed out") || detail.contains("timeout") {
-        "no answer in time: check the host, routing and firewalls"
-    } else if detail.contains("certificate") || detail.contains("InvalidCertificate") {
-        "the server certificate was not accepted: check sslrootcert and that the host name matches the certificate"
-    } else if detail.contains("password missing") {
-        "the server asks for a password: give the node a password reference (env var or passfile)"
-    } else if detail.contains("server does not support TLS") {
-        "the server does not offer TLS: enable ssl on the server or lower sslmode"
-    } else {
-        ""
-    };
-    if hint.is_empty() {
-        anyhow!("{what}: {detail}")
-    } else {
-        anyhow!("{what}: {detail}\n  hint: {hint}")
+    ConnectError {
+        what: what.to_string(),
+        hint: Hint::of(&e),
+        detail: error_chain_text(&e),
+        driver: e,
     }
+    .into()
 }
 
 pub fn error_chain_text(e: &(dyn std::error::Error + 'static)) -> String {

@@ -176,9 +176,15 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
                         ),
                     ));
                 } else {
-                    let (first, hint) = match msg.split_once("\n  hint: ") {
-                        Some((a, b)) => (a.to_string(), b.to_string()),
-                        None => (msg.clone(), "check that the server runs, the host and port, pg_hba.conf and the password reference".into()),
+                    let connect = e
+                        .chain()
+                        .find_map(|c| c.downcast_ref::<crate::pg::conn::ConnectError>());
+                    let (first, hint) = match connect {
+                        Some(c) if c.hint.is_some() => (
+                            msg.split('\n').next().unwrap_or_default().to_string(),
+                            c.hint.map(|h| h.fix()).unwrap_or_default().to_string(),
+                        ),
+                        _ => (msg.clone(), "check that the server runs, the host and port, pg_hba.conf and the password reference".into()),
                     };
                     checks.push(Check::fail(format!("connect:{}", node.name), first, hint));
                 }

@@ -1,9 +1,11 @@
 //! The test harness: labs in temporary directories that are always torn down, the real
 //! binary, and an sshd on a loopback port.
 
+pub mod crash;
 pub mod sshd;
 pub mod traffic;
 
+use migrate::exit::Exit;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -69,10 +71,21 @@ pub fn migrate(args: &[&str]) -> Output {
         .expect("run migrate")
 }
 
-/// The binary ended with `code`; otherwise fail showing everything it printed.
+/// The binary ended with `want`; otherwise fail showing everything it printed.
 #[track_caller]
-pub fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(out.status.code(), Some(code), "{}", output_text(out));
+pub fn assert_exit(out: &Output, want: Exit) {
+    assert_exit_at(out, want, "");
+}
+
+/// The same, saying what was run (a crash point, a step).
+#[track_caller]
+pub fn assert_exit_at(out: &Output, want: Exit, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(want.code())),
+        "{what}: expected {want:?}; {}",
+        output_text(out)
+    );
 }
 
 /// stdout then stderr of a finished command.
