@@ -93,6 +93,10 @@ pub struct CutoverArgs {
     /// Stop cleanly before this step (e.g. `fence`); continue later with `migrate resume`.
     #[arg(long, value_name = "STEP")]
     pub pause_before: Option<String>,
+    /// Allow --pause-before a step inside the write pause (after `hold`, up to `release`):
+    /// clients stay held and writes stay stopped until `migrate resume`.
+    #[arg(long)]
+    pub keep_clients_held: bool,
 }
 
 #[derive(Debug, Args)]

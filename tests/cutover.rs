@@ -416,6 +416,7 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
         "a refused cutover started a run"
     );
     chain.plan_ok().await;
+    // Inside the write pause a pause holds every client: refused unless asked for in words.
     let out = chain
         .run(
             &[
@@ -424,6 +425,29 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
                 "--force-window",
                 "--pause-before",
                 "promote",
+            ],
+            None,
+        )
+        .await;
+    crate::support::assert_exit(&out, Exit::BadInput);
+    assert!(
+        text(&out.stderr).contains("--keep-clients-held"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !chain.lab.lab.dir.join("state/journal.jsonl").exists(),
+        "a refused pause started a run"
+    );
+    let out = chain
+        .run(
+            &[
+                "cutover",
+                "--yes",
+                "--force-window",
+                "--pause-before",
+                "promote",
+                "--keep-clients-held",
             ],
             None,
         )
@@ -462,6 +486,285 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
     let out = chain.run(&["resume"], None).await;
     crate::support::assert_exit(&out, Exit::Done);
     assert_topology(&chain, "new", "resumed after a pause").await;
+}
+
+fn all_nodes(chain: &Chain) -> Vec<migrate::pg::Endpoint> {
+    ["old", "new", "new_replica", "dr"]
+        .iter()
+        .map(|n| chain.ep(n))
+        .collect()
+}
+
+async fn in_recovery(chain: &Chain, node: &str) -> Option<bool> {
+    let c = connect(&chain.ep(node)).await.ok()?;
+    migrate::pg::sql::in_recovery(&c).await.ok()
+}
+
+/// Pause the cutover before `step`, with clients held, as an operator would on a bad night.
+async fn cutover_paused_before(chain: &Chain, step: StepId) {
+    chain.plan_ok().await;
+    let step = step.to_string();
+    let out = chain
+        .run(
+            &[
+                "cutover",
+                "--yes",
+                "--force-window",
+                "--pause-before",
+                &step,
+                "--keep-clients-held",
+            ],
+            None,
+        )
+        .await;
+    crate::support::assert_exit_at(&out, Exit::OperatorNeeded, &format!("pause before {step}"));
+}
+
+/// The old primary started again by hand after the proof (a DBA, a service manager's
+/// Restart=): it must not be staged beside its running self, nothing is promoted, and the
+/// abort leaves it the one primary, unfenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_primary_restarted_by_hand_between_proof_and_promote_is_never_doubled() {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let w = writer(&chain);
+    let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
+    cutover_paused_before(&chain, StepId::Stage).await;
+    let old = chain.lab.lab.server("old");
+    old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        in_recovery(&chain, "old").await,
+        Some(false),
+        "old runs as a primary again"
+    );
+    let out = chain.run(&["resume"], None).await;
+    crate::support::assert_exit_at(&out, Exit::NotReady, "the resumed cutover aborts");
+    assert!(
+        text(&out.stderr).contains("runs again after the proof"),
+        "{}",
+        text(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(v["state"], "aborted");
+    assert_eq!(v["point_of_no_return"], serde_json::Value::Null);
+    assert_eq!(
+        in_recovery(&chain, "new").await,
+        Some(true),
+        "new was not promoted"
+    );
+    assert!(
+        !chain
+            .lab
+            .lab
+            .data_dir("old")
+            .join("standby.signal")
+            .exists(),
+        "standby.signal beside a running primary"
+    );
+    assert_old_serves_unfenced(&chain).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = w.stop().await;
+    sampler.assert_never_two("old restarted by hand").await;
+    assert_no_loss(&chain, &report, "old restarted by hand").await;
+}
+
+/// The target promoted from outside before the tool's promotion (an HA manager on the new
+/// side, an operator after --pause-before promote): nothing promotes it again, and no undo
+/// restarts the old primary beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_promoted_from_outside_stops_the_run_with_one_primary() {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
+    cutover_paused_before(&chain, StepId::Promote).await;
+    connect(&chain.ep("new"))
+        .await
+        .unwrap()
+        .batch_execute("SELECT pg_promote(true, 30)")
+        .await
+        .unwrap();
+    let out = chain.run(&["resume"], None).await;
+    crate::support::assert_exit_at(&out, Exit::OperatorNeeded, "resume stops for the operator");
+    assert!(
+        text(&out.stderr).contains("already a writable primary"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The operator tries to undo: the old primary must not be restarted as a primary.
+    let out = chain.run(&["rollback"], None).await;
+    crate::support::assert_exit_at(&out, Exit::OperatorNeeded, "rollback refuses the restart");
+    assert!(
+        text(&out.stderr).contains("would make two primaries"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_ne!(
+        chain.lab.lab.server("old").state().await.unwrap(),
+        migrate::pg::server::RunState::Running,
+        "old was restarted beside the promoted target"
+    );
+    sampler
+        .assert_never_two("target promoted from outside")
+        .await;
+}
+
+/// The old primary cannot follow the new one after the promotion (here: it cannot even start):
+/// clients are still released to the new primary, the certificate says there is no rollback
+/// path, and the run stops (exit 3) naming the repair; once repaired, `resume` finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_primary_that_cannot_follow_does_not_keep_clients_held() {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
+    cutover_paused_before(&chain, StepId::Promote).await;
+    let auto = chain.lab.lab.data_dir("old").join("postgresql.auto.conf");
+    let staged = std::fs::read_to_string(&auto).unwrap();
+    std::fs::write(&auto, format!("{staged}shared_buffers = 'not a size'\n")).unwrap();
+
+    let out = chain.run(&["resume"], None).await;
+    crate::support::assert_exit_at(&out, Exit::OperatorNeeded, "no rollback path");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("NO ROLLBACK PATH") && err.contains("pg_rewind"),
+        "{err}"
+    );
+    assert!(
+        err.contains("migrate resume") && !err.contains("migrate rollback"),
+        "{err}"
+    );
+    // Released to the new primary through PgBouncer.
+    let released = tokio::time::timeout(Duration::from_secs(10), async {
+        let c = connect(&chain.lab.lab.app_endpoint()).await.unwrap();
+        c.batch_execute("INSERT INTO ledger (client, seq) VALUES (995, 1)")
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(released.is_ok(), "clients are still held");
+    assert_eq!(in_recovery(&chain, "new").await, Some(false));
+    let cert_path = std::fs::read_dir(chain.lab.lab.dir.join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("certificate-")
+        })
+        .expect("a certificate");
+    let cert: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cert_path).unwrap()).unwrap();
+    assert_eq!(cert["rollback_path"], false, "{cert}");
+
+    // The repair, then resume finishes the run with the rollback path in place.
+    std::fs::write(&auto, &staged).unwrap();
+    let out = chain.run(&["resume"], None).await;
+    crate::support::assert_exit_at(&out, Exit::Done, "resume after the repair");
+    assert_topology(&chain, "new", "after the repair").await;
+    sampler.assert_never_two("old cannot follow").await;
+}
+
+/// The proof reads pg_controldata's field names, which are translated: on a host whose
+/// locale is German it must still find them (the tool runs it in the C locale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proof_passes_on_a_host_with_a_german_locale() {
+    const DE: &str = "de_DE.UTF-8";
+    let have = std::process::Command::new("locale")
+        .arg("-a")
+        .output()
+        .unwrap();
+    if !text(&have.stdout)
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("de_DE.utf8"))
+    {
+        let made = std::process::Command::new("localedef")
+            .args(["-i", "de_DE", "-f", "UTF-8", DE])
+            .status()
+            .expect("localedef (Debian's locales package)");
+        assert!(made.success(), "localedef -i de_DE -f UTF-8 failed");
+    }
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    // The locale really translates pg_controldata here (else this test could not fail).
+    let german = std::process::Command::new(chain.lab.lab.bin_dir.join("pg_controldata"))
+        .arg("-D")
+        .arg(chain.lab.lab.data_dir("old"))
+        .env("LC_ALL", DE)
+        .env("LANG", DE)
+        .output()
+        .unwrap();
+    assert!(
+        !text(&german.stdout).contains("Database cluster state"),
+        "pg_controldata is not translated: {}",
+        text(&german.stdout)
+    );
+    chain.plan_ok().await;
+    let out = chain
+        .run_env(
+            &["cutover", "--yes", "--force-window"],
+            &[("LANG", DE), ("LC_ALL", DE), ("LC_MESSAGES", DE)],
+        )
+        .await;
+    crate::support::assert_exit_at(&out, Exit::Done, "cutover under LANG=de_DE.UTF-8");
+    assert_topology(&chain, "new", "after a German cutover").await;
+}
+
+/// One client idle in a transaction keeps PgBouncer's PAUSE from completing: the hold gives
+/// up after `cutover.hold_timeout`, every client is resumed on the old primary, and the abort
+/// names the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idle_in_a_transaction_at_hold_times_the_hold_out_and_is_named() {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let spec_text = std::fs::read_to_string(&chain.spec)
+        .unwrap()
+        .replace("[cutover]\n", "[cutover]\nhold_timeout = \"2s\"\n");
+    std::fs::write(&chain.spec, spec_text).unwrap();
+    chain.plan_ok().await;
+    let app = chain.lab.lab.app_endpoint();
+    let idle = connect(&app).await.unwrap();
+    idle.batch_execute(
+        "SET application_name = 'idle-test'; BEGIN; INSERT INTO ledger (client, seq) VALUES (997, 1)",
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    crate::support::assert_exit_at(&out, Exit::NotReady, "the hold times out and aborts");
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "the hold took {:?}",
+        t.elapsed()
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("could not hold its clients within 2s"),
+        "{err}"
+    );
+    assert!(err.contains("idle in transaction"), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(v["state"], "aborted");
+    // Clients go on through PgBouncer, on the old primary; the idle one can still commit.
+    let fresh = tokio::time::timeout(Duration::from_secs(10), async {
+        let c = connect(&app).await.unwrap();
+        c.batch_execute("INSERT INTO ledger (client, seq) VALUES (996, 1)")
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(
+        fresh.is_ok(),
+        "a new client through PgBouncer is still held"
+    );
+    idle.batch_execute("COMMIT").await.unwrap();
+    assert_old_serves_unfenced(&chain).await;
+    assert_eq!(in_recovery(&chain, "new").await, Some(true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use migrate::engine::{events, Invocation, Outcome, Runner};
 use migrate::plans::{self, cutover};
 use migrate::steps::chain::{CloneOut, Mode, NodeOut};
 use migrate::steps::switchover::certificate::CertificateOut;
-use migrate::steps::switchover::reverse::TimelineOut;
+use migrate::steps::switchover::reverse::{ReverseOut, TimelineOut};
 use migrate::steps::switchover::stage::StageOut;
 use migrate::steps::switchover::stop::StopOut;
 use migrate::steps::switchover::window::WindowOut;
@@ -45,7 +45,7 @@ fn every_output_of_a_format_1_journal_decodes_into_its_type() {
     decodes::<ProofOut>(&cx, &StepId::Proof);
     decodes::<StageOut>(&cx, &StepId::Stage);
     decodes::<PromoteOut>(&cx, &StepId::Promote);
-    decodes::<TimelineOut>(&cx, &StepId::Reverse);
+    decodes::<ReverseOut>(&cx, &StepId::Reverse);
     decodes::<RouteOut>(&cx, &StepId::Route);
     decodes::<ReleaseOut>(&cx, &StepId::Release);
     decodes::<TimelineOut>(&cx, &StepId::Followers);
@@ -98,6 +98,10 @@ fn a_certificate_is_rebuilt_typed_from_a_format_1_journal() {
     }))
     .unwrap();
     assert_eq!((cert.old_timeline, cert.new_timeline), (1, 2));
+    assert!(
+        cert.rollback_path,
+        "format 1 had no reverse problem to record"
+    );
     assert_eq!(cert.write_pause_ms, written.write_pause_ms);
     // Format 1 recorded the pause in the certificate step's output: the same figure.
     let out: CertificateOut = cx.get(&StepId::Certificate).unwrap();

@@ -470,3 +470,43 @@ async fn with_the_chain_running_the_build_and_the_reverse_path_are_checked() {
         "{r}"
     );
 }
+
+/// P9: a synchronous_standby_names that only the old topology satisfies would make every
+/// commit on the new primary wait for ever: plan fails naming it; one the new topology meets
+/// passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_standby_names_that_would_hang_the_new_primary_fails_the_plan() {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let set = |value: &'static str| {
+        let ep = chain.ep("old");
+        async move {
+            let c = connect(&ep).await.unwrap();
+            c.batch_execute(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{value}'"
+            ))
+            .await
+            .unwrap();
+            c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+        }
+    };
+    // Satisfied now (the target confirms), never after the cutover (the target is the
+    // primary then, and nothing called "new" streams from it).
+    set("new").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, v, _) = plan(&chain).await;
+    assert_eq!(code, Some(1), "{v}");
+    let s = check(&v, "synchronous_standby_names");
+    assert_eq!(s["status"], "fail", "{s}");
+    assert!(
+        s["message"].as_str().unwrap().contains("wait for ever"),
+        "{s}"
+    );
+    assert!(s["remedy"].as_str().unwrap().contains("old"), "{s}");
+
+    set("ANY 1 (new, old)").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, v, _) = plan(&chain).await;
+    assert_eq!(check(&v, "synchronous_standby_names")["status"], "pass");
+    set("").await;
+}

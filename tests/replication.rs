@@ -50,13 +50,20 @@ impl Chain {
     }
 
     pub async fn run(&self, args: &[&str], crash_at: Option<&str>) -> std::process::Output {
+        let env: Vec<(&str, &str)> = crash_at
+            .map(|at| ("MIGRATE_CRASH_AT", at))
+            .into_iter()
+            .collect();
+        self.run_env(args, &env).await
+    }
+
+    /// The binary against this chain's spec, with extra environment variables.
+    pub async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         let mut c = tokio::process::Command::new(migrate_bin());
         c.args(args)
             .args(["-f", self.spec()])
-            .env_remove("MIGRATE_SPEC");
-        if let Some(at) = crash_at {
-            c.env("MIGRATE_CRASH_AT", at);
-        }
+            .env_remove("MIGRATE_SPEC")
+            .envs(env.iter().copied());
         c.output().await.unwrap()
     }
 

@@ -137,6 +137,10 @@ pub struct Runner {
 /// Why a forward pass stopped, before the policy decides what that means.
 enum Halt {
     Paused(String),
+    /// A probe found the step neither done nor safe to apply: the situation needs a person,
+    /// so nothing is undone automatically either (an undo could make it worse, e.g. restart
+    /// a primary beside one promoted from outside).
+    Unsafe(String),
     Failed(anyhow::Error),
 }
 
@@ -367,6 +371,9 @@ impl Runner {
             Err(Halt::Paused(id)) => {
                 return Err(self.error(Stop::Paused, format!("paused before step {id} as asked")))
             }
+            Err(Halt::Unsafe(why)) => {
+                return Err(self.error(Stop::OperatorNeeded(self.next()), why))
+            }
             Err(Halt::Failed(cause)) => cause,
         };
         let failed_at = self
@@ -387,10 +394,17 @@ impl Runner {
                     )),
                 }
             }
-            _ => Err(self.error(
-                Stop::OperatorNeeded(Next::ResumeOrRollback),
-                format!("{cause:#}"),
-            )),
+            _ => Err(self.error(Stop::OperatorNeeded(self.next()), format!("{cause:#}"))),
+        }
+    }
+
+    /// What continues a stopped run: before the point of no return it can also be undone;
+    /// after it, only going on finishes it (going back is a switchback, once it is complete).
+    fn next(&self) -> Next {
+        if self.state.point_of_no_return.is_some() {
+            Next::Resume
+        } else {
+            Next::ResumeOrRollback
         }
     }
 
@@ -406,7 +420,7 @@ impl Runner {
             if status == StepStatus::Pending && self.pause_before.as_deref() == Some(id.as_str()) {
                 return Err(Halt::Paused(id));
             }
-            self.step(i, &id, status).await.map_err(Halt::Failed)?;
+            self.step(i, &id, status).await?;
         }
         self.note(Event::RunFinished {
             outcome: Outcome::Completed,
@@ -415,16 +429,19 @@ impl Runner {
         Ok(Outcome::Completed)
     }
 
-    /// One step: probe when it may have run before, then apply, timed and journaled.
-    async fn step(&mut self, i: usize, id: &str, status: StepStatus) -> Result<()> {
-        let cx = self.cx();
+    /// One step: probe, then apply, timed and journaled.
+    async fn step(&mut self, i: usize, id: &str, status: StepStatus) -> Result<(), Halt> {
+        let failed = Halt::Failed;
+        let mut cx = self.cx();
+        cx.set_in_doubt(status != StepStatus::Pending);
         if status != StepStatus::Pending {
             self.emit(RunEvent::StepProbing { step: id.into() });
         }
         let probe = self.plan.steps[i]
             .probe(&cx)
             .await
-            .with_context(|| format!("probe step {id}"))?;
+            .with_context(|| format!("probe step {id}"))
+            .map_err(failed)?;
         match probe {
             Probe::Done(output) => {
                 if status == StepStatus::Pending {
@@ -432,30 +449,37 @@ impl Runner {
                         step: id.into(),
                         host: String::new(),
                         action: String::new(),
-                    })?;
+                    })
+                    .map_err(failed)?;
                 }
-                return self.note(Event::StepSucceeded {
-                    step: id.into(),
-                    output,
-                    elapsed_ms: None,
-                });
+                return self
+                    .note(Event::StepSucceeded {
+                        step: id.into(),
+                        output,
+                        elapsed_ms: None,
+                    })
+                    .map_err(failed);
             }
             Probe::Unsafe(reason) => {
-                return Err(anyhow!("step {id} cannot go on safely: {reason}"));
+                return Err(Halt::Unsafe(format!(
+                    "step {id} cannot go on safely: {reason}"
+                )));
             }
             Probe::NotDone => {}
         }
         if self.plan.steps[i].kind() == Kind::PointOfNoReturn
             && self.state.point_of_no_return.is_none()
         {
-            self.note(Event::PointOfNoReturn { step: id.into() })?;
+            self.note(Event::PointOfNoReturn { step: id.into() })
+                .map_err(failed)?;
         }
         let d = self.plan.steps[i].describe();
         self.note(Event::StepStarted {
             step: id.into(),
             host: d.host,
             action: d.action,
-        })?;
+        })
+        .map_err(failed)?;
         failpoint::point(id, "before").await;
         let t0 = Instant::now();
         let result = self.plan.steps[i].apply(&cx).await;
@@ -468,6 +492,7 @@ impl Runner {
                     output,
                     elapsed_ms,
                 })
+                .map_err(failed)
             }
             Err(e) => {
                 let error = format!("{e:#}");
@@ -475,8 +500,9 @@ impl Runner {
                     step: id.into(),
                     error: error.clone(),
                     elapsed_ms,
-                })?;
-                Err(anyhow!("step {id} failed: {error}"))
+                })
+                .map_err(failed)?;
+                Err(failed(anyhow!("step {id} failed: {error}")))
             }
         }
     }

@@ -43,6 +43,7 @@ pub struct Cx {
     outputs: BTreeMap<String, Value>,
     elapsed_ms: BTreeMap<String, u64>,
     events: Option<EventSink>,
+    in_doubt: bool,
 }
 
 impl Cx {
@@ -57,7 +58,18 @@ impl Cx {
             outputs,
             elapsed_ms,
             events,
+            in_doubt: false,
         }
+    }
+
+    /// Whether the step being run was started before, by this run (a crash or a failure may
+    /// have left part of its effect): its probe and apply must expect their own traces.
+    pub fn in_doubt(&self) -> bool {
+        self.in_doubt
+    }
+
+    pub(crate) fn set_in_doubt(&mut self, in_doubt: bool) {
+        self.in_doubt = in_doubt;
     }
 
     /// The output step `step` recorded, as its declared type.

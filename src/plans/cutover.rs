@@ -54,6 +54,9 @@ pub fn direction(spec: &Spec, operation: &str) -> Result<Direction> {
         to: Member::new(spec, &to)?,
         followers,
         routes: spec.routes.clone(),
+        // The proof's time box bounds every single call as well: nothing inside the pause may
+        // wait longer for one answer than the whole proof may take.
+        limit: spec.cutover.proof_timeout,
     })
 }
 
@@ -72,7 +75,11 @@ pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Pla
     if cutover {
         plan.push(super::replicate::catch_up(spec, StepId::Gate));
     }
-    plan.push(Hold(d.clone()));
+    plan.push(Hold {
+        d: d.clone(),
+        timeout: spec.cutover.hold_timeout,
+        policy: spec.cutover.hold,
+    });
     plan.push(Fence(d.clone()));
     plan.push(StopPrimary(d.clone()));
     plan.push(Proof {

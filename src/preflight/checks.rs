@@ -396,6 +396,40 @@ fn capacity(checks: &mut Vec<Check>, f: &Facts, node: &str, senders: i64, slots:
     }
 }
 
+/// P9: the new primary must be able to confirm commits with the standbys it will have. Its
+/// setting is the primary's (copied by the clone, or the same configuration management).
+fn synchronous_names(checks: &mut Vec<Check>, spec: &Spec, p: &Facts) {
+    let ssn = p.get("synchronous_standby_names");
+    if ssn.trim().is_empty() {
+        checks.push(Check::pass(
+            "synchronous_standby_names",
+            "asynchronous replication: no commit waits for a standby",
+        ));
+        return;
+    }
+    let target = spec.target();
+    let mut after: Vec<String> = spec
+        .downstream_of(&target.name)
+        .map(|n| n.name.clone())
+        .collect();
+    after.push(spec.primary().name.clone());
+    match super::sync::would_hang(ssn, &after) {
+        Some(why) => checks.push(Check::fail(
+            "synchronous_standby_names",
+            format!("after the cutover on {}: {why}; every commit there would wait for ever (P9)", target.name),
+            format!(
+                "name the standbys {} will have (application names {}) or use ANY/FIRST with enough of them, then reload, before the window",
+                target.name,
+                after.join(", ")
+            ),
+        )),
+        None => checks.push(Check::pass(
+            "synchronous_standby_names",
+            format!("{ssn:?} can be met on {} after the cutover ({})", target.name, after.join(", ")),
+        )),
+    }
+}
+
 async fn database_checks(checks: &mut Vec<Check>, spec: &Spec, p: &Facts) {
     let c = &p.client;
     if let Ok(rows) = c
@@ -439,14 +473,7 @@ async fn database_checks(checks: &mut Vec<Check>, spec: &Spec, p: &Facts) {
             checks.push(Check::warn("long_xacts", format!("long transactions: {}", list.join(", ")), "they are cut by the fence; end them before the window"));
         }
     }
-    let ssn = p.get("synchronous_standby_names");
-    if !ssn.is_empty() {
-        checks.push(Check::warn(
-            "synchronous_standby_names",
-            format!("synchronous_standby_names = {ssn:?} is copied to the new primary"),
-            "make sure it names standbys that will be attached to the new primary, or commits there hang (P9)",
-        ));
-    }
+    synchronous_names(checks, spec, p);
     if p.get("archive_mode") != "off" {
         if let Ok(r) = c.query_one("SELECT failed_count, coalesce(last_failed_time > coalesce(last_archived_time, 'epoch'), false) FROM pg_stat_archiver", &[]).await {
             if r.get::<_, bool>(1) {

@@ -8,6 +8,7 @@ use serde::Serialize;
 pub use checks::{observe, run, Seen};
 
 pub mod record;
+pub mod sync;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -58,6 +58,9 @@ pub fn open(routes: &[Route]) -> Result<Vec<Box<dyn Router>>> {
     Ok(out)
 }
 
+/// How long the verifying commit through a route may take.
+const COMMIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Who answers a connection: enough to tell two servers apart even when they are copies of
 /// one cluster (same system identifier) behind port-translating NAT (ports say nothing).
 const IDENTITY_SQL: &str = "SELECT pg_is_in_recovery()::text, inet_server_port()::text, \
@@ -78,8 +81,8 @@ async fn identity(c: &tokio_postgres::Client, label: &str) -> Result<[String; 4]
 }
 
 /// Connect through an application-facing endpoint and check it reaches `expected` as a
-/// writable primary: not in recovery, and the same server instance as a direct connection to
-/// `expected` finds (system identifier and postmaster start time). Simple protocol: poolers
+/// writable primary: not in recovery, the same server instance as a direct connection to
+/// `expected` finds (system identifier and postmaster start time), and a commit returns. Simple protocol: poolers
 /// in transaction mode cannot keep prepared statements.
 pub async fn reaches(through: &Through, label: &str, expected: &Node) -> Result<Value> {
     let c = connect(&through.endpoint(label))
@@ -99,6 +102,16 @@ pub async fn reaches(through: &Through, label: &str, expected: &Node) -> Result<
             expected.name,
             expected.name
         );
+    }
+    // A commit, not only a SELECT: a primary whose every commit waits (synchronous standbys
+    // it does not have, P9) answers queries but takes no write. txid_current() gives the
+    // transaction an id, so its commit is a real one.
+    match tokio::time::timeout(COMMIT_LIMIT, c.simple_query("SELECT txid_current()")).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => bail!("through {label}, a commit fails: {e}"),
+        Err(_) => bail!(
+            "through {label}, a commit does not return within {COMMIT_LIMIT:?}: commits wait (synchronous_standby_names naming standbys that are not attached?)"
+        ),
     }
     Ok(json!({
         "through": through.conninfo.to_string(), "primary": expected.name, "port": port,

@@ -88,9 +88,24 @@ pub struct Cutover {
     /// cutover is aborted and the old primary restarted.
     pub proof_timeout: Duration,
     pub promote_timeout: Duration,
+    /// How long holding clients (PgBouncer `PAUSE`, which waits for open transactions) may
+    /// take before the hold is given up, clients resumed and the cutover aborted.
+    pub hold_timeout: Duration,
+    /// What to do with the sessions that block the hold when `hold_timeout` passes.
+    pub hold: HoldPolicy,
     /// What `migrate complete` does with the old primary: keep it as a standby of the new one,
     /// or stop it for good.
     pub retire: Retire,
+}
+
+/// `cutover.hold`: what happens to sessions that keep the hold from completing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldPolicy {
+    /// Resume the clients and abort the cutover, naming the blocking sessions (the default).
+    Abort,
+    /// End the blocking sessions on the old primary, then hold again (once).
+    Terminate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -104,7 +119,7 @@ impl Cutover {
     /// The longest clients can be held: the proof and promotion time boxes plus the fence,
     /// stop and route steps (a generous minute).
     pub fn pause_budget(&self) -> Duration {
-        self.proof_timeout + self.promote_timeout + Duration::from_secs(60)
+        self.hold_timeout + self.proof_timeout + self.promote_timeout + Duration::from_secs(60)
     }
 }
 
@@ -433,8 +448,31 @@ impl Validator {
                 "use \"standby\" (keep the old primary streaming) or \"stop\" (stop it for good)",
             )),
         };
+        let hold = match raw.hold.as_deref() {
+            None | Some("abort") => HoldPolicy::Abort,
+            Some("terminate") => HoldPolicy::Terminate,
+            Some(other) => return Err(self.err(
+                "cutover.hold",
+                format!("{other:?} is not a hold policy"),
+                "use \"abort\" (resume clients and abort when the hold times out) or \"terminate\" (end the sessions that block it)",
+            )),
+        };
+        let hold_timeout = self.duration(
+            "cutover.hold_timeout",
+            raw.hold_timeout,
+            Duration::from_secs(10),
+        )?;
+        if hold_timeout.is_zero() {
+            return Err(self.err(
+                "cutover.hold_timeout",
+                "a zero time limit can never be met".to_string(),
+                "give the hold a few seconds, e.g. \"10s\"",
+            ));
+        }
         Ok(Cutover {
             retire,
+            hold,
+            hold_timeout,
             window,
             lag_threshold,
             lag_stable_for: self.duration(

@@ -79,6 +79,8 @@ pub struct RawCutover {
     pub catchup_timeout: Option<String>,
     pub proof_timeout: Option<String>,
     pub promote_timeout: Option<String>,
+    pub hold_timeout: Option<String>,
+    pub hold: Option<String>,
     pub retire: Option<String>,
 }
 

@@ -119,3 +119,51 @@ pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
         .parse()
         .ok()
 }
+
+/// Samples every node's `pg_is_in_recovery()` every 50 ms until stopped: the most nodes seen
+/// answering as writable primaries in one sample, and which. A test asserts it never exceeds
+/// one.
+pub struct PrimarySampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl PrimarySampler {
+    pub fn start(nodes: Vec<migrate::pg::Endpoint>) -> PrimarySampler {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut worst = (0, Vec::new());
+            while !flag.load(Ordering::SeqCst) {
+                let mut writable = Vec::new();
+                for ep in &nodes {
+                    let answer = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                        let c = migrate::pg::connect(ep).await?;
+                        migrate::pg::sql::in_recovery(&c).await
+                    })
+                    .await;
+                    if let Ok(Ok(false)) = answer {
+                        writable.push(ep.name.clone());
+                    }
+                }
+                if writable.len() > worst.0 {
+                    worst = (writable.len(), writable);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            worst
+        });
+        PrimarySampler { stop, task }
+    }
+
+    /// Stop sampling; fail if two nodes ever answered as writable primaries at once.
+    pub async fn assert_never_two(self, ctx: &str) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (most, which) = self.task.await.expect("sampler");
+        assert!(
+            most <= 1,
+            "{ctx}: two writable primaries at once: {which:?}"
+        );
+    }
+}

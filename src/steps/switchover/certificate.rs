@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,7 @@ use super::hold::HoldOut;
 use super::promote::PromoteOut;
 use super::proof::ProofOut;
 use super::release::ReleaseOut;
+use super::reverse::{follow, repair, ReverseOut};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::pg::Lsn;
@@ -44,6 +47,15 @@ pub struct CertificateDoc {
     pub write_pause_ms: i64,
     /// Each step's share, as the runner timed it (the release: up to the last RESUME).
     pub phases_ms: BTreeMap<StepId, Option<u64>>,
+    /// Whether the old primary streams from the new one (the live way back), and if not, why.
+    #[serde(default = "yes")]
+    pub rollback_path: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_problem: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +63,9 @@ pub struct CertificateOut {
     pub path: PathBuf,
     pub write_pause_ms: i64,
 }
+
+/// How long the certificate step waits for a repaired old primary to follow.
+const RECHECK: Duration = Duration::from_secs(10);
 
 pub fn certificate_path(state_dir: &std::path::Path, run_id: &str) -> PathBuf {
     state_dir.join(format!("certificate-{run_id}.json"))
@@ -72,6 +87,9 @@ impl CertificateDoc {
             .map(|id| (id.clone(), cx.elapsed_ms(id)))
             .collect();
         phases_ms.insert(StepId::Release, Some(release.until_released_ms));
+        let rollback_problem = cx
+            .find::<ReverseOut>(&StepId::Reverse)?
+            .and_then(|r| r.not_following);
         Ok(CertificateDoc {
             run_id: cx.run_id.clone(),
             operation: operation.into(),
@@ -86,6 +104,8 @@ impl CertificateDoc {
             released_at: release.released_at,
             write_pause_ms: (release.released_at - fenced_at).num_milliseconds(),
             phases_ms,
+            rollback_path: rollback_problem.is_none(),
+            rollback_problem,
         })
     }
 
@@ -119,7 +139,15 @@ impl Step for Certificate {
         Kind::ReadOnly
     }
     async fn apply(&self, cx: &Cx) -> Result<CertificateOut> {
-        let cert = CertificateDoc::from_run(cx, &self.d, &self.operation)?;
+        let mut cert = CertificateDoc::from_run(cx, &self.d, &self.operation)?;
+        if !cert.rollback_path {
+            // Repaired since `reverse` (an operator who re-synced it, then resumed)?
+            let tli = i32::try_from(cert.new_timeline)?;
+            if follow(&self.d, tli, RECHECK, cx).await.is_ok() {
+                cert.rollback_path = true;
+                cert.rollback_problem = None;
+            }
+        }
         let path = certificate_path(&self.state_dir, &cx.run_id);
         crate::host::local::write_atomic(
             &path,
@@ -127,6 +155,15 @@ impl Step for Certificate {
             0o600,
             None,
         )?;
+        if let Some(problem) = &cert.rollback_problem {
+            bail!(
+                "{to} is the primary and serves (clients were released to it), but there is NO ROLLBACK PATH: {from} does not stream from it ({problem}); {repair}, then `migrate resume` checks again and finishes the run (certificate {path})",
+                to = self.d.to.name(),
+                from = self.d.from.name(),
+                repair = repair(&self.d),
+                path = path.display()
+            );
+        }
         Ok(CertificateOut {
             path,
             write_pause_ms: cert.write_pause_ms,

@@ -41,43 +41,51 @@ impl Step for Fence {
         Kind::Reversible
     }
     async fn apply(&self, _: &Cx) -> Result<FenceOut> {
-        let fenced_at = Utc::now();
-        // The target's timeline, read while its walreceiver still runs: once the primary is
-        // down there is no receiver row, and a standby's control file lags (P6). Journaled
-        // here, before the stop, so a resumed run has it too.
-        let to_timeline = match connect(&self.0.to.endpoint()).await {
-            Ok(c) => sql::walreceiver(&c)
-                .await
-                .ok()
-                .flatten()
-                .map(|(_, tli)| i64::from(tli)),
-            Err(_) => None,
-        };
-        let c = connect(&self.0.from.endpoint()).await?;
-        c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
-            .await?;
-        c.batch_execute("SELECT pg_reload_conf()").await?;
-        let sessions_ended: i64 = c
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-                    AND coalesce(application_name, '') NOT LIKE 'migrate%'",
-                &[],
-            )
-            .await?
-            .get(0);
-        c.batch_execute("CHECKPOINT").await?;
-        Ok(FenceOut {
-            fenced_at,
-            sessions_ended,
-            to_timeline,
-        })
+        self.0
+            .bounded("fence the old primary", async {
+                let fenced_at = Utc::now();
+                // The target's timeline, read while its walreceiver still runs: once the primary is
+                // down there is no receiver row, and a standby's control file lags (P6). Journaled
+                // here, before the stop, so a resumed run has it too.
+                let to_timeline = match connect(&self.0.to.endpoint()).await {
+                    Ok(c) => sql::walreceiver(&c)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|(_, tli)| i64::from(tli)),
+                    Err(_) => None,
+                };
+                let c = connect(&self.0.from.endpoint()).await?;
+                c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
+                    .await?;
+                c.batch_execute("SELECT pg_reload_conf()").await?;
+                let sessions_ended: i64 = c
+                    .query_one(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                        AND coalesce(application_name, '') NOT LIKE 'migrate%'",
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                c.batch_execute("CHECKPOINT").await?;
+                Ok(FenceOut {
+                    fenced_at,
+                    sessions_ended,
+                    to_timeline,
+                })
+            })
+            .await
     }
     async fn compensate(&self, _: &Cx, _: Option<FenceOut>) -> Result<()> {
-        let c = connect(&self.0.from.endpoint()).await.context("unfence")?;
-        c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
-            .await?;
-        c.batch_execute("SELECT pg_reload_conf()").await?;
-        Ok(())
+        self.0
+            .bounded("unfence", async {
+                let c = connect(&self.0.from.endpoint()).await.context("unfence")?;
+                c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
+                    .await?;
+                c.batch_execute("SELECT pg_reload_conf()").await?;
+                Ok(())
+            })
+            .await
     }
 }

@@ -1,7 +1,9 @@
 //! `hold`: hold clients at every route that can (PgBouncer PAUSE): they wait instead of
 //! failing. What each route points at is journaled first.
 
-use anyhow::{Context, Result};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -9,9 +11,16 @@ use serde_json::Value;
 
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
+use crate::pg::connect;
+use crate::spec::HoldPolicy;
 use crate::steps::id::StepId;
 
-pub struct Hold(pub Direction);
+pub struct Hold {
+    pub d: Direction,
+    /// How long holding may take (PgBouncer's PAUSE waits for every open transaction).
+    pub timeout: Duration,
+    pub policy: HoldPolicy,
+}
 
 /// Where one route pointed before the switch, in its provider's own terms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,7 +43,7 @@ impl Step for Hold {
         StepId::Hold.to_string()
     }
     fn describe(&self) -> Description {
-        let routers = self.0.routers().unwrap_or_default();
+        let routers = self.d.routers().unwrap_or_default();
         Description {
             host: if routers.is_empty() {
                 "-".into()
@@ -50,7 +59,11 @@ impl Step for Hold {
             } else {
                 "record where each route points, then hold its clients (PgBouncer: PAUSE db)".into()
             },
-            proof: "the hold command returned (PAUSE returns once no query runs)".into(),
+            proof: format!(
+                "the hold command returned within {:?} (PAUSE returns once no transaction runs); otherwise clients are resumed and the cutover aborts, naming the sessions that blocked it{}",
+                self.timeout,
+                if self.policy == HoldPolicy::Terminate { " (after ending them and holding once more)" } else { "" }
+            ),
             undo: "release the clients (RESUME db)".into(),
         }
     }
@@ -60,23 +73,144 @@ impl Step for Hold {
     async fn apply(&self, _: &Cx) -> Result<HoldOut> {
         let held_at = Utc::now();
         let mut previous = Vec::new();
-        for r in self.0.routers()? {
+        for r in self.d.routers()? {
+            let points_at = tokio::time::timeout(self.timeout, r.current())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "{} did not say where it points within {:?}",
+                        r.describe(),
+                        self.timeout
+                    )
+                })??;
             previous.push(RoutePoint {
                 route: r.describe(),
-                points_at: r.current().await?,
+                points_at,
             });
-            r.hold()
-                .await
-                .with_context(|| format!("hold clients at {}", r.describe()))?;
+            match tokio::time::timeout(self.timeout, r.hold()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => {
+                    self.release_all().await;
+                    return Err(e.context(format!("hold clients at {}", r.describe())));
+                }
+                Err(_) => {}
+            }
+            // Not held in time: let every client go again before anything else, then say who
+            // was in the way.
+            self.release_all().await;
+            let blockers = blocking_sessions(&self.d).await;
+            if self.policy == HoldPolicy::Terminate && !blockers.is_empty() {
+                terminate(&self.d, &blockers).await?;
+                if let Ok(Ok(())) = tokio::time::timeout(self.timeout, r.hold()).await {
+                    continue;
+                }
+                self.release_all().await;
+            }
+            bail!(
+                "{} could not hold its clients within {:?}{}; clients were resumed and nothing else was changed",
+                r.describe(),
+                self.timeout,
+                if blockers.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ": open transactions on {} keep it from completing: {}",
+                        self.d.from.name(),
+                        blockers.iter().map(|b| b.to_string()).collect::<Vec<_>>().join("; ")
+                    )
+                }
+            );
         }
         Ok(HoldOut { held_at, previous })
     }
     async fn compensate(&self, _: &Cx, _: Option<HoldOut>) -> Result<()> {
-        for r in self.0.routers()? {
+        for r in self.d.routers()? {
             r.release()
                 .await
                 .with_context(|| format!("release clients at {}", r.describe()))?;
         }
         Ok(())
     }
+}
+
+impl Hold {
+    /// Best effort, each under the time limit: used when the hold itself failed.
+    async fn release_all(&self) {
+        for r in self.d.routers().unwrap_or_default() {
+            let _ = tokio::time::timeout(self.timeout, r.release()).await;
+        }
+    }
+}
+
+/// A session with an open transaction on the serving primary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocker {
+    pub pid: i32,
+    pub user: String,
+    pub application: String,
+    pub state: String,
+    pub since: DateTime<Utc>,
+}
+
+impl std::fmt::Display for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {} (user {}, application {:?}, {} since {})",
+            self.pid,
+            self.user,
+            self.application,
+            self.state,
+            self.since.format("%H:%M:%S UTC")
+        )
+    }
+}
+
+/// The client sessions on `from` inside a transaction, oldest first (what PAUSE waits for).
+async fn blocking_sessions(d: &Direction) -> Vec<Blocker> {
+    let query = async {
+        let c = connect(&d.from.endpoint()).await?;
+        let rows = c
+            .query(
+                "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(state, ''),
+                        coalesce(xact_start, query_start, backend_start)
+                   FROM pg_stat_activity
+                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                    AND xact_start IS NOT NULL
+                    AND coalesce(application_name, '') NOT LIKE 'migrate%'
+                  ORDER BY xact_start",
+                &[],
+            )
+            .await?;
+        anyhow::Ok(
+            rows.iter()
+                .map(|r| Blocker {
+                    pid: r.get(0),
+                    user: r.get(1),
+                    application: r.get(2),
+                    state: r.get(3),
+                    since: r.get(4),
+                })
+                .collect(),
+        )
+    };
+    match tokio::time::timeout(Duration::from_secs(5), query).await {
+        Ok(Ok(b)) => b,
+        _ => Vec::new(),
+    }
+}
+
+async fn terminate(d: &Direction, blockers: &[Blocker]) -> Result<()> {
+    let pids: Vec<i32> = blockers.iter().map(|b| b.pid).collect();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let c = connect(&d.from.endpoint()).await?;
+        c.execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid",
+            &[&pids],
+        )
+        .await?;
+        anyhow::Ok(())
+    })
+    .await
+    .context("end the sessions blocking the hold: no answer")?
 }

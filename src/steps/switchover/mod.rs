@@ -10,6 +10,7 @@ pub mod certificate;
 pub mod fence;
 mod follow;
 pub mod followers;
+pub mod guard;
 pub mod hold;
 pub mod promote;
 pub mod proof;
@@ -21,7 +22,10 @@ pub mod stage;
 pub mod stop;
 pub mod window;
 
-use anyhow::Result;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
 
 use super::member::Member;
 
@@ -46,11 +50,21 @@ pub struct Direction {
     pub followers: Vec<Member>,
     /// The traffic layer (`kind = "none"` routes are left out).
     pub routes: Vec<crate::spec::Route>,
+    /// The time limit of each database, console or host call inside the switchover, so that a
+    /// node that stops answering (a frozen host, a cut link) cannot hang the tool.
+    pub limit: Duration,
 }
 
 impl Direction {
     fn routers(&self) -> Result<Vec<Box<dyn crate::route::Router>>> {
         crate::route::open(&self.routes)
+    }
+
+    /// `work` under [`Direction::limit`].
+    async fn bounded<T>(&self, what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+        tokio::time::timeout(self.limit, work)
+            .await
+            .map_err(|_| anyhow!("{what}: no answer within {:?}", self.limit))?
     }
 
     /// `from` as a standby of `to`.

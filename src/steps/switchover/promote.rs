@@ -6,8 +6,9 @@ use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::guard::{self, Writable};
 use super::Direction;
-use crate::engine::{Cx, Description, Kind, Step};
+use crate::engine::{Cx, Description, Kind, Probe, Step};
 use crate::pg::{connect, sql};
 use crate::steps::id::StepId;
 
@@ -60,17 +61,47 @@ impl Step for Promote {
     fn kind(&self) -> Kind {
         Kind::PointOfNoReturn
     }
+    /// The last look before the point of no return: the target must still be a standby (or
+    /// promoted by this very step before a crash), and the old primary must not be writable.
+    async fn probe(&self, cx: &Cx) -> Result<Probe<PromoteOut>> {
+        let (from, to) = (self.d.from.name(), self.d.to.name());
+        if let Writable::Yes = guard::writable(&self.d.to).await {
+            if !cx.in_doubt() {
+                return Ok(Probe::Unsafe(format!(
+                    "{to} is already a writable primary although this run has not promoted it (promoted from outside: an HA manager, an operator?); {from} is staged as its standby and stays down; find out which node clients wrote to before anything else"
+                )));
+            }
+        }
+        let before = format!("promoting {to}");
+        if let Err(why) = guard::none_writable(&[&self.d.demoted()], &before).await {
+            return Ok(Probe::Unsafe(format!("{why}; nothing was promoted")));
+        }
+        Ok(Probe::NotDone)
+    }
     async fn apply(&self, _: &Cx) -> Result<PromoteOut> {
         let t = Instant::now();
-        let c = connect(&self.d.to.endpoint()).await?;
+        let c = self
+            .d
+            .bounded("connect to the target", connect(&self.d.to.endpoint()))
+            .await?;
         let mut signals = 0;
         let mut last_signal = None::<Instant>;
         // pg_promote(wait => true) checks every 100 ms, inside the write pause; this polls every
         // 5 ms. A request that lands just as the walreceiver lost the stopped primary can sit
         // out wal_retrieve_retry_interval (P13), so an unanswered request is repeated.
-        while sql::in_recovery(&c).await? {
+        while self
+            .d
+            .bounded("pg_is_in_recovery() on the target", sql::in_recovery(&c))
+            .await?
+        {
             if last_signal.is_none_or(|at| at.elapsed() >= PROMOTE_RESIGNAL) {
-                if let Err(e) = c.batch_execute("SELECT pg_promote(false)").await {
+                let sent = self
+                    .d
+                    .bounded("pg_promote() on the target", async {
+                        Ok(c.batch_execute("SELECT pg_promote(false)").await)
+                    })
+                    .await?;
+                if let Err(e) = sent {
                     if !already_promoted(&e) {
                         return Err(e.into());
                     }
@@ -90,11 +121,15 @@ impl Step for Promote {
         let promote_ms = t.elapsed().as_millis() as u64;
         // The control file shows the new timeline only after the asynchronous end-of-recovery
         // checkpoint (P6); the current WAL file's name has it now.
-        let r = c
-            .query_one(
-                "SELECT pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text",
-                &[],
-            )
+        let r = self
+            .d
+            .bounded("read the new timeline", async {
+                Ok(c.query_one(
+                    "SELECT pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text",
+                    &[],
+                )
+                .await?)
+            })
             .await?;
         let walfile: String = r.get(0);
         let timeline = i64::from_str_radix(walfile.get(..8).unwrap_or_default(), 16)

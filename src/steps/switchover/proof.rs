@@ -103,7 +103,7 @@ pub fn verdict(
 
 /// The control file of a member's (stopped) server, read in the C locale: the field names
 /// are translated in other locales.
-async fn controldata(m: &Member) -> Result<Control> {
+pub(super) async fn controldata(m: &Member) -> Result<Control> {
     let server = m.server()?;
     let out = m
         .host

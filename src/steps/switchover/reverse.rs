@@ -22,6 +22,41 @@ pub struct TimelineOut {
     pub timeline: i64,
 }
 
+/// What `reverse` found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReverseOut {
+    /// The new timeline.
+    pub timeline: i64,
+    /// Why the old primary does not stream from the new one (no rollback path), if it does
+    /// not. The switchover goes on regardless: clients are released to the new primary, and
+    /// the certificate step stops the run for the repair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_following: Option<String>,
+}
+
+/// The repair for an old primary that cannot follow the new one.
+pub(super) fn repair(d: &Direction) -> String {
+    let m = d.demoted();
+    format!(
+        "re-sync {from} with pg_rewind (pg_rewind -D {dir} --source-server='<conninfo of {to}>', then re-apply port, cluster_name and primary_slot_name) or re-clone it",
+        to = d.to.name(),
+        from = d.from.name(),
+        dir = m.node.data_dir.display()
+    )
+}
+
+/// Start (if needed) and wait until the old primary streams from the new one on `tli`.
+pub(super) async fn follow(d: &Direction, tli: i32, limit: Duration, cx: &Cx) -> Result<()> {
+    let m = d.demoted();
+    let server = m.server()?;
+    if server.state().await? != RunState::Running {
+        // Not `pg_ctl start -w`: streaming, waited for below, is the stronger proof, and
+        // it comes sooner than pg_ctl's 100 ms polling notices the server is up.
+        server.launch(&m.node.log_file).await?;
+    }
+    wait_following(&m, &d.to, tli, limit, cx, &StepId::Reverse).await
+}
+
 /// The timeline the promotion started.
 pub(super) fn new_timeline(cx: &Cx) -> Result<i32> {
     let p: PromoteOut = cx.get(&StepId::Promote)?;
@@ -30,7 +65,7 @@ pub(super) fn new_timeline(cx: &Cx) -> Result<i32> {
 
 #[async_trait]
 impl Step for Reverse {
-    type Output = TimelineOut;
+    type Output = ReverseOut;
     fn id(&self) -> String {
         StepId::Reverse.to_string()
     }
@@ -49,27 +84,15 @@ impl Step for Reverse {
     fn kind(&self) -> Kind {
         Kind::Reversible
     }
-    async fn apply(&self, cx: &Cx) -> Result<TimelineOut> {
+    async fn apply(&self, cx: &Cx) -> Result<ReverseOut> {
         let tli = new_timeline(cx)?;
-        let m = self.0.demoted();
-        let server = m.server()?;
-        if server.state().await? != RunState::Running {
-            // Not `pg_ctl start -w`: streaming, waited for below, is the stronger proof, and
-            // it comes sooner than pg_ctl's 100 ms polling notices the server is up.
-            server.launch(&m.node.log_file).await?;
-        }
-        wait_following(&m, &self.0.to, tli, Duration::from_secs(60), cx, &StepId::Reverse).await.map_err(|e| {
-            anyhow!(
-                "{e}; {to} is the primary and keeps serving. {from} cannot follow it: re-sync it with pg_rewind \
-                 (pg_rewind -D {dir} --source-server='<conninfo of {to}>', then re-apply port, cluster_name and primary_slot_name) \
-                 or re-clone it, then run `migrate resume`",
-                to = self.0.to.name(),
-                from = self.0.from.name(),
-                dir = m.node.data_dir.display()
-            )
-        })?;
-        Ok(TimelineOut {
+        let not_following = match follow(&self.0, tli, Duration::from_secs(60), cx).await {
+            Ok(()) => None,
+            Err(e) => Some(format!("{e:#}")),
+        };
+        Ok(ReverseOut {
             timeline: i64::from(tli),
+            not_following,
         })
     }
 }

@@ -4,17 +4,24 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::guard::{self, Writable};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
+use crate::pg::server::RunState;
 use crate::pg::{connect, sql};
 use crate::steps::id::StepId;
 use crate::steps::member::PASSFILE;
 
 pub struct Stage(pub Direction);
+
+/// How long the undo tries to drop the staged slot on the target.
+const SLOT_DROP: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageOut {
@@ -59,35 +66,68 @@ impl Step for Stage {
         Kind::Reversible
     }
     async fn apply(&self, cx: &Cx) -> Result<StageOut> {
-        let m = self.0.demoted();
-        let c = connect(&self.0.to.endpoint()).await?;
-        sql::create_physical_slot(&c, &m.slot()).await?;
-        let auto = m.node.data_dir.join("postgresql.auto.conf");
-        let current = m.host.read_file(&auto).await.unwrap_or_default();
-        if !m.host.exists(&self.backup(cx)).await? {
-            m.host
-                .write_file(&self.backup(cx), &current, 0o600, None)
-                .await?;
-        }
-        m.make_standby(&current).await?;
-        Ok(StageOut {
-            slot: m.slot(),
-            on: self.0.to.name().to_string(),
+        self.0.bounded("stage the old primary as a standby", async {
+            let m = self.0.demoted();
+            // Staged only while stopped: a server started again by hand (or by a service manager)
+            // after the proof is a primary taking writes that the target never saw.
+            if self.0.from.server()?.state().await? == RunState::Running {
+                match guard::writable(&self.0.from).await {
+                    // Staged by an earlier attempt and restarted since: it came up as a standby.
+                    Writable::No(_) if cx.in_doubt() => {}
+                    w => bail!(
+                        "{from} runs again after the proof ({w:?}): it was started by someone after it was stopped, so it may hold writes {to} never received; nothing is staged and nothing is promoted",
+                        from = self.0.from.name(),
+                        to = self.0.to.name()
+                    ),
+                }
+            }
+            let c = connect(&self.0.to.endpoint()).await?;
+            sql::create_physical_slot(&c, &m.slot()).await?;
+            let auto = m.node.data_dir.join("postgresql.auto.conf");
+            let current = m.host.read_file(&auto).await.unwrap_or_default();
+            if !m.host.exists(&self.backup(cx)).await? {
+                m.host
+                    .write_file(&self.backup(cx), &current, 0o600, None)
+                    .await?;
+            }
+            m.make_standby(&current).await?;
+            Ok(StageOut {
+                slot: m.slot(),
+                on: self.0.to.name().to_string(),
+            })
         })
+        .await
     }
     async fn compensate(&self, cx: &Cx, _: Option<StageOut>) -> Result<()> {
-        let m = &self.0.from;
-        let data = &m.node.data_dir;
-        let backup = self.backup(cx);
-        if m.host.exists(&backup).await? {
-            let original = m.host.read_file(&backup).await?;
-            m.host
-                .write_file(&data.join("postgresql.auto.conf"), &original, 0o600, None)
-                .await?;
-            m.host.remove_file(&backup).await?;
-        }
-        m.host.remove_file(&data.join("standby.signal")).await?;
-        let c = connect(&self.0.to.endpoint()).await?;
-        sql::drop_inactive_slot(&c, &self.0.demoted().slot()).await
+        self.0
+            .bounded("undo the staging", async {
+                // Without standby.signal the old primary comes back writable at its next start: only
+                // while the target is shown not to be a primary.
+                let before = format!("removing standby.signal from {}", self.0.from.name());
+                if let Err(why) = guard::none_writable(&[&self.0.to], &before).await {
+                    bail!("{why}; {} stays staged as its standby", self.0.from.name());
+                }
+                let m = &self.0.from;
+                let data = &m.node.data_dir;
+                let backup = self.backup(cx);
+                if m.host.exists(&backup).await? {
+                    let original = m.host.read_file(&backup).await?;
+                    m.host
+                        .write_file(&data.join("postgresql.auto.conf"), &original, 0o600, None)
+                        .await?;
+                    m.host.remove_file(&backup).await?;
+                }
+                m.host.remove_file(&data.join("standby.signal")).await?;
+                // Best effort: the slot is on the target, which may be what failed. Left behind it
+                // only retains WAL on a standby that is not promoted; `plan` lists migrate_* slots.
+                let slot = self.0.demoted().slot();
+                let _ = tokio::time::timeout(SLOT_DROP, async {
+                    let c = connect(&self.0.to.endpoint()).await?;
+                    sql::drop_inactive_slot(&c, &slot).await
+                })
+                .await;
+                Ok(())
+            })
+            .await
     }
 }

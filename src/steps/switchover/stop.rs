@@ -3,17 +3,21 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::guard::{self, Writable};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Probe, Step};
 use crate::pg::server::{RunState, StopMode};
 use crate::steps::id::StepId;
 
 pub struct StopPrimary(pub Direction);
+
+/// How long an undo waits for an interrupted shutdown to finish before restarting the server.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StopOut {
@@ -60,7 +64,30 @@ impl Step for StopPrimary {
     }
     async fn compensate(&self, _: &Cx, _: Option<StopOut>) -> Result<()> {
         let server = self.0.from.server()?;
+        // Interrupted while shutting down (Ctrl-C, the stop's own time limit): the server still
+        // "runs" but takes no connection. Let the shutdown finish, then start it again below.
+        if server.state().await? == RunState::Running
+            && matches!(guard::writable(&self.0.from).await, Writable::Unknown(_))
+        {
+            let deadline = std::time::Instant::now() + SHUTDOWN_WAIT;
+            while server.state().await? == RunState::Running {
+                if std::time::Instant::now() > deadline {
+                    bail!(
+                        "{} neither answers nor finishes shutting down within {SHUTDOWN_WAIT:?}; see its log {}",
+                        self.0.from.name(),
+                        self.0.from.node.log_file.display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         if server.state().await? != RunState::Running {
+            // Restarted as a primary only while the target is shown not to be one (promoted
+            // from outside: an HA manager, an operator after --pause-before promote).
+            let before = format!("restarting {} as a primary", self.0.from.name());
+            if let Err(why) = guard::none_writable(&[&self.0.to], &before).await {
+                bail!("{why}; {} stays down for the operator", self.0.from.name());
+            }
             server
                 .start(&self.0.from.node.log_file, Duration::from_secs(300))
                 .await?;
