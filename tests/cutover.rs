@@ -118,12 +118,12 @@ async fn cutover_then_rollback_keeps_every_acknowledged_write() {
         serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
     assert_eq!(status["operation"], "cutover");
     assert_eq!(status["state"], "completed");
-    assert_eq!(status["point_of_no_return"], "promote");
+    assert_eq!(status["point_of_no_return"], StepId::Promote.to_string());
     let cert_path = status["steps"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["id"] == "certificate")
+        .find(|s| s["id"] == StepId::Certificate.to_string())
         .unwrap()["output"]["path"]
         .as_str()
         .unwrap()
@@ -171,28 +171,17 @@ async fn cutover_then_rollback_keeps_every_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_time_box_aborts_when_the_target_cannot_catch_up_and_the_old_primary_serves_again() {
     let chain = Chain::new().await;
-    let spec_text = std::fs::read_to_string(&chain.spec)
-        .unwrap()
-        .replace("proof_timeout = \"30s\"", "proof_timeout = \"3s\"");
-    std::fs::write(&chain.spec, spec_text).unwrap();
+    shorter_proof(&chain, 3);
     chain.replicate_ok().await;
     chain.plan_ok().await;
-    let go = chain.lab.lab.dir.join("go");
-    let mut cutover = tokio::process::Command::new(migrate_bin());
-    cutover
-        .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
-        .env("MIGRATE_WAIT_AT", "stop:before")
-        .env("MIGRATE_WAIT_FILE", &go)
-        .kill_on_drop(true);
-    let child = cutover.output();
-    let fault = async {
+    let out = cutover_with_fault_at(&chain, "stop:before", async {
         // The fence is up: now the target's server goes away.
-        chain.wait_for_step("cutover", "stop", "in_doubt").await;
+        chain
+            .wait_for_step("cutover", &StepId::Stop, "in_doubt")
+            .await;
         chain.kill_server("new").await;
-        std::fs::write(&go, "").unwrap();
-    };
-    let (out, ()) = tokio::join!(child, fault);
-    let out = out.unwrap();
+    })
+    .await;
     crate::support::assert_exit_at(&out, Exit::NotReady, "aborted means exit 1");
     assert!(
         text(&out.stderr).contains("aborted before the point of no return"),
@@ -272,6 +261,109 @@ async fn crash_matrix(steps: &[StepId]) {
     assert_no_loss(&chain, &report, "crash matrix").await;
 }
 
+/// Run `args` and SIGKILL it after `after` (if it is still running then); its exit status.
+async fn killed_after(chain: &Chain, args: &[&str], after: Duration) -> std::process::ExitStatus {
+    let mut child = tokio::process::Command::new(migrate_bin())
+        .args(args)
+        .args(["-f", chain.spec()])
+        .env_remove("MIGRATE_SPEC")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    match tokio::time::timeout(after, child.wait()).await {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            child.start_kill().unwrap();
+            child.wait().await.unwrap()
+        }
+    }
+}
+
+/// Drive the operation `op` to completion the way an operator would after each kill: resume
+/// an unfinished run (or finish an undo with rollback), start the command again when no run
+/// of it is open. The first attempts are killed at random instants; the last ones are not.
+async fn drive_through_kills(chain: &Chain, op: &str, command: &[&str], rng: &mut impl rand::Rng) {
+    for attempt in 0..8 {
+        let out = chain.run(&["status", "--json"], None).await;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let state = v["state"].as_str().unwrap_or("none");
+        if v["operation"] == op && state == "completed" {
+            return;
+        }
+        let args: Vec<&str> = match state {
+            "in_progress" => vec!["resume"],
+            "rolling_back" => vec!["rollback"],
+            _ => {
+                if op == "cutover" {
+                    chain.plan_ok().await;
+                }
+                command.to_vec()
+            }
+        };
+        if attempt < 4 {
+            let after = Duration::from_millis(rng.random_range(0..3000));
+            killed_after(chain, &args, after).await;
+        } else {
+            let out = chain.run(&args, None).await;
+            crate::support::assert_exit_at(&out, Exit::Done, &format!("{args:?} after the kills"));
+        }
+    }
+    panic!("{op} did not complete after 8 attempts");
+}
+
+/// The tool killed at random instants across its whole run (chain, window, gate, hold,
+/// fence, stop, proof, … certificate), and each `resume` killed at random too: every
+/// cutover and switchback still ends switched, with every acknowledged commit on every node
+/// and never two writable primaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kills_across_cutover_and_rollback_still_end_switched_with_nothing_lost() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("MIGRATE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln_seed(seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let w = writer(&chain);
+    let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
+    for round in 0..2 {
+        drive_through_kills(
+            &chain,
+            "cutover",
+            &["cutover", "--yes", "--force-window"],
+            &mut rng,
+        )
+        .await;
+        assert_topology(
+            &chain,
+            "new",
+            &format!("seed {seed} round {round}: cut over"),
+        )
+        .await;
+        drive_through_kills(&chain, "switchback", &["rollback", "--yes"], &mut rng).await;
+        assert_topology(
+            &chain,
+            "old",
+            &format!("seed {seed} round {round}: switched back"),
+        )
+        .await;
+    }
+    let report = w.stop().await;
+    sampler.assert_never_two(&format!("seed {seed}")).await;
+    assert_no_loss(&chain, &report, &format!("random kills, seed {seed}")).await;
+}
+
+/// The seed goes to the test's output, so that a failure can be replayed with
+/// MIGRATE_TEST_SEED.
+#[allow(clippy::print_stderr)]
+fn eprintln_seed(seed: u64) {
+    eprintln!("random kills: MIGRATE_TEST_SEED={seed}");
+}
+
 /// One plan, one run: a cutover killed while it builds the chain is resumed to the end of the
 /// cutover, not to the end of the chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +436,9 @@ async fn ctrl_c_before_the_point_of_no_return_aborts_and_unfences() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    chain.wait_for_step("cutover", "stop", "in_doubt").await;
+    chain
+        .wait_for_step("cutover", &StepId::Stop, "in_doubt")
+        .await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -416,6 +510,7 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
         "a refused cutover started a run"
     );
     chain.plan_ok().await;
+    let promote = StepId::Promote.to_string();
     // Inside the write pause a pause holds every client: refused unless asked for in words.
     let out = chain
         .run(
@@ -424,7 +519,7 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
                 "--yes",
                 "--force-window",
                 "--pause-before",
-                "promote",
+                &promote,
             ],
             None,
         )
@@ -446,7 +541,7 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
                 "--yes",
                 "--force-window",
                 "--pause-before",
-                "promote",
+                &promote,
                 "--keep-clients-held",
             ],
             None,
@@ -461,17 +556,17 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
     let v: serde_json::Value =
         serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
     assert_eq!(v["state"], "in_progress");
-    let st = |id: &str| {
+    let st = |id: StepId| {
         v["steps"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|s| s["id"] == id)
+            .find(|s| s["id"] == id.to_string())
             .unwrap()["status"]
             .clone()
     };
-    assert_eq!(st("stage"), "succeeded");
-    assert_eq!(st("promote"), "pending");
+    assert_eq!(st(StepId::Stage), "succeeded");
+    assert_eq!(st(StepId::Promote), "pending");
     // Paused with the old primary staged: a restart by hand makes it a standby.
     let old = chain.lab.lab.server("old");
     old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
@@ -710,6 +805,120 @@ async fn the_proof_passes_on_a_host_with_a_german_locale() {
         .await;
     crate::support::assert_exit_at(&out, Exit::Done, "cutover under LANG=de_DE.UTF-8");
     assert_topology(&chain, "new", "after a German cutover").await;
+}
+
+/// Run a cutover that stops at `wait_at` (a failpoint) until `fault` has run.
+async fn cutover_with_fault_at<F: std::future::Future<Output = ()>>(
+    chain: &Chain,
+    wait_at: &str,
+    fault: F,
+) -> std::process::Output {
+    let go = chain.lab.lab.dir.join("go");
+    let _ = std::fs::remove_file(&go);
+    let mut cutover = tokio::process::Command::new(migrate_bin());
+    cutover
+        .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
+        .env("MIGRATE_WAIT_AT", wait_at)
+        .env("MIGRATE_WAIT_FILE", &go)
+        .kill_on_drop(true);
+    let child = cutover.output();
+    let fault = async {
+        fault.await;
+        std::fs::write(&go, "").unwrap();
+    };
+    let (out, ()) = tokio::join!(child, fault);
+    out.unwrap()
+}
+
+fn shorter_proof(chain: &Chain, seconds: u32) {
+    let spec_text = std::fs::read_to_string(&chain.spec).unwrap().replace(
+        "proof_timeout = \"30s\"",
+        &format!("proof_timeout = \"{seconds}s\""),
+    );
+    std::fs::write(&chain.spec, spec_text).unwrap();
+}
+
+/// The target dies while the old primary is staged as its standby: the abort restores the
+/// old primary (the slot on the dead target is dropped only if it can be) and releases clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_killed_during_stage_is_undone_and_the_old_primary_serves() {
+    let chain = Chain::new().await;
+    shorter_proof(&chain, 5);
+    chain.replicate_ok().await;
+    chain.plan_ok().await;
+    let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
+    let out = cutover_with_fault_at(&chain, "stage:before", async {
+        chain
+            .wait_for_step("cutover", &StepId::Stage, "in_doubt")
+            .await;
+        chain.kill_server("new").await;
+    })
+    .await;
+    crate::support::assert_exit_at(&out, Exit::NotReady, "the stage fails and is undone");
+    let v: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(v["state"], "aborted", "{v}");
+    assert!(
+        !chain
+            .lab
+            .lab
+            .data_dir("old")
+            .join("standby.signal")
+            .exists(),
+        "the old primary is still staged"
+    );
+    assert_old_serves_unfenced(&chain).await;
+    let released = tokio::time::timeout(Duration::from_secs(10), async {
+        let c = connect(&chain.lab.lab.app_endpoint()).await.unwrap();
+        c.batch_execute("INSERT INTO ledger (client, seq) VALUES (994, 1)")
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(released.is_ok(), "clients are still held");
+    sampler.assert_never_two("target killed during stage").await;
+}
+
+/// A target whose postmaster is stopped (SIGSTOP: it takes TCP connections and answers
+/// nothing) after the fence: every wait on it is bounded, the proof's time box aborts the
+/// cutover within its limit plus a few seconds, and the old primary serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_target_after_the_fence_makes_the_time_box_abort_without_hanging() {
+    let chain = Chain::new().await;
+    shorter_proof(&chain, 5);
+    chain.replicate_ok().await;
+    chain.plan_ok().await;
+    let pid = crate::support::postmaster_pid(&chain.lab.lab.data_dir("new")).expect("new runs");
+    let t = Instant::now();
+    let out = cutover_with_fault_at(&chain, "stop:before", async {
+        chain
+            .wait_for_step("cutover", &StepId::Stop, "in_doubt")
+            .await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
+    })
+    .await;
+    let took = t.elapsed();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    crate::support::assert_exit_at(&out, Exit::NotReady, "the time box aborts");
+    assert!(
+        took < Duration::from_secs(5 + 30),
+        "the abort took {took:?} with a 5 s proof time box"
+    );
+    assert!(
+        text(&out.stderr).contains("not promoting"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_old_serves_unfenced(&chain).await;
+    assert_eq!(in_recovery(&chain, "new").await, Some(true));
 }
 
 /// One client idle in a transaction keeps PgBouncer's PAUSE from completing: the hold gives

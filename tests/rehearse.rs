@@ -168,6 +168,62 @@ fn a_route_failure_before_the_point_of_no_return_aborts_and_undoes() {
 }
 
 #[test]
+fn a_client_idle_in_a_transaction_times_the_hold_out_and_is_named() {
+    let f = rehearse_fault("idle-in-transaction-client");
+    assert_eq!(f["exit_code"], 1, "{f:#}");
+    assert_eq!(f["run"]["failed_step"], StepId::Hold.to_string(), "{f:#}");
+    let error = f["run"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("within 2s") && error.contains("idle in transaction"),
+        "{f:#}"
+    );
+    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
+    assert_eq!(undone(&f), [StepId::Hold.to_string()], "{f:#}");
+}
+
+#[test]
+fn a_hung_target_after_the_fence_makes_the_time_box_undo_the_cutover() {
+    let f = rehearse_fault("hang-target");
+    assert_eq!(f["exit_code"], 1, "{f:#}");
+    assert_eq!(f["run"]["failed_step"], StepId::Proof.to_string(), "{f:#}");
+    assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
+    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
+    assert_eq!(
+        undone(&f),
+        [StepId::Stop, StepId::Fence, StepId::Hold].map(|s| s.to_string()),
+        "{f:#}"
+    );
+}
+
+#[test]
+fn an_old_primary_restarted_after_the_proof_is_never_doubled() {
+    let f = rehearse_fault("restart-old-after-proof");
+    assert_eq!(f["exit_code"], 1, "{f:#}");
+    assert_eq!(f["run"]["failed_step"], StepId::Stage.to_string(), "{f:#}");
+    assert!(
+        f["run"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("runs again after the proof"),
+        "{f:#}"
+    );
+    assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
+    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
+}
+
+#[test]
+fn an_old_primary_that_cannot_follow_releases_clients_and_is_repaired() {
+    let f = rehearse_fault("old-cannot-follow");
+    assert_eq!(f["exit_code"], 3, "{f:#}");
+    assert_eq!(
+        f["run"]["point_of_no_return"],
+        StepId::Promote.to_string(),
+        "{f:#}"
+    );
+    assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
+}
+
+#[test]
 fn an_unknown_fault_is_refused_before_anything_starts() {
     let (out, dir) = rehearse(&["--fault", "unplug-the-dc"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));

@@ -73,7 +73,8 @@ impl Chain {
     }
 
     /// Wait until the current run is `operation` and its `step` has `status`.
-    pub async fn wait_for_step(&self, operation: &str, step: &str, status: &str) {
+    pub async fn wait_for_step(&self, operation: &str, step: &StepId, status: &str) {
+        let step = step.to_string();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let out = self.run(&["status", "--json"], None).await;
@@ -314,11 +315,9 @@ async fn chain_of_a_200mb_database_built_under_writes_matches_on_all_four_nodes(
     }
 
     // A crash in the middle of the base backup: resume cleans the partial copy and redoes it.
+    let crash_at = format!("{}:during", StepId::Clone("new".into()));
     chain.reset().await;
-    assert_killed(
-        &chain.run(&["replicate"], Some("clone:new:during")).await,
-        "clone:new:during",
-    );
+    assert_killed(&chain.run(&["replicate"], Some(&crash_at)).await, &crash_at);
     // The killed run's pg_basebackup dies with it (parent-death signal); under heavy I/O the
     // kill lands when its current write returns, so allow a moment.
     let pattern = format!("pg_basebackup.*{}", chain.lab.lab.data_dir("new").display());
@@ -358,10 +357,7 @@ async fn chain_of_a_200mb_database_built_under_writes_matches_on_all_four_nodes(
 
     // The same crash, then rollback: nothing left.
     chain.reset().await;
-    assert_killed(
-        &chain.run(&["replicate"], Some("clone:new:during")).await,
-        "clone:new:during",
-    );
+    assert_killed(&chain.run(&["replicate"], Some(&crash_at)).await, &crash_at);
     let out = chain.run(&["rollback"], None).await;
     crate::support::assert_exit(&out, Exit::Done);
     chain

@@ -138,7 +138,7 @@ async fn an_aborted_cutover_releases_the_held_clients() {
     let fault = async {
         // The fence is up: now the target's server goes away.
         chain
-            .wait_for_step("cutover", &StepId::Fence.to_string(), "in_doubt")
+            .wait_for_step("cutover", &StepId::Fence, "in_doubt")
             .await;
         chain.kill_server("new").await;
         std::fs::write(chain.lab.lab.dir.join("go"), "").unwrap();

@@ -27,14 +27,31 @@ pub enum Fault {
     /// The traffic API fails when the cutover holds clients (before the point of no return):
     /// abort and undo.
     RouteFailure,
+    /// A client sits idle in a transaction through PgBouncer: the hold cannot complete, times
+    /// out, clients resume on the old primary and the cutover aborts naming the session.
+    IdleInTransactionClient,
+    /// The target's postmaster is stopped (SIGSTOP) right after the fence: it takes
+    /// connections and answers nothing. The proof's time box aborts; nothing hangs.
+    HangTarget,
+    /// The old primary is started again by hand after the proof (the cutover paused before
+    /// `stage`, as an operator might): it must not be staged or doubled; the cutover aborts.
+    RestartOldAfterProof,
+    /// After the promotion the old primary cannot start as a standby: clients are released
+    /// to the new primary all the same, the run stops naming the repair, and `resume`
+    /// finishes it once repaired.
+    OldCannotFollow,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 4] = [
+    pub const ALL: [Fault; 8] = [
         Fault::KillTargetDuringCatchup,
         Fault::StopTargetAfterFence,
         Fault::CrashToolAfterPromote,
         Fault::RouteFailure,
+        Fault::IdleInTransactionClient,
+        Fault::HangTarget,
+        Fault::RestartOldAfterProof,
+        Fault::OldCannotFollow,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +60,10 @@ impl Fault {
             Fault::StopTargetAfterFence => "stop-target-after-fence",
             Fault::CrashToolAfterPromote => "crash-tool-after-promote",
             Fault::RouteFailure => "route-failure",
+            Fault::IdleInTransactionClient => "idle-in-transaction-client",
+            Fault::HangTarget => "hang-target",
+            Fault::RestartOldAfterProof => "restart-old-after-proof",
+            Fault::OldCannotFollow => "old-cannot-follow",
         }
     }
 
@@ -73,6 +94,22 @@ impl Fault {
             Fault::RouteFailure => {
                 "the cutover aborts at the hold, before the point of no return, and is undone \
                  (clients released, old primary keeps taking writes)"
+            }
+            Fault::IdleInTransactionClient => {
+                "the hold times out, clients resume on the old primary, the cutover aborts \
+                 naming the idle session; nothing is fenced or promoted"
+            }
+            Fault::HangTarget => {
+                "the proof's time box aborts the cutover within its limit plus a few seconds, \
+                 the old primary serves again unfenced, nothing is promoted"
+            }
+            Fault::RestartOldAfterProof => {
+                "the resumed cutover refuses to stage a running old primary and aborts: one \
+                 primary (old), unfenced, clients released, nothing promoted"
+            }
+            Fault::OldCannotFollow => {
+                "clients are released to the new primary, the run stops (exit 3) saying there \
+                 is no rollback path and naming the repair; after it `resume` completes the run"
             }
         }
     }
@@ -201,14 +238,7 @@ pub fn step_succeeded(id: StepId) -> impl Fn(&Event) -> bool {
 /// be started again, unlike after a real crash.
 pub async fn crash_server(data_dir: &Path) -> Result<i32> {
     let pid_file = data_dir.join("postmaster.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("read {} (is the server running?)", pid_file.display()))?
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .with_context(|| format!("{} holds no pid", pid_file.display()))?;
+    let pid = postmaster_pid(data_dir)?;
     kill(Pid::from_raw(pid), Signal::SIGQUIT)
         .with_context(|| format!("signal postmaster {pid}"))?;
     let t = Instant::now();
@@ -219,6 +249,32 @@ pub async fn crash_server(data_dir: &Path) -> Result<i32> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(pid)
+}
+
+fn postmaster_pid(data_dir: &Path) -> Result<i32> {
+    let pid_file = data_dir.join("postmaster.pid");
+    std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("read {} (is the server running?)", pid_file.display()))?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .with_context(|| format!("{} holds no pid", pid_file.display()))
+}
+
+/// Freeze a server as a hung host would: SIGSTOP to its postmaster, which then takes TCP
+/// connections (the kernel's backlog) and answers nothing. Returns the pid for
+/// [`resume_server`].
+pub fn stop_server(data_dir: &Path) -> Result<i32> {
+    let pid = postmaster_pid(data_dir)?;
+    kill(Pid::from_raw(pid), Signal::SIGSTOP)
+        .with_context(|| format!("SIGSTOP postmaster {pid}"))?;
+    Ok(pid)
+}
+
+pub fn resume_server(pid: i32) -> Result<()> {
+    kill(Pid::from_raw(pid), Signal::SIGCONT).with_context(|| format!("SIGCONT postmaster {pid}"))
 }
 
 /// A stand-in for an external traffic switch (a load balancer's API), as an exec route

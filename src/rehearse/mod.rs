@@ -21,8 +21,8 @@ use crate::pg::{connect, Endpoint, Lsn};
 use crate::steps::switchover::CertificateDoc;
 use crate::steps::StepId;
 use fault::{
-    crash_server, install_traffic_switch, step_started, step_succeeded, traffic_switch_route,
-    Fault, FaultReport, JournalWatch, RunSummary,
+    crash_server, install_traffic_switch, resume_server, step_started, step_succeeded, stop_server,
+    traffic_switch_route, Fault, FaultReport, JournalWatch, RunSummary,
 };
 use report::{client_gaps, error_kinds, longest_gap, quantile, Report, Switch};
 
@@ -44,6 +44,8 @@ pub struct Options {
 /// The lab's target node, which the faults hit.
 const TARGET: &str = "new";
 const FAULT_PROOF_TIMEOUT_S: u64 = 10;
+/// The hold's time limit for the idle-in-transaction fault (the default is 10 s).
+const FAULT_HOLD_TIMEOUT_S: u64 = 2;
 /// How long a crashed target stays down.
 const CRASH_DOWNTIME_S: u64 = 3;
 
@@ -115,9 +117,20 @@ impl Rehearsal<'_> {
         let plan_ms = t.elapsed().as_millis() as u64;
 
         let (c0, c1, cutover_ms) = match o.fault {
-            Some(f @ (Fault::StopTargetAfterFence | Fault::RouteFailure)) => {
+            Some(
+                f @ (Fault::StopTargetAfterFence
+                | Fault::RouteFailure
+                | Fault::IdleInTransactionClient
+                | Fault::HangTarget
+                | Fault::RestartOldAfterProof),
+            ) => {
                 fault = Some(self.aborted_cutover(f, &writer).await?);
                 self.cutover().await?
+            }
+            Some(Fault::OldCannotFollow) => {
+                let (report, c0, c1, ms) = self.cutover_old_cannot_follow(&writer).await?;
+                fault = Some((report, c0, c1));
+                (c0, c1, ms)
             }
             Some(Fault::CrashToolAfterPromote) => {
                 let (report, c0, c1, ms) = self.cutover_with_tool_crash().await?;
@@ -218,8 +231,17 @@ impl Rehearsal<'_> {
             Ok(())
         };
         match self.opts.fault {
+            Some(Fault::IdleInTransactionClient) => edit(&|t| {
+                if !t.contains("[cutover]\n") {
+                    bail!("the lab spec has no [cutover] table");
+                }
+                Ok(t.replace(
+                    "[cutover]\n",
+                    &format!("[cutover]\nhold_timeout = \"{FAULT_HOLD_TIMEOUT_S}s\"\n"),
+                ))
+            }),
             // A shorter time box than the lab's 30 s: the same path, a quicker rehearsal.
-            Some(Fault::StopTargetAfterFence) => edit(&|t| {
+            Some(Fault::StopTargetAfterFence | Fault::HangTarget) => edit(&|t| {
                 let from = format!("proof_timeout = \"{}s\"", crate::lab::PROOF_TIMEOUT_S);
                 if !t.contains(&from) {
                     bail!("the lab spec has no `{from}` to shorten");
@@ -307,45 +329,117 @@ impl Rehearsal<'_> {
         if fault == Fault::RouteFailure {
             std::fs::write(&outage, "")?;
         }
+        // A client through PgBouncer in an open transaction, as an application that forgot to
+        // commit: PgBouncer's PAUSE waits for it.
+        let idle = if fault == Fault::IdleInTransactionClient {
+            let c = connect(&self.lab.app_endpoint()).await?;
+            c.batch_execute("SET application_name = 'rehearsal-idle-client'")
+                .await?;
+            c.batch_execute("BEGIN").await?;
+            c.batch_execute("INSERT INTO ledger (client, seq) VALUES (-1, 1)")
+                .await?;
+            Some(c)
+        } else {
+            None
+        };
         (self.note)(&format!("cutover, with fault {}", fault.name()));
-        let mut child = self
-            .command(
+        let mut hung = None;
+        let (status, injected) = if fault == Fault::RestartOldAfterProof {
+            self.expect_exit(
                 "cutover-fault",
-                &["cutover", "--yes", "--force-window"],
-                &[],
+                &[
+                    "cutover",
+                    "--yes",
+                    "--force-window",
+                    "--pause-before",
+                    &StepId::Stage.to_string(),
+                    "--keep-clients-held",
+                ],
+                3,
             )
             .await?;
-        let injected = if fault == Fault::StopTargetAfterFence {
-            self.wait_for_instant(
-                &mut child,
-                "cutover-fault",
-                "it fenced",
-                &step_succeeded(StepId::Fence),
-            )
-            .await?;
-            let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
-            format!(
-                "stopped {TARGET} at once (SIGQUIT to postmaster {pid}) as soon as `cutover` journaled step fence; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
+            self.lab
+                .server("old")
+                .start(&self.lab.server_log("old"), Duration::from_secs(120))
+                .await
+                .context("start the old primary by hand")?;
+            let status = self
+                .command("resume-fault", &["resume"], &[])
+                .await?
+                .wait()
+                .await?;
+            (
+                status,
+                "paused the cutover before stage (--keep-clients-held), started old by hand with pg_ctl start (it comes up as a primary), then `migrate resume`".to_string(),
             )
         } else {
-            "the traffic switch (an exec route beside PgBouncer) answers every hold with an outage"
-                .to_string()
+            let mut child = self
+                .command(
+                    "cutover-fault",
+                    &["cutover", "--yes", "--force-window"],
+                    &[],
+                )
+                .await?;
+            let injected = match fault {
+                Fault::StopTargetAfterFence | Fault::HangTarget => {
+                    self.wait_for_instant(
+                        &mut child,
+                        "cutover-fault",
+                        "it fenced",
+                        &step_succeeded(StepId::Fence),
+                    )
+                    .await?;
+                    if fault == Fault::HangTarget {
+                        let pid = stop_server(&self.lab.data_dir(TARGET))?;
+                        hung = Some(pid);
+                        format!(
+                            "stopped {TARGET}'s postmaster with SIGSTOP (pid {pid}: it takes connections and answers nothing) as soon as `cutover` journaled step fence; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
+                        )
+                    } else {
+                        let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
+                        format!(
+                            "stopped {TARGET} at once (SIGQUIT to postmaster {pid}) as soon as `cutover` journaled step fence; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
+                        )
+                    }
+                }
+                Fault::IdleInTransactionClient => format!(
+                    "a client through PgBouncer (application rehearsal-idle-client) holds a transaction open (BEGIN; INSERT; no COMMIT) as the cutover begins; hold_timeout {FAULT_HOLD_TIMEOUT_S} s"
+                ),
+                _ => "the traffic switch (an exec route beside PgBouncer) answers every hold with an outage".to_string(),
+            };
+            (child.wait().await?, injected)
         };
         let mut f = self.fault_report(fault, injected);
-        let status = child.wait().await?;
         f.exit_code = status.code();
         f.run = RunSummary::read(&state_dir)?;
         let undone = |step: StepId| f.run.undone.contains(&step.to_string());
         let failed_at = |step: StepId| f.run.failed_step == Some(step.to_string());
+        let named_idle = f
+            .run
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("rehearsal-idle-client"));
         let run_ok = f.run.outcome == Some(Outcome::Aborted)
             && f.run.point_of_no_return.is_none()
             && undone(StepId::Hold)
             && match fault {
-                Fault::StopTargetAfterFence => {
+                Fault::StopTargetAfterFence | Fault::HangTarget => {
                     failed_at(StepId::Proof) && undone(StepId::Fence) && undone(StepId::Stop)
                 }
+                Fault::RestartOldAfterProof => failed_at(StepId::Stage) && undone(StepId::Fence),
+                Fault::IdleInTransactionClient => failed_at(StepId::Hold) && named_idle,
                 _ => failed_at(StepId::Hold),
             };
+        if let Some(pid) = hung {
+            resume_server(pid)?;
+            f.recovery
+                .push(format!("resumed {TARGET}'s postmaster (SIGCONT)"));
+        }
+        if let Some(c) = idle {
+            c.batch_execute("COMMIT").await?;
+            f.recovery
+                .push("the idle client committed (its row is on old)".into());
+        }
         let writable = self.takes_writes_again("old", writer).await;
         f.recovery.push(match &writable {
             Ok(()) => {
@@ -354,21 +448,106 @@ impl Rehearsal<'_> {
             Err(e) => format!("old did not take writes again: {e:#}"),
         });
         f.as_expected = !status.success() && run_ok && writable.is_ok();
-        if fault == Fault::StopTargetAfterFence {
-            self.lab
-                .server(TARGET)
-                .start(&self.lab.server_log(TARGET), Duration::from_secs(120))
-                .await
-                .context("start the stopped target again")?;
-            f.recovery.push(format!("started {TARGET} again"));
-        } else {
-            std::fs::remove_file(&outage)?;
-            f.recovery.push("ended the traffic switch's outage".into());
+        match fault {
+            Fault::StopTargetAfterFence => {
+                self.lab
+                    .server(TARGET)
+                    .start(&self.lab.server_log(TARGET), Duration::from_secs(120))
+                    .await
+                    .context("start the stopped target again")?;
+                f.recovery.push(format!("started {TARGET} again"));
+            }
+            Fault::RouteFailure => {
+                std::fs::remove_file(&outage)?;
+                f.recovery.push("ended the traffic switch's outage".into());
+            }
+            _ => {}
         }
         self.step("plan-again", &["plan"]).await?;
         f.recovery
             .push("`migrate plan` passed; then the cutover below".into());
         Ok((f, from, Utc::now()))
+    }
+
+    /// A cutover paused before the promotion, the old primary made unable to start (an
+    /// invalid setting in its postgresql.auto.conf), then `resume`: clients must be released
+    /// to the new primary and the run stop naming the repair; after the repair `resume`
+    /// completes it.
+    async fn cutover_old_cannot_follow(
+        &self,
+        writer: &Writer,
+    ) -> Result<(FaultReport, DateTime<Utc>, DateTime<Utc>, u64)> {
+        let state_dir = self.state_dir()?;
+        (self.note)("cutover, with the old primary unable to follow the new one");
+        let c0 = Utc::now();
+        let t = Instant::now();
+        self.expect_exit(
+            "cutover",
+            &[
+                "cutover",
+                "--yes",
+                "--force-window",
+                "--pause-before",
+                &StepId::Promote.to_string(),
+                "--keep-clients-held",
+            ],
+            3,
+        )
+        .await?;
+        let auto = self.lab.data_dir("old").join("postgresql.auto.conf");
+        let staged = std::fs::read_to_string(&auto)?;
+        std::fs::write(&auto, format!("{staged}shared_buffers = 'not a size'\n"))?;
+        let mut f = self.fault_report(
+            Fault::OldCannotFollow,
+            "paused the cutover before promote (--keep-clients-held), added an invalid setting to old's postgresql.auto.conf (it cannot start), then `migrate resume`".into(),
+        );
+        let first = self
+            .command("resume", &["resume"], &[])
+            .await?
+            .wait()
+            .await?;
+        f.exit_code = first.code();
+        let log = std::fs::read_to_string(self.log("resume")).unwrap_or_default();
+        let named = log.contains("NO ROLLBACK PATH");
+        let released = self.takes_writes_again("new", writer).await;
+        f.recovery.push(match &released {
+            Ok(()) => "checked: new is the primary and writes through PgBouncer go on".into(),
+            Err(e) => format!("writes did not go on on new: {e:#}"),
+        });
+        std::fs::write(&auto, &staged)?;
+        f.recovery
+            .push("repaired old's postgresql.auto.conf, then `migrate resume`".into());
+        let second = self
+            .command("resume", &["resume"], &[])
+            .await?
+            .wait()
+            .await?;
+        f.run = RunSummary::read(&state_dir)?;
+        f.as_expected = first.code() == Some(3)
+            && named
+            && released.is_ok()
+            && second.success()
+            && f.run.outcome == Some(Outcome::Completed);
+        if !second.success() {
+            bail!(
+                "`migrate resume` after the repair failed ({second}); see {}",
+                self.log("resume").display()
+            );
+        }
+        Ok((f, c0, Utc::now(), t.elapsed().as_millis() as u64))
+    }
+
+    /// Run a command that must end with `code`.
+    async fn expect_exit(&self, name: &str, args: &[&str], code: i32) -> Result<()> {
+        let st = self.command(name, args, &[]).await?.wait().await?;
+        if st.code() != Some(code) {
+            bail!(
+                "`migrate {}` ended {st}, not with exit code {code}; see {}",
+                args.join(" "),
+                self.log(name).display()
+            );
+        }
+        Ok(())
     }
 
     /// `cutover`, killed as soon as it journals the promotion, then `resume`.

@@ -21,9 +21,23 @@ pub enum Writable {
     /// It answers in recovery, or it is down and its control file says it stopped (or
     /// crashed) as a standby.
     No(String),
-    /// It cannot be shown either way (no answer, or down after running as a primary, so a
-    /// restart would bring it up writable).
+    /// Its server runs but answers nothing (a frozen host, a stopped postmaster): it takes no
+    /// write while it stays so, but it cannot be shown to be a standby.
+    Silent(String),
+    /// It cannot be shown either way (down after running as a primary, so a restart would
+    /// bring it up writable; its host does not answer).
     Unknown(String),
+}
+
+/// How strict a check is about a node that runs but answers nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfSilent {
+    /// Refuse: before a promotion, a silent old primary might be serving someone.
+    Refuse,
+    /// Accept: restarting the old primary in an abort beside a target that hangs (it was a
+    /// standby at the proof and this run never promoted it); refusing would leave the
+    /// cluster without any primary.
+    Accept,
 }
 
 /// Pure: what a down node is. Whatever it was, a restart brings it up as a standby only if
@@ -63,7 +77,7 @@ async fn down(m: &Member, why: String) -> Writable {
     };
     match state {
         Ok(Ok(RunState::Running)) => {
-            Writable::Unknown(format!("its server runs but does not answer ({why})"))
+            Writable::Silent(format!("its server runs but does not answer ({why})"))
         }
         Ok(Ok(RunState::NoCluster)) => Writable::No("no cluster there".into()),
         Ok(Ok(RunState::Stopped)) => match tokio::time::timeout(ASK, controldata(m)).await {
@@ -86,17 +100,22 @@ async fn down(m: &Member, why: String) -> Writable {
 }
 
 /// `Err` with the situation when any of `others` is, or may be, writable.
-pub async fn none_writable(others: &[&Member], before: &str) -> Result<(), String> {
+pub async fn none_writable(
+    others: &[&Member],
+    before: &str,
+    if_silent: IfSilent,
+) -> Result<(), String> {
     for m in others {
         match writable(m).await {
             Writable::No(_) => {}
+            Writable::Silent(_) if if_silent == IfSilent::Accept => {}
             Writable::Yes => {
                 return Err(format!(
                     "{} answers as a writable primary, so {before} would make two primaries",
                     m.name()
                 ))
             }
-            Writable::Unknown(why) => {
+            Writable::Silent(why) | Writable::Unknown(why) => {
                 return Err(format!(
                     "{} cannot be shown not writable ({why}), so {before} could make two primaries",
                     m.name()

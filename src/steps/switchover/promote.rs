@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::guard::{self, Writable};
+use super::guard::{self, IfSilent, Writable};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Probe, Step};
 use crate::pg::{connect, sql};
@@ -73,7 +73,9 @@ impl Step for Promote {
             }
         }
         let before = format!("promoting {to}");
-        if let Err(why) = guard::none_writable(&[&self.d.demoted()], &before).await {
+        if let Err(why) =
+            guard::none_writable(&[&self.d.demoted()], &before, IfSilent::Refuse).await
+        {
             return Ok(Probe::Unsafe(format!("{why}; nothing was promoted")));
         }
         Ok(Probe::NotDone)

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::guard::{self, Writable};
+use super::guard::{self, IfSilent, Writable};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::pg::server::RunState;
@@ -104,7 +104,9 @@ impl Step for Stage {
                 // Without standby.signal the old primary comes back writable at its next start: only
                 // while the target is shown not to be a primary.
                 let before = format!("removing standby.signal from {}", self.0.from.name());
-                if let Err(why) = guard::none_writable(&[&self.0.to], &before).await {
+                if let Err(why) =
+                    guard::none_writable(&[&self.0.to], &before, IfSilent::Accept).await
+                {
                     bail!("{why}; {} stays staged as its standby", self.0.from.name());
                 }
                 let m = &self.0.from;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::guard::{self, Writable};
+use super::guard::{self, IfSilent, Writable};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Probe, Step};
 use crate::pg::server::{RunState, StopMode};
@@ -67,7 +67,7 @@ impl Step for StopPrimary {
         // Interrupted while shutting down (Ctrl-C, the stop's own time limit): the server still
         // "runs" but takes no connection. Let the shutdown finish, then start it again below.
         if server.state().await? == RunState::Running
-            && matches!(guard::writable(&self.0.from).await, Writable::Unknown(_))
+            && matches!(guard::writable(&self.0.from).await, Writable::Silent(_))
         {
             let deadline = std::time::Instant::now() + SHUTDOWN_WAIT;
             while server.state().await? == RunState::Running {
@@ -85,7 +85,7 @@ impl Step for StopPrimary {
             // Restarted as a primary only while the target is shown not to be one (promoted
             // from outside: an HA manager, an operator after --pause-before promote).
             let before = format!("restarting {} as a primary", self.0.from.name());
-            if let Err(why) = guard::none_writable(&[&self.0.to], &before).await {
+            if let Err(why) = guard::none_writable(&[&self.0.to], &before, IfSilent::Accept).await {
                 bail!("{why}; {} stays down for the operator", self.0.from.name());
             }
             server
