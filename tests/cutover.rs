@@ -422,8 +422,9 @@ async fn assert_old_serves_unfenced(chain: &Chain) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_before_the_point_of_no_return_aborts_and_unfences() {
+/// An interrupt while the cutover is in its `stop` step: the abort finishes, the old primary
+/// serves unfenced.
+async fn interrupted_during_stop_aborts_and_unfences(signal: nix::sys::signal::Signal) {
     let chain = Chain::new().await;
     chain.replicate_ok().await;
     chain.plan_ok().await;
@@ -441,7 +442,7 @@ async fn ctrl_c_before_the_point_of_no_return_aborts_and_unfences() {
         .await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGINT,
+        signal,
     )
     .unwrap();
     let out = tokio::time::timeout(Duration::from_secs(60), async {
@@ -465,6 +466,16 @@ async fn ctrl_c_before_the_point_of_no_return_aborts_and_unfences() {
         serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
     assert_eq!(v["state"], "aborted");
     assert_old_serves_unfenced(&chain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_before_the_point_of_no_return_aborts_and_unfences() {
+    interrupted_during_stop_aborts_and_unfences(nix::sys::signal::Signal::SIGINT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_stop_aborts_and_unfences_like_ctrl_c() {
+    interrupted_during_stop_aborts_and_unfences(nix::sys::signal::Signal::SIGTERM).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -974,6 +985,44 @@ async fn a_client_idle_in_a_transaction_at_hold_times_the_hold_out_and_is_named(
     idle.batch_execute("COMMIT").await.unwrap();
     assert_old_serves_unfenced(&chain).await;
     assert_eq!(in_recovery(&chain, "new").await, Some(true));
+}
+
+/// With `cutover.hold = "terminate"` the sessions that block the hold are ended after the
+/// time limit and the cutover goes on; their uncommitted work is lost, as the setting says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_terminate_ends_the_blocking_session_and_the_cutover_goes_on() {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let spec_text = std::fs::read_to_string(&chain.spec).unwrap().replace(
+        "[cutover]\n",
+        "[cutover]\nhold_timeout = \"2s\"\nhold = \"terminate\"\n",
+    );
+    std::fs::write(&chain.spec, spec_text).unwrap();
+    chain.plan_ok().await;
+    let idle = connect(&chain.lab.lab.app_endpoint()).await.unwrap();
+    // An application's session (the harness's own connections say application_name migrate*,
+    // which the tool never ends).
+    idle.batch_execute(
+        "SET application_name = 'app-terminate-test'; BEGIN; INSERT INTO ledger (client, seq) VALUES (993, 1)",
+    )
+    .await
+    .unwrap();
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    crate::support::assert_exit_at(&out, Exit::Done, "the cutover after ending the blocker");
+    assert_topology(&chain, "new", "after a terminating hold").await;
+    assert!(
+        idle.batch_execute("COMMIT").await.is_err(),
+        "the blocking session was not ended"
+    );
+    let c = connect(&chain.ep("new")).await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM ledger WHERE client = 993", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the ended transaction's row is not committed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
