@@ -210,7 +210,12 @@ mod tests {
         use crate::engine::journal::{Event, PlannedStep, Record};
         use crate::engine::Kind;
         let t0: DateTime<Utc> = "2026-11-22T00:00:00Z".parse().unwrap();
-        let ids = ["clone:new", "start:new", "clone:dr", "catchup"];
+        let timed = [
+            (StepId::Clone("new".into()), 0, Some(1000)),
+            (StepId::Start("new".into()), 1000, Some(200)),
+            (StepId::Clone("dr".into()), 1200, None),
+            (StepId::Catchup, 1700, Some(2300)),
+        ];
         let mut events = vec![(
             0,
             Event::Header {
@@ -219,9 +224,9 @@ mod tests {
                 operation: "replicate".into(),
                 spec_hash: "h".into(),
                 tool_version: "0".into(),
-                steps: ids
+                steps: timed
                     .iter()
-                    .map(|id| PlannedStep {
+                    .map(|(id, _, _)| PlannedStep {
                         id: id.to_string(),
                         kind: Kind::Reversible,
                     })
@@ -231,16 +236,11 @@ mod tests {
         )];
         // (step, started at, took): the runner's timing wins; a format-1 record without it
         // falls back to the journal's timestamps.
-        for (id, at, took) in [
-            ("clone:new", 0, Some(1000)),
-            ("start:new", 1000, Some(200)),
-            ("clone:dr", 1200, None),
-            ("catchup", 1700, Some(2300)),
-        ] {
+        for (id, at, took) in timed {
             events.push((
                 at,
                 Event::StepStarted {
-                    step: id.into(),
+                    step: id.to_string(),
                     host: String::new(),
                     action: String::new(),
                 },
@@ -248,7 +248,7 @@ mod tests {
             events.push((
                 at + took.unwrap_or(500),
                 Event::StepSucceeded {
-                    step: id.into(),
+                    step: id.to_string(),
                     output: serde_json::Value::Null,
                     elapsed_ms: took.map(|t| t as u64),
                 },
