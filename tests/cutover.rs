@@ -2,6 +2,7 @@
 //! acknowledged commit.
 
 use migrate::exit::Exit;
+use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use migrate::lab::workload::{missing_acks, Writer, WriterReport};
@@ -284,13 +285,20 @@ async fn killed_after(chain: &Chain, args: &[&str], after: Duration) -> std::pro
 /// Drive the operation `op` to completion the way an operator would after each kill: resume
 /// an unfinished run (or finish an undo with rollback), start the command again when no run
 /// of it is open. The first attempts are killed at random instants; the last ones are not.
-async fn drive_through_kills(chain: &Chain, op: &str, command: &[&str], rng: &mut impl rand::Rng) {
+/// Returns how many attempts were really killed mid-run.
+async fn drive_through_kills(
+    chain: &Chain,
+    op: &str,
+    command: &[&str],
+    rng: &mut impl rand::Rng,
+) -> usize {
+    let mut killed = 0;
     for attempt in 0..8 {
         let out = chain.run(&["status", "--json"], None).await;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let state = v["state"].as_str().unwrap_or("none");
         if v["operation"] == op && state == "completed" {
-            return;
+            return killed;
         }
         let args: Vec<&str> = match state {
             "in_progress" => vec!["resume"],
@@ -303,8 +311,11 @@ async fn drive_through_kills(chain: &Chain, op: &str, command: &[&str], rng: &mu
             }
         };
         if attempt < 4 {
-            let after = Duration::from_millis(rng.random_range(0..3000));
-            killed_after(chain, &args, after).await;
+            // A switch on the lab takes one to two seconds: kills within 1.2 s land in it.
+            let after = Duration::from_millis(rng.random_range(0..1200));
+            if killed_after(chain, &args, after).await.signal() == Some(9) {
+                killed += 1;
+            }
         } else {
             let out = chain.run(&args, None).await;
             crate::support::assert_exit_at(&out, Exit::Done, &format!("{args:?} after the kills"));
@@ -330,8 +341,9 @@ async fn random_kills_across_cutover_and_rollback_still_end_switched_with_nothin
     chain.replicate_ok().await;
     let w = writer(&chain);
     let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
+    let mut killed = 0;
     for round in 0..2 {
-        drive_through_kills(
+        killed += drive_through_kills(
             &chain,
             "cutover",
             &["cutover", "--yes", "--force-window"],
@@ -344,7 +356,7 @@ async fn random_kills_across_cutover_and_rollback_still_end_switched_with_nothin
             &format!("seed {seed} round {round}: cut over"),
         )
         .await;
-        drive_through_kills(&chain, "switchback", &["rollback", "--yes"], &mut rng).await;
+        killed += drive_through_kills(&chain, "switchback", &["rollback", "--yes"], &mut rng).await;
         assert_topology(
             &chain,
             "old",
@@ -352,6 +364,11 @@ async fn random_kills_across_cutover_and_rollback_still_end_switched_with_nothin
         )
         .await;
     }
+    // Each switch takes a second or two and each kill comes within 1.2 s: most attempts die.
+    assert!(
+        killed >= 4,
+        "seed {seed}: only {killed} attempts were killed mid-run"
+    );
     let report = w.stop().await;
     sampler.assert_never_two(&format!("seed {seed}")).await;
     assert_no_loss(&chain, &report, &format!("random kills, seed {seed}")).await;
@@ -594,6 +611,30 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
     assert_topology(&chain, "new", "resumed after a pause").await;
 }
 
+/// A new client through PgBouncer commits within 10 s: clients are not held.
+async fn assert_writes_through_pgbouncer(chain: &Chain, client: i32) {
+    let app = chain.lab.lab.app_endpoint();
+    let wrote = tokio::time::timeout(Duration::from_secs(10), async {
+        let c = connect(&app).await.unwrap();
+        c.execute(
+            "INSERT INTO ledger (client, seq) VALUES ($1, 1)",
+            &[&client],
+        )
+        .await
+        .unwrap();
+    })
+    .await;
+    assert!(wrote.is_ok(), "clients through PgBouncer are still held");
+}
+
+/// Add settings to the chain's `[cutover]` table.
+fn cutover_settings(chain: &Chain, settings: &str) {
+    let spec_text = std::fs::read_to_string(&chain.spec)
+        .unwrap()
+        .replace("[cutover]\n", &format!("[cutover]\n{settings}"));
+    std::fs::write(&chain.spec, spec_text).unwrap();
+}
+
 fn all_nodes(chain: &Chain) -> Vec<migrate::pg::Endpoint> {
     ["old", "new", "new_replica", "dr"]
         .iter()
@@ -742,14 +783,7 @@ async fn an_old_primary_that_cannot_follow_does_not_keep_clients_held() {
         "{err}"
     );
     // Released to the new primary through PgBouncer.
-    let released = tokio::time::timeout(Duration::from_secs(10), async {
-        let c = connect(&chain.lab.lab.app_endpoint()).await.unwrap();
-        c.batch_execute("INSERT INTO ledger (client, seq) VALUES (995, 1)")
-            .await
-            .unwrap();
-    })
-    .await;
-    assert!(released.is_ok(), "clients are still held");
+    assert_writes_through_pgbouncer(&chain, 995).await;
     assert_eq!(in_recovery(&chain, "new").await, Some(false));
     let cert_path = std::fs::read_dir(chain.lab.lab.dir.join("state"))
         .unwrap()
@@ -879,14 +913,7 @@ async fn a_target_killed_during_stage_is_undone_and_the_old_primary_serves() {
         "the old primary is still staged"
     );
     assert_old_serves_unfenced(&chain).await;
-    let released = tokio::time::timeout(Duration::from_secs(10), async {
-        let c = connect(&chain.lab.lab.app_endpoint()).await.unwrap();
-        c.batch_execute("INSERT INTO ledger (client, seq) VALUES (994, 1)")
-            .await
-            .unwrap();
-    })
-    .await;
-    assert!(released.is_ok(), "clients are still held");
+    assert_writes_through_pgbouncer(&chain, 994).await;
     sampler.assert_never_two("target killed during stage").await;
 }
 
@@ -939,10 +966,7 @@ async fn a_hung_target_after_the_fence_makes_the_time_box_abort_without_hanging(
 async fn a_client_idle_in_a_transaction_at_hold_times_the_hold_out_and_is_named() {
     let chain = Chain::new().await;
     chain.replicate_ok().await;
-    let spec_text = std::fs::read_to_string(&chain.spec)
-        .unwrap()
-        .replace("[cutover]\n", "[cutover]\nhold_timeout = \"2s\"\n");
-    std::fs::write(&chain.spec, spec_text).unwrap();
+    cutover_settings(&chain, "hold_timeout = \"2s\"\n");
     chain.plan_ok().await;
     let app = chain.lab.lab.app_endpoint();
     let idle = connect(&app).await.unwrap();
@@ -971,17 +995,7 @@ async fn a_client_idle_in_a_transaction_at_hold_times_the_hold_out_and_is_named(
         serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
     assert_eq!(v["state"], "aborted");
     // Clients go on through PgBouncer, on the old primary; the idle one can still commit.
-    let fresh = tokio::time::timeout(Duration::from_secs(10), async {
-        let c = connect(&app).await.unwrap();
-        c.batch_execute("INSERT INTO ledger (client, seq) VALUES (996, 1)")
-            .await
-            .unwrap();
-    })
-    .await;
-    assert!(
-        fresh.is_ok(),
-        "a new client through PgBouncer is still held"
-    );
+    assert_writes_through_pgbouncer(&chain, 996).await;
     idle.batch_execute("COMMIT").await.unwrap();
     assert_old_serves_unfenced(&chain).await;
     assert_eq!(in_recovery(&chain, "new").await, Some(true));
@@ -993,11 +1007,7 @@ async fn a_client_idle_in_a_transaction_at_hold_times_the_hold_out_and_is_named(
 async fn hold_terminate_ends_the_blocking_session_and_the_cutover_goes_on() {
     let chain = Chain::new().await;
     chain.replicate_ok().await;
-    let spec_text = std::fs::read_to_string(&chain.spec).unwrap().replace(
-        "[cutover]\n",
-        "[cutover]\nhold_timeout = \"2s\"\nhold = \"terminate\"\n",
-    );
-    std::fs::write(&chain.spec, spec_text).unwrap();
+    cutover_settings(&chain, "hold_timeout = \"2s\"\nhold = \"terminate\"\n");
     chain.plan_ok().await;
     let idle = connect(&chain.lab.lab.app_endpoint()).await.unwrap();
     // An application's session (the harness's own connections say application_name migrate*,

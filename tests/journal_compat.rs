@@ -89,20 +89,11 @@ fn a_certificate_is_rebuilt_typed_from_a_format_1_journal() {
     let cx = Cx::new(run.run_id.clone(), run.outputs(), run.elapsed(), None);
     let d = cutover::direction(&spec, cutover::CUTOVER).unwrap();
     let cert = CertificateDoc::from_run(&cx, &d, cutover::CUTOVER).unwrap();
-    let written: CertificateDoc = serde_json::from_value(serde_json::json!({
-        "run_id": run.run_id, "operation": "cutover", "from": "old", "to": "new",
-        "shutdown_checkpoint_lsn": cert.shutdown_checkpoint_lsn, "old_timeline": 1,
-        "new_timeline": 2, "received_lsn": cert.received_lsn, "replayed_lsn": cert.replayed_lsn,
-        "fenced_at": cert.fenced_at, "released_at": cert.released_at,
-        "write_pause_ms": cert.write_pause_ms, "phases_ms": {},
-    }))
-    .unwrap();
     assert_eq!((cert.old_timeline, cert.new_timeline), (1, 2));
     assert!(
         cert.rollback_path,
         "format 1 had no reverse problem to record"
     );
-    assert_eq!(cert.write_pause_ms, written.write_pause_ms);
     // Format 1 recorded the pause in the certificate step's output: the same figure.
     let out: CertificateOut = cx.get(&StepId::Certificate).unwrap();
     assert_eq!(cert.write_pause_ms, out.write_pause_ms);

@@ -136,7 +136,8 @@ impl Step for Certificate {
         }
     }
     fn kind(&self) -> Kind {
-        Kind::ReadOnly
+        // Not read-only: without a rollback path it starts the old primary again to re-check.
+        Kind::NothingToUndo
     }
     async fn apply(&self, cx: &Cx) -> Result<CertificateOut> {
         let mut cert = CertificateDoc::from_run(cx, &self.d, &self.operation)?;

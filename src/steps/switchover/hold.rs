@@ -125,8 +125,10 @@ impl Step for Hold {
     }
     async fn compensate(&self, _: &Cx, _: Option<HoldOut>) -> Result<()> {
         for r in self.d.routers()? {
-            r.release()
+            tokio::time::timeout(self.timeout, r.release())
                 .await
+                .map_err(|_| anyhow::anyhow!("no answer within {:?}", self.timeout))
+                .and_then(|released| released)
                 .with_context(|| format!("release clients at {}", r.describe()))?;
         }
         Ok(())
