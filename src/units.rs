@@ -41,30 +41,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if t.is_empty() {
         return Err(bad());
     }
-    let mut total = Duration::ZERO;
+    let mut total_ms: u64 = 0;
     let mut rest = t;
     while !rest.is_empty() {
         let split = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         if split == 0 {
             return Err(bad());
         }
-        let n: u64 = rest[..split].parse().map_err(|_| bad())?;
+        let too_long = || format!("{text:?} is longer than any time limit migrate accepts");
+        let n: u64 = rest[..split].parse().map_err(|_| too_long())?;
         rest = &rest[split..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" | "min" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+        let millis_per_unit: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
             _ => return Err(bad()),
         };
-        total += part;
+        // Checked arithmetic: a huge value is an error, never a wrapped small one.
+        let part = n.checked_mul(millis_per_unit).ok_or_else(too_long)?;
+        total_ms = total_ms.checked_add(part).ok_or_else(too_long)?;
+        if total_ms > MAX_DURATION_MS {
+            return Err(too_long());
+        }
         rest = &rest[unit_len..];
     }
-    Ok(total)
+    Ok(Duration::from_millis(total_ms))
 }
+
+/// No time limit in a spec is longer than a year: anything above is a typo, and staying far
+/// below `u64` milliseconds keeps every sum of limits (the pause budget) from overflowing.
+pub const MAX_DURATION_MS: u64 = 366 * 24 * 3_600_000;
 
 pub fn format_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -108,6 +118,24 @@ mod tests {
         for bad in ["", "s", "30", "30 seconds", "1.5s", "-3s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn huge_durations_are_refused_not_wrapped() {
+        for huge in [
+            "99999999999999999999s",
+            "307445734561825861m",
+            "18446744073709551615ms1ms",
+            "9000h",
+            "366h366h366h366h366h366h366h366h366h366h366h366h366h366h366h366h366h366h366h366h366h366h366h366h366h",
+        ] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains("longer than any time limit"), "{huge}: {e}");
+        }
+        assert_eq!(
+            parse_duration("8784h").unwrap(),
+            Duration::from_secs(8784 * 3600)
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::support::{migrate, text};
+use crate::support::{migrate, migrate_env, text};
 
 fn fixtures(sub: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -25,61 +25,186 @@ fn header(file: &Path, key: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&format!("# {key}: ")).map(str::to_string))
 }
 
+/// A listing of a folder, with sizes and modification times, to show nothing changed.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    for e in walk(dir) {
+        let m = std::fs::symlink_metadata(&e).unwrap();
+        out.push((e, m.len(), m.modified().unwrap(), m.permissions().mode()));
+    }
+    out.sort();
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// What a command that ran a spec's ProxyCommand or LocalCommand would leave.
+const RAN_A_COMMAND: &str = "/tmp/migrate-bad-spec-ran-a-command";
+
 #[test]
 fn every_bad_spec_is_refused_naming_the_field() {
     let bad = fixtures("bad");
     assert!(
-        bad.len() >= 25,
+        bad.len() >= 90,
         "expected the full set of bad specs, found {}",
         bad.len()
     );
+    let dir = bad[0].parent().unwrap().to_path_buf();
+    let _ = std::fs::remove_file(RAN_A_COMMAND);
+    let before = snapshot(&dir);
     for file in bad {
         let expect = header(&file, "expect")
             .unwrap_or_else(|| panic!("{} lacks '# expect: FIELD'", file.display()));
-        for json in [false, true] {
-            let path = file.to_str().unwrap();
-            let out = if json {
-                migrate(&["validate", "--json", "-f", path])
-            } else {
-                migrate(&["validate", "-f", path])
-            };
+        let path = file.to_str().unwrap();
+        let runs: [&[&str]; 4] = [
+            &["validate", "-f", path],
+            &["validate", "--json", "-f", path],
+            &["plan", "-f", path],
+            &["plan", "--json", "-f", path],
+        ];
+        for args in runs {
+            let out = migrate(args);
             let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+            let what = format!("{} ({})", file.display(), args[..args.len() - 2].join(" "));
             assert_eq!(
                 out.status.code(),
                 Some(2),
-                "{}: exit code; stderr: {stderr}",
-                file.display()
+                "{what}: exit code; stderr: {stderr}"
             );
             assert!(
                 stderr.contains(&expect),
-                "{}: message should name {expect:?}; got: {stderr}",
-                file.display()
+                "{what}: message should name {expect:?}; got: {stderr}"
             );
             assert!(
                 stderr.contains(path),
-                "{}: message should name the file; got: {stderr}",
-                file.display()
+                "{what}: message should name the file; got: {stderr}"
             );
             assert!(
                 stderr.contains("fix:"),
-                "{}: message should give the fix; got: {stderr}",
-                file.display()
+                "{what}: message should give the fix; got: {stderr}"
             );
+            for bytes in [&out.stdout, &out.stderr] {
+                assert!(
+                    !bytes
+                        .iter()
+                        .any(|b| *b == 0x1b || *b == 0 || *b == 0x07 || *b == b'\r'),
+                    "{what}: a raw control character reached the terminal: {stderr:?}"
+                );
+            }
             if let Some(secret) = header(&file, "secret") {
                 assert!(
                     !stdout.contains(&secret) && !stderr.contains(&secret),
-                    "{}: the secret was printed",
-                    file.display()
+                    "{what}: the secret was printed"
                 );
             }
         }
+    }
+    assert!(
+        !Path::new(RAN_A_COMMAND).exists(),
+        "a bad spec made migrate run one of its commands"
+    );
+    assert_eq!(
+        before,
+        snapshot(&dir),
+        "a refused spec created or changed files next to it"
+    );
+}
+
+#[test]
+fn a_ten_megabyte_name_is_refused_in_a_few_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    let base = std::fs::read_to_string(
+        fixtures("good")
+            .iter()
+            .find(|f| f.ends_with("minimal.toml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let huge = "n".repeat(10 << 20);
+    std::fs::write(
+        &spec,
+        base.replace("[nodes.dr]", &format!("[nodes.{huge}]")),
+    )
+    .unwrap();
+    let out = migrate(&["validate", "-f", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let printed = out.stdout.len() + out.stderr.len();
+    assert!(
+        printed < 4096,
+        "printed {printed} bytes: {}",
+        &text(&out.stderr)[..400]
+    );
+    assert!(
+        text(&out.stderr).contains("more characters"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A good fixture made real on this machine: its /etc files created in a private folder
+/// (secrets 0600, as `validate` demands) and its exec plugin on a PATH of its own.
+struct Installed {
+    _dir: tempfile::TempDir,
+    spec: PathBuf,
+    path_env: String,
+}
+
+fn install(file: &Path) -> Installed {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let text = std::fs::read_to_string(file)
+        .unwrap()
+        .replace("/etc/migrate/", &format!("{}/migrate/", etc.display()))
+        .replace("/etc/pgpass", &format!("{}/pgpass", etc.display()));
+    std::fs::create_dir_all(etc.join("migrate")).unwrap();
+    for f in [
+        "pgpass",
+        "migrate/pgpass",
+        "migrate/pgmig.key",
+        "migrate/ca.crt",
+    ] {
+        let p = etc.join(f);
+        std::fs::write(&p, "x\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let plugin = bin.join("migrate-route-srx");
+    std::fs::write(&plugin, "#!/bin/sh\necho '{\"ok\": true}'\n").unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = dir.path().join(file.file_name().unwrap());
+    std::fs::write(&spec, text).unwrap();
+    Installed {
+        path_env: format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+        spec,
+        _dir: dir,
     }
 }
 
 #[test]
 fn good_specs_validate() {
     for file in fixtures("good") {
-        let out = migrate(&["validate", "-f", file.to_str().unwrap()]);
+        let real = install(&file);
+        let spec = real.spec.to_str().unwrap();
+        let out = migrate_env(&["validate", "-f", spec], &[("PATH", &real.path_env)]);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -87,11 +212,39 @@ fn good_specs_validate() {
             file.display(),
             text(&out.stderr)
         );
-        let out = migrate(&["validate", "--json", "-f", file.to_str().unwrap()]);
+        let out = migrate_env(
+            &["validate", "--json", "-f", spec],
+            &[("PATH", &real.path_env)],
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
         assert_eq!(v["valid"], true);
         assert_eq!(v["nodes"][0]["role"], "primary");
     }
+}
+
+#[test]
+fn a_good_spec_whose_secret_files_are_missing_or_open_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let real = install(&fixtures("good")[0]);
+    let dir = real.spec.parent().unwrap();
+    let pgpass = dir.join("etc/migrate/pgpass");
+    let spec = real.spec.to_str().unwrap();
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = migrate_env(&["validate", "-f", spec], &[("PATH", &real.path_env)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("password") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::remove_file(&pgpass).unwrap();
+    let out = migrate_env(&["validate", "-f", spec], &[("PATH", &real.path_env)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot be read"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -75,7 +75,7 @@ impl Conninfo {
             parse_pairs(t)?
         };
         if let Some(port) = info.get("port") {
-            if port.parse::<u16>().is_err() {
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
                 return Err(ConninfoError::BadPort(port.to_string()));
             }
         }

@@ -15,19 +15,48 @@ use super::Router;
 use crate::pg::secret::Secret;
 use crate::spec::{Node, PowerDnsRoute};
 
+/// The most of an API answer read into memory.
+const BODY_LIMIT: usize = 4 << 20;
+
 pub struct PowerDns {
     cfg: PowerDnsRoute,
     http: reqwest::Client,
 }
 
 impl PowerDns {
+    /// No redirects (the `X-API-Key` header must reach only the configured API), no proxy from
+    /// the environment, the spec's `ca_file` as an extra trust root.
     pub fn new(cfg: PowerDnsRoute) -> Result<PowerDns> {
-        let http = reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
-            .use_rustls_tls()
-            .build()
-            .context("HTTP client")?;
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .use_rustls_tls();
+        if let Some(ca) = &cfg.ca_file {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("read ca_file {}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("ca_file {} is not a PEM certificate", ca.display()))?;
+            b = b.add_root_certificate(cert);
+        }
+        let http = b.build().context("HTTP client")?;
         Ok(PowerDns { cfg, http })
+    }
+
+    /// A response body, refused past [`BODY_LIMIT`] (a zone answer is a few KiB).
+    async fn body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.context("read the PowerDNS answer")? {
+            if out.len() + chunk.len() > BODY_LIMIT {
+                bail!(
+                    "the PowerDNS API at {} answered more than {} KiB; refusing to read it",
+                    self.cfg.api,
+                    BODY_LIMIT >> 10
+                );
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     fn zone_url(&self) -> String {
@@ -46,8 +75,14 @@ impl PowerDns {
 
     async fn refused(&self, resp: reqwest::Response, what: &str) -> anyhow::Error {
         let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        let body: String = body.chars().take(300).collect();
+        let body = self.body(resp).await.unwrap_or_default();
+        let body: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+        if status.is_redirection() {
+            return anyhow!(
+                "PowerDNS API at {} answered {status} (a redirect) to {what}; redirects are not followed so the API key goes nowhere else: give the final URL as api",
+                self.cfg.api
+            );
+        }
         match status.as_u16() {
             401 | 403 => anyhow!(
                 "PowerDNS API at {} refused the API key ({status}) on {what}: check api_key",
@@ -78,7 +113,8 @@ impl PowerDns {
         if !resp.status().is_success() {
             return Err(self.refused(resp, "reading the zone").await);
         }
-        let zone: Value = resp.json().await.context("PowerDNS zone JSON")?;
+        let zone: Value =
+            serde_json::from_slice(&self.body(resp).await?).context("PowerDNS zone JSON")?;
         let mut out = Vec::new();
         for set in zone["rrsets"].as_array().into_iter().flatten() {
             let name = set["name"].as_str().unwrap_or("");

@@ -3,8 +3,10 @@
 //! Every refusal is a [`SpecError`] naming the file, the field and the fix. Passwords are only
 //! accepted by reference (`{ env = "VAR" }` or `{ passfile = "PATH" }`).
 
+pub mod local;
 mod raw;
 mod route;
+pub mod values;
 
 pub use route::{
     DnsRoute, ExecRoute, HaProxyRoute, NatHook, NatRoute, PgBouncerRoute, PowerDnsRoute, Route,
@@ -24,7 +26,7 @@ use crate::units::{parse_duration, parse_size};
 use raw::{RawHost, RawSpec};
 
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {field}: {problem}\n  fix: {fix}")]
+#[error("{}: {field}: {problem}\n  fix: {fix}", values::shown(&file.display().to_string(), 4 * values::QUOTE_MAX))]
 pub struct SpecError {
     pub file: PathBuf,
     pub field: String,
@@ -133,6 +135,8 @@ pub struct Spec {
     pub nodes: Vec<Node>,
     pub cutover: Cutover,
     pub routes: Vec<Route>,
+    /// What validation allowed but an operator should hear (shown by `validate` and `plan`).
+    pub warnings: Vec<String>,
 }
 
 impl Spec {
@@ -155,7 +159,8 @@ impl Spec {
     }
 }
 
-/// Read and validate a spec file.
+/// Read and validate a spec file, including the files it names on this machine (secrets,
+/// plugins, trust roots: see [`local`]).
 pub fn load(path: &Path) -> Result<Spec, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|e| SpecError {
         file: path.to_path_buf(),
@@ -163,12 +168,15 @@ pub fn load(path: &Path) -> Result<Spec, SpecError> {
         problem: format!("cannot read the spec: {e}"),
         fix: "check the path given with -f/--spec".into(),
     })?;
-    parse(path, &text)
+    let spec = parse(path, &text)?;
+    local::check(&spec)?;
+    Ok(spec)
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Spec, SpecError> {
     let v = Validator {
         file: path.to_path_buf(),
+        warnings: Default::default(),
     };
     let raw: RawSpec = match toml::Deserializer::parse(text) {
         Ok(de) => serde_path_to_error::deserialize(de).map_err(|e| v.serde_error(text, e))?,
@@ -179,11 +187,68 @@ pub fn parse(path: &Path, text: &str) -> Result<Spec, SpecError> {
 
 struct Validator {
     file: PathBuf,
+    /// Things that are allowed but worth saying (weak host key checking, …).
+    warnings: std::cell::RefCell<Vec<String>>,
 }
+
+/// ssh options that only shape the connection; anything else is refused.
+const SSH_OPTIONS: &[&str] = &[
+    "AddressFamily",
+    "BindAddress",
+    "CertificateFile",
+    "CheckHostIP",
+    "Ciphers",
+    "Compression",
+    "ConnectionAttempts",
+    "ConnectTimeout",
+    "ControlMaster",
+    "ControlPath",
+    "ControlPersist",
+    "GlobalKnownHostsFile",
+    "GSSAPIAuthentication",
+    "HostKeyAlgorithms",
+    "HostKeyAlias",
+    "HostbasedAuthentication",
+    "IdentitiesOnly",
+    "IdentityFile",
+    "IPQoS",
+    "KbdInteractiveAuthentication",
+    "KexAlgorithms",
+    "LogLevel",
+    "MACs",
+    "PasswordAuthentication",
+    "PreferredAuthentications",
+    "ProxyJump",
+    "PubkeyAcceptedAlgorithms",
+    "PubkeyAuthentication",
+    "RekeyLimit",
+    "ServerAliveCountMax",
+    "ServerAliveInterval",
+    "StrictHostKeyChecking",
+    "TCPKeepAlive",
+    "UpdateHostKeys",
+    "UserKnownHostsFile",
+    "VerifyHostKeyDNS",
+];
+
+/// ssh options that run a command (or load code) on the machine migrate runs on.
+const SSH_COMMAND_OPTIONS: &[&str] = &[
+    "ProxyCommand",
+    "LocalCommand",
+    "PermitLocalCommand",
+    "KnownHostsCommand",
+    "RemoteCommand",
+    "PKCS11Provider",
+    "SecurityKeyProvider",
+    "Match",
+    "Include",
+];
 
 const NODE_FIX_KNOWN_ROLES: &str = "role is one of \"primary\", \"target\", \"replica\"";
 
 impl Validator {
+    /// Every refusal goes through here: the field and the problem quote spec text, so both are
+    /// escaped (no raw control character reaches a terminal) and cut to a readable length.
     fn err(
         &self,
         field: impl Into<String>,
@@ -192,10 +257,86 @@ impl Validator {
     ) -> SpecError {
         SpecError {
             file: self.file.clone(),
-            field: field.into(),
-            problem: problem.into(),
-            fix: fix.into(),
+            field: values::shown(&field.into(), values::QUOTE_MAX),
+            problem: values::shown_lines(&problem.into(), 4 * values::QUOTE_MAX),
+            fix: values::shown_lines(&fix.into(), 4 * values::QUOTE_MAX),
         }
+    }
+
+    /// Text that goes to a server, a config file or a command line as is.
+    fn plain_text(&self, field: &str, text: &str, what: &str) -> Result<(), SpecError> {
+        if let Some(c) = values::control_char(text) {
+            return Err(self.err(
+                field,
+                format!("the {what} contains the control character {:?}", c),
+                format!("write the {what} without line breaks, tabs or escape characters"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A time limit within its bounds (see [`values::Bounds`]).
+    fn bounded(
+        &self,
+        field: &str,
+        v: Option<String>,
+        default: Duration,
+        bounds: values::Bounds,
+    ) -> Result<Duration, SpecError> {
+        let d = self.duration(field, v, default)?;
+        match bounds.problem(d) {
+            Some(p) => Err(self.err(field, p, bounds.fix())),
+            None => Ok(d),
+        }
+    }
+
+    fn warn(&self, text: String) {
+        self.warnings
+            .borrow_mut()
+            .push(values::shown(&text, 4 * values::QUOTE_MAX));
+    }
+
+    /// One `-o Key=value` for ssh: a known option, and not one that runs a local command
+    /// unless the spec says so in words.
+    fn ssh_option(&self, field: &str, o: &str, allow_command: bool) -> Result<(), SpecError> {
+        let f = format!("{field}.options");
+        self.plain_text(&f, o, "ssh option")?;
+        let Some((key, value)) = o.split_once('=') else {
+            return Err(self.err(
+                f,
+                format!("{o:?} is not an ssh option"),
+                "write options as \"Key=value\", e.g. \"StrictHostKeyChecking=yes\"",
+            ));
+        };
+        let key = key.trim();
+        if key.starts_with('-') || value.trim_start().starts_with('-') {
+            return Err(self.err(
+                f,
+                format!("{o:?} is not an ssh option"),
+                "write options as \"Key=value\"",
+            ));
+        }
+        if SSH_COMMAND_OPTIONS
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(key))
+        {
+            if allow_command {
+                return Ok(());
+            }
+            return Err(self.err(
+                f,
+                format!("{key} makes ssh run a command on this machine"),
+                "remove it, or set allow_command_options = true on this host if you mean it",
+            ));
+        }
+        if !SSH_OPTIONS.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            return Err(self.err(
+                f,
+                format!("{key:?} is not an ssh option migrate passes on"),
+                format!("use one of: {}", SSH_OPTIONS.join(", ")),
+            ));
+        }
+        Ok(())
     }
 
     fn toml_error(&self, text: &str, e: &toml::de::Error) -> SpecError {
@@ -285,6 +426,33 @@ impl Validator {
         }
     }
 
+    /// `state_dir` must be a folder of its own: never `/`, the spec's folder or a parent of
+    /// it, because migrate makes it 0700 and keeps journals and plans there. (Ownership and
+    /// contents are checked when it is opened, see `engine::journal::ensure_state_dir`.)
+    fn state_dir(&self, d: &Path) -> Result<PathBuf, SpecError> {
+        self.plain_text("state_dir", &d.to_string_lossy(), "path")?;
+        let dir = values::normal_path(&self.relative_to_spec(d));
+        let spec_dir = values::normal_path(
+            &std::path::absolute(self.relative_to_spec(Path::new("."))).unwrap_or_default(),
+        );
+        let abs = values::normal_path(&std::path::absolute(&dir).unwrap_or(dir.clone()));
+        let home = std::env::var_os("HOME").map(|h| values::normal_path(Path::new(&h)));
+        let shared = [
+            "/", "/tmp", "/var/tmp", "/etc", "/var", "/usr", "/home", "/root", "/dev/shm", "/run",
+        ];
+        if shared.iter().any(|s| abs == Path::new(s))
+            || spec_dir.starts_with(&abs)
+            || home.as_deref() == Some(abs.as_path())
+        {
+            return Err(self.err(
+                "state_dir",
+                format!("{} is not a folder of its own (it holds the spec, a home or the system's files)", abs.display()),
+                "give a dedicated folder, e.g. state_dir = \".migrate/<name>\" or \"/var/lib/migrate/<name>\"; migrate makes it mode 0700",
+            ));
+        }
+        Ok(abs)
+    }
+
     fn relative_to_spec(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
@@ -295,14 +463,19 @@ impl Validator {
 
     fn conninfo(&self, field: &str, text: &str) -> Result<Conninfo, SpecError> {
         let c = Conninfo::parse(text).map_err(|e| {
-            self.err(field, e.to_string(), "write a libpq conninfo such as \"host=db1 port=5432 user=postgres dbname=postgres\"")
+            self.err(field, e.to_string(), "write a libpq conninfo such as \"host=db1 port=5432 user=postgres dbname=postgres\" (port 1-65535)")
         })?;
-        if c.has_password() {
-            return Err(self.err(
-                field,
-                "the conninfo contains a password; secrets are not allowed inline",
-                "remove it from the conninfo and set the node's password = { env = \"VAR\" } or { passfile = \"PATH\" }",
-            ));
+        for secret in ["password", "sslpassword"] {
+            if c.get(secret).is_some() {
+                return Err(self.err(
+                    field,
+                    format!("the conninfo contains {secret}; secrets are not allowed inline"),
+                    match secret {
+                        "password" => "remove it from the conninfo and set the node's password = { env = \"VAR\" } or { passfile = \"PATH\" }",
+                        _ => "remove sslpassword: use an unencrypted client key file of mode 0600 (sslkey = \"PATH\")",
+                    },
+                ));
+            }
         }
         if c.get("host").is_some_and(|h| h.contains(',')) {
             return Err(self.err(
@@ -310,6 +483,38 @@ impl Validator {
                 "several hosts in one conninfo",
                 "a node is one server: give one host",
             ));
+        }
+        for (key, value) in c.params() {
+            self.plain_text(&format!("{field}.{key}"), value, "value")?;
+            if let Some((allowed, fix)) = conninfo_choices(key) {
+                if !allowed.contains(&value) {
+                    return Err(self.err(
+                        format!("{field}.{key}"),
+                        format!("{value:?} is not a {key} libpq knows"),
+                        fix,
+                    ));
+                }
+            }
+        }
+        if let Some(a) = c.get("hostaddr") {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                return Err(self.err(
+                    format!("{field}.hostaddr"),
+                    format!("{a:?} is not an IP address"),
+                    "give hostaddr as a numeric address, or use host for a name",
+                ));
+            }
+        }
+        for key in ["user", "dbname"] {
+            if let Some(v) = c.get(key) {
+                if !values::plain_identifier(v) {
+                    return Err(self.err(
+                        format!("{field}.{key}"),
+                        format!("{:?} is not a plain name", values::shown(v, values::QUOTE_MAX)),
+                        format!("{key} must be letters, digits, '_', '-' or '.', starting with a letter or '_' (it is used in SQL, passfiles and pooler commands)"),
+                    ));
+                }
+            }
         }
         Ok(c)
     }
@@ -333,23 +538,65 @@ impl Validator {
                 port,
                 user,
                 identity_file,
+                known_hosts,
                 options,
+                allow_command_options,
             } => {
-                if host.trim().is_empty() || host.starts_with('-') {
+                self.plain_text(&format!("{field}.host"), &host, "host")?;
+                if host.trim().is_empty()
+                    || host.starts_with('-')
+                    || host.contains(char::is_whitespace)
+                {
                     return Err(self.err(
                         format!("{field}.host"),
                         format!("{host:?} is not a host name"),
                         "give the ssh host name or address",
                     ));
                 }
-                for o in &options {
-                    if !o.contains('=') || o.starts_with('-') {
+                if port == Some(0) {
+                    return Err(self.err(
+                        format!("{field}.port"),
+                        "port 0 is not a port",
+                        "give the sshd port (1-65535), or leave port out for 22",
+                    ));
+                }
+                if let Some(u) = &user {
+                    if !values::plain_identifier(u) {
                         return Err(self.err(
-                            format!("{field}.options"),
-                            format!("{o:?} is not an ssh option"),
-                            "write options as \"Key=value\", e.g. \"StrictHostKeyChecking=yes\"",
+                            format!("{field}.user"),
+                            format!("{u:?} is not a user name"),
+                            "give the login name: letters, digits, '_', '-' or '.'",
                         ));
                     }
+                }
+                let mut options = options;
+                for o in &options {
+                    self.ssh_option(field, o, allow_command_options)?;
+                }
+                if let Some(k) = &known_hosts {
+                    let k = self.relative_to_spec(k);
+                    options.push(format!("UserKnownHostsFile={}", k.display()));
+                    options.push("StrictHostKeyChecking=yes".into());
+                }
+                let strict = options.iter().any(|o| {
+                    o.split_once('=').is_some_and(|(k, v)| {
+                        k.trim().eq_ignore_ascii_case("StrictHostKeyChecking")
+                            && ["yes", "accept-new"]
+                                .contains(&v.trim().to_ascii_lowercase().as_str())
+                    })
+                });
+                let weak = options.iter().any(|o| {
+                    o.split_once('=').is_some_and(|(k, v)| {
+                        k.trim().eq_ignore_ascii_case("StrictHostKeyChecking")
+                            && ["no", "off", "false"]
+                                .contains(&v.trim().to_ascii_lowercase().as_str())
+                    })
+                });
+                if weak || (!strict && known_hosts.is_none()) {
+                    self.warn(format!(
+                        "{field}: host keys of {host} are {}checked strictly; set known_hosts = \"PATH\" (or StrictHostKeyChecking=yes) so a spoofed host cannot receive the database's secrets",
+                        if weak { "NOT " } else { "not necessarily " }
+                    ));
                 }
                 HostSpec::Ssh {
                     host,
@@ -457,43 +704,42 @@ impl Validator {
                 "use \"abort\" (resume clients and abort when the hold times out) or \"terminate\" (end the sessions that block it)",
             )),
         };
-        let hold_timeout = self.duration(
-            "cutover.hold_timeout",
-            raw.hold_timeout,
-            Duration::from_secs(10),
-        )?;
-        if hold_timeout.is_zero() {
-            return Err(self.err(
-                "cutover.hold_timeout",
-                "a zero time limit can never be met".to_string(),
-                "give the hold a few seconds, e.g. \"10s\"",
-            ));
-        }
+        use values::{Bounds, DAY, HOUR, MINUTE, SECOND};
         Ok(Cutover {
             retire,
             hold,
-            hold_timeout,
             window,
             lag_threshold,
-            lag_stable_for: self.duration(
+            hold_timeout: self.bounded(
+                "cutover.hold_timeout",
+                raw.hold_timeout,
+                10 * SECOND,
+                Bounds::new(Duration::from_millis(100), 10 * MINUTE),
+            )?,
+            lag_stable_for: self.bounded(
                 "cutover.lag_stable_for",
                 raw.lag_stable_for,
-                Duration::from_secs(5),
+                5 * SECOND,
+                Bounds::new(Duration::ZERO, HOUR),
             )?,
-            catchup_timeout: self.duration(
+            catchup_timeout: self.bounded(
                 "cutover.catchup_timeout",
                 raw.catchup_timeout,
-                Duration::from_secs(600),
+                10 * MINUTE,
+                Bounds::new(SECOND, 7 * DAY),
             )?,
-            proof_timeout: self.duration(
+            proof_timeout: self.bounded(
                 "cutover.proof_timeout",
                 raw.proof_timeout,
-                Duration::from_secs(30),
+                30 * SECOND,
+                Bounds::new(SECOND, HOUR),
             )?,
-            promote_timeout: self.duration(
+            // A zero here would only fail after the point of no return.
+            promote_timeout: self.bounded(
                 "cutover.promote_timeout",
                 raw.promote_timeout,
-                Duration::from_secs(60),
+                MINUTE,
+                Bounds::new(SECOND, HOUR),
             )?,
         })
     }
@@ -511,11 +757,18 @@ impl Validator {
                 "use letters, digits, '-' and '_' only",
             ));
         }
-        if raw.replication.user.trim().is_empty() {
+        if raw.name.len() > 63 {
+            return Err(self.err(
+                "name",
+                format!("the run name is {} characters long", raw.name.len()),
+                "use at most 63 characters",
+            ));
+        }
+        if !values::plain_identifier(&raw.replication.user) {
             return Err(self.err(
                 "replication.user",
-                "the replication user is empty",
-                "name a role with the REPLICATION attribute",
+                format!("{:?} is not a usable role name", raw.replication.user),
+                "name a role with the REPLICATION attribute: letters, digits, '_', '-' or '.', starting with a letter (it goes into primary_conninfo, pg_hba.conf advice and passfiles)",
             ));
         }
         let replication = Replication {
@@ -563,6 +816,22 @@ impl Validator {
                     ));
                 }
             }
+            for (key, p) in [
+                ("data_dir", Some(&rn.data_dir)),
+                ("log_file", rn.log_file.as_ref()),
+                ("bin_dir", rn.bin_dir.as_ref()),
+            ] {
+                if let Some(p) = p {
+                    self.plain_text(&format!("{f}.{key}"), &p.to_string_lossy(), "path")?;
+                }
+            }
+            if values::normal_path(&rn.data_dir) == Path::new("/") {
+                return Err(self.err(
+                    format!("{f}.data_dir"),
+                    "the data directory is the root directory",
+                    "give the data directory's own path, e.g. /var/lib/postgresql/15/main",
+                ));
+            }
             if !rn.data_dir.is_absolute() {
                 return Err(self.err(
                     format!("{f}.data_dir"),
@@ -603,16 +872,28 @@ impl Validator {
         self.topology(&nodes)?;
         let ordered = order_nodes(nodes);
         let state_dir = match raw.state_dir {
-            Some(d) => self.relative_to_spec(&d),
+            Some(d) => self.state_dir(&d)?,
             None => self.relative_to_spec(Path::new(".migrate")).join(&raw.name),
         };
         let cutover = self.cutover(raw.cutover)?;
-        let routes = raw
+        let routes: Vec<Route> = raw
             .routes
             .into_iter()
             .enumerate()
             .map(|(i, r)| self.route(i, r, &ordered, cutover.pause_budget()))
             .collect::<Result<_, _>>()?;
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            if let Some(key) = r.changes() {
+                if let Some(first) = seen.insert(key.clone(), i) {
+                    return Err(self.err(
+                        format!("route[{i}]"),
+                        format!("route[{first}] already changes {key}"),
+                        "keep one route per record, rule or pooler entry",
+                    ));
+                }
+            }
+        }
         Ok(Spec {
             name: raw.name,
             path: self.file.clone(),
@@ -621,6 +902,7 @@ impl Validator {
             nodes: ordered,
             cutover,
             routes,
+            warnings: self.warnings.take(),
         })
     }
 
@@ -719,15 +1001,28 @@ impl Validator {
         let mut ports = BTreeMap::new();
         let mut dirs = BTreeSet::new();
         for n in nodes.values() {
-            let key = (n.conninfo.host().to_ascii_lowercase(), n.conninfo.port());
+            // Compared in normal form: `::1` and `[0::1]`, `/srv/a/../b` and `/srv/b` agree.
+            let key = (values::normal_host(n.conninfo.host()), n.conninfo.port());
             if let Some(other) = ports.insert(key.clone(), n.name.clone()) {
                 return Err(self.err(
                     format!("nodes.{}.conninfo", n.name),
-                    format!("{} and {} both use {}:{}", other, n.name, key.0, key.1),
+                    format!(
+                        "{} and {} both use {}:{}",
+                        other,
+                        n.name,
+                        n.conninfo.host(),
+                        key.1
+                    ),
                     "give each node its own host:port",
                 ));
             }
-            if !dirs.insert((n.host.identity(), n.data_dir.clone())) {
+            let machine = match &n.host {
+                HostSpec::Ssh { host, port, .. } => {
+                    format!("ssh:{}:{}", values::normal_host(host), port.unwrap_or(22))
+                }
+                other => other.identity(),
+            };
+            if !dirs.insert((machine, values::normal_path(&n.data_dir))) {
                 return Err(self.err(
                     format!("nodes.{}.data_dir", n.name),
                     format!(
@@ -740,6 +1035,25 @@ impl Validator {
         }
         Ok(())
     }
+}
+
+/// The values libpq accepts for an enumerated keyword, and the fix to show when one is wrong.
+fn conninfo_choices(key: &str) -> Option<(&'static [&'static str], &'static str)> {
+    Some(match key {
+        "sslmode" => (
+            &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
+            "sslmode is one of disable, allow, prefer, require, verify-ca, verify-full (verify-full across datacenters)",
+        ),
+        "gssencmode" => (&["disable", "prefer", "require"], "gssencmode is disable, prefer or require"),
+        "channel_binding" => (&["disable", "prefer", "require"], "channel_binding is disable, prefer or require"),
+        "target_session_attrs" => (
+            &["any", "read-write", "read-only", "primary", "standby", "prefer-standby"],
+            "target_session_attrs is any, read-write, read-only, primary, standby or prefer-standby",
+        ),
+        "load_balance_hosts" => (&["disable", "random"], "load_balance_hosts is disable or random"),
+        "sslcompression" | "keepalives" | "sslsni" => (&["0", "1"], "write 0 or 1"),
+        _ => return None,
+    })
 }
 
 fn line_col(text: &str, offset: usize) -> String {

@@ -53,8 +53,13 @@ pub enum RawHost {
         port: Option<u16>,
         user: Option<String>,
         identity_file: Option<PathBuf>,
+        /// An OpenSSH known_hosts file for this host; host keys are then checked strictly.
+        known_hosts: Option<PathBuf>,
         #[serde(default)]
         options: Vec<String>,
+        /// Options that make ssh run a local command (ProxyCommand, …) are refused unless set.
+        #[serde(default)]
+        allow_command_options: bool,
     },
     Docker {
         container: String,

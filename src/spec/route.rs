@@ -29,6 +29,38 @@ pub enum Route {
     Exec(Box<ExecRoute>),
 }
 
+impl Route {
+    /// What the route changes, in normal form: two routes with one key would fight over the
+    /// same record, rule or pooler entry.
+    pub fn changes(&self) -> Option<String> {
+        use super::values::{normal_host, normal_path};
+        let on = |h: &HostSpec| match h {
+            HostSpec::Ssh { host, port, .. } => {
+                format!("ssh:{}:{}", normal_host(host), port.unwrap_or(22))
+            }
+            other => other.identity(),
+        };
+        Some(match self {
+            Route::None => return None,
+            Route::PgBouncer(r) => format!(
+                "the PgBouncer config {} on {}",
+                normal_path(&r.config).display(),
+                on(&r.host)
+            ),
+            Route::HaProxy(r) => format!(
+                "the HAProxy server {}/{} on {}",
+                r.backend,
+                r.server,
+                on(&r.host)
+            ),
+            Route::Dns(r) => format!("the DNS record {}", r.name.to_ascii_lowercase()),
+            Route::PowerDns(r) => format!("the DNS record {}", r.name.to_ascii_lowercase()),
+            Route::Nat(r) => format!("the DNAT rule for {} on {}", r.listen, on(&r.host)),
+            Route::Exec(r) => format!("the plugin route {}", r.name),
+        })
+    }
+}
+
 /// The application-facing endpoint of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Through {
@@ -133,6 +165,8 @@ pub struct PowerDnsRoute {
     pub name: String,
     pub ttl: u32,
     pub api_key: SecretRef,
+    /// An extra CA certificate (PEM) for an https API.
+    pub ca_file: Option<PathBuf>,
     /// The authoritative server to query for verification.
     pub dns_server: SocketAddr,
     pub connect: Option<Through>,
@@ -218,6 +252,9 @@ struct RawPowerDns {
     name: String,
     ttl: Option<u32>,
     api_key: Option<toml::Value>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_http: bool,
     dns_server: String,
     connect: Option<String>,
     password: Option<toml::Value>,
@@ -321,6 +358,13 @@ impl Validator {
                     "name one of the spec's nodes",
                 ));
             };
+            if node.role == super::Role::Replica {
+                return Err(self.err(
+                    field,
+                    format!("{name} is a replica; a route only ever points at the primary or the target"),
+                    "remove this entry (give targets for the primary and the target only)",
+                ));
+            }
             let target = match text.parse::<SocketAddr>() {
                 Ok(sa) => Target {
                     host: sa.ip().to_string(),
@@ -341,6 +385,23 @@ impl Validator {
             out.insert(name, target);
         }
         let targets = Targets(out);
+        let pointed: Vec<&Node> = nodes
+            .iter()
+            .filter(|n| n.role != super::Role::Replica)
+            .collect();
+        let ips: Vec<(&str, IpAddr)> = pointed
+            .iter()
+            .filter_map(|n| targets.of(n).ip().map(|ip| (n.name.as_str(), ip)))
+            .collect();
+        if let [(a, ipa), rest @ ..] = ips.as_slice() {
+            if let Some((b, ipb)) = rest.iter().find(|(_, ip)| ip.is_ipv4() != ipa.is_ipv4()) {
+                return Err(self.err(
+                    format!("{f}.targets.{b}"),
+                    format!("{a} is reached at {ipa} and {b} at {ipb}: one route cannot switch between IPv4 and IPv6 (an A record cannot become an AAAA record, a DNAT rule is per family)"),
+                    format!("give targets.{b} an address of the same family as {a}'s"),
+                ));
+            }
+        }
         if need_ip {
             for n in nodes.iter().filter(|n| n.role != super::Role::Replica) {
                 if targets.of(n).ip().is_none() {
@@ -408,6 +469,49 @@ impl Validator {
             })
     }
 
+    /// The PowerDNS API's base URL: http(s), no user:password@ (the key goes in api_key), and
+    /// https unless the API is on loopback or the spec says `insecure_http = true`.
+    fn api_url(&self, field: &str, api: &str, insecure_http: bool) -> Result<(), SpecError> {
+        self.plain_text(field, api, "URL")?;
+        let url = reqwest::Url::parse(api).map_err(|e| {
+            self.err(
+                field,
+                format!("{api:?} is not a URL ({e})"),
+                "write the API's base URL, e.g. \"https://10.0.0.53:8081\"",
+            )
+        })?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.err(
+                field,
+                "the URL carries a user name or password; secrets are not allowed inline",
+                "remove user:password@ from api and give the key as api_key = { env = \"VAR\" } or { file = \"PATH\" }",
+            ));
+        }
+        if url.port() == Some(0) {
+            return Err(self.err(
+                field,
+                "port 0 is not a port",
+                "give the API's port (1-65535)",
+            ));
+        }
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if loopback || insecure_http => Ok(()),
+            "http" => Err(self.err(
+                field,
+                "plain http to a remote API would send the API key unencrypted",
+                "use https:// (with ca_file for a private CA), or set insecure_http = true if the network is trusted",
+            )),
+            other => Err(self.err(field, format!("{other}:// is not http(s)"), "write the API's base URL, e.g. \"https://10.0.0.53:8081\"")),
+        }
+    }
+
     fn absolute(&self, field: &str, p: &std::path::Path, what: &str) -> Result<(), SpecError> {
         if p.is_absolute() {
             Ok(())
@@ -454,6 +558,11 @@ impl Validator {
                     &raw.config,
                     "pgbouncer.ini on the pooler's host",
                 )?;
+                for (j, db) in raw.databases.iter().enumerate() {
+                    if !super::values::plain_identifier(db) {
+                        return Err(self.err(format!("{f}.databases[{j}]"), format!("{db:?} is not a plain database name"), "list [databases] entries by name: letters, digits, '_', '-' or '.' (they go into PAUSE/RESUME console commands)"));
+                    }
+                }
                 Ok(Route::PgBouncer(Box::new(PgBouncerRoute {
                     admin: self.conninfo(&format!("{f}.admin"), &raw.admin)?,
                     password: self.secret(&format!("{f}.password"), raw.password)?,
@@ -476,7 +585,11 @@ impl Validator {
                     "haproxy.cfg on the proxy's host",
                 )?;
                 for (k, v) in [("backend", &raw.backend), ("server", &raw.server)] {
-                    if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '/') {
+                    if v.is_empty()
+                        || v.contains(|c: char| {
+                            c.is_whitespace() || c.is_control() || c == '/' || c == ';'
+                        })
+                    {
                         return Err(self.err(
                             format!("{f}.{k}"),
                             format!("{v:?} is not an HAProxy {k} name"),
@@ -510,12 +623,15 @@ impl Validator {
             }
             "powerdns" => {
                 let raw: RawPowerDns = self.settings(f, "powerdns", r.settings, "api (base URL), server_id, zone, name, ttl, api_key, dns_server (ip:port), connect, password, targets")?;
-                if !(raw.api.starts_with("http://") || raw.api.starts_with("https://")) {
-                    return Err(self.err(
-                        format!("{f}.api"),
-                        format!("{:?} is not an http(s) URL", raw.api),
-                        "write the API's base URL, e.g. \"http://10.0.0.53:8081\"",
-                    ));
+                self.api_url(&format!("{f}.api"), &raw.api, raw.insecure_http)?;
+                if let Some(sid) = &raw.server_id {
+                    if !super::values::plain_identifier(sid) {
+                        return Err(self.err(
+                            format!("{f}.server_id"),
+                            format!("{sid:?} is not a PowerDNS server id"),
+                            "leave server_id out for \"localhost\", or give the id the API lists",
+                        ));
+                    }
                 }
                 let api_key = self.api_secret(&format!("{f}.api_key"), raw.api_key)?;
                 Ok(Route::PowerDns(Box::new(PowerDnsRoute {
@@ -525,6 +641,7 @@ impl Validator {
                     name: self.fqdn(&format!("{f}.name"), &raw.name)?,
                     ttl: raw.ttl.unwrap_or(30),
                     api_key,
+                    ca_file: raw.ca_file.map(|p| self.relative_to_spec(&p)),
                     dns_server: self.socket_addr(
                         &format!("{f}.dns_server"),
                         &raw.dns_server,
@@ -550,15 +667,30 @@ impl Validator {
                         "use letters, digits and '_'",
                     ));
                 }
+                let listen = self.socket_addr(&format!("{f}.listen"), &raw.listen, 5432)?;
+                let targets = self.targets(f, raw.targets, nodes, true)?;
+                for n in nodes.iter().filter(|n| n.role != super::Role::Replica) {
+                    if targets
+                        .of(n)
+                        .ip()
+                        .is_some_and(|ip| ip.is_ipv4() != listen.is_ipv4())
+                    {
+                        return Err(self.err(
+                            format!("{f}.targets.{}", n.name),
+                            format!("the route listens on {listen} but {} is at {}: DNAT cannot cross address families", n.name, targets.of(n)),
+                            "give listen and every target addresses of one family",
+                        ));
+                    }
+                }
                 Ok(Route::Nat(Box::new(NatRoute {
-                    listen: self.socket_addr(&format!("{f}.listen"), &raw.listen, 5432)?,
+                    listen,
                     table,
                     hook,
                     host: self.host(&format!("{f}.host"), raw.host)?,
                     connect: self
                         .through(f, Some(raw.connect), raw.password)?
                         .expect("given"),
-                    targets: self.targets(f, raw.targets, nodes, true)?,
+                    targets,
                 })))
             }
             "exec" => {
@@ -591,13 +723,24 @@ impl Validator {
                         )
                     })?,
                 };
+                for (j, arg) in command.iter().enumerate() {
+                    self.plain_text(&format!("{f}.command[{j}]"), arg, "argument")?;
+                }
+                if command[0].trim().is_empty() {
+                    return Err(self.err(
+                        format!("{f}.command[0]"),
+                        "the program is empty",
+                        "give the plugin's path or its name on PATH as the first element",
+                    ));
+                }
                 Ok(Route::Exec(Box::new(ExecRoute {
                     name: raw.name,
                     command,
-                    timeout: self.duration(
+                    timeout: self.bounded(
                         &format!("{f}.timeout"),
                         raw.timeout,
                         Duration::from_secs(30),
+                        super::values::Bounds::new(super::values::SECOND, super::values::HOUR),
                     )?,
                     config,
                     connect: self.through(f, raw.connect, raw.password)?,

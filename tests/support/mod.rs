@@ -71,6 +71,16 @@ pub fn migrate(args: &[&str]) -> Output {
         .expect("run migrate")
 }
 
+/// The same with extra environment.
+pub fn migrate_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    std::process::Command::new(migrate_bin())
+        .args(args)
+        .env_remove("MIGRATE_SPEC")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run migrate")
+}
+
 /// The binary ended with `want`; otherwise fail showing everything it printed.
 #[track_caller]
 pub fn assert_exit(out: &Output, want: Exit) {
