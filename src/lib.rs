@@ -12,6 +12,7 @@ pub mod lab;
 pub mod pg;
 pub mod plans;
 pub mod preflight;
+pub mod redact;
 pub mod rehearse;
 pub mod replication;
 pub mod route;

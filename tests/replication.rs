@@ -180,13 +180,6 @@ impl Chain {
             self.slots("old").await.is_empty(),
             "{ctx}: leaked slot on old"
         );
-        for n in STANDBYS {
-            let tmp = migrate::steps::chain::temp_passfile(n, &self.lab.lab.data_dir(n));
-            assert!(
-                !std::path::Path::new(&tmp).exists(),
-                "{ctx}: {tmp} (a password) was left behind"
-            );
-        }
     }
 
     /// Back to a lab with only the old primary (what `lab up` made), by hand.

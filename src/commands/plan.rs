@@ -17,6 +17,8 @@ use crate::ui::Ui;
 pub async fn run(g: &Global, args: &PlanArgs, ui: &Ui) -> Result<Exit> {
     let path = super::spec_path(g)?;
     let spec = Arc::new(spec::load(&path)?);
+    // Before any server is asked anything: a state directory that cannot be used is refused.
+    crate::engine::state_dir::check(&spec.state_dir)?;
     let checks = preflight::run(&spec).await;
     let ready = preflight::ready(&checks);
     let record = preflight::record::PlanRecord {
@@ -33,7 +35,8 @@ pub async fn run(g: &Global, args: &PlanArgs, ui: &Ui) -> Result<Exit> {
     if let Some(file) = &args.runbook {
         let back = plans::build(cutover::SWITCHBACK, &spec)?.steps;
         let md = crate::runbook::render(&spec, &checks, &chain, &switchover, &back);
-        crate::host::local::write_atomic(file, md.as_bytes(), 0o644, None)
+        // 0600: a runbook names hosts, users and secret references.
+        crate::host::local::write_atomic(file, md.as_bytes(), 0o600, None)
             .with_context(|| format!("write the runbook {}", file.display()))?;
         ui.line(format!("runbook written: {}", file.display()));
     }

@@ -10,6 +10,9 @@ use crate::ui::Ui;
 
 pub fn run(g: &Global, ui: &Ui) -> Result<Exit> {
     let spec = spec::load(&super::spec_path(g)?)?;
+    for w in &spec.warnings {
+        ui.warn(w);
+    }
     if ui.json() {
         let nodes: Vec<_> = spec
             .nodes
@@ -22,7 +25,7 @@ pub fn run(g: &Global, ui: &Ui) -> Result<Exit> {
                 })
             })
             .collect();
-        ui.emit_json(&json!({ "valid": true, "name": spec.name, "state_dir": spec.state_dir, "nodes": nodes }));
+        ui.emit_json(&json!({ "valid": true, "name": spec.name, "state_dir": spec.state_dir, "nodes": nodes, "warnings": spec.warnings }));
         return Ok(Exit::Done);
     }
     ui.line(format!(

@@ -6,9 +6,9 @@
 //! last line (a crash mid-write), reports it, and ignores it; a bad line anywhere else is
 //! corruption and is refused with its line number.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Seek, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -182,7 +182,8 @@ pub struct Contents {
 }
 
 pub fn read(path: &Path) -> Result<Contents> {
-    let bytes = std::fs::read(path).with_context(|| format!("read journal {}", path.display()))?;
+    let bytes =
+        super::state_dir::read(path).with_context(|| format!("read journal {}", path.display()))?;
     parse(&bytes, path)
 }
 
@@ -256,10 +257,9 @@ impl Journal {
     pub fn create(dir: &Path, header: Event) -> Result<Journal> {
         ensure_state_dir(dir)?;
         let path = dir.join(JOURNAL_FILE);
-        let file = OpenOptions::new()
+        let file = super::state_dir::options()
             .create_new(true)
             .append(true)
-            .mode(0o600)
             .open(&path)
             .with_context(|| format!("create journal {}", path.display()))?;
         let mut j = Journal {
@@ -279,7 +279,7 @@ impl Journal {
     pub fn open(dir: &Path) -> Result<(Journal, Contents)> {
         let path = dir.join(JOURNAL_FILE);
         let contents = read(&path)?;
-        let mut file = OpenOptions::new()
+        let mut file = super::state_dir::options()
             .read(true)
             .write(true)
             .open(&path)
@@ -309,7 +309,11 @@ impl Journal {
             ts: Utc::now(),
             event,
         };
+        // No secret reaches the disk, whoever wrote the text (a plugin's answer, an error).
         let mut line = encode(&record)?;
+        if crate::redact::redact(&line) != line {
+            line = encode(&redacted(&record)?)?;
+        }
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
@@ -322,18 +326,23 @@ impl Journal {
     }
 }
 
-/// The state directory: created 0700 (and tightened if it exists looser).
+/// The record with every remembered secret masked in its text (re-encoded, so the checksum
+/// covers what is written).
+fn redacted(record: &Record) -> Result<Record> {
+    let json = serde_json::to_string(record)?;
+    Ok(serde_json::from_str(&crate::redact::redact(&json))?)
+}
+
+/// The state directory: created 0700, or checked (see [`super::state_dir`]).
 pub fn ensure_state_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("create state directory {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod 700 {}", dir.display()))?;
-    Ok(())
+    super::state_dir::ensure(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::PermissionsExt;
 
     fn rec(seq: u64, event: Event) -> Record {
         Record {

@@ -1,9 +1,8 @@
 //! Exclusivity: a lock file in the state directory (non-blocking, holding the holder's pid).
 //! The PostgreSQL advisory lock on the old primary is `crate::pg::advisory`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -21,12 +20,11 @@ impl StateLock {
     pub fn acquire(state_dir: &Path, command: &str) -> Result<StateLock> {
         ensure_state_dir(state_dir)?;
         let path = state_dir.join("lock");
-        let file = OpenOptions::new()
+        let file = super::state_dir::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o600)
             .open(&path)
             .with_context(|| format!("open lock file {}", path.display()))?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {

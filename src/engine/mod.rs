@@ -17,6 +17,7 @@ pub mod lock;
 pub mod model;
 pub mod replay;
 pub mod runner;
+pub mod state_dir;
 pub mod step;
 
 pub use error::{Next, RunError, Stop};

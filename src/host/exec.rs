@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::AsyncWriteExt;
 
 use super::quote::shell_join;
@@ -16,6 +16,8 @@ pub struct Cmd {
     pub stdin: Option<Vec<u8>>,
     pub timeout: Duration,
     pub env: Vec<(String, String)>,
+    /// The most of stdout kept; more is an error (a plugin or a host gone wrong).
+    pub output_limit: usize,
 }
 
 impl Cmd {
@@ -29,6 +31,7 @@ impl Cmd {
             stdin: None,
             timeout: super::QUICK,
             env: Vec::new(),
+            output_limit: OUTPUT_LIMIT,
         }
     }
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Cmd {
@@ -43,9 +46,47 @@ impl Cmd {
         self.env.push((key.into(), value.into()));
         self
     }
+    pub fn output_limit(mut self, bytes: usize) -> Cmd {
+        self.output_limit = bytes;
+        self
+    }
     /// The command as a shell would read it (for messages; environment values are not shown).
     pub fn display(&self) -> String {
         shell_join(&self.argv)
+    }
+}
+
+/// Runs `"$@"` with `PGPASSFILE` pointing into a fresh `mktemp -d` folder (0700, random name)
+/// that holds stdin as the passfile, and removes the folder when the command ends or the
+/// shell is signalled. Nothing predictable in a shared /tmp, nothing left behind by a clone.
+const PRIVATE_PASSFILE: &str = r#"set -e
+umask 077
+d=$(mktemp -d "${TMPDIR:-/tmp}/migrate-pass.XXXXXXXXXX")
+trap 'rm -rf -- "$d"' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+cat > "$d/pgpass"
+PGPASSFILE="$d/pgpass" "$@" </dev/null
+"#;
+
+impl Cmd {
+    /// This command with `passfile` (libpq passfile lines) available to it as `PGPASSFILE`,
+    /// in a private folder on whichever host runs it (see `PRIVATE_PASSFILE`). The secret
+    /// travels on stdin, never in an argv or an environment.
+    pub fn with_private_passfile(self, passfile: &str) -> Cmd {
+        let mut argv = vec![
+            "sh".to_string(),
+            "-c".into(),
+            PRIVATE_PASSFILE.into(),
+            "migrate-passfile".into(),
+        ];
+        argv.extend(self.argv);
+        Cmd {
+            argv,
+            stdin: Some(passfile.as_bytes().to_vec()),
+            ..self
+        }
     }
 }
 
@@ -111,6 +152,78 @@ impl RunAs {
     }
 }
 
+/// What a child inherits from migrate's environment: enough to find programs, speak the
+/// operator's language and reach an ssh agent or a Docker daemon. Nothing else: no
+/// `PGPASSWORD`, no API key, no variable a spec names as a secret (a child that needs one gets
+/// it through [`Cmd::env`]).
+const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "SSH_AUTH_SOCK",
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+    "DOCKER_CONTEXT",
+];
+
+fn inherited(key: &str) -> bool {
+    INHERITED_ENV.contains(&key) || key.starts_with("LC_")
+}
+
+/// The most of a child's stdout (and of its stderr) kept in memory.
+pub const OUTPUT_LIMIT: usize = 16 << 20;
+
+/// Kills the child's whole process group unless disarmed: on a time-out and when the call is
+/// abandoned (Ctrl-C, an outer time box), so no grandchild (a plugin's helper, a shell's
+/// background job) outlives the command and acts late.
+struct GroupKiller(Option<nix::unistd::Pid>);
+
+impl GroupKiller {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Read a pipe to its end, keeping at most `limit` bytes (the rest is drained so the child
+/// never blocks); `true` when something was dropped.
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
+    pipe: Option<R>,
+    limit: usize,
+) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let Some(mut pipe) = pipe else {
+        return (Vec::new(), false);
+    };
+    let mut out = Vec::new();
+    let mut over = false;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = limit.saturating_sub(out.len());
+                out.extend_from_slice(&buf[..n.min(room)]);
+                over |= n > room;
+            }
+        }
+    }
+    (out, over)
+}
+
 pub async fn run_process(cmd: &Cmd, run_as: Option<&RunAs>) -> Result<Output> {
     let (prog, args) = cmd
         .argv
@@ -125,6 +238,10 @@ pub async fn run_process(cmd: &Cmd, run_as: Option<&RunAs>) -> Result<Output> {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(inherited)))
+        // Its own process group, so a time-out can kill everything it started.
+        .process_group(0)
         .kill_on_drop(true);
     for (k, v) in &cmd.env {
         c.env(k, v);
@@ -142,6 +259,7 @@ pub async fn run_process(cmd: &Cmd, run_as: Option<&RunAs>) -> Result<Output> {
     let mut child = c
         .spawn()
         .with_context(|| format!("run `{}`", cmd.display()))?;
+    let mut group = GroupKiller(child.id().map(|p| nix::unistd::Pid::from_raw(p as i32)));
     if let Some(data) = &cmd.stdin {
         let mut stdin = child.stdin.take().expect("piped");
         let data = data.clone();
@@ -150,19 +268,42 @@ pub async fn run_process(cmd: &Cmd, run_as: Option<&RunAs>) -> Result<Output> {
             let _ = stdin.shutdown().await;
         });
     }
-    match tokio::time::timeout(cmd.timeout, child.wait_with_output()).await {
-        Ok(out) => {
-            let out = out.with_context(|| format!("wait for `{}`", cmd.display()))?;
+    let limit = cmd.output_limit;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let ((out, out_over), (err, _), status) = tokio::join!(
+            read_capped(stdout, limit),
+            read_capped(stderr, limit),
+            child.wait()
+        );
+        (out, out_over, err, status)
+    };
+    match tokio::time::timeout(cmd.timeout, run).await {
+        Ok((stdout, over, stderr, status)) => {
+            let status = status.with_context(|| format!("wait for `{}`", cmd.display()))?;
+            // The leader is gone; what it left running in its group stays (a server started
+            // with pg_ctl has its own session). Only a time-out or an abandoned call kills it.
+            group.0 = None;
+            if over {
+                bail!(
+                    "`{}` printed more than {} KiB; refusing to read it",
+                    cmd.display(),
+                    limit >> 10
+                );
+            }
             Ok(Output {
-                code: out.status.code(),
-                stdout: out.stdout,
-                stderr: out.stderr,
+                code: status.code(),
+                stdout,
+                stderr,
             })
         }
-        Err(_) => Err(anyhow!(
-            "`{}` did not finish within {:?}; it was killed",
-            cmd.display(),
-            cmd.timeout
-        )),
+        Err(_) => {
+            group.kill();
+            Err(anyhow!(
+                "`{}` did not finish within {:?}; it was killed with everything it started",
+                cmd.display(),
+                cmd.timeout
+            ))
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! This machine, optionally running commands as another OS user (root → `postgres`).
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
@@ -54,7 +54,7 @@ impl Host for LocalHost {
         owner: Option<&str>,
     ) -> Result<()> {
         let owner = match owner {
-            Some(name) => Some(RunAs::lookup(name)?),
+            Some(name) => Some(numeric_owner(name).map_or_else(|| RunAs::lookup(name), Ok)?),
             None => self.run_as.clone(),
         };
         let path = path.to_path_buf();
@@ -80,7 +80,20 @@ impl Host for LocalHost {
     }
 }
 
-/// Temporary file in the same directory, fsync, chown/chmod, rename, fsync the directory.
+/// An owner given as `uid:gid` (as [`super::parse_stat`] reads it).
+fn numeric_owner(owner: &str) -> Option<RunAs> {
+    let (u, g) = owner.split_once(':')?;
+    Some(RunAs {
+        name: owner.to_string(),
+        uid: u.parse().ok()?,
+        gid: g.parse().ok()?,
+        home: "/".into(),
+    })
+}
+
+/// Temporary file in the same directory (random name, `O_EXCL`, never a planted link: the
+/// `tempfile` crate), write, fsync, chown/chmod on the open file, rename over the target
+/// (which replaces a link rather than following it), fsync the directory.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, owner: Option<&RunAs>) -> Result<()> {
     let dir = path
         .parent()
@@ -89,38 +102,32 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, owner: Option<&RunA
     let name = path
         .file_name()
         .ok_or_else(|| anyhow!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.migrate-tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("create {}", tmp.display()))?;
-        f.write_all(contents)
-            .with_context(|| format!("write {}", tmp.display()))?;
-        if let Some(u) = owner {
-            if nix::unistd::geteuid().is_root() {
-                std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid))
-                    .with_context(|| format!("chown {} to {}", tmp.display(), u.name))?;
-            }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(
+            "{}.{}.",
+            crate::engine::state_dir::TEMP_PREFIX,
+            name.to_string_lossy()
+        ))
+        .tempfile_in(dir)
+        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
+    let f = tmp.as_file_mut();
+    f.write_all(contents)
+        .with_context(|| format!("write {}", tmp.path().display()))?;
+    if let Some(u) = owner {
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::fchown(tmp.as_file(), Some(u.uid), Some(u.gid))
+                .with_context(|| format!("chown {} to {}", tmp.path().display(), u.name))?;
         }
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.sync_all()
-            .with_context(|| format!("fsync {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("rename into {}", path.display()))?;
-        std::fs::File::open(dir)?
-            .sync_all()
-            .with_context(|| format!("fsync {}", dir.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
     }
-    result
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("fsync {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!("rename into {}: {}", path.display(), e.error))?;
+    std::fs::File::open(dir)?
+        .sync_all()
+        .with_context(|| format!("fsync {}", dir.display()))?;
+    Ok(())
 }

@@ -106,6 +106,23 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     /// Remove a file; a missing file is not an error.
     async fn remove_file(&self, path: &Path) -> Result<()>;
 
+    /// Replace an existing file's contents keeping its mode and owner (a config file the
+    /// operator owns: pgbouncer.ini, haproxy.cfg).
+    async fn rewrite_file(&self, path: &Path, contents: &[u8]) -> Result<()> {
+        let shown = path.display().to_string();
+        let out = self
+            .run_ok(&Cmd::new(["stat", "-L", "-c", "%a %u %g", "--", &shown]))
+            .await?;
+        let text = out.stdout_text();
+        let (mode, owner) = parse_stat(&text).ok_or_else(|| {
+            anyhow::anyhow!(
+                "on {}: cannot read the mode of {shown}: {text:?}",
+                self.describe()
+            )
+        })?;
+        self.write_file(path, contents, mode, Some(&owner)).await
+    }
+
     /// Run and require exit status 0; the error names the host, the command and its stderr.
     async fn run_ok(&self, cmd: &Cmd) -> Result<Output> {
         let out = self.run(cmd).await?;
@@ -120,6 +137,15 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         }
         Ok(out)
     }
+}
+
+/// `stat -c '%a %u %g'` → (mode, "uid:gid").
+pub fn parse_stat(text: &str) -> Option<(u32, String)> {
+    let mut it = text.split_whitespace();
+    let mode = u32::from_str_radix(it.next()?, 8).ok()?;
+    let uid: u32 = it.next()?.parse().ok()?;
+    let gid: u32 = it.next()?.parse().ok()?;
+    Some((mode, format!("{uid}:{gid}")))
 }
 
 /// The default time limit for host commands that should be quick.

@@ -23,20 +23,25 @@ pub struct RemoteHost {
     label: String,
 }
 
-/// Atomic write on the far side: temp file, chmod/chown, sync, rename, sync the directory.
+/// Atomic write on the far side: a fresh temporary file (`mktemp`: random name, created
+/// exclusively, never a planted file or link), chmod/chown, fsync, rename, fsync the
+/// directory. `sync FILE` needs coreutils 8.24; where it takes no file, a full `sync` runs.
 const WRITE_SCRIPT: &str = r#"set -e
 dest=$1; mode=$2; owner=$3
 dir=$(dirname -- "$dest")
-tmp="$dir/.$(basename -- "$dest").migrate-tmp.$$"
-trap 'rm -f -- "$tmp"' EXIT
 umask 077
+tmp=$(mktemp "$dir/.migrate-tmp.XXXXXXXXXX")
+trap 'rm -f -- "$tmp"' EXIT
 cat > "$tmp"
 chmod "$mode" "$tmp"
-if [ -n "$owner" ]; then chown "$owner:" "$tmp"; fi
-sync "$tmp" 2>/dev/null || true
+case $owner in
+  *:*) chown "$owner" "$tmp" ;;
+  ?*) chown "$owner:" "$tmp" ;;
+esac
+sync -- "$tmp" 2>/dev/null || sync
 mv -f -- "$tmp" "$dest"
 trap - EXIT
-sync "$dir" 2>/dev/null || true
+sync -- "$dir" 2>/dev/null || sync
 "#;
 
 impl RemoteHost {
@@ -144,6 +149,7 @@ impl Host for RemoteHost {
             stdin: cmd.stdin.clone(),
             timeout: cmd.timeout,
             env: Vec::new(),
+            output_limit: cmd.output_limit,
         };
         let out = run_process(&wrapped, None)
             .await

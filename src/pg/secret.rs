@@ -24,7 +24,7 @@ impl SecretRef {
     /// A non-PostgreSQL secret (an API key): the variable's value or the file's content.
     pub fn resolve_plain(&self) -> Result<Secret> {
         match self {
-            SecretRef::Env(var) => std::env::var(var).map(Secret).map_err(|_| {
+            SecretRef::Env(var) => std::env::var(var).map(Secret::new).map_err(|_| {
                 anyhow::anyhow!(
                     "the secret is taken from the environment variable {var}, which is not set; export it before running migrate"
                 )
@@ -40,7 +40,7 @@ impl SecretRef {
                 }
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("read the secret file {}", path.display()))?;
-                Ok(Secret(text.trim().to_string()))
+                Ok(Secret::new(text.trim()))
             }
             SecretRef::Passfile(p) => bail!(
                 "{} is a PostgreSQL passfile; this secret is not a database password: use {{ env = \"VAR\" }} or {{ file = \"PATH\" }}",
@@ -64,8 +64,11 @@ impl fmt::Display for SecretRef {
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret value; remembered so that no output can show it (see [`crate::redact`]).
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        let value = value.into();
+        crate::redact::remember(&value);
+        Secret(value)
     }
     pub fn expose(&self) -> &str {
         &self.0
@@ -93,7 +96,7 @@ pub fn resolve_password(
 ) -> Result<Option<Secret>> {
     match reference {
         Some(SecretRef::Env(var)) => match std::env::var(var) {
-            Ok(v) => Ok(Some(Secret(v))),
+            Ok(v) => Ok(Some(Secret::new(v))),
             Err(_) => bail!(
                 "the password is taken from the environment variable {var}, which is not set; \
                  export it before running migrate"
@@ -113,7 +116,7 @@ pub fn resolve_password(
         },
         None => {
             if let Ok(v) = std::env::var("PGPASSWORD") {
-                return Ok(Some(Secret(v)));
+                return Ok(Some(Secret::new(v)));
             }
             let default = conninfo
                 .get("passfile")
@@ -173,7 +176,7 @@ pub fn lookup_passfile(path: &Path, conninfo: &Conninfo) -> Result<Option<Secret
             .zip(wanted)
             .all(|(f, w)| f == "*" || f == w)
         {
-            return Ok(Some(Secret(fields[4].clone())));
+            return Ok(Some(Secret::new(fields[4].clone())));
         }
     }
     Ok(None)

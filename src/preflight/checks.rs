@@ -193,6 +193,9 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
     }
     let primary = spec.primary();
     let Some(p) = facts.get(&primary.name) else {
+        // Everything that does not need the primary is still reported.
+        routes(&mut checks, spec, false).await;
+        spec_checks(&mut checks, spec);
         return checks;
     };
 
@@ -329,11 +332,93 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
     reverse_path(&mut checks, spec, &facts).await;
     replication_auth(&mut checks, spec, &facts).await;
 
-    // Every route: reachable, authenticated, and pointing at the old primary now.
+    routes(&mut checks, spec, true).await;
+    spec_checks(&mut checks, spec);
+    checks
+}
+
+/// What plan can tell without the primary: the spec's own findings, the window, every
+/// secret file (checked when the spec was loaded), the TLS of each replication hop.
+fn spec_checks(checks: &mut Vec<Check>, spec: &Spec) {
+    if let Some(w) = spec.cutover.window {
+        if w.end <= chrono::Utc::now() {
+            checks.push(Check::fail(
+                "window",
+                format!("the window ended at {}", w.end.to_rfc3339()),
+                "set a future window in the spec, or use --force-window",
+            ));
+        } else {
+            checks.push(Check::pass(
+                "window",
+                format!("window {} – {}", w.start.to_rfc3339(), w.end.to_rfc3339()),
+            ));
+        }
+    }
+    let secrets: Vec<String> = crate::spec::local::files(spec)
+        .into_iter()
+        .filter(|f| f.kind == crate::spec::local::FileKind::Secret)
+        .map(|f| f.path.display().to_string())
+        .collect();
+    checks.push(Check::pass(
+        "secret_files",
+        if secrets.is_empty() {
+            "the spec names no secret file".to_string()
+        } else {
+            format!("private (0600, ours): {}", secrets.join(", "))
+        },
+    ));
+    for n in spec.nodes.iter().filter(|n| n.upstream.is_some()) {
+        let up = n
+            .upstream
+            .as_deref()
+            .and_then(|u| spec.node(u))
+            .expect("validated");
+        let mode = up.conninfo.get("sslmode").unwrap_or("prefer");
+        let id = format!("replication_tls:{}", n.name);
+        if matches!(mode, "verify-ca" | "verify-full") {
+            checks.push(Check::pass(
+                id,
+                format!("{} streams from {} with sslmode={mode}", n.name, up.name),
+            ));
+        } else {
+            checks.push(Check::warn(
+                id,
+                format!("{} streams from {} with sslmode={mode}: the server is not authenticated, the stream can be read or redirected on the way", n.name, up.name),
+                format!("set sslmode=verify-full (and sslrootcert) in {}'s conninfo, which the stream inherits; fine on a private link", up.name),
+            ));
+        }
+    }
+    for w in &spec.warnings {
+        checks.push(Check::warn(
+            "spec",
+            w.clone(),
+            "see the spec reference in the README",
+        ));
+    }
+}
+
+/// Every route: reachable, authenticated, and pointing at the old primary now. With the
+/// primary down, what each route points at now (nothing can be connected through).
+async fn routes(checks: &mut Vec<Check>, spec: &Spec, primary_up: bool) {
+    let primary = spec.primary();
     match crate::route::open(&spec.routes) {
         Ok(routers) => {
             for (i, r) in routers.iter().enumerate() {
                 let id = format!("route:{i}");
+                if !primary_up {
+                    match r.current().await {
+                        Ok(v) => checks.push(Check::pass(
+                            id,
+                            format!("{} is reachable; now: {v}", r.describe()),
+                        )),
+                        Err(e) => checks.push(Check::fail(
+                            id,
+                            format!("{}: {e:#}", r.describe()),
+                            "the route must be reachable with the spec's credentials",
+                        )),
+                    }
+                    continue;
+                }
                 match r.verify(primary).await {
                     Ok(_) => checks.push(Check::pass(id, format!("{} reaches {} as a writable primary", r.describe(), primary.name))),
                     Err(e) => checks.push(Check::fail(
@@ -350,23 +435,6 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
             "check the route's host control",
         )),
     }
-
-    // The window.
-    if let Some(w) = spec.cutover.window {
-        if w.end <= chrono::Utc::now() {
-            checks.push(Check::fail(
-                "window",
-                format!("the window ended at {}", w.end.to_rfc3339()),
-                "set a future window in the spec, or use --force-window",
-            ));
-        } else {
-            checks.push(Check::pass(
-                "window",
-                format!("window {} – {}", w.start.to_rfc3339(), w.end.to_rfc3339()),
-            ));
-        }
-    }
-    checks
 }
 
 fn capacity(checks: &mut Vec<Check>, f: &Facts, node: &str, senders: i64, slots: i64, when: &str) {
@@ -885,35 +953,24 @@ async fn reverse_path(checks: &mut Vec<Check>, spec: &Spec, facts: &BTreeMap<Str
 async fn replication_probe(m: &Member) -> anyhow::Result<(bool, String)> {
     let server = m.server()?;
     let password = m.replication_password()?;
-    let tmp = format!(
-        "/tmp/migrate-{}-preflight-{}.pgpass",
-        m.name(),
-        std::process::id()
-    );
-    if let Some(pw) = &password {
-        m.host
-            .write_file(tmp.as_ref(), m.passfile_line(pw).as_bytes(), 0o600, None)
-            .await?;
-    }
     let conninfo = m
-        .replication_conninfo(password.as_ref().map(|_| tmp.as_str()))?
+        .replication_conninfo(None)?
         .with("replication", "true")
         .with("dbname", "replication")
         .with("connect_timeout", "10");
-    let out = m
-        .host
-        .run(&Cmd::new([
-            server.tool("psql"),
-            "-X".into(),
-            "-w".into(),
-            "-Atc".into(),
-            "IDENTIFY_SYSTEM".into(),
-            conninfo.to_libpq_string(),
-        ]))
-        .await;
-    if password.is_some() {
-        let _ = m.host.remove_file(tmp.as_ref()).await;
-    }
+    let probe = Cmd::new([
+        server.tool("psql"),
+        "-X".into(),
+        "-w".into(),
+        "-Atc".into(),
+        "IDENTIFY_SYSTEM".into(),
+        conninfo.to_libpq_string(),
+    ]);
+    let probe = match &password {
+        Some(pw) => probe.with_private_passfile(&m.passfile_line(pw)),
+        None => probe,
+    };
+    let out = m.host.run(&probe).await;
     let out = out?;
     Ok((out.success(), out.stderr_tail()))
 }

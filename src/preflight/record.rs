@@ -33,7 +33,7 @@ pub fn write(state_dir: &Path, record: &PlanRecord) -> Result<()> {
 }
 
 pub fn read(state_dir: &Path) -> Result<Option<PlanRecord>> {
-    match std::fs::read(path(state_dir)) {
+    match crate::engine::state_dir::read(&path(state_dir)) {
         Ok(b) => Ok(Some(
             serde_json::from_slice(&b).context("read the plan record")?,
         )),

@@ -18,6 +18,9 @@ use crate::spec::{ExecRoute, Node};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// A plugin's answer is one small JSON object; more than this is refused.
+const OUTPUT_LIMIT: usize = 1 << 20;
+
 pub struct Exec {
     cfg: ExecRoute,
 }
@@ -45,9 +48,15 @@ impl Exec {
         if let Some(n) = from {
             req["from"] = self.endpoint(n);
         }
-        let cmd = Cmd::new(self.cfg.command.clone())
+        let mut cmd = Cmd::new(self.cfg.command.clone())
             .stdin(serde_json::to_vec(&req)?)
-            .timeout(self.cfg.timeout);
+            .timeout(self.cfg.timeout)
+            .output_limit(OUTPUT_LIMIT);
+        for var in &self.cfg.env {
+            if let Ok(v) = std::env::var(var) {
+                cmd = cmd.env(var, v);
+            }
+        }
         let out = run_process(&cmd, None).await.with_context(|| {
             format!(
                 "route plugin {} (is `{}` installed and executable?)",

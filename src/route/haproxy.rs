@@ -144,7 +144,7 @@ impl HaProxy {
             return Ok(false);
         }
         self.host
-            .write_file(&self.cfg.config, new.as_bytes(), 0o644, None)
+            .rewrite_file(&self.cfg.config, new.as_bytes())
             .await
             .with_context(|| format!("rewrite {}", self.cfg.config.display()))?;
         Ok(true)

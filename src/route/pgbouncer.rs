@@ -177,6 +177,62 @@ fn ini_setting(ini: &str, section: &str, key: &str) -> Option<String> {
     None
 }
 
+/// A `[databases]` value with only its `host=` and `port=` values replaced (added when
+/// missing); every other token (`password=`, `auth_user=`, `pool_size=`, …) stays as written.
+pub fn repoint_entry(value: &str, host: &str, port: &str) -> String {
+    let mut out = String::new();
+    let mut seen_host = false;
+    let mut seen_port = false;
+    let mut rest = value.trim();
+    while !rest.is_empty() {
+        let (token, after) = split_token(rest);
+        let key = token.split('=').next().unwrap_or("").trim();
+        let replaced = match key {
+            "host" => {
+                seen_host = true;
+                format!("host={host}")
+            }
+            "port" => {
+                seen_port = true;
+                format!("port={port}")
+            }
+            _ => token.to_string(),
+        };
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&replaced);
+        rest = after.trim_start();
+    }
+    if !seen_host {
+        out = format!("host={host} {out}");
+    }
+    if !seen_port {
+        out.push_str(&format!(" port={port}"));
+    }
+    out.trim().to_string()
+}
+
+/// The first `key=value` token (a quoted value may hold spaces) and what follows it.
+fn split_token(s: &str) -> (&str, &str) {
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut seen_eq = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '=' => seen_eq = true,
+            '\'' if seen_eq => quoted = !quoted,
+            c if c.is_whitespace() && !quoted && seen_eq && !s[..i].trim_end().ends_with('=') => {
+                return (&s[..i], &s[i..]);
+            }
+            _ => {}
+        }
+    }
+    (s, "")
+}
+
 #[async_trait]
 impl Router for PgBouncer {
     fn describe(&self) -> String {
@@ -261,15 +317,18 @@ impl Router for PgBouncer {
                     .is_some_and(|(k, _)| self.cfg.databases.iter().any(|d| d == k.trim()));
             if managed {
                 let (k, v) = t.split_once('=').expect("checked");
-                let c = Conninfo::parse(v.trim()).map_err(|e| {
+                Conninfo::parse(v.trim()).map_err(|e| {
                     anyhow!(
                         "the entry {} in {}: {e}",
                         k.trim(),
                         self.cfg.config.display()
                     )
                 })?;
-                let c = c.with("host", &host).with("port", &port);
-                out.push_str(&format!("{} = {}\n", k.trim(), c.to_libpq_string()));
+                out.push_str(&format!(
+                    "{} = {}\n",
+                    k.trim(),
+                    repoint_entry(v.trim(), &host, &port)
+                ));
             } else {
                 out.push_str(line);
                 out.push('\n');
@@ -277,7 +336,7 @@ impl Router for PgBouncer {
         }
         if out != ini {
             self.host
-                .write_file(&self.cfg.config, out.as_bytes(), 0o600, None)
+                .rewrite_file(&self.cfg.config, out.as_bytes())
                 .await?;
         }
         let c = self.console().await?;
@@ -324,5 +383,30 @@ impl Router for PgBouncer {
             );
         }
         Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repoint_entry;
+
+    #[test]
+    fn only_host_and_port_change() {
+        assert_eq!(
+            repoint_entry(
+                "host=10.0.0.1 port=5432 dbname=app password='se cret' pool_size=20",
+                "10.0.0.2",
+                "5433"
+            ),
+            "host=10.0.0.2 port=5433 dbname=app password='se cret' pool_size=20"
+        );
+        assert_eq!(
+            repoint_entry("dbname=app", "h", "1"),
+            "host=h dbname=app port=1"
+        );
+        assert_eq!(
+            repoint_entry("host = old  dbname=app", "new", "2"),
+            "host=new dbname=app port=2"
+        );
     }
 }

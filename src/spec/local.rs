@@ -145,6 +145,77 @@ fn host_files(field: &str, h: &HostSpec, push: &mut dyn FnMut(String, PathBuf, F
     }
 }
 
+/// Remember (for redaction) every secret value the spec references that can be read now:
+/// variables that are set, secret files, every password in a referenced passfile, and the
+/// variables handed to plugins. Best effort: what cannot be read is reported when it is used.
+pub fn remember_secrets(spec: &Spec) {
+    let mut refs: Vec<SecretRef> = Vec::new();
+    refs.extend(spec.replication.password.clone());
+    refs.extend(spec.nodes.iter().filter_map(|n| n.password.clone()));
+    for r in &spec.routes {
+        match r {
+            Route::PgBouncer(p) => refs.extend(p.password.clone()),
+            Route::HaProxy(h) => refs.extend(h.connect.password.clone()),
+            Route::Dns(d) => refs.extend(d.connect.as_ref().and_then(|t| t.password.clone())),
+            Route::PowerDns(p) => {
+                refs.push(p.api_key.clone());
+                refs.extend(p.connect.as_ref().and_then(|t| t.password.clone()));
+            }
+            Route::Nat(n) => refs.extend(n.connect.password.clone()),
+            Route::Exec(e) => {
+                refs.extend(e.env.iter().map(|v| SecretRef::Env(v.clone())));
+                refs.extend(e.connect.as_ref().and_then(|t| t.password.clone()));
+            }
+            Route::None => {}
+        }
+    }
+    for r in refs {
+        match r {
+            SecretRef::Env(var) => {
+                if let Ok(v) = std::env::var(var) {
+                    crate::redact::remember(&v);
+                }
+            }
+            SecretRef::File(p) => {
+                if let Ok(v) = std::fs::read_to_string(p) {
+                    crate::redact::remember(v.trim());
+                }
+            }
+            SecretRef::Passfile(p) => {
+                for line in std::fs::read_to_string(p).unwrap_or_default().lines() {
+                    if let Some(pw) = passfile_password(line) {
+                        crate::redact::remember(&pw);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The password field of a libpq passfile line (`host:port:db:user:password`, `\:` escapes).
+fn passfile_password(line: &str) -> Option<String> {
+    if line.trim_start().starts_with('#') {
+        return None;
+    }
+    let mut fields = 0;
+    let mut chars = line.chars();
+    let mut out = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let n = chars.next()?;
+                if fields == 4 {
+                    out.push(n);
+                }
+            }
+            ':' if fields < 4 => fields += 1,
+            c if fields == 4 => out.push(c),
+            _ => {}
+        }
+    }
+    (fields == 4 && !out.is_empty()).then_some(out)
+}
+
 /// Check every file; the first problem is the error.
 pub fn check(spec: &Spec) -> Result<(), SpecError> {
     let euid = nix::unistd::geteuid().as_raw();
@@ -259,7 +330,17 @@ fn program_problem(program: &Path) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::secret_verdict;
+    use super::{passfile_password, secret_verdict};
+
+    #[test]
+    fn passfile_passwords_are_found_for_redaction() {
+        assert_eq!(
+            passfile_password("*:*:*:repl:s3cr\\:et").as_deref(),
+            Some("s3cr:et")
+        );
+        assert_eq!(passfile_password("# h:p:d:u:pw"), None);
+        assert_eq!(passfile_password("h:p:d:u"), None);
+    }
 
     #[test]
     fn secret_files_are_private_regular_files_of_ours() {

@@ -170,6 +170,7 @@ pub fn load(path: &Path) -> Result<Spec, SpecError> {
     })?;
     let spec = parse(path, &text)?;
     local::check(&spec)?;
+    local::remember_secrets(&spec);
     Ok(spec)
 }
 

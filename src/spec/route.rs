@@ -198,6 +198,9 @@ pub struct ExecRoute {
     pub name: String,
     pub command: Vec<String>,
     pub timeout: Duration,
+    /// The variables of migrate's environment the plugin gets (its secrets); it gets no other
+    /// but PATH, HOME, the locale and the like.
+    pub env: Vec<String>,
     pub config: serde_json::Value,
     pub connect: Option<Through>,
     pub targets: Targets,
@@ -282,6 +285,8 @@ struct RawExec {
     name: String,
     command: Option<Vec<String>>,
     timeout: Option<String>,
+    #[serde(default)]
+    env: Vec<String>,
     config: Option<toml::Table>,
     connect: Option<String>,
     password: Option<toml::Value>,
@@ -733,8 +738,21 @@ impl Validator {
                         "give the plugin's path or its name on PATH as the first element",
                     ));
                 }
+                for (j, var) in raw.env.iter().enumerate() {
+                    let ok = !var.is_empty()
+                        && var.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !ok {
+                        return Err(self.err(
+                            format!("{f}.env[{j}]"),
+                            format!("{var:?} is not an environment variable name"),
+                            "list variable names, e.g. env = [\"SRX_API_TOKEN\"]",
+                        ));
+                    }
+                }
                 Ok(Route::Exec(Box::new(ExecRoute {
                     name: raw.name,
+                    env: raw.env,
                     command,
                     timeout: self.bounded(
                         &format!("{f}.timeout"),

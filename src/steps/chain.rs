@@ -20,13 +20,6 @@ use crate::units::format_bytes;
 
 const MARKER: &str = "migrate-clone.json";
 
-/// Where the replication password waits on the node's host while pg_basebackup runs: unique per
-/// data directory, so two clones on one host never share (or remove) each other's file.
-pub fn temp_passfile(node: &str, data_dir: &std::path::Path) -> String {
-    let h = crc32fast::hash(data_dir.as_os_str().as_encoded_bytes());
-    format!("/tmp/migrate-{node}-{h:08x}-clone.pgpass")
-}
-
 /// What `prepare:<node>` decided, read back from the journal by the node's other steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
@@ -285,10 +278,6 @@ impl Clone {
         self.0.node.data_dir.display().to_string()
     }
 
-    fn temp_passfile(&self) -> String {
-        temp_passfile(self.0.name(), &self.0.node.data_dir)
-    }
-
     async fn marker(&self) -> Option<CloneMarker> {
         let bytes = self
             .0
@@ -390,7 +379,7 @@ impl Step for Clone {
     fn describe(&self) -> Description {
         let conninfo = self
             .0
-            .replication_conninfo(Some(&self.temp_passfile()))
+            .replication_conninfo(None)
             .map(|c| c.to_libpq_string())
             .unwrap_or_default();
         Description {
@@ -432,21 +421,7 @@ impl Step for Clone {
             self.clean(existed).await?;
         }
         let password = self.0.replication_password()?;
-        let tmp = self.temp_passfile();
-        if let Some(pw) = &password {
-            self.0
-                .host
-                .write_file(
-                    tmp.as_ref(),
-                    self.0.passfile_line(pw).as_bytes(),
-                    0o600,
-                    None,
-                )
-                .await?;
-        }
-        let conninfo = self
-            .0
-            .replication_conninfo(password.as_ref().map(|_| tmp.as_str()))?;
+        let conninfo = self.0.replication_conninfo(None)?;
         let total = self.upstream_size().await;
         let started = Instant::now();
         let monitor = {
@@ -509,11 +484,12 @@ impl Step for Clone {
             "-w".into(),
         ])
         .timeout(Duration::from_secs(24 * 3600));
+        let backup = match &password {
+            Some(pw) => backup.with_private_passfile(&self.0.passfile_line(pw)),
+            None => backup,
+        };
         let result = self.0.host.run_ok(&backup).await;
         monitor.abort();
-        if password.is_some() {
-            let _ = self.0.host.remove_file(tmp.as_ref()).await;
-        }
         result.context("clone with pg_basebackup")?;
         let secs = started.elapsed().as_secs_f64();
 
@@ -547,10 +523,7 @@ impl Step for Clone {
     async fn compensate(&self, cx: &Cx, _: Option<CloneOut>) -> Result<()> {
         match mode(cx, self.0.name())? {
             Mode::Adopt => Ok(()),
-            Mode::Clone { existed } => {
-                let _ = self.0.host.remove_file(self.temp_passfile().as_ref()).await;
-                self.clean(existed).await
-            }
+            Mode::Clone { existed } => self.clean(existed).await,
         }
     }
 }

@@ -27,23 +27,24 @@ impl Ui {
     pub fn line(&self, text: impl AsRef<str>) {
         if !self.json {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", text.as_ref());
+            let _ = writeln!(out, "{}", crate::redact::for_terminal(text.as_ref()));
         }
     }
 
     /// A JSON document on stdout.
     pub fn emit_json<T: Serialize>(&self, value: &T) {
         let mut out = std::io::stdout().lock();
-        let _ = serde_json::to_writer_pretty(&mut out, value);
-        let _ = writeln!(out);
+        let text = serde_json::to_string_pretty(value).unwrap_or_default();
+        let _ = writeln!(out, "{}", crate::redact::redact(&text));
     }
 
     /// A failed command: the message and each cause, on stderr.
     pub fn error(&self, err: &anyhow::Error) {
         let mut e = std::io::stderr().lock();
-        let _ = writeln!(e, "error: {err}");
+        let safe = |t: String| crate::redact::for_terminal(&t);
+        let _ = writeln!(e, "error: {}", safe(err.to_string()));
         for cause in err.chain().skip(1) {
-            let _ = writeln!(e, "  caused by: {cause}");
+            let _ = writeln!(e, "  caused by: {}", safe(cause.to_string()));
         }
     }
 
@@ -87,7 +88,7 @@ impl Ui {
     /// A warning on stderr.
     pub fn warn(&self, text: impl AsRef<str>) {
         let mut e = std::io::stderr().lock();
-        let _ = writeln!(e, "warning: {}", text.as_ref());
+        let _ = writeln!(e, "warning: {}", crate::redact::for_terminal(text.as_ref()));
     }
 }
 
@@ -120,11 +121,17 @@ impl Ui {
 impl Spinner {
     pub fn note(&self, message: &str, elapsed: std::time::Duration) {
         if let Some(b) = &self.bar {
+            let message = crate::redact::for_terminal(message);
             b.println(format!("[{:>6.1}s] {message}", elapsed.as_secs_f64()));
             b.set_message(message.to_string());
         } else if self.plain {
             let mut e = std::io::stderr().lock();
-            let _ = writeln!(e, "[{:>6.1}s] {message}", elapsed.as_secs_f64());
+            let _ = writeln!(
+                e,
+                "[{:>6.1}s] {}",
+                elapsed.as_secs_f64(),
+                crate::redact::for_terminal(message)
+            );
         }
     }
 

@@ -46,6 +46,7 @@ fn secs(ms: u64) -> String {
 
 impl Renderer {
     fn line(&self, text: String) {
+        let text = crate::redact::for_terminal(&text);
         match self.mode {
             Mode::Terminal => {
                 let _ = self.multi.println(text);
@@ -63,7 +64,7 @@ impl Renderer {
         pb.set_style(
             ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("template"),
         );
-        pb.set_message(msg);
+        pb.set_message(crate::redact::for_terminal(&msg));
         pb.enable_steady_tick(Duration::from_millis(120));
         self.bars.insert(key.to_string(), pb);
     }
@@ -72,7 +73,7 @@ impl Renderer {
         match self.bars.remove(key) {
             Some(pb) => {
                 pb.set_style(ProgressStyle::with_template("{msg}").expect("template"));
-                pb.finish_with_message(msg);
+                pb.finish_with_message(crate::redact::for_terminal(&msg));
             }
             None => self.line(msg),
         }
@@ -99,7 +100,7 @@ impl Renderer {
                 .to_rfc3339_opts(SecondsFormat::Millis, true)
                 .into();
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{v}");
+            let _ = writeln!(out, "{}", crate::redact::redact(&v.to_string()));
             return;
         }
         let terminal = self.mode == Mode::Terminal;
