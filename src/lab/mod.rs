@@ -429,8 +429,14 @@ impl Lab {
             })
             .collect();
         let text: String = pw.iter().map(|(u, p)| format!("*:*:*:{u}:{p}\n")).collect();
-        self.host
-            .write_file(&self.passfile(), text.as_bytes(), 0o600, None)
+        // Owned by whoever runs the lab (and so migrate): a secret file must be its user's.
+        let me = format!(
+            "{}:{}",
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw()
+        );
+        LocalHost::new(None)?
+            .write_file(&self.passfile(), text.as_bytes(), 0o600, Some(&me))
             .await?;
         Ok(pw)
     }
