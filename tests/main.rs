@@ -9,6 +9,7 @@ mod cutover;
 mod engine;
 mod host_local;
 mod host_ssh;
+mod hostile;
 mod journal_compat;
 mod lab;
 mod plan;

@@ -83,6 +83,7 @@ async fn dns_update_is_signed_compare_and_swap_and_verified_by_query() {
         "key \"pgmig-key\" {\n\talgorithm hmac-sha256;\n\tsecret \"d3Jvbmd3cm9uZ3dyb25nd3Jvbmd3cm9uZ3dyb25nISE=\";\n};\n",
     )
     .unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let (_, bad) = pair.router(&route(&wrong));
     let e = format!("{:#}", bad.point(old, new).await.unwrap_err());
     assert!(e.contains("TSIG") || e.contains("refused"), "{e}");
@@ -166,8 +167,16 @@ async fn exec_plugin_example_points_verifies_and_points_back() {
     r.point(new, old).await.unwrap();
     r.verify(old).await.unwrap();
 
-    // A plugin that is not there: a clear error.
-    let (_, missing) = pair.router("[[route]]\nkind = \"exec\"\nname = \"nosuchplugin\"\n");
+    // A plugin that is not there: refused when the spec is read, naming the field...
+    let path = pair.spec_file("[[route]]\nkind = \"exec\"\nname = \"nosuchplugin\"\n");
+    let e = migrate::spec::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("route[0].command[0]") && e.contains("migrate-route-nosuchplugin"),
+        "{e}"
+    );
+    // ...and one removed after that is a clear error at run time.
+    let spec = migrate::spec::parse(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
+    let missing = migrate::route::open(&spec.routes).unwrap().remove(0);
     let e = format!("{:#}", missing.current().await.unwrap_err());
     assert!(e.contains("migrate-route-nosuchplugin"), "{e}");
 }

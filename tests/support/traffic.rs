@@ -136,11 +136,17 @@ impl Pair {
 
     /// The lab spec with `route` (a `[[route]]` table) in place of its PgBouncer route.
     pub fn spec_with(&self, route: &str) -> Spec {
+        let path = self.spec_file(route);
+        migrate::spec::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The file [`Pair::spec_with`] loads.
+    pub fn spec_file(&self, route: &str) -> PathBuf {
         let text = std::fs::read_to_string(self.lab.lab.spec_path()).unwrap();
         let cut = text.find("[[route]]").unwrap_or(text.len());
         let path = self.lab.lab.dir.join("route-test.toml");
         std::fs::write(&path, format!("{}\n{route}\n", &text[..cut])).unwrap();
-        migrate::spec::load(&path).unwrap_or_else(|e| panic!("{e}"))
+        path
     }
 
     pub fn router(&self, route: &str) -> (Spec, Box<dyn Router>) {
