@@ -488,6 +488,7 @@ impl Lab {
                  data_dir = {}\n\
                  log_file = {}\n\
                  bin_dir = {}\n\
+                 replication_tls = \"none\"\n\
                  host = {{ kind = \"local\"{run_as} }}\n",
                 self.port(n.name),
                 q(&self.data_dir(n.name).display().to_string()),

@@ -332,6 +332,7 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
     reverse_path(&mut checks, spec, &facts).await;
     replication_auth(&mut checks, spec, &facts).await;
 
+    stream_tls(&mut checks, spec, &facts).await;
     routes(&mut checks, spec, true).await;
     spec_checks(&mut checks, spec);
     checks
@@ -373,27 +374,68 @@ fn spec_checks(checks: &mut Vec<Check>, spec: &Spec) {
             .as_deref()
             .and_then(|u| spec.node(u))
             .expect("validated");
-        let mode = up.conninfo.get("sslmode").unwrap_or("prefer");
-        let id = format!("replication_tls:{}", n.name);
-        if matches!(mode, "verify-ca" | "verify-full") {
-            checks.push(Check::pass(
-                id,
-                format!("{} streams from {} with sslmode={mode}", n.name, up.name),
-            ));
-        } else {
-            checks.push(Check::warn(
-                id,
-                format!("{} streams from {} with sslmode={mode}: the server is not authenticated, the stream can be read or redirected on the way", n.name, up.name),
-                format!("set sslmode=verify-full (and sslrootcert) in {}'s conninfo, which the stream inherits; fine on a private link", up.name),
-            ));
-        }
+        checks.push(tls_verdict(n, up));
     }
+    // After the cutover the old primary streams from the target: the rollback path.
+    checks.push(tls_verdict(spec.primary(), spec.target()));
     for w in &spec.warnings {
         checks.push(Check::warn(
             "spec",
             w.clone(),
             "see the spec reference in the README",
         ));
+    }
+}
+
+/// Streams that run now, as their upstream sees them (`pg_stat_ssl` of the walsender): an
+/// unencrypted one where the spec wants verified TLS fails, whatever the conninfo says.
+async fn stream_tls(checks: &mut Vec<Check>, spec: &Spec, facts: &BTreeMap<String, Facts>) {
+    for n in spec
+        .nodes
+        .iter()
+        .filter(|n| n.replication_tls == crate::spec::ReplicationTls::Verify)
+    {
+        let Some(up) = n.upstream.as_deref().and_then(|u| facts.get(u)) else {
+            continue;
+        };
+        let row = up
+            .client
+            .query_opt(
+                "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s ON s.pid = r.pid \
+                 WHERE r.application_name = $1 ORDER BY r.backend_start DESC LIMIT 1",
+                &[&n.name],
+            )
+            .await;
+        let id = format!("stream_tls:{}", n.name);
+        match row {
+            Ok(Some(r)) if r.get::<_, bool>(0) => checks.push(Check::pass(id, format!("{}'s stream from {} is encrypted (pg_stat_ssl)", n.name, up.name))),
+            Ok(Some(_)) => checks.push(Check::fail(
+                id,
+                format!("{} streams from {} without TLS right now (pg_stat_ssl.ssl = false)", n.name, up.name),
+                format!("enable ssl on {} and restart {}'s stream with sslmode=verify-full, or write replication_tls = \"none\" on {} if the link is trusted", up.name, n.name, n.name),
+            )),
+            Ok(None) | Err(_) => {}
+        }
+    }
+}
+
+/// The TLS policy of one hop, from the spec alone: the stream inherits the upstream's
+/// `sslmode`, which must verify the server unless the node says `replication_tls = "none"`.
+fn tls_verdict(n: &crate::spec::Node, up: &crate::spec::Node) -> Check {
+    let mode = up.conninfo.get("sslmode").unwrap_or("prefer");
+    let id = format!("replication_tls:{}", n.name);
+    let verified = matches!(mode, "verify-ca" | "verify-full");
+    match (verified, n.replication_tls) {
+        (true, _) => Check::pass(id, format!("{} streams from {} with sslmode={mode}", n.name, up.name)),
+        (false, crate::spec::ReplicationTls::None) => Check::pass(
+            id,
+            format!("{} streams from {} with sslmode={mode}, unverified: the spec says replication_tls = \"none\" (a trusted link)", n.name, up.name),
+        ),
+        (false, crate::spec::ReplicationTls::Verify) => Check::fail(
+            id,
+            format!("{} would stream from {} with sslmode={mode}: the server is not authenticated, the stream (every row) can be read or redirected on the way", n.name, up.name),
+            format!("set sslmode=verify-full and sslrootcert in {}'s conninfo (the stream inherits them), or write replication_tls = \"none\" on {} if the link is trusted", up.name, n.name),
+        ),
     }
 }
 
@@ -991,8 +1033,45 @@ async fn control_row(f: &Facts, sql: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::clock_verdict;
+    use super::{clock_verdict, tls_verdict};
     use crate::preflight::Status;
+
+    #[test]
+    fn a_hop_streams_verified_or_the_spec_says_the_link_is_trusted() {
+        let text = |mode: &str, tls: &str| {
+            format!(
+                "name = \"t\"\n[replication]\nuser = \"repl\"\n\
+                 [nodes.old]\nrole = \"primary\"\nconninfo = \"host=10.0.0.1 {mode}\"\ndata_dir = \"/a\"\n\
+                 [nodes.new]\nrole = \"target\"\nupstream = \"old\"\nconninfo = \"host=10.0.0.2\"\ndata_dir = \"/b\"\n{tls}\n"
+            )
+        };
+        let verdict = |mode: &str, tls: &str| {
+            let spec =
+                crate::spec::parse(std::path::Path::new("/x.toml"), &text(mode, tls)).unwrap();
+            tls_verdict(spec.node("new").unwrap(), spec.node("old").unwrap())
+        };
+        assert_eq!(verdict("sslmode=verify-full", "").status, Status::Pass);
+        assert_eq!(verdict("sslmode=verify-ca", "").status, Status::Pass);
+        let fail = verdict("sslmode=require", "");
+        assert_eq!(fail.status, Status::Fail);
+        assert!(
+            fail.remedy.contains("replication_tls = \"none\""),
+            "{}",
+            fail.remedy
+        );
+        assert_eq!(
+            verdict("", "").status,
+            Status::Fail,
+            "libpq's default prefer is unauthenticated"
+        );
+        let trusted = verdict("sslmode=disable", "replication_tls = \"none\"");
+        assert_eq!(trusted.status, Status::Pass);
+        assert!(
+            trusted.message.contains("unverified"),
+            "{}",
+            trusted.message
+        );
+    }
 
     #[test]
     fn clock_skew_passes_within_a_second_warns_to_300_s_and_fails_beyond() {

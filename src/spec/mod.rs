@@ -58,6 +58,18 @@ pub struct Node {
     /// Where `pg_ctl start -l` sends the server's output; default `<data_dir>/migrate-server.log`.
     pub log_file: PathBuf,
     pub host: HostSpec,
+    /// How this node's replication stream (from its upstream) must be protected.
+    pub replication_tls: ReplicationTls,
+}
+
+/// `replication_tls` of a node: the stream from its upstream must be verified TLS
+/// (`sslmode` verify-ca or verify-full in the upstream's conninfo, which the stream inherits),
+/// unless the spec says in words that this hop runs on a trusted link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationTls {
+    Verify,
+    None,
 }
 
 impl Node {
@@ -867,6 +879,15 @@ impl Validator {
                     .unwrap_or_else(|| rn.data_dir.join("migrate-server.log")),
                 data_dir: rn.data_dir,
                 bin_dir: rn.bin_dir,
+                replication_tls: match rn.replication_tls.as_deref() {
+                    None | Some("verify") => ReplicationTls::Verify,
+                    Some("none") => ReplicationTls::None,
+                    Some(other) => return Err(self.err(
+                        format!("{f}.replication_tls"),
+                        format!("{other:?} is not a TLS policy"),
+                        "leave it out (the stream must be verified: sslmode=verify-ca or verify-full in the upstream's conninfo) or write \"none\" for a trusted link",
+                    )),
+                },
             };
             nodes.insert(name, node);
         }

@@ -38,6 +38,8 @@ pub struct RawNode {
     pub data_dir: PathBuf,
     pub bin_dir: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
+    /// `"none"`: this node may stream from its upstream without a verified TLS connection.
+    pub replication_tls: Option<String>,
     #[serde(default)]
     pub host: RawHost,
 }
