@@ -32,6 +32,18 @@ async fn a_cutover_and_rollback_through_pgbouncer_hold_clients_without_errors() 
     with_pgbouncer_route(&chain);
     chain.replicate_ok().await;
     chain.plan_ok().await;
+    // The operator's own settings in pgbouncer.ini: a token on the managed entry, a mode and an
+    // owner of their choosing. The route changes host and port only.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let ini_path = chain.lab.lab.dir.join("pgbouncer/pgbouncer.ini");
+    let ini = std::fs::read_to_string(&ini_path).unwrap();
+    std::fs::write(
+        &ini_path,
+        ini.replacen("dbname=app", "dbname=app pool_size=7", 1),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ini_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let owner = std::fs::metadata(&ini_path).unwrap().uid();
     // The writer only knows the application endpoint: PgBouncer.
     let w = Writer::start(
         vec![chain.lab.lab.app_endpoint()],
@@ -48,6 +60,17 @@ async fn a_cutover_and_rollback_through_pgbouncer_hold_clients_without_errors() 
         pgbouncer_points_at(&chain).contains(&format!("port={}", chain.lab.lab.port("new"))),
         "{}",
         pgbouncer_points_at(&chain)
+    );
+    assert!(
+        pgbouncer_points_at(&chain).contains("pool_size=7"),
+        "{}",
+        pgbouncer_points_at(&chain)
+    );
+    let meta = std::fs::metadata(&ini_path).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid()),
+        (0o640, owner),
+        "pgbouncer.ini lost its mode or owner"
     );
     let at_cutover = w.acked();
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -11,7 +11,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::Router;
 use crate::host::Host;
-use crate::pg::{connect, Conninfo, Endpoint};
+use crate::pg::{connect, Endpoint};
 use crate::spec::{Node, PgBouncerRoute};
 
 pub struct PgBouncer {
@@ -213,6 +213,26 @@ pub fn repoint_entry(value: &str, host: &str, port: &str) -> String {
     out.trim().to_string()
 }
 
+/// The `host=` and `port=` values of a `[databases]` entry (whose other keys are PgBouncer's
+/// own, `pool_size=` and the like, so it is no libpq conninfo).
+pub fn entry_host_port(value: &str) -> (Option<String>, Option<String>) {
+    let (mut host, mut port) = (None, None);
+    let mut rest = value.trim();
+    while !rest.is_empty() {
+        let (token, after) = split_token(rest);
+        if let Some((k, v)) = token.split_once('=') {
+            let v = v.trim().trim_matches('\'').to_string();
+            match k.trim() {
+                "host" => host = Some(v),
+                "port" => port = Some(v),
+                _ => {}
+            }
+        }
+        rest = after.trim_start();
+    }
+    (host, port)
+}
+
 /// The first `key=value` token (a quoted value may hold spaces) and what follows it.
 fn split_token(s: &str) -> (&str, &str) {
     let mut quoted = false;
@@ -254,9 +274,11 @@ impl Router for PgBouncer {
                     self.cfg.config.display()
                 )
             })?;
-            let c = Conninfo::parse(&line.1)
-                .map_err(|e| anyhow!("the entry {db} in {}: {e}", self.cfg.config.display()))?;
-            out.insert(db.clone(), json!({ "host": c.host(), "port": c.port() }));
+            let (host, port) = entry_host_port(&line.1);
+            out.insert(
+                db.clone(),
+                json!({ "host": host.unwrap_or_else(|| "localhost".into()), "port": port.and_then(|p| p.parse::<u16>().ok()).unwrap_or(5432) }),
+            );
         }
         Ok(Value::Object(out))
     }
@@ -317,13 +339,6 @@ impl Router for PgBouncer {
                     .is_some_and(|(k, _)| self.cfg.databases.iter().any(|d| d == k.trim()));
             if managed {
                 let (k, v) = t.split_once('=').expect("checked");
-                Conninfo::parse(v.trim()).map_err(|e| {
-                    anyhow!(
-                        "the entry {} in {}: {e}",
-                        k.trim(),
-                        self.cfg.config.display()
-                    )
-                })?;
                 out.push_str(&format!(
                     "{} = {}\n",
                     k.trim(),
@@ -388,7 +403,16 @@ impl Router for PgBouncer {
 
 #[cfg(test)]
 mod tests {
-    use super::repoint_entry;
+    use super::{entry_host_port, repoint_entry};
+
+    #[test]
+    fn host_and_port_are_read_among_pgbouncer_keys() {
+        assert_eq!(
+            entry_host_port("host=10.0.0.1 port=6000 dbname=app pool_size=7 auth_user=pgb"),
+            (Some("10.0.0.1".into()), Some("6000".into()))
+        );
+        assert_eq!(entry_host_port("dbname=app"), (None, None));
+    }
 
     #[test]
     fn only_host_and_port_change() {
