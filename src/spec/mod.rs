@@ -425,15 +425,17 @@ impl Validator {
         };
         let keys: Vec<&str> = t.keys().map(String::as_str).collect();
         match (keys.as_slice(), t.get("env"), t.get(file_key)) {
-            (["env"], Some(toml::Value::String(var)), _) if !var.is_empty() => {
+            (["env"], Some(toml::Value::String(var)), _) if values::env_name(var) => {
                 Ok(Some(SecretRef::Env(var.clone())))
             }
-            ([k], _, Some(toml::Value::String(p))) if *k == file_key && !p.is_empty() => {
+            ([k], _, Some(toml::Value::String(p)))
+                if *k == file_key && !p.is_empty() && values::control_char(p).is_none() =>
+            {
                 Ok(Some(from_path(self.relative_to_spec(Path::new(p)))))
             }
             _ => Err(self.err(
                 field,
-                format!("expected exactly one of env = \"VAR\" or {file_key} = \"PATH\""),
+                format!("expected exactly one of env = \"VAR\" (a variable name: letters, digits, '_') or {file_key} = \"PATH\""),
                 fix,
             )),
         }
@@ -489,6 +491,13 @@ impl Validator {
                     },
                 ));
             }
+        }
+        if c.get("service").is_some() {
+            return Err(self.err(
+                format!("{field}.service"),
+                "a pg_service.conf service hides the host and port migrate must know",
+                "write host, port and the other settings in the conninfo itself",
+            ));
         }
         if c.get("host").is_some_and(|h| h.contains(',')) {
             return Err(self.err(
@@ -624,11 +633,30 @@ impl Validator {
                 user,
                 docker,
             } => {
-                if container.trim().is_empty() || container.starts_with('-') {
+                if let Some(d) = docker.as_ref().filter(|d| !d.is_absolute()) {
+                    return Err(self.err(
+                        format!("{field}.docker"),
+                        format!("{} is not an absolute path", d.display()),
+                        "give the docker client's absolute path, or leave docker out to use docker from PATH",
+                    ));
+                }
+                if let Some(u) = user.as_ref().filter(|u| !values::plain_identifier(u)) {
+                    return Err(self.err(
+                        format!("{field}.user"),
+                        format!("{u:?} is not a user name"),
+                        "give the container user's name: letters, digits, '_', '-' or '.'",
+                    ));
+                }
+                if container.trim().is_empty()
+                    || container.starts_with('-')
+                    || !container
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                {
                     return Err(self.err(
                         format!("{field}.container"),
-                        "a container name is required",
-                        "give the container name or id",
+                        format!("{container:?} is not a container name"),
+                        "give the container's name or id (letters, digits, '_', '.', '-')",
                     ));
                 }
                 HostSpec::Docker {

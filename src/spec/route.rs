@@ -739,10 +739,7 @@ impl Validator {
                     ));
                 }
                 for (j, var) in raw.env.iter().enumerate() {
-                    let ok = !var.is_empty()
-                        && var.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                    if !ok {
+                    if !super::values::env_name(var) {
                         return Err(self.err(
                             format!("{f}.env[{j}]"),
                             format!("{var:?} is not an environment variable name"),

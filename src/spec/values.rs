@@ -160,6 +160,12 @@ pub fn plain_identifier(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
+/// An environment variable name as a shell writes it: no `=`, no NUL, not empty.
+pub fn env_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +207,14 @@ mod tests {
             assert_eq!(normal_host(l), "loopback", "{l}");
         }
         assert_eq!(normal_host("127.0.0.2"), "127.0.0.2");
+    }
+
+    #[test]
+    fn env_names() {
+        assert!(env_name("PGPASSWORD_OLD") && env_name("_x1"));
+        for bad in ["", "A=B", "A\u{0}B", "1A", "A B", "-A"] {
+            assert!(!env_name(bad), "{bad:?}");
+        }
     }
 
     #[test]
