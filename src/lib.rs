@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod engine;
 pub mod exit;
+pub mod files;
 pub mod host;
 pub mod lab;
 pub mod pg;

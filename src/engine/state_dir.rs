@@ -88,8 +88,7 @@ pub fn ours(name: &str) -> bool {
         || name.starts_with(TEMP_PREFIX)
 }
 
-/// The prefix of migrate's temporary files (random names, see `host::local::write_atomic`).
-pub const TEMP_PREFIX: &str = ".migrate-tmp";
+use crate::files::TEMP_PREFIX;
 
 /// The rule, as a pure function: the problem, or `None` when the folder may be used.
 pub fn verdict(f: &Found, euid: u32) -> Option<String> {

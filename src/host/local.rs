@@ -105,7 +105,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, owner: Option<&RunA
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(
             "{}.{}.",
-            crate::engine::state_dir::TEMP_PREFIX,
+            crate::files::TEMP_PREFIX,
             name.to_string_lossy()
         ))
         .tempfile_in(dir)
