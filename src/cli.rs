@@ -120,7 +120,9 @@ pub struct RehearseArgs {
     #[arg(long, default_value_t = crate::lab::DEFAULT_BASE_PORT)]
     pub base_port: u16,
     /// Inject a fault and report what the tool did: kill-target-during-catchup,
-    /// stop-target-after-fence, crash-tool-after-promote, route-failure.
+    /// stop-target-after-fence, crash-tool-after-promote, route-failure,
+    /// idle-in-transaction-client, hang-target, restart-old-after-proof, old-cannot-follow,
+    /// kill-target-during-stage, promote-target-externally.
     #[arg(long, value_name = "NAME", value_parser = crate::rehearse::fault::Fault::parse)]
     pub fault: Option<crate::rehearse::fault::Fault>,
 }

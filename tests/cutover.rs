@@ -1107,3 +1107,129 @@ async fn assert_topology_cascades(chain: &Chain) {
         );
     }
 }
+
+/// The old primary's checkpointer, found among the postmaster's children.
+fn checkpointer_of(chain: &Chain, node: &str) -> nix::unistd::Pid {
+    let postmaster = crate::support::postmaster_pid(&chain.lab.lab.data_dir(node)).unwrap();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let child = status.lines().any(|l| {
+            l.split_whitespace().collect::<Vec<_>>() == ["PPid:", &postmaster.to_string()]
+        });
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if child && cmdline.contains("checkpointer") {
+            return nix::unistd::Pid::from_raw(pid);
+        }
+    }
+    panic!("no checkpointer under postmaster {postmaster}");
+}
+
+/// How a shutdown that is really in progress (the checkpointer stopped with SIGSTOP, so the
+/// shutdown checkpoint waits) ends the cutover.
+enum SlowStop {
+    /// The operator presses Ctrl-C while the old primary shuts down.
+    Interrupted,
+    /// The stop outlasts its time limit (the spec's proof_timeout).
+    TimedOut,
+}
+
+async fn a_slow_stop_is_aborted_and_the_old_primary_serves(how: SlowStop) {
+    let chain = Chain::new().await;
+    shorter_proof(&chain, 4);
+    chain.replicate_ok().await;
+    chain.plan_ok().await;
+    let w = Writer::start(
+        vec![chain.lab.lab.app_endpoint()],
+        4,
+        Duration::from_millis(5),
+    );
+    let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
+    let go = chain.lab.lab.dir.join("go");
+    let mut child = tokio::process::Command::new(migrate_bin())
+        .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
+        .env("MIGRATE_WAIT_AT", "stop:before")
+        .env("MIGRATE_WAIT_FILE", &go)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    chain
+        .wait_for_step("cutover", &StepId::Stop, "in_doubt")
+        .await;
+    let checkpointer = checkpointer_of(&chain, "old");
+    nix::sys::signal::kill(checkpointer, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let started = Instant::now();
+    // The shutdown has begun: the server refuses new connections but still runs.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hold_for = match how {
+        SlowStop::Interrupted => {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            )
+            .unwrap();
+            Duration::from_secs(1)
+        }
+        // Past the stop's 4 s limit: the abort must wait for the shutdown, not give up.
+        SlowStop::TimedOut => Duration::from_secs(6),
+    };
+    tokio::time::sleep(hold_for).await;
+    nix::sys::signal::kill(checkpointer, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let (status, err) = tokio::time::timeout(Duration::from_secs(90), async {
+        let status = child.wait().await.unwrap();
+        let mut err = String::new();
+        use tokio::io::AsyncReadExt;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .await
+            .unwrap();
+        (status, err)
+    })
+    .await
+    .expect("the abort must finish");
+    assert_eq!(status.code(), Some(1), "{err}");
+    match how {
+        SlowStop::Interrupted => assert!(err.contains("interrupted by the operator"), "{err}"),
+        SlowStop::TimedOut => assert!(
+            err.contains("did not finish within") || err.contains("no answer within"),
+            "the stop's time limit should be named: {err}"
+        ),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(v["state"], "aborted", "{v}");
+    assert_old_serves_unfenced(&chain).await;
+    // Writes through PgBouncer go on (the writer's own, on the old primary again).
+    let before = w.acked();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        w.acked() > before,
+        "no write went through PgBouncer after the abort"
+    );
+    let report = w.stop().await;
+    assert_no_loss(&chain, &report, "slow stop").await;
+    sampler.assert_never_two("slow stop").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_the_old_primary_is_shutting_down_aborts_and_it_serves_again() {
+    a_slow_stop_is_aborted_and_the_old_primary_serves(SlowStop::Interrupted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_outlasts_its_limit_aborts_and_the_old_primary_serves_again() {
+    a_slow_stop_is_aborted_and_the_old_primary_serves(SlowStop::TimedOut).await;
+}

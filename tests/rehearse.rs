@@ -212,6 +212,32 @@ fn an_old_primary_restarted_after_the_proof_is_never_doubled() {
 }
 
 #[test]
+fn a_target_killed_while_the_old_primary_is_staged_is_undone() {
+    let f = rehearse_fault("kill-target-during-stage");
+    assert_eq!(f["exit_code"], 1, "{f:#}");
+    assert_eq!(f["run"]["failed_step"], StepId::Stage.to_string(), "{f:#}");
+    assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
+    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
+    let undone = undone(&f);
+    for step in [StepId::Stop, StepId::Fence, StepId::Hold] {
+        assert!(
+            undone.contains(&step.to_string()),
+            "{step} not undone: {f:#}"
+        );
+    }
+}
+
+#[test]
+fn a_target_promoted_from_outside_is_neither_promoted_again_nor_doubled() {
+    let f = rehearse_fault("promote-target-externally");
+    assert_eq!(f["exit_code"], 3, "resume stops for the operator: {f:#}");
+    let recovery = f["recovery"].to_string();
+    assert!(recovery.contains("already a writable primary"), "{f:#}");
+    assert!(recovery.contains("at most 1 node"), "{f:#}");
+    assert!(recovery.contains("old stays down"), "{f:#}");
+}
+
+#[test]
 fn an_old_primary_that_cannot_follow_releases_clients_and_is_repaired() {
     let f = rehearse_fault("old-cannot-follow");
     assert_eq!(f["exit_code"], 3, "{f:#}");

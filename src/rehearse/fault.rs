@@ -40,10 +40,18 @@ pub enum Fault {
     /// to the new primary all the same, the run stops naming the repair, and `resume`
     /// finishes it once repaired.
     OldCannotFollow,
+    /// The target dies while the old primary is being staged as its standby (after the
+    /// proof, before the promotion): the abort restores the old primary and releases clients.
+    KillTargetDuringStage,
+    /// The target is promoted by someone else (an HA manager, an operator) while the cutover
+    /// waits before its own promotion: the tool must neither promote nor restart the old
+    /// primary as a primary; it stops for the operator with one primary. Played last, after
+    /// the measured cutover and rollback, because what follows is the operator's call.
+    PromoteTargetExternally,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 10] = [
         Fault::KillTargetDuringCatchup,
         Fault::StopTargetAfterFence,
         Fault::CrashToolAfterPromote,
@@ -52,6 +60,8 @@ impl Fault {
         Fault::HangTarget,
         Fault::RestartOldAfterProof,
         Fault::OldCannotFollow,
+        Fault::KillTargetDuringStage,
+        Fault::PromoteTargetExternally,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +74,8 @@ impl Fault {
             Fault::HangTarget => "hang-target",
             Fault::RestartOldAfterProof => "restart-old-after-proof",
             Fault::OldCannotFollow => "old-cannot-follow",
+            Fault::KillTargetDuringStage => "kill-target-during-stage",
+            Fault::PromoteTargetExternally => "promote-target-externally",
         }
     }
 
@@ -110,6 +122,15 @@ impl Fault {
             Fault::OldCannotFollow => {
                 "clients are released to the new primary, the run stops (exit 3) saying there \
                  is no rollback path and naming the repair; after it `resume` completes the run"
+            }
+            Fault::KillTargetDuringStage => {
+                "the stage fails, the cutover is undone (old primary unstaged, restarted, \
+                 unfenced, clients released) and nothing is promoted"
+            }
+            Fault::PromoteTargetExternally => {
+                "`resume` refuses to promote a target that is already a primary and stops for \
+                 the operator (exit 3); `rollback` refuses to restart the old primary beside \
+                 it; at no instant do two nodes take writes"
             }
         }
     }
@@ -336,5 +357,23 @@ mod tests {
             e.contains("route-failure") && e.contains("unplug-the-dc"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::Fault;
+
+    #[test]
+    fn every_fault_is_named_in_the_cli_help_and_parses_back() {
+        let help = include_str!("../cli.rs");
+        for f in Fault::ALL {
+            assert_eq!(Fault::parse(f.name()), Ok(f));
+            assert!(
+                help.contains(f.name()),
+                "{} missing from --fault's help",
+                f.name()
+            );
+        }
     }
 }

@@ -122,7 +122,8 @@ impl Rehearsal<'_> {
                 | Fault::RouteFailure
                 | Fault::IdleInTransactionClient
                 | Fault::HangTarget
-                | Fault::RestartOldAfterProof),
+                | Fault::RestartOldAfterProof
+                | Fault::KillTargetDuringStage),
             ) => {
                 fault = Some(self.aborted_cutover(f, &writer).await?);
                 self.cutover().await?
@@ -152,6 +153,9 @@ impl Rehearsal<'_> {
         let report = writer.stop().await;
         (self.note)("check every acknowledged commit on every node");
         let rollback_missing = self.missing_everywhere("old", &report.acks).await?;
+        if o.fault == Some(Fault::PromoteTargetExternally) {
+            fault = Some(self.target_promoted_externally().await?);
+        }
 
         let certs = self.certificates()?;
         let cert = |op: &str| certs.iter().rev().find(|c| c.operation == op).cloned();
@@ -241,7 +245,9 @@ impl Rehearsal<'_> {
                 ))
             }),
             // A shorter time box than the lab's 30 s: the same path, a quicker rehearsal.
-            Some(Fault::StopTargetAfterFence | Fault::HangTarget) => edit(&|t| {
+            Some(
+                Fault::StopTargetAfterFence | Fault::HangTarget | Fault::KillTargetDuringStage,
+            ) => edit(&|t| {
                 let from = format!("proof_timeout = \"{}s\"", crate::lab::PROOF_TIMEOUT_S);
                 if !t.contains(&from) {
                     bail!("the lab spec has no `{from}` to shorten");
@@ -373,14 +379,39 @@ impl Rehearsal<'_> {
                 "paused the cutover before stage (--keep-clients-held), started old by hand with pg_ctl start (it comes up as a primary), then `migrate resume`".to_string(),
             )
         } else {
+            let go = self.lab.dir.join("go-stage");
+            let _ = std::fs::remove_file(&go);
+            let held_at_stage = [
+                ("MIGRATE_WAIT_AT", format!("{}:before", StepId::Stage)),
+                ("MIGRATE_WAIT_FILE", go.display().to_string()),
+            ];
+            let env: &[(&str, String)] = if fault == Fault::KillTargetDuringStage {
+                &held_at_stage
+            } else {
+                &[]
+            };
             let mut child = self
                 .command(
                     "cutover-fault",
                     &["cutover", "--yes", "--force-window"],
-                    &[],
+                    env,
                 )
                 .await?;
             let injected = match fault {
+                Fault::KillTargetDuringStage => {
+                    self.wait_for_instant(
+                        &mut child,
+                        "cutover-fault",
+                        "it began staging",
+                        &step_started(StepId::Stage),
+                    )
+                    .await?;
+                    let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
+                    std::fs::write(&go, "")?;
+                    format!(
+                        "stopped {TARGET} at once (SIGQUIT to postmaster {pid}) when `cutover` journaled the start of step stage (held there until the crash)"
+                    )
+                }
                 Fault::StopTargetAfterFence | Fault::HangTarget => {
                     self.wait_for_instant(
                         &mut child,
@@ -427,6 +458,9 @@ impl Rehearsal<'_> {
                     failed_at(StepId::Proof) && undone(StepId::Fence) && undone(StepId::Stop)
                 }
                 Fault::RestartOldAfterProof => failed_at(StepId::Stage) && undone(StepId::Fence),
+                Fault::KillTargetDuringStage => {
+                    failed_at(StepId::Stage) && undone(StepId::Fence) && undone(StepId::Stop)
+                }
                 Fault::IdleInTransactionClient => failed_at(StepId::Hold) && named_idle,
                 _ => failed_at(StepId::Hold),
             };
@@ -449,7 +483,7 @@ impl Rehearsal<'_> {
         });
         f.as_expected = !status.success() && run_ok && writable.is_ok();
         match fault {
-            Fault::StopTargetAfterFence => {
+            Fault::StopTargetAfterFence | Fault::KillTargetDuringStage => {
                 self.lab
                     .server(TARGET)
                     .start(&self.lab.server_log(TARGET), Duration::from_secs(120))
@@ -548,6 +582,92 @@ impl Rehearsal<'_> {
             );
         }
         Ok(())
+    }
+
+    /// After the measured switches: a cutover paused before its promotion, the target
+    /// promoted from outside (`pg_promote()`, as an HA manager would), then `resume` and
+    /// `rollback` as an operator might try. Both must stop for the operator; a sampler checks
+    /// every 50 ms that never more than one node takes writes.
+    async fn target_promoted_externally(
+        &self,
+    ) -> Result<(FaultReport, DateTime<Utc>, DateTime<Utc>)> {
+        let from = Utc::now();
+        let state_dir = self.state_dir()?;
+        (self.note)("cutover, with the target promoted from outside before the tool's promotion");
+        self.step("plan-before-promote-fault", &["plan"]).await?;
+        let sampler = WritableSampler::start(vec![
+            self.lab.endpoint("old", "app"),
+            self.lab.endpoint(TARGET, "app"),
+        ]);
+        self.expect_exit(
+            "cutover-promote-fault",
+            &[
+                "cutover",
+                "--yes",
+                "--force-window",
+                "--pause-before",
+                &StepId::Promote.to_string(),
+                "--keep-clients-held",
+            ],
+            3,
+        )
+        .await?;
+        connect(&self.lab.endpoint(TARGET, "postgres"))
+            .await?
+            .batch_execute("SELECT pg_promote(true, 30)")
+            .await
+            .context("promote the target from outside")?;
+        let resume = self
+            .command("resume-promote-fault", &["resume"], &[])
+            .await?
+            .wait()
+            .await?;
+        let mut f = self.fault_report(
+            Fault::PromoteTargetExternally,
+            format!("paused the cutover before promote (--keep-clients-held), promoted {TARGET} with pg_promote() from outside, then `migrate resume` and `migrate rollback`"),
+        );
+        f.exit_code = resume.code();
+        f.run = RunSummary::read(&state_dir)?;
+        // The refusal is a probe's (nothing was started, so nothing journaled as failed):
+        // read what `resume` told the operator.
+        let told = std::fs::read_to_string(self.log("resume-promote-fault")).unwrap_or_default();
+        let refused = told.contains("already a writable primary");
+        if let Some(line) = told
+            .lines()
+            .find(|l| l.contains("already a writable primary"))
+        {
+            f.recovery
+                .insert(0, format!("`migrate resume` said: {}", line.trim()));
+        }
+        let rollback = self
+            .command("rollback-promote-fault", &["rollback", "--yes"], &[])
+            .await?
+            .wait()
+            .await?;
+        f.recovery.push(format!(
+            "`migrate rollback` ended with exit code {:?} (3: it refuses to restart old beside the promoted target)",
+            rollback.code()
+        ));
+        let old_down =
+            self.lab.server("old").state().await? != crate::pg::server::RunState::Running;
+        f.recovery.push(if old_down {
+            "checked: old stays down (staged as a standby of the promoted target)".into()
+        } else {
+            "old is running: it was restarted beside the promoted target".into()
+        });
+        let most = sampler.stop().await;
+        f.recovery.push(format!(
+            "sampled every 50 ms: at most {most} node(s) answered as a writable primary"
+        ));
+        f.recovery.push(format!(
+            "left for the operator: {TARGET} is the primary, old is stopped, PgBouncer still holds its clients; `migrate lab down` clears the lab"
+        ));
+        f.as_expected = resume.code() == Some(3)
+            && refused
+            && rollback.code() == Some(3)
+            && old_down
+            && most <= 1;
+        Ok((f, from, Utc::now()))
     }
 
     /// `cutover`, killed as soon as it journals the promotion, then `resume`.
@@ -815,4 +935,45 @@ pub fn default_dir() -> Result<PathBuf> {
         }
     }
     bail!("no free rehearsal directory under {}", base.display())
+}
+
+/// Samples the nodes' `pg_is_in_recovery()` every 50 ms until stopped; the most nodes seen
+/// answering as writable primaries in one sample.
+struct WritableSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl WritableSampler {
+    fn start(nodes: Vec<crate::pg::Endpoint>) -> WritableSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut most = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut writable = 0;
+                for ep in &nodes {
+                    let answer = tokio::time::timeout(Duration::from_secs(2), async {
+                        let c = connect(ep).await.ok()?;
+                        c.query_one("SELECT pg_is_in_recovery()", &[]).await.ok()
+                    })
+                    .await;
+                    if let Ok(Some(r)) = answer {
+                        if !r.get::<_, bool>(0) {
+                            writable += 1;
+                        }
+                    }
+                }
+                most = most.max(writable);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            most
+        });
+        WritableSampler { stop, task }
+    }
+
+    async fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap_or(usize::MAX)
+    }
 }

@@ -53,10 +53,15 @@ impl Step for StopPrimary {
         })
     }
     async fn apply(&self, _: &Cx) -> Result<StopOut> {
+        // Under the switchover's limit: the fence's CHECKPOINT left little for the shutdown
+        // checkpoint, so a stop longer than the proof's time box is a hang, not work. On the
+        // limit the abort (compensate) waits for the shutdown to end, then restarts.
+        let limit = self.0.limit;
         self.0
-            .from
-            .server()?
-            .stop(StopMode::Fast, Duration::from_secs(300))
+            .bounded(
+                "stopping the old primary",
+                self.0.from.server()?.stop(StopMode::Fast, limit),
+            )
             .await?;
         Ok(StopOut {
             stopped_at: Some(Utc::now()),
