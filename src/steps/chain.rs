@@ -500,7 +500,9 @@ impl Step for Clone {
             .read_file(&data.join("postgresql.auto.conf"))
             .await
             .unwrap_or_default();
-        self.0.make_standby(&copied).await?;
+        self.0
+            .make_standby(&copied, super::member::Port::FromConninfo)
+            .await?;
         let marker = CloneMarker {
             node: self.0.name().into(),
             run_id: cx.run_id.clone(),

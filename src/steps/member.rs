@@ -32,6 +32,16 @@ const INHERITED: &[&str] = &[
     "channel_binding",
 ];
 
+/// Whether a standby's settings set its `port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// A fresh clone carries its upstream's port setting: give it the one in its conninfo.
+    FromConninfo,
+    /// A server that ran before (the old primary, staged) keeps the port it listens on, which
+    /// behind NAT or a tunnel is not the conninfo's.
+    Keep,
+}
+
 /// The replication passfile a standby's primary_conninfo points at, in its data directory.
 pub const PASSFILE: &str = "migrate.pgpass";
 
@@ -150,10 +160,15 @@ impl Member {
 
     /// postgresql.auto.conf for this node as a standby of its upstream: `existing` minus what
     /// we set (and minus a soft fence, which must not survive into the new role), plus the
-    /// node-local port and cluster_name and how it streams.
-    pub fn standby_settings(&self, existing: &str, with_passfile: bool) -> Result<String> {
+    /// node-local cluster_name, the port when `port` says so, and how it streams.
+    pub fn standby_settings(
+        &self,
+        existing: &str,
+        with_passfile: bool,
+        port: Port,
+    ) -> Result<String> {
+        let set_port = port == Port::FromConninfo;
         const OURS: &[&str] = &[
-            "port",
             "cluster_name",
             "primary_conninfo",
             "primary_slot_name",
@@ -164,7 +179,7 @@ impl Member {
             .lines()
             .filter(|l| {
                 let key = l.split('=').next().unwrap_or("").trim();
-                !OURS.contains(&key) && !l.starts_with("# migrate:")
+                !OURS.contains(&key) && !(set_port && key == "port") && !l.starts_with("# migrate:")
             })
             .map(|l| format!("{l}\n"))
             .collect();
@@ -174,10 +189,14 @@ impl Member {
             .replication_conninfo(passfile.as_deref())?
             .to_libpq_string();
         let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let port = if set_port {
+            format!("port = {}\n", self.node.conninfo.port())
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "# migrate: node-local settings for {name}\nport = {port}\ncluster_name = {cn}\nprimary_conninfo = {pc}\nprimary_slot_name = {slot}\nrecovery_target_timeline = 'latest'\n",
+            "# migrate: node-local settings for {name}\n{port}cluster_name = {cn}\nprimary_conninfo = {pc}\nprimary_slot_name = {slot}\nrecovery_target_timeline = 'latest'\n",
             name = self.node.name,
-            port = self.node.conninfo.port(),
             cn = q(&self.node.name),
             pc = q(&conninfo),
             slot = q(&self.slot()),
@@ -190,7 +209,7 @@ impl Member {
     /// [`Member::standby_settings`], and `standby.signal`, in that order, so the signal file
     /// is only ever beside settings that stream from the right place. Used after a clone and
     /// when the old primary is staged as the new primary's standby.
-    pub async fn make_standby(&self, existing: &[u8]) -> Result<()> {
+    pub async fn make_standby(&self, existing: &[u8], port: Port) -> Result<()> {
         let data = &self.node.data_dir;
         let password = self.replication_password()?;
         if let Some(pw) = &password {
@@ -204,7 +223,7 @@ impl Member {
                 .await?;
         }
         let settings =
-            self.standby_settings(&String::from_utf8_lossy(existing), password.is_some())?;
+            self.standby_settings(&String::from_utf8_lossy(existing), password.is_some(), port)?;
         self.host
             .write_file(
                 &data.join("postgresql.auto.conf"),
@@ -260,4 +279,50 @@ pub enum DirState {
     Empty,
     Cluster,
     Other,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Member, Port};
+
+    fn member() -> Member {
+        let text = "name = \"t\"\n[replication]\nuser = \"repl\"\n\
+            [nodes.old]\nrole = \"primary\"\nconninfo = \"host=10.0.0.1 port=15432\"\ndata_dir = \"/a\"\n\
+            [nodes.new]\nrole = \"target\"\nupstream = \"old\"\nconninfo = \"host=10.0.0.2 port=6432\"\ndata_dir = \"/b\"\n";
+        let spec = crate::spec::parse(std::path::Path::new("/x.toml"), text).unwrap();
+        Member::new(&spec, "new").unwrap()
+    }
+
+    #[test]
+    fn a_clone_gets_its_conninfo_port_and_a_staged_server_keeps_its_own() {
+        let existing = "port = 5432\nwork_mem = '64MB'\ndefault_transaction_read_only = on\n";
+        let clone = member()
+            .standby_settings(existing, false, Port::FromConninfo)
+            .unwrap();
+        assert!(
+            clone.contains("port = 6432\n") && !clone.contains("port = 5432"),
+            "{clone}"
+        );
+        let staged = member()
+            .standby_settings(existing, false, Port::Keep)
+            .unwrap();
+        assert!(
+            staged.contains("port = 5432\n") && !staged.contains("6432\n"),
+            "{staged}"
+        );
+        for s in [&clone, &staged] {
+            assert!(
+                s.contains("work_mem = '64MB'"),
+                "the operator's settings stay: {s}"
+            );
+            assert!(
+                !s.contains("default_transaction_read_only"),
+                "the fence must not survive: {s}"
+            );
+            assert!(
+                s.contains("primary_conninfo = '") && s.contains("port=15432"),
+                "{s}"
+            );
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -84,13 +84,22 @@ impl Step for Stage {
             let c = connect(&self.0.to.endpoint()).await?;
             sql::create_physical_slot(&c, &m.slot()).await?;
             let auto = m.node.data_dir.join("postgresql.auto.conf");
-            let current = m.host.read_file(&auto).await.unwrap_or_default();
+            // A missing file is an empty one; a file that cannot be read is an error: staging
+            // over it would lose the old primary's ALTER SYSTEM settings, and the undo would
+            // "restore" an empty backup.
+            let current = if m.host.exists(&auto).await? {
+                m.host.read_file(&auto).await.with_context(|| {
+                    format!("read {} to keep its settings", auto.display())
+                })?
+            } else {
+                Vec::new()
+            };
             if !m.host.exists(&self.backup(cx)).await? {
                 m.host
                     .write_file(&self.backup(cx), &current, 0o600, None)
                     .await?;
             }
-            m.make_standby(&current).await?;
+            m.make_standby(&current, crate::steps::member::Port::Keep).await?;
             Ok(StageOut {
                 slot: m.slot(),
                 on: self.0.to.name().to_string(),
