@@ -179,7 +179,8 @@ impl Member {
             .lines()
             .filter(|l| {
                 let key = l.split('=').next().unwrap_or("").trim();
-                !OURS.contains(&key) && !(set_port && key == "port") && !l.starts_with("# migrate:")
+                let ours = OURS.contains(&key) || (set_port && key == "port");
+                !(ours || l.starts_with("# migrate:"))
             })
             .map(|l| format!("{l}\n"))
             .collect();
