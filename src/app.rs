@@ -31,6 +31,8 @@ pub fn main() -> ExitCode {
             Exit::for_error(&err)
         }
     };
+    // The ssh master connections this run opened, and their private folder.
+    crate::host::mux::close_all();
     exit.into()
 }
 

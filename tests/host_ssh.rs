@@ -146,3 +146,94 @@ async fn a_server_stops_and_starts_through_ssh() {
         .unwrap();
     assert_eq!(server.state().await.unwrap(), RunState::Stopped);
 }
+
+/// The multiplexing master serving `socket`: OpenSSH titles it `ssh: <socket> [mux]`.
+fn master_pid(socket: &std::path::Path) -> Option<i32> {
+    let want = format!("ssh: {} [mux]", socket.display());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+        (cmd.trim_end_matches('\0') == want && crate::support::alive(pid)).then_some(pid)
+    })
+}
+
+#[tokio::test]
+async fn commands_over_ssh_share_one_master_and_survive_losing_it() {
+    let sshd = Sshd::start();
+    let host = sshd.host();
+    let socket = host
+        .control_socket()
+        .expect("ssh hosts multiplex")
+        .to_path_buf();
+    host.prepare().await;
+    assert!(socket.exists(), "no socket at {}", socket.display());
+    let first = master_pid(&socket).expect("prepare opens the master connection");
+    for i in 0..5 {
+        let out = host
+            .run_ok(&Cmd::new(["echo", &i.to_string()]))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_text().trim(), i.to_string());
+    }
+    assert_eq!(
+        master_pid(&socket),
+        Some(first),
+        "every command went through the one master"
+    );
+
+    // The master dies in the middle of a command (outside any pause): the command fails
+    // cleanly and at once, never hangs.
+    let running = {
+        let host = sshd.host();
+        tokio::spawn(async move {
+            host.run(&Cmd::new(["sleep", "5"]).timeout(std::time::Duration::from_secs(30)))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(4), running)
+        .await
+        .expect("a command on a lost master must end, not hang")
+        .unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+    match ended {
+        Err(e) => assert!(e.to_string().contains("cannot reach"), "{e:#}"),
+        Ok(out) => assert!(
+            !out.success(),
+            "the interrupted command cannot have succeeded"
+        ),
+    }
+    // The next commands work: over a direct connection first (the socket is stale), then
+    // through a new master.
+    for i in 0..3 {
+        let out = host
+            .run_ok(&Cmd::new(["echo", &format!("again {i}")]))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_text().trim(), format!("again {i}"));
+        assert!(
+            !out.stderr_tail().contains("Control socket"),
+            "{}",
+            out.stderr_tail()
+        );
+    }
+    let second = master_pid(&socket).expect("a new master after the lost one");
+    assert_ne!(second, first);
+    migrate::host::mux::close_all();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(master_pid(&socket), None, "close_all ends the masters");
+    assert!(
+        !socket.parent().unwrap().exists(),
+        "the control folder is removed"
+    );
+}

@@ -37,6 +37,7 @@ pub async fn open(g: &Global, command: &str, ui: &Ui) -> Result<Session> {
             None
         }
     };
+    prepare_hosts(&spec).await;
     let inv = Invocation {
         state_dir: spec.state_dir.clone(),
         spec_hash,
@@ -49,6 +50,37 @@ pub async fn open(g: &Global, command: &str, ui: &Ui) -> Result<Session> {
         _state_lock: state_lock,
         _advisory: advisory,
     })
+}
+
+/// Open the ssh master connection of every host the run will use, all at once and before any
+/// step, so that no command inside the cutover's pause pays a connection setup. Best effort: a
+/// host that cannot be reached now is reported by the step that needs it.
+async fn prepare_hosts(spec: &Spec) {
+    use crate::spec::Route;
+    let mut hosts: Vec<&crate::host::HostSpec> = spec.nodes.iter().map(|n| &n.host).collect();
+    for r in &spec.routes {
+        match r {
+            Route::PgBouncer(p) => hosts.push(&p.host),
+            Route::HaProxy(h) => hosts.push(&h.host),
+            Route::Nat(n) => hosts.push(&n.host),
+            _ => {}
+        }
+    }
+    let opened: Vec<_> = hosts
+        .into_iter()
+        .filter(|h| matches!(h, crate::host::HostSpec::Ssh { .. }))
+        .filter_map(|h| h.open().ok())
+        .collect();
+    futures_prepare(&opened).await;
+}
+
+async fn futures_prepare(hosts: &[Arc<dyn crate::host::Host>]) {
+    let mut set = tokio::task::JoinSet::new();
+    for h in hosts {
+        let h = h.clone();
+        set.spawn(async move { h.prepare().await });
+    }
+    while set.join_next().await.is_some() {}
 }
 
 /// SHA-256 of the spec file, journaled and recorded by `plan`.

@@ -176,6 +176,12 @@ fn inherited(key: &str) -> bool {
     INHERITED_ENV.contains(&key) || key.starts_with("LC_")
 }
 
+/// A child's environment: only the inherited allowlist (see `INHERITED_ENV`).
+pub fn clean_env(c: &mut tokio::process::Command) {
+    c.env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(inherited)));
+}
+
 /// The most of a child's stdout (and of its stderr) kept in memory.
 pub const OUTPUT_LIMIT: usize = 16 << 20;
 
@@ -238,11 +244,10 @@ pub async fn run_process(cmd: &Cmd, run_as: Option<&RunAs>) -> Result<Output> {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env_clear()
-        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(inherited)))
         // Its own process group, so a time-out can kill everything it started.
         .process_group(0)
         .kill_on_drop(true);
+    clean_env(&mut c);
     for (k, v) in &cmd.env {
         c.env(k, v);
     }

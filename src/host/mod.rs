@@ -7,6 +7,7 @@
 
 pub mod exec;
 pub mod local;
+pub mod mux;
 pub mod quote;
 pub mod remote;
 
@@ -84,6 +85,10 @@ impl HostSpec {
 pub trait Host: Send + Sync + std::fmt::Debug {
     /// For messages: `local (as postgres)`, `ssh postgres@db1:22`, `docker container pg-old`.
     fn describe(&self) -> String;
+
+    /// Get ready for quick commands (an ssh host opens its master connection); before the
+    /// cutover's pause, so that nothing inside it pays a connection setup. Best effort.
+    async fn prepare(&self) {}
 
     /// Run an argv; fails only if it could not be run or timed out. See [`Host::run_ok`].
     async fn run(&self, cmd: &Cmd) -> Result<Output>;

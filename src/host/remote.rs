@@ -13,8 +13,15 @@ use super::{Cmd, Host, Output};
 
 #[derive(Debug, Clone)]
 enum Transport {
-    Ssh { prefix: Vec<String>, dest: String },
-    Docker { prefix: Vec<String> },
+    Ssh {
+        prefix: Vec<String>,
+        dest: String,
+        /// The multiplexing master's control socket (see [`super::mux`]).
+        socket: Option<std::path::PathBuf>,
+    },
+    Docker {
+        prefix: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -88,10 +95,12 @@ impl RemoteHost {
             host,
             port.unwrap_or(22)
         );
+        let socket = super::mux::socket_for(&prefix.join("\u{1f}"), &prefix, host);
         RemoteHost {
             transport: Transport::Ssh {
                 prefix,
                 dest: host.to_string(),
+                socket,
             },
             label,
         }
@@ -112,11 +121,28 @@ impl RemoteHost {
         }
     }
 
+    /// The ssh master's control socket, when this host multiplexes (see [`super::mux`]).
+    pub fn control_socket(&self) -> Option<&Path> {
+        match &self.transport {
+            Transport::Ssh { socket, .. } => socket.as_deref(),
+            Transport::Docker { .. } => None,
+        }
+    }
+
     /// The local argv that runs `argv` on the far side.
     pub fn wrap(&self, argv: &[String]) -> Vec<String> {
         match &self.transport {
-            Transport::Ssh { prefix, dest } => {
+            Transport::Ssh {
+                prefix,
+                dest,
+                socket,
+            } => {
                 let mut v = prefix.clone();
+                if let Some(s) = socket {
+                    // Before the `--` that ends ssh's options.
+                    let at = v.len() - 1;
+                    v.splice(at..at, super::mux::client_options(s));
+                }
                 v.push(dest.clone());
                 v.push(shell_join(argv));
                 v
@@ -151,14 +177,37 @@ impl Host for RemoteHost {
             env: Vec::new(),
             output_limit: cmd.output_limit,
         };
-        let out = run_process(&wrapped, None)
+        let socket = match &self.transport {
+            Transport::Ssh { socket, .. } => socket.as_deref(),
+            Transport::Docker { .. } => None,
+        };
+        if let Some(s) = socket {
+            super::mux::ensure(s).await;
+        }
+        let mut out = run_process(&wrapped, None)
             .await
             .with_context(|| format!("on {}", self.label))?;
+        if let Some(s) = socket {
+            if super::mux::stale(&out.stderr) {
+                // It ran over a direct connection; the next command gets a new master.
+                super::mux::forget(s);
+                out.stderr = super::mux::without_chatter(&out.stderr);
+            }
+        }
         // ssh reports its own failures (unreachable, auth) with status 255.
         if matches!(self.transport, Transport::Ssh { .. }) && out.code == Some(255) {
             bail!("cannot reach {}: {}", self.label, out.stderr_tail());
         }
         Ok(out)
+    }
+
+    async fn prepare(&self) {
+        if let Transport::Ssh {
+            socket: Some(s), ..
+        } = &self.transport
+        {
+            super::mux::ensure(s).await;
+        }
     }
 
     async fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
