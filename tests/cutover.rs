@@ -439,30 +439,26 @@ async fn assert_old_serves_unfenced(chain: &Chain) {
         .unwrap();
 }
 
-/// An interrupt while the cutover is in its `stop` step: the abort finishes, the old primary
-/// serves unfenced.
-async fn interrupted_during_stop_aborts_and_unfences(signal: nix::sys::signal::Signal) {
-    let chain = Chain::new().await;
-    chain.replicate_ok().await;
-    chain.plan_ok().await;
-    let mut child = tokio::process::Command::new(migrate_bin())
+/// `cutover` started in the background, held at `wait_at` until `go` exists.
+fn cutover_held_at(chain: &Chain, wait_at: &str, go: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(migrate_bin())
         .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
-        .env("MIGRATE_WAIT_AT", "stop:before")
-        .env("MIGRATE_WAIT_FILE", chain.lab.lab.dir.join("never"))
+        .env("MIGRATE_WAIT_AT", wait_at)
+        .env("MIGRATE_WAIT_FILE", go)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap();
-    chain
-        .wait_for_step("cutover", &StepId::Stop, "in_doubt")
-        .await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        signal,
-    )
-    .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(60), async {
+        .unwrap()
+}
+
+/// The background command's end (within `limit`) and its stderr.
+async fn ended_within(
+    child: &mut tokio::process::Child,
+    limit: Duration,
+    what: &str,
+) -> (std::process::ExitStatus, String) {
+    tokio::time::timeout(limit, async {
         let status = child.wait().await.unwrap();
         let mut err = String::new();
         use tokio::io::AsyncReadExt;
@@ -476,7 +472,30 @@ async fn interrupted_during_stop_aborts_and_unfences(signal: nix::sys::signal::S
         (status, err)
     })
     .await
-    .expect("the interrupted cutover must end");
+    .unwrap_or_else(|_| panic!("{what} must end within {limit:?}"))
+}
+
+/// An interrupt while the cutover is in its `stop` step: the abort finishes, the old primary
+/// serves unfenced.
+async fn interrupted_during_stop_aborts_and_unfences(signal: nix::sys::signal::Signal) {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    chain.plan_ok().await;
+    let mut child = cutover_held_at(&chain, "stop:before", &chain.lab.lab.dir.join("never"));
+    chain
+        .wait_for_step("cutover", &StepId::Stop, "in_doubt")
+        .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        signal,
+    )
+    .unwrap();
+    let out = ended_within(
+        &mut child,
+        Duration::from_secs(60),
+        "the interrupted cutover",
+    )
+    .await;
     assert_eq!(out.0.code(), Some(1), "{}", out.1);
     assert!(out.1.contains("interrupted by the operator"), "{}", out.1);
     let v: serde_json::Value =
@@ -1148,15 +1167,7 @@ async fn a_slow_stop_is_aborted_and_the_old_primary_serves(how: SlowStop) {
     );
     let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
     let go = chain.lab.lab.dir.join("go");
-    let mut child = tokio::process::Command::new(migrate_bin())
-        .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
-        .env("MIGRATE_WAIT_AT", "stop:before")
-        .env("MIGRATE_WAIT_FILE", &go)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = cutover_held_at(&chain, "stop:before", &go);
     chain
         .wait_for_step("cutover", &StepId::Stop, "in_doubt")
         .await;
@@ -1180,21 +1191,7 @@ async fn a_slow_stop_is_aborted_and_the_old_primary_serves(how: SlowStop) {
     };
     tokio::time::sleep(hold_for).await;
     nix::sys::signal::kill(checkpointer, nix::sys::signal::Signal::SIGCONT).unwrap();
-    let (status, err) = tokio::time::timeout(Duration::from_secs(90), async {
-        let status = child.wait().await.unwrap();
-        let mut err = String::new();
-        use tokio::io::AsyncReadExt;
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .await
-            .unwrap();
-        (status, err)
-    })
-    .await
-    .expect("the abort must finish");
+    let (status, err) = ended_within(&mut child, Duration::from_secs(90), "the abort").await;
     assert_eq!(status.code(), Some(1), "{err}");
     match how {
         SlowStop::Interrupted => assert!(err.contains("interrupted by the operator"), "{err}"),
@@ -1232,4 +1229,61 @@ async fn ctrl_c_while_the_old_primary_is_shutting_down_aborts_and_it_serves_agai
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_that_outlasts_its_limit_aborts_and_the_old_primary_serves_again() {
     a_slow_stop_is_aborted_and_the_old_primary_serves(SlowStop::TimedOut).await;
+}
+
+/// The lab driven the way operators run the tool: every node and the PgBouncer route reached
+/// over ssh (a real sshd on loopback, as the `postgres` user, host keys checked, connections
+/// multiplexed), the writer through PgBouncer. Cutover and rollback keep every acknowledged
+/// commit and never show two primaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_and_rollback_over_ssh_keep_every_acknowledged_write() {
+    let chain = Chain::new().await;
+    let sshd = crate::support::sshd::Sshd::start();
+    let q = |p: &std::path::Path| toml::Value::String(p.display().to_string()).to_string();
+    let ssh = format!(
+        "host = {{ kind = \"ssh\", host = \"127.0.0.1\", port = {}, user = \"postgres\", identity_file = {}, known_hosts = {} }}",
+        sshd.port,
+        q(&sshd.key()),
+        q(&sshd.dir.path().join("known_hosts"))
+    );
+    let spec = std::fs::read_to_string(&chain.spec).unwrap();
+    let local = "host = { kind = \"local\", run_as = \"postgres\" }";
+    assert_eq!(
+        spec.matches(local).count(),
+        5,
+        "four nodes and the PgBouncer route: {spec}"
+    );
+    std::fs::write(&chain.spec, spec.replace(local, &ssh)).unwrap();
+
+    let w = Writer::start(
+        vec![chain.lab.lab.app_endpoint()],
+        4,
+        Duration::from_millis(5),
+    );
+    let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
+    chain.replicate_ok().await;
+    chain.plan_ok().await;
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    crate::support::assert_exit_at(&out, Exit::Done, "cutover over ssh");
+    assert_topology(&chain, "new", "after the cutover over ssh").await;
+    let at_cutover = w.acked();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        w.acked() > at_cutover,
+        "writes go on through PgBouncer to the new primary"
+    );
+    let out = chain.run(&["rollback", "--yes"], None).await;
+    crate::support::assert_exit_at(&out, Exit::Done, "rollback over ssh");
+    assert_topology(&chain, "old", "after the rollback over ssh").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = w.stop().await;
+    assert!(
+        report.errors.is_empty(),
+        "client errors through PgBouncer: {:?}",
+        &report.errors[..report.errors.len().min(5)]
+    );
+    assert_no_loss(&chain, &report, "cutover and rollback over ssh").await;
+    sampler.assert_never_two("over ssh").await;
 }

@@ -9,7 +9,8 @@ use tokio::io::AsyncWriteExt;
 use super::quote::shell_join;
 
 /// A command for a host: an argv (never a shell string), optional stdin, a time limit and
-/// extra environment. Environment variables are only honoured by local hosts.
+/// extra environment. Remote hosts pass the environment as `env K=V …` in the command line,
+/// so it is for settings only; a secret goes on stdin (see [`Cmd::with_private_passfile`]).
 #[derive(Debug, Clone)]
 pub struct Cmd {
     pub argv: Vec<String>,

@@ -163,15 +163,18 @@ impl Host for RemoteHost {
     }
 
     async fn run(&self, cmd: &Cmd) -> Result<Output> {
-        if !cmd.env.is_empty() {
-            bail!(
-                "environment variables cannot be passed to {} (command `{}`)",
-                self.label,
-                cmd.display()
-            );
-        }
+        // Variables travel as `env K=V argv…` (POSIX env): they are visible in the far side's
+        // process list, so `Cmd::env` carries settings (LC_ALL=C), never secrets.
+        let argv = if cmd.env.is_empty() {
+            cmd.argv.clone()
+        } else {
+            let mut v = vec!["env".to_string()];
+            v.extend(cmd.env.iter().map(|(k, val)| format!("{k}={val}")));
+            v.extend(cmd.argv.iter().cloned());
+            v
+        };
         let wrapped = Cmd {
-            argv: self.wrap(&cmd.argv),
+            argv: self.wrap(&argv),
             stdin: cmd.stdin.clone(),
             timeout: cmd.timeout,
             env: Vec::new(),
