@@ -260,3 +260,22 @@ fn no_spec_given_is_bad_input() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("/nonexistent/spec.toml"));
 }
+
+#[test]
+fn a_spec_that_is_endless_binary_or_a_folder_is_refused() {
+    let bin = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bin.path(), [0x7f, b'E', b'L', b'F', 0xff, 0xfe, 0]).unwrap();
+    for (path, want) in [
+        ("/dev/zero", "larger than 64 MiB"),
+        (bin.path().to_str().unwrap(), "not UTF-8"),
+        ("/tmp", "cannot read the spec"),
+    ] {
+        let out = migrate(&["validate", "-f", path]);
+        assert_eq!(out.status.code(), Some(2), "{path}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(want),
+            "{path}: {}",
+            text(&out.stderr)
+        );
+    }
+}

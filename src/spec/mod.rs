@@ -174,16 +174,37 @@ impl Spec {
 /// Read and validate a spec file, including the files it names on this machine (secrets,
 /// plugins, trust roots: see [`local`]).
 pub fn load(path: &Path) -> Result<Spec, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+    let text = read_capped(path).map_err(|problem| SpecError {
         file: path.to_path_buf(),
         field: "(file)".into(),
-        problem: format!("cannot read the spec: {e}"),
+        problem,
         fix: "check the path given with -f/--spec".into(),
     })?;
     let spec = parse(path, &text)?;
     local::check(&spec)?;
     local::remember_secrets(&spec);
     Ok(spec)
+}
+
+/// The most of a spec file read: far more than any real spec, and a bound for `-f /dev/zero`.
+const SPEC_LIMIT: u64 = 64 << 20;
+
+fn read_capped(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read the spec: {e}"))?;
+    let mut bytes = Vec::new();
+    f.take(SPEC_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the spec: {e}"))?;
+    if bytes.len() as u64 > SPEC_LIMIT {
+        return Err(format!("the spec is larger than {} MiB", SPEC_LIMIT >> 20));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the spec is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Spec, SpecError> {
