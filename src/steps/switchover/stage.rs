@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -87,12 +87,16 @@ impl Step for Stage {
             // A missing file is an empty one; a file that cannot be read is an error: staging
             // over it would lose the old primary's ALTER SYSTEM settings, and the undo would
             // "restore" an empty backup.
-            let current = if m.host.exists(&auto).await? {
-                m.host.read_file(&auto).await.with_context(|| {
-                    format!("read {} to keep its settings", auto.display())
-                })?
-            } else {
-                Vec::new()
+            // (One remote call in the usual case: the existence check only after a failure.)
+            let current = match m.host.read_file(&auto).await {
+                Ok(bytes) => bytes,
+                Err(_) if !m.host.exists(&auto).await? => Vec::new(),
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "read {} to keep its settings",
+                        auto.display()
+                    )))
+                }
             };
             if !m.host.exists(&self.backup(cx)).await? {
                 m.host
