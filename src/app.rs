@@ -64,7 +64,8 @@ fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("migrate={level}")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::ui::LogWriter)
+        .with_ansi(false)
         .with_target(false)
         .try_init();
 }

@@ -6,6 +6,22 @@ use std::io::{IsTerminal, Write};
 
 use serde::Serialize;
 
+/// Where `-v` logs go: stderr, with remembered secrets masked and control characters escaped,
+/// whatever a dependency logs (a server's error text, a request).
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = crate::redact::for_terminal(&String::from_utf8_lossy(buf));
+        std::io::stderr().lock().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 pub struct Ui {
     json: bool,
 }
