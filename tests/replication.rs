@@ -314,7 +314,7 @@ async fn chain_of_a_200mb_database_built_under_writes_matches_on_all_four_nodes(
     // The killed run's pg_basebackup dies with it (parent-death signal); under heavy I/O the
     // kill lands when its current write returns, so allow a moment.
     let pattern = format!("pg_basebackup.*{}", chain.lab.lab.data_dir("new").display());
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let leftovers = std::process::Command::new("pgrep")
             .args(["-a", "-f", &pattern])

@@ -329,12 +329,14 @@ impl Clone {
             })
             .collect();
         let pattern = format!("pg_basebackup.* -D {escaped}( |$)");
+        // SIGKILL lands when the process's current system call returns: a pg_basebackup in its
+        // final fsync of a large directory on a busy disk can take many seconds. Wait up to 60 s.
         let script = "pkill -KILL -f -- \"$1\"; i=0; while pgrep -f -- \"$1\" >/dev/null; do \
-                      i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done; exit 0";
+                      i=$((i+1)); [ $i -gt 600 ] && exit 1; sleep 0.1; done; exit 0";
         let out = self
             .0
             .host
-            .run(&Cmd::new(["sh", "-c", script, "sh", &pattern]))
+            .run(&Cmd::new(["sh", "-c", script, "sh", &pattern]).timeout(Duration::from_secs(90)))
             .await?;
         if !out.success() {
             bail!(
