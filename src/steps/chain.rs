@@ -314,6 +314,22 @@ impl Clone {
         Ok(())
     }
 
+    /// A fresh private folder on the node's host holding `passfile` as `pgpass`; its path.
+    async fn private_passfile(&self, passfile: &str) -> Result<String> {
+        let script = "set -e; umask 077; d=$(mktemp -d \"${TMPDIR:-/tmp}/migrate-pass.XXXXXXXXXX\"); cat > \"$d/pgpass\"; printf %s \"$d\"";
+        let out = self
+            .0
+            .host
+            .run_ok(&Cmd::new(["sh", "-c", script]).stdin(passfile.as_bytes().to_vec()))
+            .await
+            .context("make a private folder for the replication passfile")?;
+        let dir = out.stdout_text();
+        if !dir.starts_with('/') || dir.contains('\n') {
+            anyhow::bail!("mktemp gave {dir:?}, not a folder");
+        }
+        Ok(dir)
+    }
+
     /// A pg_basebackup from an interrupted attempt may still write into the directory (on a
     /// remote host nothing kills it when we die): stop it before cleaning.
     async fn kill_stray_backup(&self) -> Result<()> {
@@ -331,7 +347,7 @@ impl Clone {
         let pattern = format!("pg_basebackup.* -D {escaped}( |$)");
         // SIGKILL lands when the process's current system call returns: a pg_basebackup in its
         // final fsync of a large directory on a busy disk can take many seconds. Wait up to 60 s.
-        let script = "pkill -KILL -f -- \"$1\"; i=0; while pgrep -f -- \"$1\" >/dev/null; do \
+        let script = "u=$(id -u); pkill -KILL -u \"$u\" -f -- \"$1\"; i=0; while pgrep -u \"$u\" -f -- \"$1\" >/dev/null; do \
                       i=$((i+1)); [ $i -gt 600 ] && exit 1; sleep 0.1; done; exit 0";
         let out = self
             .0
@@ -486,12 +502,22 @@ impl Step for Clone {
             "-w".into(),
         ])
         .timeout(Duration::from_secs(24 * 3600));
-        let backup = match &password {
-            Some(pw) => backup.with_private_passfile(&self.0.passfile_line(pw)),
+        // pg_basebackup runs as the direct child (a killed run's stray copy is then found and
+        // stopped by `kill_stray_backup`); its password waits in a private `mktemp -d` folder
+        // (0700, random name) on the node's host, removed when the copy ends.
+        let private = match &password {
+            Some(pw) => Some(self.private_passfile(&self.0.passfile_line(pw)).await?),
+            None => None,
+        };
+        let backup = match &private {
+            Some(dir) => backup.env("PGPASSFILE", format!("{dir}/pgpass")),
             None => backup,
         };
         let result = self.0.host.run_ok(&backup).await;
         monitor.abort();
+        if let Some(dir) = &private {
+            let _ = self.0.host.run(&Cmd::new(["rm", "-rf", "--", dir])).await;
+        }
         result.context("clone with pg_basebackup")?;
         let secs = started.elapsed().as_secs_f64();
 
