@@ -40,8 +40,13 @@ pub fn mask(text: &str, secrets: &[String]) -> String {
         if out.contains(s.as_str()) {
             out = out.replace(s.as_str(), MASK);
         }
-        let escaped = serde_json::to_string(s).unwrap_or_default();
-        let escaped = escaped.trim_matches('"');
+        // The JSON string without its two enclosing quotes (not `trim_matches`, which would
+        // also eat an escaped quote at the end and leave a dangling backslash).
+        let quoted = serde_json::to_string(s).unwrap_or_default();
+        let escaped = quoted
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .unwrap_or(&quoted);
         if escaped != s && out.contains(escaped) {
             out = out.replace(escaped, MASK);
         }
@@ -77,15 +82,22 @@ mod tests {
 
     #[test]
     fn secrets_are_masked_as_written_and_json_escaped() {
-        let secrets = vec!["pa\"ss\\word".to_string(), "hunter22".to_string()];
-        let line =
-            serde_json::json!({ "error": "auth failed for pa\"ss\\word; hunter22" }).to_string();
+        let secrets = vec![
+            "pa\"ss\\word".to_string(),
+            "hunter22".to_string(),
+            "ends-in-quote\"".to_string(),
+        ];
+        let line = serde_json::json!({
+            "error": "auth failed for pa\"ss\\word; hunter22; ends-in-quote\""
+        })
+        .to_string();
         let masked = mask(&line, &secrets);
+        serde_json::from_str::<serde_json::Value>(&masked).expect("still JSON");
         assert!(
             !masked.contains("hunter22") && !masked.contains("ss\\\\word"),
             "{masked}"
         );
-        assert_eq!(masked.matches(MASK).count(), 2, "{masked}");
+        assert_eq!(masked.matches(MASK).count(), 3, "{masked}");
     }
 
     #[test]

@@ -461,6 +461,37 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_secret_never_reaches_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let header = Event::Header {
+            format: FORMAT_VERSION,
+            run_id: "r".into(),
+            operation: "test".into(),
+            spec_hash: "h".into(),
+            tool_version: "0".into(),
+            steps: vec![],
+            keep: 0,
+        };
+        crate::redact::remember("Journal-Secret-\"7\"");
+        let mut j = Journal::create(&state, header).unwrap();
+        j.append(Event::StepFailed {
+            step: "point".into(),
+            error: "the plugin said: token Journal-Secret-\"7\" refused".into(),
+            elapsed_ms: None,
+        })
+        .unwrap();
+        drop(j);
+        let bytes = std::fs::read_to_string(state.join(JOURNAL_FILE)).unwrap();
+        assert!(!bytes.contains("Journal-Secret"), "{bytes}");
+        assert!(bytes.contains(crate::redact::MASK), "{bytes}");
+        // Still a valid journal: the checksum covers what was written.
+        let (_, contents) = Journal::open(&state).unwrap();
+        assert_eq!(contents.records.len(), 2);
+        assert!(contents.torn_tail.is_none());
+    }
+
+    #[test]
     fn appends_survive_reopen_and_torn_tails_are_cut() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
