@@ -71,13 +71,8 @@ async fn prepare_hosts(spec: &Spec) {
         .filter(|h| matches!(h, crate::host::HostSpec::Ssh { .. }))
         .filter_map(|h| h.open().ok())
         .collect();
-    futures_prepare(&opened).await;
-}
-
-async fn futures_prepare(hosts: &[Arc<dyn crate::host::Host>]) {
     let mut set = tokio::task::JoinSet::new();
-    for h in hosts {
-        let h = h.clone();
+    for h in opened {
         set.spawn(async move { h.prepare().await });
     }
     while set.join_next().await.is_some() {}

@@ -10,7 +10,8 @@ use super::quote::shell_join;
 
 /// A command for a host: an argv (never a shell string), optional stdin, a time limit and
 /// extra environment. Remote hosts pass the environment as `env K=V …` in the command line,
-/// so it is for settings only; a secret goes on stdin (see [`Cmd::with_private_passfile`]).
+/// so it is for settings only; a secret goes on stdin (see
+/// `steps::member::Member::run_with_replication_password`).
 #[derive(Debug, Clone)]
 pub struct Cmd {
     pub argv: Vec<String>,
@@ -54,40 +55,6 @@ impl Cmd {
     /// The command as a shell would read it (for messages; environment values are not shown).
     pub fn display(&self) -> String {
         shell_join(&self.argv)
-    }
-}
-
-/// Runs `"$@"` with `PGPASSFILE` pointing into a fresh `mktemp -d` folder (0700, random name)
-/// that holds stdin as the passfile, and removes the folder when the command ends or the
-/// shell is signalled. Nothing predictable in a shared /tmp, nothing left behind by a clone.
-const PRIVATE_PASSFILE: &str = r#"set -e
-umask 077
-d=$(mktemp -d "${TMPDIR:-/tmp}/migrate-pass.XXXXXXXXXX")
-trap 'rm -rf -- "$d"' EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM
-cat > "$d/pgpass"
-PGPASSFILE="$d/pgpass" "$@" </dev/null
-"#;
-
-impl Cmd {
-    /// This command with `passfile` (libpq passfile lines) available to it as `PGPASSFILE`,
-    /// in a private folder on whichever host runs it (see `PRIVATE_PASSFILE`). The secret
-    /// travels on stdin, never in an argv or an environment.
-    pub fn with_private_passfile(self, passfile: &str) -> Cmd {
-        let mut argv = vec![
-            "sh".to_string(),
-            "-c".into(),
-            PRIVATE_PASSFILE.into(),
-            "migrate-passfile".into(),
-        ];
-        argv.extend(self.argv);
-        Cmd {
-            argv,
-            stdin: Some(passfile.as_bytes().to_vec()),
-            ..self
-        }
     }
 }
 

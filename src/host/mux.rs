@@ -20,6 +20,9 @@ pub const PERSIST: &str = "60";
 /// The most a master may take to connect and authenticate.
 const START_LIMIT: Duration = Duration::from_secs(20);
 
+/// The most `close_all` waits for one master to acknowledge `-O exit`.
+const EXIT_LIMIT: Duration = Duration::from_secs(2);
+
 /// After a failed start, direct connections for this long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
@@ -192,7 +195,18 @@ pub fn close_all() {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let _ = c.status();
+        // `-O exit` only talks to the local socket, but a master stuck on a dead link must not
+        // hold up the end of the command: give it a moment, then leave it to ControlPersist.
+        if let Ok(mut child) = c.spawn() {
+            let deadline = Instant::now() + EXIT_LIMIT;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
     drop(r);
 }

@@ -994,7 +994,6 @@ async fn reverse_path(checks: &mut Vec<Check>, spec: &Spec, facts: &BTreeMap<Str
 /// `psql replication=true -c IDENTIFY_SYSTEM` from the member's host to its upstream.
 async fn replication_probe(m: &Member) -> anyhow::Result<(bool, String)> {
     let server = m.server()?;
-    let password = m.replication_password()?;
     let conninfo = m
         .replication_conninfo(None)?
         .with("replication", "true")
@@ -1008,12 +1007,7 @@ async fn replication_probe(m: &Member) -> anyhow::Result<(bool, String)> {
         "IDENTIFY_SYSTEM".into(),
         conninfo.to_libpq_string(),
     ]);
-    let probe = match &password {
-        Some(pw) => probe.with_private_passfile(&m.passfile_line(pw)),
-        None => probe,
-    };
-    let out = m.host.run(&probe).await;
-    let out = out?;
+    let out = m.run_with_replication_password(probe, false).await?;
     Ok((out.success(), out.stderr_tail()))
 }
 

@@ -351,19 +351,8 @@ impl Rehearsal<'_> {
         (self.note)(&format!("cutover, with fault {}", fault.name()));
         let mut hung = None;
         let (status, injected) = if fault == Fault::RestartOldAfterProof {
-            self.expect_exit(
-                "cutover-fault",
-                &[
-                    "cutover",
-                    "--yes",
-                    "--force-window",
-                    "--pause-before",
-                    &StepId::Stage.to_string(),
-                    "--keep-clients-held",
-                ],
-                3,
-            )
-            .await?;
+            self.cutover_paused_before("cutover-fault", StepId::Stage)
+                .await?;
             self.lab
                 .server("old")
                 .start(&self.lab.server_log("old"), Duration::from_secs(120))
@@ -515,19 +504,8 @@ impl Rehearsal<'_> {
         (self.note)("cutover, with the old primary unable to follow the new one");
         let c0 = Utc::now();
         let t = Instant::now();
-        self.expect_exit(
-            "cutover",
-            &[
-                "cutover",
-                "--yes",
-                "--force-window",
-                "--pause-before",
-                &StepId::Promote.to_string(),
-                "--keep-clients-held",
-            ],
-            3,
-        )
-        .await?;
+        self.cutover_paused_before("cutover", StepId::Promote)
+            .await?;
         let auto = self.lab.data_dir("old").join("postgresql.auto.conf");
         let staged = std::fs::read_to_string(&auto)?;
         std::fs::write(&auto, format!("{staged}shared_buffers = 'not a size'\n"))?;
@@ -572,6 +550,20 @@ impl Rehearsal<'_> {
     }
 
     /// Run a command that must end with `code`.
+    /// `cutover --pause-before <step> --keep-clients-held`, which stops there with exit 3.
+    async fn cutover_paused_before(&self, name: &str, step: StepId) -> Result<()> {
+        let step = step.to_string();
+        let args = [
+            "cutover",
+            "--yes",
+            "--force-window",
+            "--pause-before",
+            &step,
+            "--keep-clients-held",
+        ];
+        self.expect_exit(name, &args, 3).await
+    }
+
     async fn expect_exit(&self, name: &str, args: &[&str], code: i32) -> Result<()> {
         let st = self.command(name, args, &[]).await?.wait().await?;
         if st.code() != Some(code) {
@@ -599,19 +591,8 @@ impl Rehearsal<'_> {
             self.lab.endpoint("old", "app"),
             self.lab.endpoint(TARGET, "app"),
         ]);
-        self.expect_exit(
-            "cutover-promote-fault",
-            &[
-                "cutover",
-                "--yes",
-                "--force-window",
-                "--pause-before",
-                &StepId::Promote.to_string(),
-                "--keep-clients-held",
-            ],
-            3,
-        )
-        .await?;
+        self.cutover_paused_before("cutover-promote-fault", StepId::Promote)
+            .await?;
         connect(&self.lab.endpoint(TARGET, "postgres"))
             .await?
             .batch_execute("SELECT pg_promote(true, 30)")

@@ -621,21 +621,19 @@ impl Validator {
                     options.push(format!("UserKnownHostsFile={}", k.display()));
                     options.push("StrictHostKeyChecking=yes".into());
                 }
-                let strict = options.iter().any(|o| {
-                    o.split_once('=').is_some_and(|(k, v)| {
-                        k.trim().eq_ignore_ascii_case("StrictHostKeyChecking")
-                            && ["yes", "accept-new"]
-                                .contains(&v.trim().to_ascii_lowercase().as_str())
-                    })
+                // ssh takes the first value given, so the first one here is what applies.
+                let checking = options.iter().find_map(|o| {
+                    o.split_once('=')
+                        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("StrictHostKeyChecking"))
+                        .map(|(_, v)| v.trim().to_ascii_lowercase())
                 });
-                let weak = options.iter().any(|o| {
-                    o.split_once('=').is_some_and(|(k, v)| {
-                        k.trim().eq_ignore_ascii_case("StrictHostKeyChecking")
-                            && ["no", "off", "false"]
-                                .contains(&v.trim().to_ascii_lowercase().as_str())
-                    })
-                });
-                if weak || (!strict && known_hosts.is_none()) {
+                let weak = checking
+                    .as_deref()
+                    .is_some_and(|v| ["no", "off", "false"].contains(&v));
+                let strict = checking
+                    .as_deref()
+                    .is_some_and(|v| ["yes", "accept-new"].contains(&v));
+                if weak || !strict {
                     self.warn(format!(
                         "{field}: host keys of {host} are {}checked strictly; set known_hosts = \"PATH\" (or StrictHostKeyChecking=yes) so a spoofed host cannot receive the database's secrets",
                         if weak { "NOT " } else { "not necessarily " }
@@ -1087,13 +1085,7 @@ impl Validator {
                     "give each node its own host:port",
                 ));
             }
-            let machine = match &n.host {
-                HostSpec::Ssh { host, port, .. } => {
-                    format!("ssh:{}:{}", values::normal_host(host), port.unwrap_or(22))
-                }
-                other => other.identity(),
-            };
-            if !dirs.insert((machine, values::normal_path(&n.data_dir))) {
+            if !dirs.insert((values::machine(&n.host), values::normal_path(&n.data_dir))) {
                 return Err(self.err(
                     format!("nodes.{}.data_dir", n.name),
                     format!(

@@ -33,13 +33,8 @@ impl Route {
     /// What the route changes, in normal form: two routes with one key would fight over the
     /// same record, rule or pooler entry.
     pub fn changes(&self) -> Option<String> {
-        use super::values::{normal_host, normal_path};
-        let on = |h: &HostSpec| match h {
-            HostSpec::Ssh { host, port, .. } => {
-                format!("ssh:{}:{}", normal_host(host), port.unwrap_or(22))
-            }
-            other => other.identity(),
-        };
+        use super::values::normal_path;
+        let on = super::values::machine;
         Some(match self {
             Route::None => return None,
             Route::PgBouncer(r) => format!(

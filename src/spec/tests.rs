@@ -92,3 +92,33 @@ fn replicas_of_the_old_primary_are_allowed() {
     let spec = parse(Path::new("/x/spec.toml"), &text).unwrap();
     assert_eq!(spec.downstream_of("old").count(), 2);
 }
+
+#[test]
+fn ssh_hosts_without_strict_host_key_checking_are_warned_about() {
+    let with = |host: &str| {
+        format!(
+            "name = \"t\"\n[replication]\nuser = \"repl\"\n\
+             [nodes.old]\nrole = \"primary\"\nconninfo = \"host=10.0.0.1\"\ndata_dir = \"/a\"\nhost = {host}\n\
+             [nodes.new]\nrole = \"target\"\nupstream = \"old\"\nconninfo = \"host=10.0.0.2\"\ndata_dir = \"/b\"\n"
+        )
+    };
+    let warnings = |host: &str| {
+        parse(Path::new("/x/spec.toml"), &with(host))
+            .unwrap()
+            .warnings
+    };
+    assert_eq!(warnings("{ kind = \"ssh\", host = \"db1\" }").len(), 1);
+    assert!(warnings("{ kind = \"ssh\", host = \"db1\", known_hosts = \"/k\" }").is_empty());
+    assert!(warnings(
+        "{ kind = \"ssh\", host = \"db1\", options = [\"StrictHostKeyChecking=yes\"] }"
+    )
+    .is_empty());
+    // ssh takes the first value: a `no` before known_hosts' `yes` still wins.
+    let weak = warnings(
+        "{ kind = \"ssh\", host = \"db1\", known_hosts = \"/k\", options = [\"StrictHostKeyChecking=no\"] }",
+    );
+    assert!(
+        weak.len() == 1 && weak[0].contains("NOT checked"),
+        "{weak:?}"
+    );
+}

@@ -149,6 +149,17 @@ pub fn normal_host(h: &str) -> String {
     }
 }
 
+/// A key equal for two host controls that reach the same machine: ssh destinations compared
+/// in normal form (see [`normal_host`]), others by their own identity.
+pub fn machine(h: &crate::host::HostSpec) -> String {
+    match h {
+        crate::host::HostSpec::Ssh { host, port, .. } => {
+            format!("ssh:{}:{}", normal_host(host), port.unwrap_or(22))
+        }
+        other => other.identity(),
+    }
+}
+
 /// A name that goes into SQL, a config file or a command line as is: letters, digits and a
 /// few separators, starting with a letter or '_', at most 63 bytes (PostgreSQL's NAMEDATALEN).
 pub fn plain_identifier(name: &str) -> bool {

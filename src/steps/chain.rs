@@ -314,22 +314,6 @@ impl Clone {
         Ok(())
     }
 
-    /// A fresh private folder on the node's host holding `passfile` as `pgpass`; its path.
-    async fn private_passfile(&self, passfile: &str) -> Result<String> {
-        let script = "set -e; umask 077; d=$(mktemp -d \"${TMPDIR:-/tmp}/migrate-pass.XXXXXXXXXX\"); cat > \"$d/pgpass\"; printf %s \"$d\"";
-        let out = self
-            .0
-            .host
-            .run_ok(&Cmd::new(["sh", "-c", script]).stdin(passfile.as_bytes().to_vec()))
-            .await
-            .context("make a private folder for the replication passfile")?;
-        let dir = out.stdout_text();
-        if !dir.starts_with('/') || dir.contains('\n') {
-            anyhow::bail!("mktemp gave {dir:?}, not a folder");
-        }
-        Ok(dir)
-    }
-
     /// A pg_basebackup from an interrupted attempt may still write into the directory (on a
     /// remote host nothing kills it when we die): stop it before cleaning.
     async fn kill_stray_backup(&self) -> Result<()> {
@@ -438,7 +422,6 @@ impl Step for Clone {
             cx.progress(&id, "removing what an interrupted clone left");
             self.clean(existed).await?;
         }
-        let password = self.0.replication_password()?;
         let conninfo = self.0.replication_conninfo(None)?;
         let total = self.upstream_size().await;
         let started = Instant::now();
@@ -502,22 +485,8 @@ impl Step for Clone {
             "-w".into(),
         ])
         .timeout(Duration::from_secs(24 * 3600));
-        // pg_basebackup runs as the direct child (a killed run's stray copy is then found and
-        // stopped by `kill_stray_backup`); its password waits in a private `mktemp -d` folder
-        // (0700, random name) on the node's host, removed when the copy ends.
-        let private = match &password {
-            Some(pw) => Some(self.private_passfile(&self.0.passfile_line(pw)).await?),
-            None => None,
-        };
-        let backup = match &private {
-            Some(dir) => backup.env("PGPASSFILE", format!("{dir}/pgpass")),
-            None => backup,
-        };
-        let result = self.0.host.run_ok(&backup).await;
+        let result = self.0.run_with_replication_password(backup, true).await;
         monitor.abort();
-        if let Some(dir) = &private {
-            let _ = self.0.host.run(&Cmd::new(["rm", "-rf", "--", dir])).await;
-        }
         result.context("clone with pg_basebackup")?;
         let secs = started.elapsed().as_secs_f64();
 

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
-use crate::host::{Cmd, Host, HostSpec};
+use crate::host::{Cmd, Host, HostSpec, Output};
 use crate::pg::secret::resolve_password;
 use crate::pg::server::{find_local_bin_dir, Server};
 use crate::pg::{Conninfo, Endpoint, Secret};
@@ -146,6 +146,50 @@ impl Member {
             .with("dbname", "replication");
         resolve_password(self.repl_password.as_ref(), &c)
             .context("resolve the replication password")
+    }
+
+    /// Run `cmd` (a replication client: pg_basebackup, psql) on this node's host with the
+    /// replication password in a private `mktemp -d` folder (0700, random name) named by
+    /// `PGPASSFILE`, removed when the command ends. The password travels on stdin, never in an
+    /// argv or an environment; the command stays the direct child (a stray copy of a killed
+    /// run can then be found and stopped). A crash between the two leaves the 0700 folder.
+    pub async fn run_with_replication_password(
+        &self,
+        cmd: Cmd,
+        require_success: bool,
+    ) -> Result<Output> {
+        let dir = match self.replication_password()? {
+            Some(pw) => Some(self.private_passfile(&self.passfile_line(&pw)).await?),
+            None => None,
+        };
+        let cmd = match &dir {
+            Some(d) => cmd.env("PGPASSFILE", format!("{d}/pgpass")),
+            None => cmd,
+        };
+        let out = if require_success {
+            self.host.run_ok(&cmd).await
+        } else {
+            self.host.run(&cmd).await
+        };
+        if let Some(d) = &dir {
+            let _ = self.host.run(&Cmd::new(["rm", "-rf", "--", d])).await;
+        }
+        out
+    }
+
+    /// A fresh private folder on the node's host holding `passfile` as `pgpass`; its path.
+    async fn private_passfile(&self, passfile: &str) -> Result<String> {
+        let script = "set -e; umask 077; d=$(mktemp -d \"${TMPDIR:-/tmp}/migrate-pass.XXXXXXXXXX\"); cat > \"$d/pgpass\"; printf %s \"$d\"";
+        let out = self
+            .host
+            .run_ok(&Cmd::new(["sh", "-c", script]).stdin(passfile.as_bytes().to_vec()))
+            .await
+            .context("make a private folder for the replication passfile")?;
+        let dir = out.stdout_text();
+        if !dir.starts_with('/') || dir.contains('\n') {
+            bail!("mktemp gave {dir:?}, not a folder");
+        }
+        Ok(dir)
     }
 
     /// A libpq passfile line granting the replication user everywhere.
