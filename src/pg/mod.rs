@@ -6,6 +6,7 @@ pub mod conninfo;
 pub mod lsn;
 pub mod secret;
 pub mod server;
+pub mod service;
 pub mod sql;
 pub mod tls;
 

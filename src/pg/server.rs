@@ -1,5 +1,5 @@
-//! A PostgreSQL server on some host, driven with `pg_ctl` and `pg_controldata` through host
-//! control.
+//! A PostgreSQL server on some host, started and stopped through its service manager
+//! (`service.rs`) by host control.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use super::service::Service;
 use crate::host::{Cmd, Host};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,20 +18,18 @@ pub enum RunState {
     NoCluster,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub enum StopMode {
-    Fast,
-    Immediate,
-}
+pub use super::service::StopMode;
 
 #[derive(Debug, Clone)]
 pub struct Server {
     pub host: Arc<dyn Host>,
     pub bin_dir: PathBuf,
     pub data_dir: PathBuf,
+    pub service: Service,
 }
 
 impl Server {
+    /// A server driven with `pg_ctl -D` (the lab's, and the default of a spec's node).
     pub fn new(
         host: Arc<dyn Host>,
         bin_dir: impl Into<PathBuf>,
@@ -40,7 +39,13 @@ impl Server {
             host,
             bin_dir: bin_dir.into(),
             data_dir: data_dir.into(),
+            service: Service::PgCtl,
         }
+    }
+
+    pub fn managed_by(mut self, service: Service) -> Server {
+        self.service = service;
+        self
     }
 
     pub fn tool(&self, name: &str) -> String {
@@ -51,44 +56,36 @@ impl Server {
         self.data_dir.display().to_string()
     }
 
+    fn label(&self) -> String {
+        format!("{} ({})", self.data(), self.service.describe())
+    }
+
     pub async fn state(&self) -> Result<RunState> {
-        let out = self
-            .host
-            .run(&Cmd::new([
-                self.tool("pg_ctl"),
-                "status".into(),
-                "-D".into(),
-                self.data(),
-            ]))
-            .await?;
+        let argv = self
+            .service
+            .status_argv(&self.tool("pg_ctl"), &self.data_dir);
+        let out = self.host.run(&Cmd::new(argv)).await?;
         Ok(match out.code {
             Some(0) => RunState::Running,
             Some(3) => RunState::Stopped,
             Some(4) => RunState::NoCluster,
             _ => bail!(
-                "on {}: pg_ctl status -D {} failed: {}",
+                "on {}: the status of the server in {} failed: {}",
                 self.host.describe(),
-                self.data(),
+                self.label(),
                 out.stderr_tail()
             ),
         })
     }
 
-    /// Start and wait until it accepts connections (`pg_ctl -w`). Server output goes to `log`.
+    /// Start and wait until it accepts connections. Server output goes to `log` (for
+    /// `pg_ctl`; a managed cluster logs where its manager says, which `log` should name).
     pub async fn start(&self, log: &Path, timeout: Duration) -> Result<()> {
         let secs = timeout.as_secs().max(5);
-        let cmd = Cmd::new([
-            self.tool("pg_ctl"),
-            "start".into(),
-            "-D".into(),
-            self.data(),
-            "-l".into(),
-            log.display().to_string(),
-            "-w".into(),
-            "-t".into(),
-            secs.to_string(),
-        ])
-        .timeout(timeout + Duration::from_secs(10));
+        let argv = self
+            .service
+            .start_argv(&self.tool("pg_ctl"), &self.data_dir, log, secs);
+        let cmd = Cmd::new(argv).timeout(timeout + Duration::from_secs(10));
         let out = self.host.run(&cmd).await?;
         if !out.success() {
             let log_tail = self
@@ -110,7 +107,7 @@ impl Server {
             bail!(
                 "on {}: the server in {} did not start: {}; server log {}: {}",
                 self.host.describe(),
-                self.data(),
+                self.label(),
                 out.stderr_tail(),
                 log.display(),
                 log_tail
@@ -119,24 +116,18 @@ impl Server {
         Ok(())
     }
 
-    /// Start without waiting (`pg_ctl start -W`): for callers that wait for a stronger
-    /// condition themselves (a standby streaming), sooner than `pg_ctl`'s 100 ms polling.
+    /// Start without waiting: for callers that wait for a stronger condition themselves (a
+    /// standby streaming), sooner than `pg_ctl`'s 100 ms polling.
     pub async fn launch(&self, log: &Path) -> Result<()> {
-        let cmd = Cmd::new([
-            self.tool("pg_ctl"),
-            "start".into(),
-            "-D".into(),
-            self.data(),
-            "-l".into(),
-            log.display().to_string(),
-            "-W".into(),
-        ]);
-        let out = self.host.run(&cmd).await?;
+        let argv = self
+            .service
+            .launch_argv(&self.tool("pg_ctl"), &self.data_dir, log);
+        let out = self.host.run(&Cmd::new(argv)).await?;
         if !out.success() {
             bail!(
-                "on {}: pg_ctl start -D {} failed: {}; server log {}",
+                "on {}: starting the server in {} failed: {}; server log {}",
                 self.host.describe(),
-                self.data(),
+                self.label(),
                 out.stderr_tail(),
                 log.display()
             );
@@ -147,35 +138,32 @@ impl Server {
     /// Stop and wait. Stopping a stopped server is not an error.
     ///
     /// `pg_ctl stop -w` checks every 100 ms, and a fast shutdown of a fenced primary takes a
-    /// fraction of that, inside the write pause. So `pg_ctl` only signals (`-W`) and a shell
+    /// fraction of that, inside the write pause. So the manager only signals and a shell
     /// loop on the server's host waits in 10 ms steps for what `pg_ctl` waits for: the pid
-    /// file gone or the postmaster gone.
+    /// file gone or the postmaster gone. The same call first looks whether a postmaster runs
+    /// at all, so a stop costs one round trip to the host.
     pub async fn stop(&self, mode: StopMode, timeout: Duration) -> Result<()> {
-        if self.state().await? != RunState::Running {
-            return Ok(());
-        }
-        let m = match mode {
-            StopMode::Fast => "fast",
-            StopMode::Immediate => "immediate",
-        };
         let steps = (timeout.as_millis() / 10).max(100).to_string();
-        let cmd = Cmd::new([
-            "sh".into(),
+        let mut argv = vec![
+            "sh".to_string(),
             "-c".into(),
             STOP_AND_WAIT.into(),
             "migrate-stop".into(),
-            self.tool("pg_ctl"),
             self.data(),
-            m.into(),
             steps,
-        ])
-        .timeout(timeout + Duration::from_secs(10));
+        ];
+        argv.extend(
+            self.service
+                .signal_stop_argv(&self.tool("pg_ctl"), &self.data_dir, mode),
+        );
+        let cmd = Cmd::new(argv).timeout(timeout + Duration::from_secs(10));
         let out = self.host.run(&cmd).await?;
         if !out.success() && self.state().await? == RunState::Running {
             bail!(
-                "on {}: pg_ctl stop -D {} -m {m} failed: {}",
+                "on {}: stopping the server in {} (-m {}) failed: {}",
                 self.host.describe(),
-                self.data(),
+                self.label(),
+                mode.word(),
                 out.stderr_tail()
             );
         }
@@ -183,15 +171,19 @@ impl Server {
     }
 }
 
-/// `sh -c` script: $1 pg_ctl, $2 data directory, $3 mode, $4 how many 10 ms waits at most.
-/// A `sleep` without fractions (some busybox builds) falls back to whole seconds.
-const STOP_AND_WAIT: &str = r#"pid=$(head -n 1 "$2/postmaster.pid" 2>/dev/null)
-"$1" stop -D "$2" -m "$3" -W -s || exit $?
-[ -n "$pid" ] || exit 0
+/// `sh -c` script: $1 data directory, $2 how many 10 ms waits at most, then the command that
+/// asks the server to stop. No postmaster (no pid file, or its process gone: /proc also
+/// answers for another user's process) means nothing to do. A `sleep` without fractions
+/// (some busybox builds) falls back to whole seconds.
+const STOP_AND_WAIT: &str = r#"data=$1; steps=$2; shift 2
+pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
+alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
+[ -n "$pid" ] && alive "$pid" || exit 0
+"$@" || exit $?
 i=0
-while [ -e "$2/postmaster.pid" ] && kill -0 "$pid" 2>/dev/null; do
+while [ -e "$data/postmaster.pid" ] && alive "$pid"; do
   i=$((i + 1))
-  if [ "$i" -gt "$4" ]; then echo "the server did not stop in time" >&2; exit 1; fi
+  if [ "$i" -gt "$steps" ]; then echo "the server did not stop in time" >&2; exit 1; fi
   sleep 0.01 2>/dev/null || sleep 1
 done"#;
 

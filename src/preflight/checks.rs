@@ -23,6 +23,7 @@ const SETTINGS: &[&str] = &[
     "wal_log_hints",
     "synchronous_standby_names",
     "archive_mode",
+    "config_file",
 ];
 
 /// Hot-standby parameters that must be equal on all nodes, in both directions (P10).
@@ -194,6 +195,7 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
     let primary = spec.primary();
     let Some(p) = facts.get(&primary.name) else {
         // Everything that does not need the primary is still reported.
+        super::service::check(&mut checks, spec, &config_files(&facts)).await;
         routes(&mut checks, spec, false).await;
         spec_checks(&mut checks, spec);
         return checks;
@@ -333,9 +335,18 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
     replication_auth(&mut checks, spec, &facts).await;
 
     stream_tls(&mut checks, spec, &facts).await;
+    super::service::check(&mut checks, spec, &config_files(&facts)).await;
     routes(&mut checks, spec, true).await;
     spec_checks(&mut checks, spec);
     checks
+}
+
+fn config_files(facts: &BTreeMap<String, Facts>) -> BTreeMap<String, String> {
+    facts
+        .iter()
+        .map(|(n, f)| (n.clone(), f.get("config_file").to_string()))
+        .filter(|(_, c)| !c.is_empty())
+        .collect()
 }
 
 /// What plan can tell without the primary: the spec's own findings, the window, every

@@ -2,6 +2,7 @@
 //! Each check has a stable id, a status, the finding and the remedy (docs/pitfalls.md, preflight).
 
 mod checks;
+mod service;
 
 use serde::Serialize;
 

@@ -6,6 +6,7 @@
 pub mod local;
 mod raw;
 mod route;
+mod service;
 pub mod values;
 
 pub use route::{
@@ -21,6 +22,7 @@ use chrono::{DateTime, FixedOffset};
 use serde::Serialize;
 
 use crate::host::HostSpec;
+use crate::pg::service::Service;
 use crate::pg::{Conninfo, Endpoint, SecretRef};
 use crate::units::{parse_duration, parse_size};
 use raw::{RawHost, RawSpec};
@@ -55,11 +57,14 @@ pub struct Node {
     pub password: Option<SecretRef>,
     pub data_dir: PathBuf,
     pub bin_dir: Option<PathBuf>,
-    /// Where `pg_ctl start -l` sends the server's output; default `<data_dir>/migrate-server.log`.
+    /// Where the server's output goes (`pg_ctl start -l`); default `<data_dir>/migrate-server.log`,
+    /// or Debian's log for a postgresql-common cluster.
     pub log_file: PathBuf,
     pub host: HostSpec,
     /// How this node's replication stream (from its upstream) must be protected.
     pub replication_tls: ReplicationTls,
+    /// How its server is started and stopped.
+    pub service: Service,
 }
 
 /// `replication_tls` of a node: the stream from its upstream must be verified TLS
@@ -913,6 +918,7 @@ impl Validator {
                     "give the absolute path of the PostgreSQL bin directory on that host",
                 ));
             }
+            let service = self.service(&format!("{f}.service"), rn.service)?;
             let node = Node {
                 conninfo: self.conninfo(&format!("{f}.conninfo"), &rn.conninfo)?,
                 password: self.secret(&format!("{f}.password"), rn.password)?,
@@ -920,10 +926,13 @@ impl Validator {
                 name: name.clone(),
                 role,
                 upstream: rn.upstream,
-                log_file: rn
-                    .log_file
-                    .clone()
-                    .unwrap_or_else(|| rn.data_dir.join("migrate-server.log")),
+                log_file: rn.log_file.clone().unwrap_or_else(|| {
+                    service
+                        .default_log()
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| rn.data_dir.join("migrate-server.log"))
+                }),
+                service,
                 data_dir: rn.data_dir,
                 bin_dir: rn.bin_dir,
                 replication_tls: match rn.replication_tls.as_deref() {

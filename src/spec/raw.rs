@@ -40,6 +40,8 @@ pub struct RawNode {
     pub log_file: Option<PathBuf>,
     /// `"none"`: this node may stream from its upstream without a verified TLS connection.
     pub replication_tls: Option<String>,
+    /// `"pg_ctl"` or a table: see `spec/service.rs`.
+    pub service: Option<toml::Value>,
     #[serde(default)]
     pub host: RawHost,
 }

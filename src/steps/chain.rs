@@ -540,13 +540,13 @@ impl Step for Start {
     fn describe(&self) -> Description {
         Description {
             host: self.0.host_label(),
-            action: format!("pg_ctl start -D {} -l {} -w", self.0.node.data_dir.display(), self.0.node.log_file.display()),
+            action: format!("{} (server log {})", self.0.server_words("start"), self.0.node.log_file.display()),
             proof: format!(
                 "pg_stat_wal_receiver.status = 'streaming' on {} and a streaming row for it in pg_stat_replication on {}",
                 self.0.name(),
                 self.0.node.upstream.as_deref().unwrap_or("-")
             ),
-            undo: "pg_ctl stop -m fast".into(),
+            undo: format!("{} (fast)", self.0.server_words("stop")),
         }
     }
     fn kind(&self) -> Kind {

@@ -80,15 +80,15 @@ impl Step for RetireOld {
     fn describe(&self) -> Description {
         let action = match self.retire {
             Retire::Stop => format!(
-                "pg_ctl stop -D {} -m fast (standby.signal stays)",
-                self.old.node.data_dir.display()
+                "{} -m fast (standby.signal stays)",
+                self.old.server_words("stop")
             ),
             Retire::Standby => format!("keep {} as a standby of the new primary", self.old.name()),
         };
         Description {
             host: self.old.host_label(),
             action,
-            proof: "pg_ctl status".into(),
+            proof: self.old.server_words("status"),
             undo: "none: the rollback path is retired".into(),
         }
     }

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::host::{Cmd, Host, HostSpec, Output};
 use crate::pg::secret::resolve_password;
 use crate::pg::server::{find_local_bin_dir, Server};
+use crate::pg::service::Service;
 use crate::pg::{Conninfo, Endpoint, Secret};
 use crate::replication::slot_name;
 use crate::spec::{Node, Spec};
@@ -91,6 +92,12 @@ impl Member {
 
     /// The PostgreSQL bin directory on the node's host.
     pub fn bin_dir(&self) -> Result<PathBuf> {
+        // Debian keeps each major's binaries in one place.
+        if let (None, Service::PgCtlCluster { version, .. }) =
+            (&self.node.bin_dir, &self.node.service)
+        {
+            return Ok(PathBuf::from(format!("/usr/lib/postgresql/{version}/bin")));
+        }
         match (&self.node.bin_dir, &self.node.host) {
             (Some(d), _) => Ok(d.clone()),
             (None, HostSpec::Local { .. }) => find_local_bin_dir(),
@@ -102,11 +109,15 @@ impl Member {
     }
 
     pub fn server(&self) -> Result<Server> {
-        Ok(Server::new(
-            self.host.clone(),
-            self.bin_dir()?,
-            &self.node.data_dir,
-        ))
+        Ok(
+            Server::new(self.host.clone(), self.bin_dir()?, &self.node.data_dir)
+                .managed_by(self.node.service.clone()),
+        )
+    }
+
+    /// A step description's words for an action on this node's server.
+    pub fn server_words(&self, verb: &str) -> String {
+        self.node.service.words(verb, &self.node.data_dir)
     }
 
     pub fn host_label(&self) -> String {

@@ -72,7 +72,7 @@ impl Step for Reverse {
     fn describe(&self) -> Description {
         Description {
             host: self.0.from.host_label(),
-            action: format!("pg_ctl start -D {} (as a standby of {})", self.0.from.node.data_dir.display(), self.0.to.name()),
+            action: format!("{} (as a standby of {})", self.0.from.server_words("start"), self.0.to.name()),
             proof: format!(
                 "pg_stat_wal_receiver on {} streaming with received_tli = the new timeline, and a streaming row in pg_stat_replication on {}",
                 self.0.from.name(),

@@ -35,12 +35,9 @@ impl Step for StopPrimary {
     fn describe(&self) -> Description {
         Description {
             host: self.0.from.host_label(),
-            action: format!(
-                "pg_ctl stop -D {} -m fast -w",
-                self.0.from.node.data_dir.display()
-            ),
-            proof: "pg_ctl status: not running".into(),
-            undo: "pg_ctl start (as primary again)".into(),
+            action: format!("{} -m fast, and wait", self.0.from.server_words("stop")),
+            proof: format!("{}: not running", self.0.from.server_words("status")),
+            undo: format!("{} (as primary again)", self.0.from.server_words("start")),
         }
     }
     fn kind(&self) -> Kind {
