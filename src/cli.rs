@@ -119,6 +119,10 @@ pub struct RehearseArgs {
     /// First of the lab's five ports.
     #[arg(long, default_value_t = crate::lab::DEFAULT_BASE_PORT)]
     pub base_port: u16,
+    /// plain: pg_ctl and data directories; debian: postgresql-common clusters driven with
+    /// pg_ctlcluster (needs root; the clusters are unregistered afterwards unless --keep).
+    #[arg(long, value_enum, default_value_t)]
+    pub layout: crate::lab::Layout,
     /// Inject a fault and report what the tool did: kill-target-during-catchup,
     /// stop-target-after-fence, crash-tool-after-promote, route-failure,
     /// idle-in-transaction-client, hang-target, restart-old-after-proof, old-cannot-follow,
@@ -141,7 +145,7 @@ pub enum LabAction {
     /// Show each lab node's port, role and whether it is up.
     Status(LabDir),
     /// Stop every process the lab started. Safe to run twice.
-    Down(LabDir),
+    Down(LabDownArgs),
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +156,20 @@ pub struct LabArgs {
     /// PgBouncer = N+4.
     #[arg(long, default_value_t = crate::lab::DEFAULT_BASE_PORT)]
     pub base_port: u16,
+    /// plain: pg_ctl and data directories; debian: every node a postgresql-common cluster
+    /// (pg_createcluster, /etc/postgresql, pg_ctlcluster); needs root.
+    #[arg(long, value_enum, default_value_t)]
+    pub layout: crate::lab::Layout,
+}
+
+#[derive(Debug, Args)]
+pub struct LabDownArgs {
+    #[command(flatten)]
+    pub dir: LabDir,
+    /// In the debian layout, also remove the lab's clusters from /etc/postgresql (the data
+    /// stays in DIR; the lab cannot be started again).
+    #[arg(long)]
+    pub unregister: bool,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use crate::ui::Ui;
 pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
     match action {
         LabAction::Up(args) => {
-            let lab = Lab::new(&args.dir.dir, args.base_port)?;
+            let lab = Lab::new(&args.dir.dir, args.base_port, args.layout)?;
             let status = lab.up().await?;
             show(ui, &status);
             if !ui.json() {
@@ -29,7 +29,8 @@ pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
             show(ui, &status);
             Ok(Exit::Done)
         }
-        LabAction::Down(d) => {
+        LabAction::Down(args) => {
+            let d = &args.dir;
             let lab = match Lab::open(&d.dir) {
                 Ok(lab) => lab,
                 // Nothing was ever started there.
@@ -41,6 +42,10 @@ pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
             };
             lab.down().await?;
             ui.line(format!("lab in {} stopped", lab.dir.display()));
+            if args.unregister && lab.debian.is_some() {
+                lab.unregister()?;
+                ui.line("its clusters are removed from /etc/postgresql");
+            }
             Ok(Exit::Done)
         }
     }

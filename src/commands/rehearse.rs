@@ -18,6 +18,7 @@ pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
             None => rehearse::default_dir()?,
         },
         base_port: args.base_port,
+        layout: args.layout,
         scale_mb: args.scale,
         clients: args.clients,
         pace: std::time::Duration::from_millis(args.pace_ms),

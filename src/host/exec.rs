@@ -1,5 +1,6 @@
 //! Running a process on this machine with a time limit, optionally as another user.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -198,12 +199,53 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
     (out, over)
 }
 
+/// util-linux's setpriv (Debian: always installed).
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// Where a program is, as exec would find it with our PATH.
+fn find_program(prog: &str) -> Option<PathBuf> {
+    if prog.contains('/') {
+        return Path::new(prog).is_file().then(|| PathBuf::from(prog));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
 pub async fn run_process(cmd: &Cmd, run_as: Option<&RunAs>) -> Result<Output> {
     let (prog, args) = cmd
         .argv
         .split_first()
         .ok_or_else(|| anyhow!("empty command"))?;
-    let mut c = tokio::process::Command::new(prog);
+    let switch = run_as.filter(|u| nix::unistd::geteuid().as_raw() != u.uid);
+    let mut c = match switch {
+        // std's uid()/gid() drop the user's supplementary groups (Debian's postgres user
+        // reads the TLS key through `ssl-cert`); setpriv keeps them, and execs the program.
+        Some(u) if Path::new(SETPRIV).is_file() => {
+            // A missing program must stay a spawn error (callers name the package to
+            // install), not setpriv's exit 127.
+            let found = find_program(prog).ok_or_else(|| {
+                anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::NotFound))
+                    .context(format!("run `{}`", cmd.display()))
+            })?;
+            let mut c = tokio::process::Command::new(SETPRIV);
+            c.args([
+                format!("--reuid={}", u.uid),
+                format!("--regid={}", u.gid),
+                "--init-groups".into(),
+                "--".into(),
+            ])
+            .arg(found);
+            c
+        }
+        Some(u) => {
+            let mut c = tokio::process::Command::new(prog);
+            c.uid(u.uid).gid(u.gid);
+            c
+        }
+        None => tokio::process::Command::new(prog),
+    };
     c.args(args)
         .stdin(if cmd.stdin.is_some() {
             Stdio::piped()
@@ -220,10 +262,7 @@ pub async fn run_process(cmd: &Cmd, run_as: Option<&RunAs>) -> Result<Output> {
         c.env(k, v);
     }
     if let Some(u) = run_as {
-        // Switching users only works from root; as that user already, run as is.
-        if nix::unistd::geteuid().as_raw() != u.uid {
-            c.uid(u.uid).gid(u.gid);
-        }
+        // Switching users (above) only works from root; as that user already, run as is.
         c.env("HOME", &u.home)
             .env("USER", &u.name)
             .env("LOGNAME", &u.name)

@@ -13,6 +13,7 @@
 //! ```
 //! As root, servers and PgBouncer run as the `postgres` OS user (both refuse root).
 
+pub mod debian;
 pub mod pgbouncer;
 pub mod ports;
 pub mod template;
@@ -31,8 +32,10 @@ use crate::host::exec::RunAs;
 use crate::host::local::LocalHost;
 use crate::host::Host;
 use crate::pg::server::{find_local_bin_dir, RunState, Server, StopMode};
+use crate::pg::service::Service;
 use crate::pg::{connect, Conninfo, Endpoint, SecretRef};
 use crate::spec::Role;
+use debian::Debian;
 use pgbouncer::Bouncer;
 
 pub const DEFAULT_BASE_PORT: u16 = 25430;
@@ -82,6 +85,19 @@ pub struct LabNode {
 struct LabState {
     base_port: u16,
     bin_dir: PathBuf,
+    /// Set in the debian layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    debian: Option<Debian>,
+}
+
+/// How the lab's servers are laid out and managed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Layout {
+    /// Data and configuration in DIR/nodes/<name>/data, servers driven with pg_ctl.
+    #[default]
+    Plain,
+    /// postgresql-common clusters (pg_createcluster, /etc/postgresql, pg_ctlcluster); as root.
+    Debian,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +105,8 @@ pub struct Lab {
     pub dir: PathBuf,
     pub base_port: u16,
     pub bin_dir: PathBuf,
+    /// The debian layout's cluster names and version; None in the plain layout.
+    pub debian: Option<Debian>,
     host: LocalHost,
 }
 
@@ -128,7 +146,7 @@ pub(crate) fn make_dir(path: &Path, mode: u32, host: &LocalHost) -> Result<()> {
 impl Lab {
     /// A lab in `dir` on `base_port`. An existing lab keeps its recorded port; asking for
     /// another one is refused.
-    pub fn new(dir: &Path, base_port: u16) -> Result<Lab> {
+    pub fn new(dir: &Path, base_port: u16, layout: Layout) -> Result<Lab> {
         let dir = absolute(dir)?;
         if base_port.checked_add(PORT_SPAN).is_none() || base_port < 1024 {
             bail!(
@@ -136,19 +154,35 @@ impl Lab {
                 u16::MAX - PORT_SPAN
             );
         }
-        if let Some(state) = read_state(&dir)? {
+        let existing = read_state(&dir)?;
+        if let Some(state) = &existing {
             if state.base_port != base_port {
                 bail!(
                     "the lab in {} already uses base port {}; run `migrate lab down --dir {}` and remove the directory to change it, or pass --base-port {}",
                     dir.display(), state.base_port, dir.display(), state.base_port
                 );
             }
+            let was = if state.debian.is_some() { Layout::Debian } else { Layout::Plain };
+            if was != layout {
+                bail!(
+                    "the lab in {} was made in the {} layout; pass --layout {} or remove the directory",
+                    dir.display(),
+                    layout_word(was),
+                    layout_word(was)
+                );
+            }
         }
         let bin_dir = find_local_bin_dir()?;
+        let debian = match (existing.and_then(|s| s.debian), layout) {
+            (Some(d), _) => Some(d),
+            (None, Layout::Debian) => Some(Debian::new(&bin_dir)?),
+            (None, Layout::Plain) => None,
+        };
         Ok(Lab {
             dir,
             base_port,
             bin_dir,
+            debian,
             host: lab_host()?,
         })
     }
@@ -167,6 +201,7 @@ impl Lab {
             dir,
             base_port: state.base_port,
             bin_dir: state.bin_dir,
+            debian: state.debian,
             host: lab_host()?,
         })
     }
@@ -200,7 +235,23 @@ impl Lab {
         Arc::new(self.host.clone())
     }
     pub fn server(&self, node: &str) -> Server {
-        Server::new(self.host(), &self.bin_dir, self.data_dir(node))
+        Server::new(self.host(), &self.bin_dir, self.data_dir(node)).managed_by(self.service(node))
+    }
+
+    /// How a node's server is managed: pg_ctl, or its cluster in the debian layout.
+    pub fn service(&self, node: &str) -> Service {
+        match &self.debian {
+            Some(d) => d.service(node),
+            None => Service::PgCtl,
+        }
+    }
+
+    /// Remove the debian layout's registrations in /etc/postgresql (after `down`).
+    pub fn unregister(&self) -> Result<()> {
+        match &self.debian {
+            Some(d) => d.unregister(&NODES.map(|n| n.name)),
+            None => Ok(()),
+        }
     }
     fn bouncer(&self) -> Bouncer {
         Bouncer {
@@ -244,11 +295,15 @@ impl Lab {
             &LabState {
                 base_port: self.base_port,
                 bin_dir: self.bin_dir.clone(),
+                debian: self.debian.clone(),
             },
         )?;
 
         let old = self.data_dir("old");
         let fresh = !old.join("PG_VERSION").exists();
+        if let (Some(d), false) = (&self.debian, fresh) {
+            d.check_registered(&NODES.map(|n| n.name), &self.dir)?;
+        }
         if fresh {
             let template = template::ensure(&self.host, &self.bin_dir).await?;
             let _ = std::fs::remove_dir_all(&old);
@@ -267,11 +322,33 @@ impl Lab {
                 );
             }
             self.write_node_conf("old").await?;
+            if let Some(d) = &self.debian {
+                d.integrate(
+                    "old",
+                    &old,
+                    self.port("old"),
+                    &self.server_log("old"),
+                    &self.node_settings("old"),
+                    &self.host,
+                )
+                .await?;
+            }
         }
         // Empty locations for the nodes the migration will clone.
         for n in NODES.iter().filter(|n| n.role != Role::Primary) {
             if !self.data_dir(n.name).exists() {
                 make_dir(&self.data_dir(n.name), 0o700, &self.host)?;
+            }
+            if let Some(d) = &self.debian {
+                d.create_empty(
+                    n.name,
+                    &self.data_dir(n.name),
+                    self.port(n.name),
+                    &self.server_log(n.name),
+                    &self.node_settings(n.name),
+                    &self.host,
+                )
+                .await?;
             }
         }
         let passwords = self.passwords(fresh).await?;
@@ -390,14 +467,18 @@ impl Lab {
         let conf = self.data_dir(node).join("postgresql.conf");
         let mut text =
             std::fs::read_to_string(&conf).with_context(|| format!("read {}", conf.display()))?;
-        text.push_str(&format!(
-            "\n# --- migrate lab: node-local settings for {node:?} ---\nport = {}\ncluster_name = '{node}'\nunix_socket_directories = '{}'\n",
-            self.port(node),
-            self.socket_dir().display()
-        ));
+        text.push_str(&self.node_settings(node));
         self.host
             .write_file(&conf, text.as_bytes(), 0o600, None)
             .await
+    }
+
+    fn node_settings(&self, node: &str) -> String {
+        format!(
+            "\n# --- migrate lab: node-local settings for {node:?} ---\nport = {}\ncluster_name = '{node}'\nunix_socket_directories = '{}'\n",
+            self.port(node),
+            self.socket_dir().display()
+        )
     }
 
     /// The lab's passwords: new ones for a fresh lab, else those in the passfile.
@@ -495,6 +576,12 @@ impl Lab {
                 q(&self.server_log(n.name).display().to_string()),
                 q(&self.bin_dir.display().to_string()),
             ));
+            if let Service::PgCtlCluster { version, cluster } = self.service(n.name) {
+                s.push_str(&format!(
+                    "service = {{ kind = \"pg_ctlcluster\", version = {version}, cluster = {} }}\n",
+                    q(&cluster)
+                ));
+            }
         }
         s.push_str(&format!("\n[cutover]\nlag_threshold = \"16MiB\"\nlag_stable_for = \"2s\"\nproof_timeout = \"{PROOF_TIMEOUT_S}s\"\n"));
         // The application endpoint is the route: clients are held there during the switch.
@@ -518,6 +605,13 @@ fn lab_host() -> Result<LocalHost> {
         LocalHost::new(Some("postgres"))
     } else {
         LocalHost::new(None)
+    }
+}
+
+fn layout_word(l: Layout) -> &'static str {
+    match l {
+        Layout::Plain => "plain",
+        Layout::Debian => "debian",
     }
 }
 

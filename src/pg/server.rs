@@ -69,6 +69,8 @@ impl Server {
             Some(0) => RunState::Running,
             Some(3) => RunState::Stopped,
             Some(4) => RunState::NoCluster,
+            // pg_ctlcluster refuses (exit 1) where pg_ctl says 4: the directory is gone.
+            _ if !self.host.exists(&self.data_dir).await? => RunState::NoCluster,
             _ => bail!(
                 "on {}: the status of the server in {} failed: {}",
                 self.host.describe(),

@@ -30,6 +30,7 @@ use report::{client_gaps, error_kinds, longest_gap, quantile, Report, Switch};
 pub struct Options {
     pub dir: PathBuf,
     pub base_port: u16,
+    pub layout: crate::lab::Layout,
     pub scale_mb: u64,
     pub clients: i32,
     /// Pause between one client's commits.
@@ -67,7 +68,7 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
             opts.dir.display()
         );
     }
-    let lab = Lab::new(&opts.dir, opts.base_port)?;
+    let lab = Lab::new(&opts.dir, opts.base_port, opts.layout)?;
     let r = Rehearsal {
         opts,
         spec: lab.spec_path(),
@@ -80,6 +81,8 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
         note("lab down");
         if let Err(e) = r.lab.down().await {
             note(&format!("warning: lab down: {e:#}"));
+        } else if let Err(e) = r.lab.unregister() {
+            note(&format!("warning: removing the lab's clusters from /etc/postgresql: {e:#}"));
         }
     }
     result

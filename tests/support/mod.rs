@@ -22,12 +22,16 @@ pub struct TestLab {
 
 impl TestLab {
     pub async fn up() -> TestLab {
+        TestLab::up_in(migrate::lab::Layout::Plain).await
+    }
+
+    pub async fn up_in(layout: migrate::lab::Layout) -> TestLab {
         let dir = tempfile::Builder::new()
             .prefix("migrate-lab-")
             .tempdir()
             .expect("temp dir");
         let ports = PortBlock::reserve(PORT_SPAN).expect("free ports");
-        let lab = Lab::new(dir.path(), ports.base).expect("lab");
+        let lab = Lab::new(dir.path(), ports.base, layout).expect("lab");
         let guard = TestLab {
             lab,
             _ports: ports,
@@ -49,7 +53,8 @@ impl Drop for TestLab {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(lab.down())
+            rt.block_on(lab.down())?;
+            lab.unregister()
         })
         .join();
         if let Ok(Err(e)) = stopped {
