@@ -1287,3 +1287,93 @@ async fn cutover_and_rollback_over_ssh_keep_every_acknowledged_write() {
     assert_no_loss(&chain, &report, "cutover and rollback over ssh").await;
     sampler.assert_never_two("over ssh").await;
 }
+
+/// What `pg_lsclusters --json` says of the lab's debian clusters: node → (running, recovery).
+fn listed_clusters(chain: &Chain) -> std::collections::BTreeMap<String, (bool, bool)> {
+    let debian = chain.lab.lab.debian.as_ref().expect("the debian layout");
+    let out = std::process::Command::new("pg_lsclusters")
+        .arg("--json")
+        .output()
+        .expect("pg_lsclusters");
+    assert!(out.status.success(), "pg_lsclusters: {}", text(&out.stderr));
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let flag = |v: &serde_json::Value| v.as_i64().unwrap_or(0) != 0 || v.as_bool() == Some(true);
+    ["old", "new", "new_replica", "dr"]
+        .iter()
+        .filter_map(|n| {
+            let c = all.iter().find(|c| c["cluster"] == debian.cluster(n))?;
+            Some((n.to_string(), (flag(&c["running"]), flag(&c["recovery"]))))
+        })
+        .collect()
+}
+
+/// Debian-managed servers: every node a postgresql-common cluster made by pg_createcluster,
+/// its configuration in /etc/postgresql, driven through pg_ctlcluster. Cutover and rollback
+/// keep every acknowledged commit and never show two primaries, and pg_lsclusters shows both
+/// clusters online with the right roles after each switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_and_rollback_on_debian_clusters_keep_every_acknowledged_write() {
+    let chain = Chain::new_in(migrate::lab::Layout::Debian).await;
+    let spec = std::fs::read_to_string(&chain.spec).unwrap();
+    assert_eq!(
+        spec.matches("kind = \"pg_ctlcluster\"").count(),
+        4,
+        "every node is a pg_ctlcluster node: {spec}"
+    );
+    let w = Writer::start(
+        vec![chain.lab.lab.app_endpoint()],
+        4,
+        Duration::from_millis(5),
+    );
+    let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
+    chain.replicate_ok().await;
+    let out = chain.run(&["plan"], None).await;
+    crate::support::assert_exit_at(&out, Exit::Done, "plan");
+    for node in ["old", "new", "new_replica", "dr"] {
+        assert!(
+            text(&out.stdout).contains(&format!("service:{node}")),
+            "plan checks {node}'s manager: {}",
+            text(&out.stdout)
+        );
+    }
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    crate::support::assert_exit_at(&out, Exit::Done, "cutover on debian clusters");
+    assert_topology(&chain, "new", "after the cutover on debian clusters").await;
+    let listed = listed_clusters(&chain);
+    assert_eq!(
+        listed.get("new"),
+        Some(&(true, false)),
+        "new online, primary: {listed:?}"
+    );
+    assert_eq!(
+        listed.get("old"),
+        Some(&(true, true)),
+        "old online, recovery: {listed:?}"
+    );
+
+    let out = chain.run(&["rollback", "--yes"], None).await;
+    crate::support::assert_exit_at(&out, Exit::Done, "rollback on debian clusters");
+    assert_topology(&chain, "old", "after the rollback on debian clusters").await;
+    let listed = listed_clusters(&chain);
+    assert_eq!(
+        listed.get("old"),
+        Some(&(true, false)),
+        "old online, primary: {listed:?}"
+    );
+    assert_eq!(
+        listed.get("new"),
+        Some(&(true, true)),
+        "new online, recovery: {listed:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = w.stop().await;
+    assert!(
+        report.errors.is_empty(),
+        "client errors through PgBouncer: {:?}",
+        &report.errors[..report.errors.len().min(5)]
+    );
+    assert_no_loss(&chain, &report, "cutover and rollback on debian clusters").await;
+    sampler.assert_never_two("on debian clusters").await;
+}

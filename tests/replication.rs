@@ -31,7 +31,11 @@ pub struct Chain {
 
 impl Chain {
     pub async fn new() -> Chain {
-        let lab = TestLab::up().await;
+        Chain::new_in(migrate::lab::Layout::Plain).await
+    }
+
+    pub async fn new_in(layout: migrate::lab::Layout) -> Chain {
+        let lab = TestLab::up_in(layout).await;
         let spec = lab.lab.spec_path();
         // A short stability window keeps the matrix fast; the gate logic is unit-tested.
         let text = std::fs::read_to_string(&spec)

@@ -66,7 +66,11 @@ impl Debian {
     }
 
     pub fn config_dir(&self, node: &str) -> PathBuf {
-        PathBuf::from(format!("/etc/postgresql/{}/{}", self.version, self.cluster(node)))
+        PathBuf::from(format!(
+            "/etc/postgresql/{}/{}",
+            self.version,
+            self.cluster(node)
+        ))
     }
 
     fn registered(&self, node: &str) -> bool {
@@ -108,12 +112,21 @@ impl Debian {
             return Ok(());
         }
         root()?
-            .run_ok(&Cmd::new(self.create_argv(node, data, port, log)).timeout(Duration::from_secs(120)))
+            .run_ok(
+                &Cmd::new(self.create_argv(node, data, port, log))
+                    .timeout(Duration::from_secs(120)),
+            )
             .await
-            .with_context(|| format!("register {} as cluster {}", data.display(), self.cluster(node)))?;
+            .with_context(|| {
+                format!(
+                    "register {} as cluster {}",
+                    data.display(),
+                    self.cluster(node)
+                )
+            })?;
         let conf = self.config_dir(node).join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf)
-            .with_context(|| format!("read {}", conf.display()))?;
+        let mut text =
+            std::fs::read_to_string(&conf).with_context(|| format!("read {}", conf.display()))?;
         text.push_str(node_conf);
         owner.write_file(&conf, text.as_bytes(), 0o644, None).await
     }
@@ -133,9 +146,11 @@ impl Debian {
             return Ok(());
         }
         let root = root()?;
-        root.run_ok(&Cmd::new(self.create_argv(node, data, port, log)).timeout(Duration::from_secs(300)))
-            .await
-            .with_context(|| format!("pg_createcluster {} {}", self.version, self.cluster(node)))?;
+        root.run_ok(
+            &Cmd::new(self.create_argv(node, data, port, log)).timeout(Duration::from_secs(300)),
+        )
+        .await
+        .with_context(|| format!("pg_createcluster {} {}", self.version, self.cluster(node)))?;
         let dir = self.config_dir(node);
         owner
             .write_file(
@@ -149,7 +164,13 @@ impl Debian {
             .write_file(&dir.join("pg_hba.conf"), HBA.as_bytes(), 0o640, None)
             .await?;
         owner
-            .run_ok(&Cmd::new(["find", &data.display().to_string(), "-mindepth", "1", "-delete"]))
+            .run_ok(&Cmd::new([
+                "find",
+                &data.display().to_string(),
+                "-mindepth",
+                "1",
+                "-delete",
+            ]))
             .await?;
         Ok(())
     }
@@ -200,8 +221,14 @@ mod tests {
 
     #[test]
     fn versions_come_from_debian_paths_only() {
-        assert_eq!(debian_version(Path::new("/usr/lib/postgresql/15/bin")), Some(15));
-        assert_eq!(debian_version(Path::new("/usr/lib/postgresql/13/bin/")), Some(13));
+        assert_eq!(
+            debian_version(Path::new("/usr/lib/postgresql/15/bin")),
+            Some(15)
+        );
+        assert_eq!(
+            debian_version(Path::new("/usr/lib/postgresql/13/bin/")),
+            Some(13)
+        );
         assert_eq!(debian_version(Path::new("/opt/pg/15/bin")), None);
         assert_eq!(debian_version(Path::new("/usr/local/pgsql/bin")), None);
     }
@@ -212,7 +239,9 @@ mod tests {
             version: 15,
             prefix: "lab0000abcd".into(),
         };
-        assert!(crate::spec::values::plain_identifier(&d.cluster("new_replica")));
+        assert!(crate::spec::values::plain_identifier(
+            &d.cluster("new_replica")
+        ));
         assert_eq!(
             d.config_dir("old"),
             Path::new("/etc/postgresql/15/lab0000abcd_old")

@@ -162,7 +162,11 @@ impl Lab {
                     dir.display(), state.base_port, dir.display(), state.base_port
                 );
             }
-            let was = if state.debian.is_some() { Layout::Debian } else { Layout::Plain };
+            let was = if state.debian.is_some() {
+                Layout::Debian
+            } else {
+                Layout::Plain
+            };
             if was != layout {
                 bail!(
                     "the lab in {} was made in the {} layout; pass --layout {} or remove the directory",

@@ -82,7 +82,9 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
         if let Err(e) = r.lab.down().await {
             note(&format!("warning: lab down: {e:#}"));
         } else if let Err(e) = r.lab.unregister() {
-            note(&format!("warning: removing the lab's clusters from /etc/postgresql: {e:#}"));
+            note(&format!(
+                "warning: removing the lab's clusters from /etc/postgresql: {e:#}"
+            ));
         }
     }
     result
