@@ -65,10 +65,10 @@ impl Validator {
             _ => {
                 return Err(self.err(
                     format!("{field}.kind"),
-                    format!(
-                        "{:?} is not a service manager",
-                        table.get("kind").map(|k| k.to_string()).unwrap_or_default()
-                    ),
+                    match table.get("kind") {
+                        Some(k) => format!("{k} is not a service manager"),
+                        None => "missing".to_string(),
+                    },
                     FIX,
                 ))
             }
