@@ -123,6 +123,10 @@ pub struct RehearseArgs {
     /// pg_ctlcluster (needs root; the clusters are unregistered afterwards unless --keep).
     #[arg(long, value_enum, default_value_t)]
     pub layout: crate::lab::Layout,
+    /// local: everything on loopback; ssh: each site in its own network namespace with its
+    /// own sshd, driven over ssh as from a bastion (needs root).
+    #[arg(long, value_enum, default_value_t)]
+    pub hosts: crate::lab::Hosts,
     /// Inject a fault and report what the tool did: kill-target-during-catchup,
     /// stop-target-after-fence, crash-tool-after-promote, route-failure,
     /// idle-in-transaction-client, hang-target, restart-old-after-proof, old-cannot-follow,
@@ -160,6 +164,10 @@ pub struct LabArgs {
     /// (pg_createcluster, /etc/postgresql, pg_ctlcluster); needs root.
     #[arg(long, value_enum, default_value_t)]
     pub layout: crate::lab::Layout,
+    /// local: everything on loopback; ssh: each site (old datacenter, new datacenter, DR,
+    /// application) in its own network namespace with its own sshd; needs root.
+    #[arg(long, value_enum, default_value_t)]
+    pub hosts: crate::lab::Hosts,
 }
 
 #[derive(Debug, Args)]

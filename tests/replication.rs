@@ -35,7 +35,11 @@ impl Chain {
     }
 
     pub async fn new_in(layout: migrate::lab::Layout) -> Chain {
-        let lab = TestLab::up_in(layout).await;
+        Chain::new_with(layout, migrate::lab::Hosts::Local).await
+    }
+
+    pub async fn new_with(layout: migrate::lab::Layout, hosts: migrate::lab::Hosts) -> Chain {
+        let lab = TestLab::up_with(layout, hosts).await;
         let spec = lab.lab.spec_path();
         // A short stability window keeps the matrix fast; the gate logic is unit-tested.
         let text = std::fs::read_to_string(&spec)

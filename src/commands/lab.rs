@@ -10,14 +10,15 @@ use crate::ui::Ui;
 pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
     match action {
         LabAction::Up(args) => {
-            let lab = Lab::new(&args.dir.dir, args.base_port, args.layout)?;
+            let lab = Lab::new(&args.dir.dir, args.base_port, args.layout, args.hosts)?;
             let status = lab.up().await?;
             show(ui, &status);
             if !ui.json() {
                 ui.line("");
                 ui.line(format!(
-                    "application endpoint (PgBouncer): PGPASSFILE={} psql -h 127.0.0.1 -p {} -U postgres app",
+                    "application endpoint (PgBouncer): PGPASSFILE={} psql -h {} -p {} -U postgres app",
                     status.passfile.display(),
+                    status.pgbouncer_host,
                     status.pgbouncer_port
                 ));
                 ui.line(format!("spec for this lab: {}", status.spec.display()));

@@ -19,6 +19,7 @@ pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
         },
         base_port: args.base_port,
         layout: args.layout,
+        hosts: args.hosts,
         scale_mb: args.scale,
         clients: args.clients,
         pace: std::time::Duration::from_millis(args.pace_ms),

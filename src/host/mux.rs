@@ -44,10 +44,21 @@ fn registry() -> &'static Mutex<Option<Registry>> {
     R.get_or_init(|| Mutex::new(None))
 }
 
-/// The control socket for a destination (`key` names it: host, port, user, identity and
-/// options), registering it on first use. `None` when no private folder can be made: then
-/// every command connects directly.
-pub fn socket_for(key: &str, prefix: &[String], dest: &str) -> Option<PathBuf> {
+/// What names one master: the whole ssh argv up to and including the destination (port,
+/// user, identity, options *and host*). Two hosts reached with the same options must never
+/// share a master: the second one's commands would run on the first.
+fn master_key(prefix: &[String], dest: &str) -> String {
+    let mut k = prefix.join("\u{1f}");
+    k.push('\u{1f}');
+    k.push_str(dest);
+    k
+}
+
+/// The control socket for a destination (`prefix` is the ssh argv before it), registering it
+/// on first use. `None` when no private folder can be made: then every command connects
+/// directly.
+pub fn socket_for(prefix: &[String], dest: &str) -> Option<PathBuf> {
+    let key = master_key(prefix, dest);
     let mut guard = registry().lock().unwrap_or_else(|e| e.into_inner());
     if guard.is_none() {
         let dir = tempfile::Builder::new()
@@ -62,7 +73,7 @@ pub fn socket_for(key: &str, prefix: &[String], dest: &str) -> Option<PathBuf> {
     let r = guard.as_mut()?;
     let n = r.masters.len();
     let dir = r.dir.path().to_path_buf();
-    let e = r.masters.entry(key.to_string()).or_insert_with(|| Entry {
+    let e = r.masters.entry(key).or_insert_with(|| Entry {
         // Short names: a unix socket path is limited to about 100 bytes.
         socket: dir.join(format!("m{n}")),
         prefix: prefix.to_vec(),
@@ -221,5 +232,18 @@ mod tests {
         assert!(stale(err));
         assert_eq!(without_chatter(err), b"real problem\n");
         assert!(!stale(b"Permission denied (publickey)."));
+    }
+
+    /// Found by the lab of separate hosts: keyed on the options alone, every host reached
+    /// with the same user and key shared the first host's master.
+    #[test]
+    fn hosts_with_the_same_options_get_masters_of_their_own() {
+        let prefix: Vec<String> = ["ssh", "-l", "postgres", "--"].map(String::from).to_vec();
+        let a = socket_for(&prefix, "10.0.0.1").expect("a private folder");
+        let b = socket_for(&prefix, "10.0.0.2").expect("a private folder");
+        assert_ne!(a, b);
+        assert_eq!(socket_for(&prefix, "10.0.0.1"), Some(a));
+        let other_user: Vec<String> = ["ssh", "-l", "admin", "--"].map(String::from).to_vec();
+        assert_ne!(socket_for(&other_user, "10.0.0.1"), Some(a));
     }
 }

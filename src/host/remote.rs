@@ -95,7 +95,7 @@ impl RemoteHost {
             host,
             port.unwrap_or(22)
         );
-        let socket = super::mux::socket_for(&prefix.join("\u{1f}"), &prefix, host);
+        let socket = super::mux::socket_for(&prefix, host);
         RemoteHost {
             transport: Transport::Ssh {
                 prefix,

@@ -14,6 +14,7 @@
 //! As root, servers and PgBouncer run as the `postgres` OS user (both refuse root).
 
 pub mod debian;
+pub mod netns;
 pub mod pgbouncer;
 pub mod ports;
 pub mod template;
@@ -36,6 +37,7 @@ use crate::pg::service::Service;
 use crate::pg::{connect, Conninfo, Endpoint, SecretRef};
 use crate::spec::Role;
 use debian::Debian;
+use netns::Sites;
 use pgbouncer::Bouncer;
 
 pub const DEFAULT_BASE_PORT: u16 = 25430;
@@ -88,6 +90,20 @@ struct LabState {
     /// Set in the debian layout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     debian: Option<Debian>,
+    /// Each site in its own network namespace, reached over ssh.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    ssh_sites: bool,
+}
+
+/// Where the lab's servers run and how migrate reaches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Hosts {
+    /// Everything on this machine's loopback, driven locally.
+    #[default]
+    Local,
+    /// Each site (old datacenter, new datacenter, DR, application) in its own network
+    /// namespace with its own sshd and addresses; migrate drives them over ssh (needs root).
+    Ssh,
 }
 
 /// How the lab's servers are laid out and managed.
@@ -107,6 +123,8 @@ pub struct Lab {
     pub bin_dir: PathBuf,
     /// The debian layout's cluster names and version; None in the plain layout.
     pub debian: Option<Debian>,
+    /// The separate sites of `--hosts ssh`; None when everything is local.
+    pub sites: Option<Sites>,
     host: LocalHost,
 }
 
@@ -128,6 +146,7 @@ pub struct LabStatus {
     pub spec: PathBuf,
     pub passfile: PathBuf,
     pub nodes: Vec<NodeStatus>,
+    pub pgbouncer_host: String,
     pub pgbouncer_port: u16,
     pub pgbouncer_running: bool,
 }
@@ -146,7 +165,7 @@ pub(crate) fn make_dir(path: &Path, mode: u32, host: &LocalHost) -> Result<()> {
 impl Lab {
     /// A lab in `dir` on `base_port`. An existing lab keeps its recorded port; asking for
     /// another one is refused.
-    pub fn new(dir: &Path, base_port: u16, layout: Layout) -> Result<Lab> {
+    pub fn new(dir: &Path, base_port: u16, layout: Layout, hosts: Hosts) -> Result<Lab> {
         let dir = absolute(dir)?;
         if base_port.checked_add(PORT_SPAN).is_none() || base_port < 1024 {
             bail!(
@@ -167,6 +186,13 @@ impl Lab {
             } else {
                 Layout::Plain
             };
+            if state.ssh_sites != (hosts == Hosts::Ssh) {
+                let was = if state.ssh_sites { "ssh" } else { "local" };
+                bail!(
+                    "the lab in {} was made with --hosts {was}; pass --hosts {was} or remove the directory",
+                    dir.display()
+                );
+            }
             if was != layout {
                 bail!(
                     "the lab in {} was made in the {} layout; pass --layout {} or remove the directory",
@@ -176,17 +202,22 @@ impl Lab {
                 );
             }
         }
+        if layout == Layout::Debian && hosts == Hosts::Ssh {
+            bail!("--layout debian and --hosts ssh cannot be combined yet; choose one");
+        }
         let bin_dir = find_local_bin_dir()?;
         let debian = match (existing.and_then(|s| s.debian), layout) {
             (Some(d), _) => Some(d),
             (None, Layout::Debian) => Some(Debian::new(&bin_dir)?),
             (None, Layout::Plain) => None,
         };
+        let sites = (hosts == Hosts::Ssh).then(|| Sites::new(base_port, &dir));
         Ok(Lab {
             dir,
             base_port,
             bin_dir,
             debian,
+            sites,
             host: lab_host()?,
         })
     }
@@ -202,6 +233,9 @@ impl Lab {
             )
         })?;
         Ok(Lab {
+            sites: state
+                .ssh_sites
+                .then(|| Sites::new(state.base_port, &dir)),
             dir,
             base_port: state.base_port,
             bin_dir: state.bin_dir,
@@ -238,8 +272,11 @@ impl Lab {
     pub fn host(&self) -> Arc<dyn Host> {
         Arc::new(self.host.clone())
     }
+    /// A node's server as the lab reaches it: locally, or over ssh in its own site (so that
+    /// a start puts it in the site's network namespace).
     pub fn server(&self, node: &str) -> Server {
-        Server::new(self.host(), &self.bin_dir, self.data_dir(node)).managed_by(self.service(node))
+        Server::new(self.start_host(node), &self.bin_dir, self.data_dir(node))
+            .managed_by(self.service(node))
     }
 
     /// How a node's server is managed: pg_ctl, or its cluster in the debian layout.
@@ -261,13 +298,33 @@ impl Lab {
         Bouncer {
             dir: self.dir.join("pgbouncer"),
             port: self.pgbouncer_port(),
+            listen: self.addr(netns::BOUNCER),
+            primary: self.addr("old"),
+        }
+    }
+
+    /// The address a member (a node, or `pgbouncer`) answers at.
+    pub fn addr(&self, member: &str) -> std::net::IpAddr {
+        match &self.sites {
+            Some(s) => s.addr(member).into(),
+            None => std::net::Ipv4Addr::LOCALHOST.into(),
+        }
+    }
+
+    /// The host a member runs on: this machine, or its site over ssh (so that what starts
+    /// runs in the site's network namespace).
+    fn start_host(&self, member: &str) -> Arc<dyn Host> {
+        match &self.sites {
+            Some(s) => Arc::new(s.host(member)),
+            None => self.host(),
         }
     }
 
     /// The superuser endpoint of a node, over TCP with the lab's passfile.
     pub fn endpoint(&self, node: &str, dbname: &str) -> Endpoint {
         let c = Conninfo::parse(&format!(
-            "host=127.0.0.1 port={} user=postgres dbname={dbname} sslmode=disable",
+            "host={} port={} user=postgres dbname={dbname} sslmode=disable",
+            self.addr(node),
             self.port(node)
         ))
         .expect("well-formed");
@@ -277,7 +334,8 @@ impl Lab {
     /// The application endpoint: the `app` database through PgBouncer.
     pub fn app_endpoint(&self) -> Endpoint {
         let c = Conninfo::parse(&format!(
-            "host=127.0.0.1 port={} user=postgres dbname=app sslmode=disable",
+            "host={} port={} user=postgres dbname=app sslmode=disable",
+            self.addr(netns::BOUNCER),
             self.pgbouncer_port()
         ))
         .expect("well-formed");
@@ -286,7 +344,12 @@ impl Lab {
 
     /// Create what is missing and start what is stopped. Running it twice is harmless.
     pub async fn up(&self) -> Result<LabStatus> {
-        self.check_ports().await?;
+        if let Some(s) = &self.sites {
+            // The ports are the namespaces' own; only the subnet must be free.
+            s.up().await.context("the lab's sites (network namespaces and sshd)")?;
+        } else {
+            self.check_ports().await?;
+        }
         make_dir(&self.dir, 0o755, &LocalHost::new(None)?)?;
         make_dir(&self.socket_dir(), 0o755, &self.host)?;
         make_dir(&self.dir.join("nodes"), 0o755, &self.host)?;
@@ -300,6 +363,7 @@ impl Lab {
                 base_port: self.base_port,
                 bin_dir: self.bin_dir.clone(),
                 debian: self.debian.clone(),
+                ssh_sites: self.sites.is_some(),
             },
         )?;
 
@@ -326,6 +390,16 @@ impl Lab {
                 );
             }
             self.write_node_conf("old").await?;
+            if let Some(s) = &self.sites {
+                // Clones copy it: every node admits the lab's subnet.
+                let hba = old.join("pg_hba.conf");
+                let mut text = std::fs::read_to_string(&hba)?;
+                text.push_str(&format!(
+                    "host    all          all    {c}   scram-sha-256\nhost    replication  all    {c}   scram-sha-256\n",
+                    c = s.cidr()
+                ));
+                self.host.write_file(&hba, text.as_bytes(), 0o600, None).await?;
+            }
             if let Some(d) = &self.debian {
                 d.integrate(
                     "old",
@@ -377,7 +451,7 @@ impl Lab {
                 ],
             )
             .await?;
-        bouncer.start(&self.host).await?;
+        bouncer.start(&*self.start_host(netns::BOUNCER)).await?;
         self.write_spec().await?;
         self.status().await
     }
@@ -406,6 +480,9 @@ impl Lab {
         }
         if !errors.is_empty() {
             bail!("could not stop: {}", errors.join("; "));
+        }
+        if let Some(s) = &self.sites {
+            s.down().await?;
         }
         Ok(())
     }
@@ -445,6 +522,7 @@ impl Lab {
             spec: self.spec_path(),
             passfile: self.passfile(),
             nodes,
+            pgbouncer_host: self.addr(netns::BOUNCER).to_string(),
             pgbouncer_port: self.pgbouncer_port(),
             pgbouncer_running: self.bouncer().running_pid().is_some(),
         })
@@ -478,8 +556,15 @@ impl Lab {
     }
 
     fn node_settings(&self, node: &str) -> String {
+        // In separate sites each namespace holds only its own addresses: '*' is those (and
+        // stays right in a clone, which copies this file).
+        let listen = if self.sites.is_some() {
+            "listen_addresses = '*'\n"
+        } else {
+            ""
+        };
         format!(
-            "\n# --- migrate lab: node-local settings for {node:?} ---\nport = {}\ncluster_name = '{node}'\nunix_socket_directories = '{}'\n",
+            "\n# --- migrate lab: node-local settings for {node:?} ---\nport = {}\ncluster_name = '{node}'\nunix_socket_directories = '{}'\n{listen}",
             self.port(node),
             self.socket_dir().display()
         )
@@ -548,6 +633,10 @@ impl Lab {
             Some(u) => format!(", run_as = {}", q(&u.name)),
             None => String::new(),
         };
+        let host_of = |member: &str| match &self.sites {
+            Some(sites) => sites.spec_host(member),
+            None => format!("{{ kind = \"local\"{run_as} }}"),
+        };
         let mut s = format!(
             "# Written by `migrate lab up`: a complete spec for the lab in {dir}.\n\
              name = \"lab\"\n\
@@ -568,17 +657,19 @@ impl Lab {
                 s.push_str(&format!("upstream = \"{up}\"\n"));
             }
             s.push_str(&format!(
-                "conninfo = \"host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable\"\n\
+                "conninfo = \"host={} port={} user=postgres dbname=postgres sslmode=disable\"\n\
                  password = {{ passfile = {pass} }}\n\
                  data_dir = {}\n\
                  log_file = {}\n\
                  bin_dir = {}\n\
                  replication_tls = \"none\"\n\
-                 host = {{ kind = \"local\"{run_as} }}\n",
+                 host = {}\n",
+                self.addr(n.name),
                 self.port(n.name),
                 q(&self.data_dir(n.name).display().to_string()),
                 q(&self.server_log(n.name).display().to_string()),
                 q(&self.bin_dir.display().to_string()),
+                host_of(n.name),
             ));
             if let Service::PgCtlCluster { version, cluster } = self.service(n.name) {
                 s.push_str(&format!(
@@ -590,9 +681,11 @@ impl Lab {
         s.push_str(&format!("\n[cutover]\nlag_threshold = \"16MiB\"\nlag_stable_for = \"2s\"\nproof_timeout = \"{PROOF_TIMEOUT_S}s\"\n"));
         // The application endpoint is the route: clients are held there during the switch.
         s.push_str(&format!(
-            "\n[[route]]\nkind = \"pgbouncer\"\nadmin = \"host=127.0.0.1 port={} user=postgres dbname=pgbouncer sslmode=disable\"\npassword = {{ passfile = {pass} }}\nconfig = {}\ndatabases = [\"app\", \"postgres\"]\nhost = {{ kind = \"local\"{run_as} }}\n",
+            "\n[[route]]\nkind = \"pgbouncer\"\nadmin = \"host={} port={} user=postgres dbname=pgbouncer sslmode=disable\"\npassword = {{ passfile = {pass} }}\nconfig = {}\ndatabases = [\"app\", \"postgres\"]\nhost = {}\n",
+            self.addr(netns::BOUNCER),
             self.pgbouncer_port(),
             q(&self.bouncer().ini().display().to_string()),
+            host_of(netns::BOUNCER),
         ));
         LocalHost::new(None)?
             .write_file(&self.spec_path(), s.as_bytes(), 0o644, None)

@@ -1,5 +1,6 @@
 //! The lab's PgBouncer: the application endpoint in front of the primary.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,6 +14,9 @@ use crate::host::{Cmd, Host};
 pub struct Bouncer {
     pub dir: PathBuf,
     pub port: u16,
+    /// Where it listens, and where the primary is.
+    pub listen: IpAddr,
+    pub primary: IpAddr,
 }
 
 impl Bouncer {
@@ -33,10 +37,10 @@ impl Bouncer {
         let d = self.dir.display();
         let ini = format!(
             "[databases]\n\
-             app = host=127.0.0.1 port={primary_port} dbname=app\n\
-             postgres = host=127.0.0.1 port={primary_port} dbname=postgres\n\n\
+             app = host={primary} port={primary_port} dbname=app\n\
+             postgres = host={primary} port={primary_port} dbname=postgres\n\n\
              [pgbouncer]\n\
-             listen_addr = 127.0.0.1\n\
+             listen_addr = {listen}\n\
              listen_port = {port}\n\
              unix_socket_dir =\n\
              auth_type = scram-sha-256\n\
@@ -48,7 +52,9 @@ impl Bouncer {
              ignore_startup_parameters = extra_float_digits\n\
              logfile = {d}/pgbouncer.log\n\
              pidfile = {d}/pgbouncer.pid\n",
-            port = self.port
+            port = self.port,
+            primary = self.primary,
+            listen = self.listen,
         );
         let userlist: String = users
             .iter()
@@ -77,20 +83,21 @@ impl Bouncer {
         (comm.trim() == "pgbouncer").then_some(pid)
     }
 
-    pub async fn start(&self, host: &LocalHost) -> Result<()> {
+    /// Start it on `host` (the lab's machine, or the application site over ssh).
+    pub async fn start(&self, host: &dyn Host) -> Result<()> {
         if self.running_pid().is_some() {
             return Ok(());
         }
         let _ = std::fs::remove_file(self.pidfile());
         host.run_ok(&Cmd::new([
-            "pgbouncer",
+            &program(),
             "-d",
             "-q",
             &self.ini().display().to_string(),
         ]))
         .await
         .context("start PgBouncer (is the pgbouncer package installed?)")?;
-        wait_for_port(self.port, Duration::from_secs(10))
+        wait_for_port(self.listen, self.port, Duration::from_secs(10))
             .await
             .with_context(|| {
                 format!(
@@ -122,17 +129,29 @@ impl Bouncer {
     }
 }
 
-pub async fn wait_for_port(port: u16, limit: Duration) -> Result<()> {
+/// PgBouncer's path, found here: the same file system serves the lab's ssh sites, whose login
+/// PATH (a non-root user's) has no /usr/sbin.
+fn program() -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|d| d.join("pgbouncer"))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "pgbouncer".into())
+}
+
+pub async fn wait_for_port(addr: IpAddr, port: u16, limit: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+        if tokio::net::TcpStream::connect((addr, port))
             .await
             .is_ok()
         {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("nothing listens on 127.0.0.1:{port}");
+            bail!("nothing listens on {addr}:{port}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

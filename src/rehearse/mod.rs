@@ -31,6 +31,7 @@ pub struct Options {
     pub dir: PathBuf,
     pub base_port: u16,
     pub layout: crate::lab::Layout,
+    pub hosts: crate::lab::Hosts,
     pub scale_mb: u64,
     pub clients: i32,
     /// Pause between one client's commits.
@@ -68,7 +69,7 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
             opts.dir.display()
         );
     }
-    let lab = Lab::new(&opts.dir, opts.base_port, opts.layout)?;
+    let lab = Lab::new(&opts.dir, opts.base_port, opts.layout, opts.hosts)?;
     let r = Rehearsal {
         opts,
         spec: lab.spec_path(),

@@ -26,12 +26,16 @@ impl TestLab {
     }
 
     pub async fn up_in(layout: migrate::lab::Layout) -> TestLab {
+        TestLab::up_with(layout, migrate::lab::Hosts::Local).await
+    }
+
+    pub async fn up_with(layout: migrate::lab::Layout, hosts: migrate::lab::Hosts) -> TestLab {
         let dir = tempfile::Builder::new()
             .prefix("migrate-lab-")
             .tempdir()
             .expect("temp dir");
         let ports = PortBlock::reserve(PORT_SPAN).expect("free ports");
-        let lab = Lab::new(dir.path(), ports.base, layout).expect("lab");
+        let lab = Lab::new(dir.path(), ports.base, layout, hosts).expect("lab");
         let guard = TestLab {
             lab,
             _ports: ports,
