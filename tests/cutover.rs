@@ -1407,7 +1407,10 @@ async fn cutover_and_rollback_on_the_ssh_lab_of_separate_hosts_keep_every_acknow
         5,
         "four nodes and the PgBouncer route over ssh: {spec}"
     );
-    assert!(!spec.contains("127.0.0.1"), "no node is on loopback: {spec}");
+    assert!(
+        !spec.contains("127.0.0.1"),
+        "no node is on loopback: {spec}"
+    );
     let w = Writer::start(
         vec![chain.lab.lab.app_endpoint()],
         4,
@@ -1416,26 +1419,41 @@ async fn cutover_and_rollback_on_the_ssh_lab_of_separate_hosts_keep_every_acknow
     let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
     chain.replicate_ok().await;
     chain.plan_ok().await;
-    let sites = |chain: &Chain| {
-        ["old", "new", "new_replica", "dr"].map(|n| netns_of(chain, n))
-    };
+    let sites = |chain: &Chain| ["old", "new", "new_replica", "dr"].map(|n| netns_of(chain, n));
     let before = sites(&chain);
-    assert!(before[0].ends_with("olddc"), "old runs in the old site: {before:?}");
-    assert!(before[1].ends_with("newdc") && before[2].ends_with("newdc"), "{before:?}");
+    assert!(
+        before[0].ends_with("olddc"),
+        "old runs in the old site: {before:?}"
+    );
+    assert!(
+        before[1].ends_with("newdc") && before[2].ends_with("newdc"),
+        "{before:?}"
+    );
     assert!(before[3].ends_with("dr"), "{before:?}");
     let out = chain
         .run(&["cutover", "--yes", "--force-window"], None)
         .await;
     crate::support::assert_exit_at(&out, Exit::Done, "cutover on the ssh lab");
     assert_topology(&chain, "new", "after the cutover on the ssh lab").await;
-    assert_eq!(sites(&chain), before, "every server runs in its own site after the cutover");
+    assert_eq!(
+        sites(&chain),
+        before,
+        "every server runs in its own site after the cutover"
+    );
     let at_cutover = w.acked();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(w.acked() > at_cutover, "writes go on through PgBouncer to the new primary");
+    assert!(
+        w.acked() > at_cutover,
+        "writes go on through PgBouncer to the new primary"
+    );
     let out = chain.run(&["rollback", "--yes"], None).await;
     crate::support::assert_exit_at(&out, Exit::Done, "rollback on the ssh lab");
     assert_topology(&chain, "old", "after the rollback on the ssh lab").await;
-    assert_eq!(sites(&chain), before, "every server runs in its own site after the rollback");
+    assert_eq!(
+        sites(&chain),
+        before,
+        "every server runs in its own site after the rollback"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = w.stop().await;
     assert!(

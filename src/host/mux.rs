@@ -242,7 +242,7 @@ mod tests {
         let a = socket_for(&prefix, "10.0.0.1").expect("a private folder");
         let b = socket_for(&prefix, "10.0.0.2").expect("a private folder");
         assert_ne!(a, b);
-        assert_eq!(socket_for(&prefix, "10.0.0.1"), Some(a));
+        assert_eq!(socket_for(&prefix, "10.0.0.1").as_ref(), Some(&a));
         let other_user: Vec<String> = ["ssh", "-l", "admin", "--"].map(String::from).to_vec();
         assert_ne!(socket_for(&other_user, "10.0.0.1"), Some(a));
     }

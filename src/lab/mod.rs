@@ -233,9 +233,7 @@ impl Lab {
             )
         })?;
         Ok(Lab {
-            sites: state
-                .ssh_sites
-                .then(|| Sites::new(state.base_port, &dir)),
+            sites: state.ssh_sites.then(|| Sites::new(state.base_port, &dir)),
             dir,
             base_port: state.base_port,
             bin_dir: state.bin_dir,
@@ -346,7 +344,9 @@ impl Lab {
     pub async fn up(&self) -> Result<LabStatus> {
         if let Some(s) = &self.sites {
             // The ports are the namespaces' own; only the subnet must be free.
-            s.up().await.context("the lab's sites (network namespaces and sshd)")?;
+            s.up()
+                .await
+                .context("the lab's sites (network namespaces and sshd)")?;
         } else {
             self.check_ports().await?;
         }
@@ -398,7 +398,9 @@ impl Lab {
                     "host    all          all    {c}   scram-sha-256\nhost    replication  all    {c}   scram-sha-256\n",
                     c = s.cidr()
                 ));
-                self.host.write_file(&hba, text.as_bytes(), 0o600, None).await?;
+                self.host
+                    .write_file(&hba, text.as_bytes(), 0o600, None)
+                    .await?;
             }
             if let Some(d) = &self.debian {
                 d.integrate(

@@ -136,9 +136,8 @@ impl Sites {
         }
         for tool in ["ip", "/usr/sbin/sshd", "ssh-keygen"] {
             let found = tool.starts_with('/') && Path::new(tool).is_file()
-                || std::env::var_os("PATH").is_some_and(|p| {
-                    std::env::split_paths(&p).any(|d| d.join(tool).is_file())
-                });
+                || std::env::var_os("PATH")
+                    .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
             if !found {
                 bail!("--hosts ssh needs {tool} (apt-get install iproute2 openssh-server openssh-client)");
             }
@@ -176,21 +175,25 @@ impl Sites {
                 ]))
                 .await
                 .with_context(|| format!("link the namespace {ns} to the bridge"))?;
-                root.run_ok(&Cmd::new(["ip", "link", "set", &outer, "master", &br, "up"]))
-                    .await?;
+                root.run_ok(&Cmd::new([
+                    "ip", "link", "set", &outer, "master", &br, "up",
+                ]))
+                .await?;
             }
             let in_ns = |args: &[&str]| {
                 let mut v = vec!["ip", "netns", "exec", &ns];
                 v.extend_from_slice(args);
                 Cmd::new(v)
             };
-            root.run_ok(&in_ns(&["ip", "link", "set", "lo", "up"])).await?;
+            root.run_ok(&in_ns(&["ip", "link", "set", "lo", "up"]))
+                .await?;
             for m in members.iter() {
                 let a = format!("{}/24", self.addr(m));
                 root.run(&in_ns(&["ip", "addr", "replace", &a, "dev", &inner]))
                     .await?;
             }
-            root.run_ok(&in_ns(&["ip", "link", "set", &inner, "up"])).await?;
+            root.run_ok(&in_ns(&["ip", "link", "set", &inner, "up"]))
+                .await?;
             self.sshd(site, members, &ns).await?;
         }
         Ok(())
@@ -229,8 +232,13 @@ impl Sites {
             .map(|m| format!("{} {}", self.addr(m), host.trim()))
             .collect::<Vec<_>>()
             .join("\n");
-        root.write_file(&self.known_hosts(), format!("{known}\n").as_bytes(), 0o644, None)
-            .await
+        root.write_file(
+            &self.known_hosts(),
+            format!("{known}\n").as_bytes(),
+            0o644,
+            None,
+        )
+        .await
     }
 
     async fn sshd(&self, site: &str, members: &[&str], ns: &str) -> Result<()> {
@@ -245,12 +253,14 @@ impl Sites {
             "Port 22\n{listen}HostKey {d}/host_key\nPidFile {pid}\n\
              AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM yes\nStrictModes no\n\
-             AllowUsers postgres\nPermitRootLogin no\nMaxStartups 100\nMaxSessions 100\nLogLevel ERROR\n",
+             AllowUsers postgres\nPermitRootLogin no\nMaxStartups 100\nMaxSessions 100\n\
+             ClientAliveInterval 5\nClientAliveCountMax 3\nLogLevel ERROR\n",
             pid = self.pidfile(site).display()
         );
         let conf = self.dir.join(format!("sshd-{site}.conf"));
         let root = LocalHost::new(None)?;
-        root.write_file(&conf, config.as_bytes(), 0o644, None).await?;
+        root.write_file(&conf, config.as_bytes(), 0o644, None)
+            .await?;
         let first = self.addr(members[0]);
         if tcp_open(first, 22) {
             return Ok(());
@@ -265,7 +275,10 @@ impl Sites {
             "-f".into(),
             conf.display().to_string(),
             "-E".into(),
-            self.dir.join(format!("sshd-{site}.log")).display().to_string(),
+            self.dir
+                .join(format!("sshd-{site}.log"))
+                .display()
+                .to_string(),
         ]))
         .await
         .with_context(|| format!("start sshd in {ns}"))?;
@@ -285,7 +298,7 @@ impl Sites {
     /// Stop the sshds and remove the namespaces and the bridge. Safe to run twice.
     pub async fn down(&self) -> Result<()> {
         let root = LocalHost::new(None)?;
-        for (site, _) in SITES {
+        for (i, (site, _)) in SITES.iter().enumerate() {
             if let Some(pid) = std::fs::read_to_string(self.pidfile(site))
                 .ok()
                 .and_then(|t| t.trim().parse::<i32>().ok())
@@ -300,12 +313,31 @@ impl Sites {
             }
             let ns = self.netns(site);
             if netns_exists(&ns) {
-                root.run_ok(&Cmd::new(["ip", "netns", "delete", &ns])).await?;
+                // A namespace lives on while a process is in it: ssh sessions whose client
+                // went away with the bridge would keep it (and its link) for good.
+                let pids = root.run(&Cmd::new(["ip", "netns", "pids", &ns])).await?;
+                for pid in pids.stdout_text().split_whitespace() {
+                    if let Ok(p) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(p),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+                root.run_ok(&Cmd::new(["ip", "netns", "delete", &ns]))
+                    .await?;
+            }
+            // Deleting one end of a veth pair deletes both.
+            let outer = format!("mv{}{i}", self.base_port);
+            if link_exists(&outer) {
+                root.run_ok(&Cmd::new(["ip", "link", "delete", &outer]))
+                    .await?;
             }
         }
         let br = self.bridge();
         if link_exists(&br) {
-            root.run_ok(&Cmd::new(["ip", "link", "delete", &br])).await?;
+            root.run_ok(&Cmd::new(["ip", "link", "delete", &br]))
+                .await?;
         }
         Ok(())
     }
@@ -314,7 +346,10 @@ impl Sites {
 /// `10.A.B.0/24` for a base port: injective for ports below 25 600 + 100 × 256 and far apart
 /// enough above that for labs that run at the same time.
 pub fn subnet_of(base_port: u16) -> [u8; 2] {
-    [100 + ((base_port >> 8) % 100) as u8, (base_port & 0xff) as u8]
+    [
+        100 + ((base_port >> 8) % 100) as u8,
+        (base_port & 0xff) as u8,
+    ]
 }
 
 fn link_exists(name: &str) -> bool {

@@ -144,10 +144,7 @@ fn program() -> String {
 pub async fn wait_for_port(addr: IpAddr, port: u16, limit: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if tokio::net::TcpStream::connect((addr, port))
-            .await
-            .is_ok()
-        {
+        if tokio::net::TcpStream::connect((addr, port)).await.is_ok() {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
