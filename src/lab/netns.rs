@@ -329,9 +329,14 @@ impl Sites {
             }
             // Deleting one end of a veth pair deletes both.
             let outer = format!("mv{}{i}", self.base_port);
+            // The namespace's end going takes this one too, a moment later.
             if link_exists(&outer) {
-                root.run_ok(&Cmd::new(["ip", "link", "delete", &outer]))
+                let out = root
+                    .run(&Cmd::new(["ip", "link", "delete", &outer]))
                     .await?;
+                if !out.success() && link_exists(&outer) {
+                    bail!("ip link delete {outer}: {}", out.stderr_tail());
+                }
             }
         }
         let br = self.bridge();
