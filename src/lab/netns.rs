@@ -83,7 +83,8 @@ impl Sites {
         format!("10.{a}.{b}.0/24")
     }
 
-    fn netns(&self, site: &str) -> String {
+    /// The network namespace of a site (`olddc`, `newdc`, `dr`, `app`).
+    pub fn netns(&self, site: &str) -> String {
         format!("mig{}{site}", self.base_port)
     }
 
@@ -99,7 +100,8 @@ impl Sites {
         self.dir.join("known_hosts")
     }
 
-    fn pidfile(&self, site: &str) -> PathBuf {
+    /// The pid file of a site's listening sshd.
+    pub fn pidfile(&self, site: &str) -> PathBuf {
         self.dir.join(format!("sshd-{site}.pid"))
     }
 
