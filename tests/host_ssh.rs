@@ -237,3 +237,56 @@ async fn commands_over_ssh_share_one_master_and_survive_losing_it() {
         "the control folder is removed"
     );
 }
+
+/// A batch of files in one round trip: each replaced atomically with its mode, contents byte
+/// for byte (quotes, newlines, binary, empty), in order, no temporary file left; a batch over
+/// 64 KiB goes file by file and lands the same.
+#[tokio::test]
+async fn a_batch_of_files_lands_in_one_call_exactly() {
+    use migrate::host::FileWrite;
+    let sshd = Sshd::start();
+    let host = sshd.host();
+    let dir = sshd.dir.path().join("batch");
+    std::fs::create_dir(&dir).unwrap();
+    let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    std::os::unix::fs::chown(&dir, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    let tricky = b"primary_conninfo = 'it''s $(touch /tmp/pwned) `x`'\n\0\xff\n".to_vec();
+    let big = vec![b'x'; 70 * 1024];
+    for (name, files) in [
+        (
+            "small",
+            vec![
+                FileWrite::new(dir.join("a.conf"), tricky.clone(), 0o600),
+                FileWrite::new(dir.join("standby.signal"), Vec::new(), 0o640),
+                FileWrite::new(dir.join("a.conf"), b"second write wins\n".to_vec(), 0o644),
+            ],
+        ),
+        (
+            "big",
+            vec![FileWrite::new(dir.join("big"), big.clone(), 0o600)],
+        ),
+    ] {
+        host.write_files(&files)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
+    assert_eq!(
+        std::fs::read(dir.join("a.conf")).unwrap(),
+        b"second write wins\n"
+    );
+    let mode = |n: &str| std::fs::metadata(dir.join(n)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("a.conf"), 0o644);
+    assert_eq!(std::fs::read(dir.join("standby.signal")).unwrap(), b"");
+    assert_eq!(mode("standby.signal"), 0o640);
+    assert_eq!(std::fs::read(dir.join("big")).unwrap(), big);
+    let one = vec![FileWrite::new(dir.join("t"), tricky.clone(), 0o600)];
+    host.write_files(&one).await.unwrap();
+    assert_eq!(std::fs::read(dir.join("t")).unwrap(), tricky);
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("migrate-tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}

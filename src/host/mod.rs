@@ -108,6 +108,16 @@ pub trait Host: Send + Sync + std::fmt::Debug {
 
     async fn exists(&self, path: &Path) -> Result<bool>;
 
+    /// Several small files, in order, each replaced atomically as by `write_file` (no owner
+    /// given). A remote host writes them in one round trip: inside the write pause each
+    /// round trip over ssh costs a network round trip or more.
+    async fn write_files(&self, files: &[FileWrite]) -> Result<()> {
+        for f in files {
+            self.write_file(&f.path, &f.contents, f.mode, None).await?;
+        }
+        Ok(())
+    }
+
     /// Remove a file; a missing file is not an error.
     async fn remove_file(&self, path: &Path) -> Result<()>;
 
@@ -141,6 +151,28 @@ pub trait Host: Send + Sync + std::fmt::Debug {
             );
         }
         Ok(out)
+    }
+}
+
+/// One file of [`Host::write_files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileWrite {
+    pub path: std::path::PathBuf,
+    pub contents: Vec<u8>,
+    pub mode: u32,
+}
+
+impl FileWrite {
+    pub fn new(
+        path: impl Into<std::path::PathBuf>,
+        contents: impl Into<Vec<u8>>,
+        mode: u32,
+    ) -> FileWrite {
+        FileWrite {
+            path: path.into(),
+            contents: contents.into(),
+            mode,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::exec::run_process;
 use super::quote::shell_join;
-use super::{Cmd, Host, Output};
+use super::{Cmd, FileWrite, Host, Output};
 
 #[derive(Debug, Clone)]
 enum Transport {
@@ -50,6 +50,55 @@ mv -f -- "$tmp" "$dest"
 trap - EXIT
 sync -- "$dir" 2>/dev/null || sync
 "#;
+
+/// `write_files` on a remote host: arguments in pairs (destination, octal mode); the contents
+/// on stdin, one base64 line per file (never on the command line, which any user of the host
+/// can read in `ps`: a passfile is among them). `read` and `printf` are shell builtins, so
+/// the contents reach no other process's argv either. Each file is written as WRITE_SCRIPT
+/// writes one.
+const WRITE_MANY_SCRIPT: &str = r#"set -e
+umask 077
+tmp=
+trap 'if [ -n "$tmp" ]; then rm -f -- "$tmp"; fi' EXIT
+while [ $# -ge 2 ]; do
+  dest=$1; mode=$2; shift 2
+  IFS= read -r data || [ -n "$data" ]
+  dir=$(dirname -- "$dest")
+  tmp=$(mktemp "$dir/.migrate-tmp.XXXXXXXXXX")
+  printf '%s' "$data" | base64 -d > "$tmp"
+  chmod "$mode" "$tmp"
+  sync -- "$tmp" 2>/dev/null || sync
+  mv -f -- "$tmp" "$dest"
+  tmp=
+  sync -- "$dir" 2>/dev/null || sync
+done
+"#;
+
+/// Above this much content a batch goes file by file (on stdin), not on the command line.
+const BATCH_MAX: usize = 64 * 1024;
+
+/// One batched write: the command (names and modes) and its stdin (the contents).
+fn write_many_cmd(files: &[FileWrite]) -> Cmd {
+    use base64::Engine;
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        WRITE_MANY_SCRIPT.into(),
+        "migrate-write".into(),
+    ];
+    let mut stdin = Vec::new();
+    for f in files {
+        argv.push(f.path.display().to_string());
+        argv.push(format!("{:o}", f.mode));
+        stdin.extend(
+            base64::engine::general_purpose::STANDARD
+                .encode(&f.contents)
+                .into_bytes(),
+        );
+        stdin.push(b'\n');
+    }
+    Cmd::new(argv).stdin(stdin)
+}
 
 impl RemoteHost {
     pub fn ssh(
@@ -240,6 +289,19 @@ impl Host for RemoteHost {
         self.run_ok(&cmd).await.map(|_| ())
     }
 
+    async fn write_files(&self, files: &[FileWrite]) -> Result<()> {
+        if files.iter().map(|f| f.contents.len()).sum::<usize>() > BATCH_MAX {
+            for f in files {
+                self.write_file(&f.path, &f.contents, f.mode, None).await?;
+            }
+            return Ok(());
+        }
+        if files.is_empty() {
+            return Ok(());
+        }
+        self.run_ok(&write_many_cmd(files)).await.map(|_| ())
+    }
+
     async fn exists(&self, path: &Path) -> Result<bool> {
         let out = self
             .run(&Cmd::new(["test", "-e", &path.display().to_string()]))
@@ -282,5 +344,30 @@ mod tests {
         assert_eq!(argv[dash + 2], r#"psql -c 'SELECT '\''x'\'''"#);
         assert!(argv.windows(2).any(|w| w == ["-o", "BatchMode=yes"]));
         assert!(argv.windows(2).any(|w| w == ["-p", "2222"]));
+    }
+
+    /// A batch's contents (a passfile among them) travel on stdin, never in an argv that
+    /// `ps` shows to every user of the host.
+    #[test]
+    fn batched_contents_stay_off_the_command_line() {
+        use base64::Engine;
+        let secret = b"*:*:*:repl:s3cret-password\n";
+        let cmd = write_many_cmd(&[
+            FileWrite::new("/d/migrate-pgpass", secret.to_vec(), 0o600),
+            FileWrite::new("/d/standby.signal", Vec::new(), 0o600),
+        ]);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
+        assert!(cmd
+            .argv
+            .iter()
+            .all(|a| !a.contains("s3cret") && !a.contains(&encoded)));
+        assert_eq!(
+            &cmd.argv[4..],
+            ["/d/migrate-pgpass", "600", "/d/standby.signal", "600"]
+        );
+        assert_eq!(
+            cmd.stdin.as_deref(),
+            Some(format!("{encoded}\n\n").as_bytes())
+        );
     }
 }

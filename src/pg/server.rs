@@ -60,18 +60,20 @@ impl Server {
         format!("{} ({})", self.data(), self.service.describe())
     }
 
+    /// The status command (exit 0 running, 3 stopped, 4 no cluster): for callers that fold
+    /// it into one remote call with other work.
+    pub fn status_argv(&self) -> Vec<String> {
+        self.service
+            .status_argv(&self.tool("pg_ctl"), &self.data_dir)
+    }
+
     pub async fn state(&self) -> Result<RunState> {
-        let argv = self
-            .service
-            .status_argv(&self.tool("pg_ctl"), &self.data_dir);
-        let out = self.host.run(&Cmd::new(argv)).await?;
-        Ok(match out.code {
-            Some(0) => RunState::Running,
-            Some(3) => RunState::Stopped,
-            Some(4) => RunState::NoCluster,
+        let out = self.host.run(&Cmd::new(self.status_argv())).await?;
+        Ok(match RunState::from_status(out.code) {
+            Some(s) => s,
             // pg_ctlcluster refuses (exit 1) where pg_ctl says 4: the directory is gone.
-            _ if !self.host.exists(&self.data_dir).await? => RunState::NoCluster,
-            _ => bail!(
+            None if !self.host.exists(&self.data_dir).await? => RunState::NoCluster,
+            None => bail!(
                 "on {}: the status of the server in {} failed: {}",
                 self.host.describe(),
                 self.label(),
@@ -170,6 +172,19 @@ impl Server {
             );
         }
         Ok(())
+    }
+}
+
+impl RunState {
+    /// What a status command's exit code says (`pg_ctl status`: 0, 3, 4); None for anything
+    /// else.
+    pub fn from_status(code: Option<i32>) -> Option<RunState> {
+        match code {
+            Some(0) => Some(RunState::Running),
+            Some(3) => Some(RunState::Stopped),
+            Some(4) => Some(RunState::NoCluster),
+            _ => None,
+        }
     }
 }
 

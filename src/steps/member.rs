@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::host::{Cmd, Host, HostSpec, Output};
+use crate::host::{Cmd, FileWrite, Host, HostSpec, Output};
 use crate::pg::secret::resolve_password;
 use crate::pg::server::{find_local_bin_dir, Server};
 use crate::pg::service::Service;
@@ -266,31 +266,38 @@ impl Member {
     /// is only ever beside settings that stream from the right place. Used after a clone and
     /// when the old primary is staged as the new primary's standby.
     pub async fn make_standby(&self, existing: &[u8], port: Port) -> Result<()> {
+        self.host
+            .write_files(&self.standby_files(existing, port)?)
+            .await
+    }
+
+    /// What makes this node a standby of its upstream: the passfile (with a password),
+    /// postgresql.auto.conf (`existing` with the standby settings) and standby.signal, in
+    /// that order, for one `write_files`.
+    pub fn standby_files(&self, existing: &[u8], port: Port) -> Result<Vec<FileWrite>> {
         let data = &self.node.data_dir;
         let password = self.replication_password()?;
+        let mut files = Vec::new();
         if let Some(pw) = &password {
-            self.host
-                .write_file(
-                    &data.join(PASSFILE),
-                    self.passfile_line(pw).as_bytes(),
-                    0o600,
-                    None,
-                )
-                .await?;
+            files.push(FileWrite::new(
+                data.join(PASSFILE),
+                self.passfile_line(pw).into_bytes(),
+                0o600,
+            ));
         }
         let settings =
             self.standby_settings(&String::from_utf8_lossy(existing), password.is_some(), port)?;
-        self.host
-            .write_file(
-                &data.join("postgresql.auto.conf"),
-                settings.as_bytes(),
-                0o600,
-                None,
-            )
-            .await?;
-        self.host
-            .write_file(&data.join("standby.signal"), b"", 0o600, None)
-            .await
+        files.push(FileWrite::new(
+            data.join("postgresql.auto.conf"),
+            settings.into_bytes(),
+            0o600,
+        ));
+        files.push(FileWrite::new(
+            data.join("standby.signal"),
+            Vec::new(),
+            0o600,
+        ));
+        Ok(files)
     }
 
     /// The same member, streaming from `upstream` instead of its spec upstream (the old primary
