@@ -20,6 +20,9 @@ use crate::units::format_bytes;
 
 const MARKER: &str = "migrate-clone.json";
 
+/// How long prepare waits for a standby of this cluster to stream again before refusing it.
+const ADOPT_WAIT: Duration = Duration::from_secs(7);
+
 /// What `prepare:<node>` decided, read back from the journal by the node's other steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
@@ -155,11 +158,21 @@ impl Step for Prepare {
                     self.m.node.data_dir.display()
                 );
             }
-            if matches!(
-                sample_hop(&hop(&self.m)?).await.state,
-                HopState::Streaming { .. }
-            ) {
-                return Ok(Mode::Adopt);
+            // A standby of this cluster whose stream is down may be reconnecting (its upstream
+            // was just restarted: it retries every wal_retrieve_retry_interval, 5 s by
+            // default): give it that long and a little more before refusing.
+            let deadline = Instant::now() + ADOPT_WAIT;
+            loop {
+                if matches!(
+                    sample_hop(&hop(&self.m)?).await.state,
+                    HopState::Streaming { .. }
+                ) {
+                    return Ok(Mode::Adopt);
+                }
+                if Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             bail!(
                 "{name} at {addr} is a standby of this cluster but is not streaming from {} as application_name {name}; fix its primary_conninfo, or stop it and empty {} to have it cloned",

@@ -6,13 +6,14 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::guard::{self, IfSilent, Writable};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
+use crate::host::{Cmd, FileWrite};
 use crate::pg::server::RunState;
 use crate::pg::{connect, sql};
 use crate::steps::id::StepId;
@@ -31,7 +32,80 @@ pub struct StageOut {
     pub on: String,
 }
 
+/// What stage reads on the old primary's host, in one remote call: whether the server runs,
+/// whether an earlier attempt left the backup, and postgresql.auto.conf.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    state: Option<RunState>,
+    backup: bool,
+    /// None: the file exists and cannot be read.
+    auto: Option<Vec<u8>>,
+}
+
+/// `sh -c` script: $1 postgresql.auto.conf, $2 the backup, then the status command. Prints
+/// `state=<code>`, `backup=0|1`, `auto=absent|unreadable|<base64 lines follow>`.
+const INSPECT: &str = r#"auto=$1; backup=$2; shift 2
+"$@" >/dev/null 2>&1; echo "state=$?"
+if [ -e "$backup" ]; then echo backup=1; else echo backup=0; fi
+if [ ! -e "$auto" ]; then echo auto=absent
+elif [ ! -r "$auto" ]; then echo auto=unreadable
+else echo auto=; base64 < "$auto" || echo unreadable; fi"#;
+
+/// Read INSPECT's output (a pure function, unit-tested).
+fn parse_seen(text: &str) -> Option<Seen> {
+    use base64::Engine;
+    let mut lines = text.lines();
+    let state = RunState::from_status(lines.next()?.strip_prefix("state=")?.parse().ok());
+    let backup = lines.next()? == "backup=1";
+    let auto = match lines.next()?.strip_prefix("auto=")? {
+        "absent" => Some(Vec::new()),
+        "unreadable" => None,
+        "" => {
+            let rest: Vec<&str> = lines.collect();
+            if rest.last() == Some(&"unreadable") {
+                None
+            } else {
+                Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(rest.concat())
+                        .ok()?,
+                )
+            }
+        }
+        _ => return None,
+    };
+    Some(Seen {
+        state,
+        backup,
+        auto,
+    })
+}
+
 impl Stage {
+    /// One round trip to the old primary's host (inside the write pause every one counts).
+    async fn inspect(&self, cx: &Cx) -> Result<Seen> {
+        let m = &self.0.from;
+        let auto = m.node.data_dir.join("postgresql.auto.conf");
+        let mut argv = vec![
+            "sh".to_string(),
+            "-c".into(),
+            INSPECT.into(),
+            "migrate-stage".into(),
+            auto.display().to_string(),
+            self.backup(cx).display().to_string(),
+        ];
+        argv.extend(m.server()?.status_argv());
+        let out = m.host.run(&Cmd::new(argv)).await?;
+        parse_seen(&out.stdout_text()).ok_or_else(|| {
+            anyhow!(
+                "on {}: cannot inspect {}: {}",
+                m.host.describe(),
+                m.node.data_dir.display(),
+                out.stderr_tail()
+            )
+        })
+    }
+
     fn backup(&self, cx: &Cx) -> PathBuf {
         self.0
             .from
@@ -68,9 +142,11 @@ impl Step for Stage {
     async fn apply(&self, cx: &Cx) -> Result<StageOut> {
         self.0.bounded("stage the old primary as a standby", async {
             let m = self.0.demoted();
+            let seen = self.inspect(cx).await?;
             // Staged only while stopped: a server started again by hand (or by a service manager)
-            // after the proof is a primary taking writes that the target never saw.
-            if self.0.from.server()?.state().await? == RunState::Running {
+            // after the proof is a primary taking writes that the target never saw. A status
+            // that cannot be read is not "stopped".
+            if seen.state != Some(RunState::Stopped) && seen.state != Some(RunState::NoCluster) {
                 match guard::writable(&self.0.from).await {
                     // Staged by an earlier attempt and restarted since: it came up as a standby.
                     Writable::No(_) if cx.in_doubt() => {}
@@ -83,27 +159,24 @@ impl Step for Stage {
             }
             let c = connect(&self.0.to.endpoint()).await?;
             sql::create_physical_slot(&c, &m.slot()).await?;
-            let auto = m.node.data_dir.join("postgresql.auto.conf");
             // A missing file is an empty one; a file that cannot be read is an error: staging
             // over it would lose the old primary's ALTER SYSTEM settings, and the undo would
             // "restore" an empty backup.
-            // (One remote call in the usual case: the existence check only after a failure.)
-            let current = match m.host.read_file(&auto).await {
-                Ok(bytes) => bytes,
-                Err(_) if !m.host.exists(&auto).await? => Vec::new(),
-                Err(e) => {
-                    return Err(e.context(format!(
-                        "read {} to keep its settings",
-                        auto.display()
-                    )))
-                }
+            let Some(current) = seen.auto else {
+                bail!(
+                    "cannot read {} on {} to keep its settings; nothing is staged",
+                    m.node.data_dir.join("postgresql.auto.conf").display(),
+                    m.host.describe()
+                );
             };
-            if !m.host.exists(&self.backup(cx)).await? {
-                m.host
-                    .write_file(&self.backup(cx), &current, 0o600, None)
-                    .await?;
+            // The backup first (an earlier attempt's is the original: kept), then the standby
+            // files, all in one call.
+            let mut files = Vec::new();
+            if !seen.backup {
+                files.push(FileWrite::new(self.backup(cx), current.clone(), 0o600));
             }
-            m.make_standby(&current, crate::steps::member::Port::Keep).await?;
+            files.extend(m.standby_files(&current, crate::steps::member::Port::Keep)?);
+            m.host.write_files(&files).await?;
             Ok(StageOut {
                 slot: m.slot(),
                 on: self.0.to.name().to_string(),
@@ -144,5 +217,49 @@ impl Step for Stage {
                 Ok(())
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inspection_reads_state_backup_and_settings() {
+        // "port = 5432\nprimary_slot_name = 'x'\n" in base64, wrapped as base64(1) wraps.
+        let text = "state=3\nbackup=0\nauto=\ncG9ydCA9IDU0MzIKcHJpbWFyeV9zbG90X25h\nbWUgPSAneCcK\n";
+        assert_eq!(
+            parse_seen(text),
+            Some(Seen {
+                state: Some(RunState::Stopped),
+                backup: false,
+                auto: Some(b"port = 5432\nprimary_slot_name = 'x'\n".to_vec()),
+            })
+        );
+        let running = parse_seen("state=0\nbackup=1\nauto=absent\n").unwrap();
+        assert_eq!(running.state, Some(RunState::Running));
+        assert!(running.backup);
+        assert_eq!(running.auto, Some(Vec::new()));
+        // A status that fails is no state at all (never "stopped").
+        assert_eq!(
+            parse_seen("state=1\nbackup=0\nauto=absent\n")
+                .unwrap()
+                .state,
+            None
+        );
+        assert_eq!(
+            parse_seen("state=3\nbackup=0\nauto=unreadable\n")
+                .unwrap()
+                .auto,
+            None
+        );
+        assert_eq!(
+            parse_seen("state=3\nbackup=0\nauto=\nunreadable\n")
+                .unwrap()
+                .auto,
+            None
+        );
+        assert_eq!(parse_seen("ssh: connect refused"), None);
+        assert_eq!(parse_seen("state=3\nbackup=0\n"), None);
     }
 }
