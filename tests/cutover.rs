@@ -1518,10 +1518,8 @@ async fn ssh_sessions_cut_mid_step_fail_cleanly_or_reconnect_and_lose_nothing() 
         .await
         .expect("replicate never hangs on a cut session")
         .unwrap();
-    if out.status.success() {
-        // Retried within the step: the chain must then be whole.
-        eprintln!("replicate finished despite the cut session");
-    } else {
+    // Retried within the step (success) is allowed: the plan below then checks the chain.
+    if !out.status.success() {
         crate::support::assert_exit_at(
             &out,
             Exit::OperatorNeeded,
