@@ -290,3 +290,33 @@ async fn a_batch_of_files_lands_in_one_call_exactly() {
         .collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
+
+/// A config file rewritten over ssh keeps its mode and owner (read in the same call that
+/// writes); a missing file is an error, not a new file.
+#[tokio::test]
+async fn a_rewrite_over_ssh_keeps_mode_and_owner_in_one_call() {
+    let sshd = Sshd::start();
+    let host = sshd.host();
+    let dir = sshd.dir.path().join("cfg");
+    std::fs::create_dir(&dir).unwrap();
+    let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    std::os::unix::fs::chown(&dir, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    let file = dir.join("pgbouncer.ini");
+    std::fs::write(&file, "[databases]\napp = host=10.0.0.1\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&file, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    host.rewrite_file(&file, b"[databases]\napp = host=10.0.0.2\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "[databases]\napp = host=10.0.0.2\n"
+    );
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.uid(), pg.uid.as_raw());
+    let missing = dir.join("absent.ini");
+    let err = host.rewrite_file(&missing, b"x").await.unwrap_err();
+    assert!(format!("{err:#}").contains("absent.ini"), "{err:#}");
+    assert!(!missing.exists());
+}

@@ -289,6 +289,23 @@ impl Host for RemoteHost {
         self.run_ok(&cmd).await.map(|_| ())
     }
 
+    /// One round trip: the mode and owner are read in the same call that writes (a route's
+    /// config edit is inside the write pause).
+    async fn rewrite_file(&self, path: &Path, contents: &[u8]) -> Result<()> {
+        let script = format!(
+            "set -e\nmode=$(stat -L -c %a -- \"$1\")\nowner=$(stat -L -c %u:%g -- \"$1\")\nset -- \"$1\" \"$mode\" \"$owner\"\n{WRITE_SCRIPT}"
+        );
+        let cmd = Cmd::new([
+            "sh".to_string(),
+            "-c".into(),
+            script,
+            "migrate-rewrite".into(),
+            path.display().to_string(),
+        ])
+        .stdin(contents.to_vec());
+        self.run_ok(&cmd).await.map(|_| ())
+    }
+
     async fn write_files(&self, files: &[FileWrite]) -> Result<()> {
         if files.iter().map(|f| f.contents.len()).sum::<usize>() > BATCH_MAX {
             for f in files {
