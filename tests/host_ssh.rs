@@ -131,7 +131,10 @@ async fn a_server_stops_and_starts_through_ssh() {
         .stop(StopMode::Fast, Duration::from_secs(60))
         .await
         .unwrap();
-    server.launch(&lab.lab.server_log("old")).await.unwrap();
+    server
+        .launch_unless_running(&lab.lab.server_log("old"))
+        .await
+        .unwrap();
     let t = std::time::Instant::now();
     while migrate::pg::connect(&lab.lab.endpoint("old", "postgres"))
         .await

@@ -120,12 +120,21 @@ impl Server {
         Ok(())
     }
 
-    /// Start without waiting: for callers that wait for a stronger condition themselves (a
-    /// standby streaming), sooner than `pg_ctl`'s 100 ms polling.
-    pub async fn launch(&self, log: &Path) -> Result<()> {
-        let argv = self
-            .service
-            .launch_argv(&self.tool("pg_ctl"), &self.data_dir, log);
+    /// Start without waiting, unless a postmaster already runs on the data directory, in one
+    /// round trip to the host: for callers that wait for a stronger condition themselves (a
+    /// standby streaming, inside the write pause), sooner than `pg_ctl`'s 100 ms polling.
+    pub async fn launch_unless_running(&self, log: &Path) -> Result<()> {
+        let mut argv = vec![
+            "sh".to_string(),
+            "-c".into(),
+            LAUNCH_UNLESS_RUNNING.into(),
+            "migrate-launch".into(),
+            self.data(),
+        ];
+        argv.extend(
+            self.service
+                .launch_argv(&self.tool("pg_ctl"), &self.data_dir, log),
+        );
         let out = self.host.run(&Cmd::new(argv)).await?;
         if !out.success() {
             bail!(
@@ -187,6 +196,14 @@ impl RunState {
         }
     }
 }
+
+/// `sh -c` script: $1 data directory, then the command that starts the server; run only when
+/// no postmaster runs there (the same test as STOP_AND_WAIT's).
+const LAUNCH_UNLESS_RUNNING: &str = r#"data=$1; shift
+pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
+alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
+if [ -n "$pid" ] && alive "$pid"; then exit 0; fi
+exec "$@""#;
 
 /// `sh -c` script: $1 data directory, $2 how many 10 ms waits at most, then the command that
 /// asks the server to stop. No postmaster (no pid file, or its process gone: /proc also

@@ -11,7 +11,6 @@ use super::follow::wait_following;
 use super::promote::PromoteOut;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
-use crate::pg::server::RunState;
 use crate::steps::id::StepId;
 
 pub struct Reverse(pub Direction);
@@ -48,12 +47,10 @@ pub(super) fn repair(d: &Direction) -> String {
 /// Start (if needed) and wait until the old primary streams from the new one on `tli`.
 pub(super) async fn follow(d: &Direction, tli: i32, limit: Duration, cx: &Cx) -> Result<()> {
     let m = d.demoted();
-    let server = m.server()?;
-    if server.state().await? != RunState::Running {
-        // Not `pg_ctl start -w`: streaming, waited for below, is the stronger proof, and
-        // it comes sooner than pg_ctl's 100 ms polling notices the server is up.
-        server.launch(&m.node.log_file).await?;
-    }
+    // Not `pg_ctl start -w`: streaming, waited for below, is the stronger proof, and it
+    // comes sooner than pg_ctl's 100 ms polling notices the server is up. (A server already
+    // running, after a resume, is left as it is.)
+    m.server()?.launch_unless_running(&m.node.log_file).await?;
     wait_following(&m, &d.to, tli, limit, cx, &StepId::Reverse).await
 }
 
