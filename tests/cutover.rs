@@ -1277,15 +1277,7 @@ async fn cutover_and_rollback_over_ssh_keep_every_acknowledged_write() {
     let out = chain.run(&["rollback", "--yes"], None).await;
     crate::support::assert_exit_at(&out, Exit::Done, "rollback over ssh");
     assert_topology(&chain, "old", "after the rollback over ssh").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let report = w.stop().await;
-    assert!(
-        report.errors.is_empty(),
-        "client errors through PgBouncer: {:?}",
-        &report.errors[..report.errors.len().min(5)]
-    );
-    assert_no_loss(&chain, &report, "cutover and rollback over ssh").await;
-    sampler.assert_never_two("over ssh").await;
+    writes_survived(&chain, w, sampler, "cutover and rollback over ssh").await;
 }
 
 /// What `pg_lsclusters --json` says of the lab's debian clusters: node → (running, recovery).
@@ -1367,15 +1359,26 @@ async fn cutover_and_rollback_on_debian_clusters_keep_every_acknowledged_write()
         Some(&(true, true)),
         "new online, recovery: {listed:?}"
     );
+    writes_survived(&chain, w, sampler, "cutover and rollback on debian clusters").await;
+}
+
+/// The end of a switch test with a writer through PgBouncer: let the last commits land, then
+/// no client error, every acknowledged commit on every node, never two writable primaries.
+async fn writes_survived(
+    chain: &Chain,
+    w: Writer,
+    sampler: crate::support::PrimarySampler,
+    ctx: &str,
+) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = w.stop().await;
     assert!(
         report.errors.is_empty(),
-        "client errors through PgBouncer: {:?}",
+        "{ctx}: client errors through PgBouncer: {:?}",
         &report.errors[..report.errors.len().min(5)]
     );
-    assert_no_loss(&chain, &report, "cutover and rollback on debian clusters").await;
-    sampler.assert_never_two("on debian clusters").await;
+    assert_no_loss(chain, &report, ctx).await;
+    sampler.assert_never_two(ctx).await;
 }
 
 /// The network namespace a lab node's postmaster runs in (`ip netns identify`).
@@ -1454,15 +1457,7 @@ async fn cutover_and_rollback_on_the_ssh_lab_of_separate_hosts_keep_every_acknow
         before,
         "every server runs in its own site after the rollback"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let report = w.stop().await;
-    assert!(
-        report.errors.is_empty(),
-        "client errors through PgBouncer: {:?}",
-        &report.errors[..report.errors.len().min(5)]
-    );
-    assert_no_loss(&chain, &report, "cutover and rollback on the ssh lab").await;
-    sampler.assert_never_two("on the ssh lab").await;
+    writes_survived(&chain, w, sampler, "cutover and rollback on the ssh lab").await;
 }
 
 /// Cut every ssh session into a site of the ssh lab, as a network blip or a restarted sshd
@@ -1560,13 +1555,5 @@ async fn ssh_sessions_cut_mid_step_fail_cleanly_or_reconnect_and_lose_nothing() 
     let out = chain.run(&["resume", "--force-window"], None).await;
     crate::support::assert_exit_at(&out, Exit::Done, "resume with its sessions cut");
     assert_topology(&chain, "new", "after the resumed cutover").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let report = w.stop().await;
-    assert!(
-        report.errors.is_empty(),
-        "client errors through PgBouncer: {:?}",
-        &report.errors[..report.errors.len().min(5)]
-    );
-    assert_no_loss(&chain, &report, "cutover with ssh sessions cut").await;
-    sampler.assert_never_two("with ssh sessions cut").await;
+    writes_survived(&chain, w, sampler, "cutover with ssh sessions cut").await;
 }

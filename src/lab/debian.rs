@@ -95,6 +95,25 @@ impl Debian {
         ]
     }
 
+    /// pg_createcluster: a new cluster, or the registration of an existing data directory.
+    async fn create(&self, node: &str, data: &Path, port: u16, log: &Path) -> Result<()> {
+        root()?
+            .run_ok(
+                &Cmd::new(self.create_argv(node, data, port, log))
+                    .timeout(Duration::from_secs(300)),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "pg_createcluster {} {} -d {}",
+                    self.version,
+                    self.cluster(node),
+                    data.display()
+                )
+            })
+            .map(|_| ())
+    }
+
     /// Register the old primary's data directory (already the template's copy, its
     /// postgresql.conf carrying the lab's shared settings) as a cluster. pg_createcluster
     /// moves the configuration to /etc and sets port, cluster_name and the socket directory
@@ -111,19 +130,7 @@ impl Debian {
         if self.registered(node) {
             return Ok(());
         }
-        root()?
-            .run_ok(
-                &Cmd::new(self.create_argv(node, data, port, log))
-                    .timeout(Duration::from_secs(120)),
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "register {} as cluster {}",
-                    data.display(),
-                    self.cluster(node)
-                )
-            })?;
+        self.create(node, data, port, log).await?;
         let conf = self.config_dir(node).join("postgresql.conf");
         let mut text =
             std::fs::read_to_string(&conf).with_context(|| format!("read {}", conf.display()))?;
@@ -145,12 +152,7 @@ impl Debian {
         if self.registered(node) {
             return Ok(());
         }
-        let root = root()?;
-        root.run_ok(
-            &Cmd::new(self.create_argv(node, data, port, log)).timeout(Duration::from_secs(300)),
-        )
-        .await
-        .with_context(|| format!("pg_createcluster {} {}", self.version, self.cluster(node)))?;
+        self.create(node, data, port, log).await?;
         let dir = self.config_dir(node);
         owner
             .write_file(
