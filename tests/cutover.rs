@@ -1359,7 +1359,13 @@ async fn cutover_and_rollback_on_debian_clusters_keep_every_acknowledged_write()
         Some(&(true, true)),
         "new online, recovery: {listed:?}"
     );
-    writes_survived(&chain, w, sampler, "cutover and rollback on debian clusters").await;
+    writes_survived(
+        &chain,
+        w,
+        sampler,
+        "cutover and rollback on debian clusters",
+    )
+    .await;
 }
 
 /// The end of a switch test with a writer through PgBouncer: let the last commits land, then

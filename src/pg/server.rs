@@ -156,6 +156,29 @@ impl Server {
     /// file gone or the postmaster gone. The same call first looks whether a postmaster runs
     /// at all, so a stop costs one round trip to the host.
     pub async fn stop(&self, mode: StopMode, timeout: Duration) -> Result<()> {
+        self.stop_then(mode, timeout, None).await.map(|_| ())
+    }
+
+    /// Stop and wait, then read the control file (`pg_controldata` in the C locale) in the same
+    /// round trip: the switchover's proof needs it right after the stop, inside the pause.
+    /// `None` when the control file could not be read (the caller reads it itself).
+    pub async fn stop_and_read_control(
+        &self,
+        mode: StopMode,
+        timeout: Duration,
+    ) -> Result<Option<String>> {
+        let out = self
+            .stop_then(mode, timeout, Some(self.tool("pg_controldata")))
+            .await?;
+        Ok(out.filter(|t| t.contains("Database cluster state:")))
+    }
+
+    async fn stop_then(
+        &self,
+        mode: StopMode,
+        timeout: Duration,
+        controldata: Option<String>,
+    ) -> Result<Option<String>> {
         let steps = (timeout.as_millis() / 10).max(100).to_string();
         let mut argv = vec![
             "sh".to_string(),
@@ -164,6 +187,7 @@ impl Server {
             "migrate-stop".into(),
             self.data(),
             steps,
+            controldata.clone().unwrap_or_default(),
         ];
         argv.extend(
             self.service
@@ -180,7 +204,7 @@ impl Server {
                 out.stderr_tail()
             );
         }
-        Ok(())
+        Ok(controldata.and(out.success().then(|| out.stdout_text())))
     }
 }
 
@@ -205,21 +229,24 @@ alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
 if [ -n "$pid" ] && alive "$pid"; then exit 0; fi
 exec "$@""#;
 
-/// `sh -c` script: $1 data directory, $2 how many 10 ms waits at most, then the command that
-/// asks the server to stop. No postmaster (no pid file, or its process gone: /proc also
-/// answers for another user's process) means nothing to do. A `sleep` without fractions
-/// (some busybox builds) falls back to whole seconds.
-const STOP_AND_WAIT: &str = r#"data=$1; steps=$2; shift 2
+/// `sh -c` script: $1 data directory, $2 how many 10 ms waits at most, $3 pg_controldata to
+/// run once stopped (empty: none), then the command that asks the server to stop. No
+/// postmaster (no pid file, or its process gone: /proc also answers for another user's
+/// process) means nothing to stop. A `sleep` without fractions (some busybox builds) falls
+/// back to whole seconds.
+const STOP_AND_WAIT: &str = r#"data=$1; steps=$2; ctl=$3; shift 3
 pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
 alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
-[ -n "$pid" ] && alive "$pid" || exit 0
-"$@" || exit $?
-i=0
-while [ -e "$data/postmaster.pid" ] && alive "$pid"; do
-  i=$((i + 1))
-  if [ "$i" -gt "$steps" ]; then echo "the server did not stop in time" >&2; exit 1; fi
-  sleep 0.01 2>/dev/null || sleep 1
-done"#;
+if [ -n "$pid" ] && alive "$pid"; then
+  "$@" || exit $?
+  i=0
+  while [ -e "$data/postmaster.pid" ] && alive "$pid"; do
+    i=$((i + 1))
+    if [ "$i" -gt "$steps" ]; then echo "the server did not stop in time" >&2; exit 1; fi
+    sleep 0.01 2>/dev/null || sleep 1
+  done
+fi
+if [ -n "$ctl" ]; then LC_ALL=C "$ctl" -D "$data"; fi"#;
 
 /// Where the PostgreSQL server binaries are on this machine: `PG_BIN`, else
 /// `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.

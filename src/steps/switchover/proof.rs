@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::fence::FenceOut;
+use super::stop::take_fresh_control;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::host::Cmd;
@@ -184,7 +185,11 @@ impl Step for Proof {
             .find::<FenceOut>(&StepId::Fence)?
             .and_then(|f| f.to_timeline);
         let (from, to) = (self.d.from.name(), self.d.to.name());
-        let ctl = controldata(&self.d.from).await?;
+        // Read by the stop's own call when this process stopped it; else read now.
+        let ctl = match take_fresh_control(&cx.run_id, from) {
+            Some(text) => parse_controldata(&text, from)?,
+            None => controldata(&self.d.from).await?,
+        };
         let mut last: Option<Position>;
         loop {
             // The target may be briefly unreachable; that is "not yet", until the time box.

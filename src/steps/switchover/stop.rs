@@ -1,6 +1,8 @@
 //! `stop`, the hard fence: a clean fast shutdown, which waits for connected standbys to receive
 //! everything, shutdown checkpoint included.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -26,6 +28,21 @@ pub struct StopOut {
     pub stopped_at: Option<DateTime<Utc>>,
 }
 
+/// `pg_controldata` of a server this process just stopped, read by the stop's own call, by
+/// run and node. Deliberately not journaled: only the process that stopped the server may
+/// skip reading it again. A resumed run reads it afresh, because between a crash and the
+/// resume the server may have been started by hand, written to and stopped again, and a
+/// stale checkpoint would "prove" a target that lacks those writes.
+static FRESH_CONTROL: Mutex<BTreeMap<(String, String), String>> = Mutex::new(BTreeMap::new());
+
+/// The control file this process's stop read for `node` in `run_id`, once.
+pub(super) fn take_fresh_control(run_id: &str, node: &str) -> Option<String> {
+    FRESH_CONTROL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(run_id.to_string(), node.to_string()))
+}
+
 #[async_trait]
 impl Step for StopPrimary {
     type Output = StopOut;
@@ -43,23 +60,38 @@ impl Step for StopPrimary {
     fn kind(&self) -> Kind {
         Kind::Reversible
     }
-    async fn probe(&self, _: &Cx) -> Result<Probe<StopOut>> {
+    async fn probe(&self, cx: &Cx) -> Result<Probe<StopOut>> {
+        // Never begun in this run: apply finds out itself whether a postmaster runs (the stop
+        // script's first test), one round trip less inside the pause.
+        if !cx.in_doubt() {
+            return Ok(Probe::NotDone);
+        }
         Ok(match self.0.from.server()?.state().await? {
             RunState::Running => Probe::NotDone,
             _ => Probe::Done(StopOut::default()),
         })
     }
-    async fn apply(&self, _: &Cx) -> Result<StopOut> {
+    async fn apply(&self, cx: &Cx) -> Result<StopOut> {
         // Under the switchover's limit: the fence's CHECKPOINT left little for the shutdown
         // checkpoint, so a stop longer than the proof's time box is a hang, not work. On the
         // limit the abort (compensate) waits for the shutdown to end, then restarts.
         let limit = self.0.limit;
-        self.0
+        let control = self
+            .0
             .bounded(
                 "stopping the old primary",
-                self.0.from.server()?.stop(StopMode::Fast, limit),
+                self.0
+                    .from
+                    .server()?
+                    .stop_and_read_control(StopMode::Fast, limit),
             )
             .await?;
+        if let Some(text) = control {
+            FRESH_CONTROL
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((cx.run_id.clone(), self.0.from.name().to_string()), text);
+        }
         Ok(StopOut {
             stopped_at: Some(Utc::now()),
         })
