@@ -1299,6 +1299,21 @@ fn listed_clusters(chain: &Chain) -> std::collections::BTreeMap<String, (bool, b
         .collect()
 }
 
+/// pg_lsclusters shows `primary` online and `standby` online in recovery.
+fn assert_listed_roles(chain: &Chain, primary: &str, standby: &str) {
+    let listed = listed_clusters(chain);
+    assert_eq!(
+        listed.get(primary),
+        Some(&(true, false)),
+        "{primary} online, primary: {listed:?}"
+    );
+    assert_eq!(
+        listed.get(standby),
+        Some(&(true, true)),
+        "{standby} online, recovery: {listed:?}"
+    );
+}
+
 /// Debian-managed servers: every node a postgresql-common cluster made by pg_createcluster,
 /// its configuration in /etc/postgresql, driven through pg_ctlcluster. Cutover and rollback
 /// keep every acknowledged commit and never show two primaries, and pg_lsclusters shows both
@@ -1333,32 +1348,12 @@ async fn cutover_and_rollback_on_debian_clusters_keep_every_acknowledged_write()
         .await;
     crate::support::assert_exit_at(&out, Exit::Done, "cutover on debian clusters");
     assert_topology(&chain, "new", "after the cutover on debian clusters").await;
-    let listed = listed_clusters(&chain);
-    assert_eq!(
-        listed.get("new"),
-        Some(&(true, false)),
-        "new online, primary: {listed:?}"
-    );
-    assert_eq!(
-        listed.get("old"),
-        Some(&(true, true)),
-        "old online, recovery: {listed:?}"
-    );
+    assert_listed_roles(&chain, "new", "old");
 
     let out = chain.run(&["rollback", "--yes"], None).await;
     crate::support::assert_exit_at(&out, Exit::Done, "rollback on debian clusters");
     assert_topology(&chain, "old", "after the rollback on debian clusters").await;
-    let listed = listed_clusters(&chain);
-    assert_eq!(
-        listed.get("old"),
-        Some(&(true, false)),
-        "old online, primary: {listed:?}"
-    );
-    assert_eq!(
-        listed.get("new"),
-        Some(&(true, true)),
-        "new online, recovery: {listed:?}"
-    );
+    assert_listed_roles(&chain, "old", "new");
     writes_survived(
         &chain,
         w,

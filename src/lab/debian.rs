@@ -127,13 +127,17 @@ impl Debian {
         node_conf: &str,
         owner: &LocalHost,
     ) -> Result<()> {
-        if self.registered(node) {
-            return Ok(());
+        // Each part is redone until it shows done, so a `lab up` killed half-way can be run
+        // again.
+        if !self.registered(node) {
+            self.create(node, data, port, log).await?;
         }
-        self.create(node, data, port, log).await?;
         let conf = self.config_dir(node).join("postgresql.conf");
         let mut text =
             std::fs::read_to_string(&conf).with_context(|| format!("read {}", conf.display()))?;
+        if text.ends_with(node_conf) {
+            return Ok(());
+        }
         text.push_str(node_conf);
         owner.write_file(&conf, text.as_bytes(), 0o644, None).await
     }
@@ -149,22 +153,17 @@ impl Debian {
         node_conf: &str,
         owner: &LocalHost,
     ) -> Result<()> {
-        if self.registered(node) {
+        // The lab's settings file is written last: while it is missing, this node's part of
+        // `lab up` is unfinished (and no migration can have cloned into it yet, since the
+        // spec is written after), so a `lab up` killed half-way redoes it.
+        let dir = self.config_dir(node);
+        let settings = dir.join("conf.d").join("migrate-lab.conf");
+        if settings.exists() {
             return Ok(());
         }
-        self.create(node, data, port, log).await?;
-        let dir = self.config_dir(node);
-        owner
-            .write_file(
-                &dir.join("conf.d").join("migrate-lab.conf"),
-                format!("{COMMON_CONF}{node_conf}").as_bytes(),
-                0o644,
-                None,
-            )
-            .await?;
-        owner
-            .write_file(&dir.join("pg_hba.conf"), HBA.as_bytes(), 0o640, None)
-            .await?;
+        if !self.registered(node) {
+            self.create(node, data, port, log).await?;
+        }
         owner
             .run_ok(&Cmd::new([
                 "find",
@@ -174,7 +173,17 @@ impl Debian {
                 "-delete",
             ]))
             .await?;
-        Ok(())
+        owner
+            .write_file(&dir.join("pg_hba.conf"), HBA.as_bytes(), 0o640, None)
+            .await?;
+        owner
+            .write_file(
+                &settings,
+                format!("{COMMON_CONF}{node_conf}").as_bytes(),
+                0o644,
+                None,
+            )
+            .await
     }
 
     /// Remove this lab's registrations (its /etc/postgresql directories); the data stays in

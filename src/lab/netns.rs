@@ -152,7 +152,7 @@ impl Sites {
             root.run_ok(&Cmd::new(["ip", "link", "add", &br, "type", "bridge"]))
                 .await?;
         }
-        root.run(&Cmd::new([
+        root.run_ok(&Cmd::new([
             "ip".to_string(),
             "addr".into(),
             "replace".into(),
@@ -191,7 +191,7 @@ impl Sites {
                 .await?;
             for m in members.iter() {
                 let a = format!("{}/24", self.addr(m));
-                root.run(&in_ns(&["ip", "addr", "replace", &a, "dev", &inner]))
+                root.run_ok(&in_ns(&["ip", "addr", "replace", &a, "dev", &inner]))
                     .await?;
             }
             root.run_ok(&in_ns(&["ip", "link", "set", &inner, "up"]))

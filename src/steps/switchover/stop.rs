@@ -35,6 +35,13 @@ pub struct StopOut {
 /// stale checkpoint would "prove" a target that lacks those writes.
 static FRESH_CONTROL: Mutex<BTreeMap<(String, String), String>> = Mutex::new(BTreeMap::new());
 
+fn remember_fresh_control(run_id: &str, node: &str, text: String) {
+    FRESH_CONTROL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((run_id.to_string(), node.to_string()), text);
+}
+
 /// The control file this process's stop read for `node` in `run_id`, once.
 pub(super) fn take_fresh_control(run_id: &str, node: &str) -> Option<String> {
     FRESH_CONTROL
@@ -87,10 +94,7 @@ impl Step for StopPrimary {
             )
             .await?;
         if let Some(text) = control {
-            FRESH_CONTROL
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert((cx.run_id.clone(), self.0.from.name().to_string()), text);
+            remember_fresh_control(&cx.run_id, self.0.from.name(), text);
         }
         Ok(StopOut {
             stopped_at: Some(Utc::now()),
@@ -127,5 +131,21 @@ impl Step for StopPrimary {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the text this process read, for that run and node, and only once: a second proof
+    /// (or another run) reads the control file itself.
+    #[test]
+    fn a_fresh_control_file_serves_one_proof_of_its_own_run_and_node() {
+        remember_fresh_control("run-a", "old", "Database cluster state: shut down".into());
+        assert_eq!(take_fresh_control("run-b", "old"), None);
+        assert_eq!(take_fresh_control("run-a", "new"), None);
+        assert!(take_fresh_control("run-a", "old").is_some());
+        assert_eq!(take_fresh_control("run-a", "old"), None);
     }
 }
