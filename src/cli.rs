@@ -57,8 +57,9 @@ pub enum Command {
     /// stop it, as `cutover.retire` says) and drop stale replication slots.
     Complete,
     /// The current run's state from its journal: each step, its times and outputs, and the
-    /// command that continues it. Safe while another process runs.
-    Status,
+    /// command that continues it, live lag, and the WAL each node's slots retain against its
+    /// free WAL disk. Safe while another process runs.
+    Status(StatusArgs),
     /// Continue an interrupted run from its journal.
     Resume(ResumeArgs),
     /// Go back: undo a run that has not passed its point of no return (latest step first), or,
@@ -133,6 +134,14 @@ pub struct RehearseArgs {
     /// kill-target-during-stage, promote-target-externally.
     #[arg(long, value_name = "NAME", value_parser = crate::rehearse::fault::Fault::parse)]
     pub fault: Option<crate::rehearse::fault::Fault>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Exit 1 when the WAL a node's slots retain is past `bake.max_retained` (for a cron job
+    /// or a monitor during the bake).
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]

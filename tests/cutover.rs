@@ -1073,8 +1073,9 @@ async fn complete_retires_the_rollback_path_and_drops_stale_slots() {
         .run(&["cutover", "--yes", "--force-window"], None)
         .await;
     crate::support::assert_exit(&out, Exit::Done);
-    // Before: the old primary keeps the target's slot from the replication era (stale now).
-    assert_eq!(chain.slots("old").await, ["migrate_new"]);
+    // The cutover dropped the target's slot from the replication era on the old primary
+    // (stale since the promotion, it would retain WAL there for the whole bake).
+    assert_eq!(chain.slots("old").await, Vec::<String>::new());
     assert_eq!(
         chain.slots("new").await,
         ["migrate_dr", "migrate_new_replica", "migrate_old"]
@@ -1557,4 +1558,154 @@ async fn ssh_sessions_cut_mid_step_fail_cleanly_or_reconnect_and_lose_nothing() 
     crate::support::assert_exit_at(&out, Exit::Done, "resume with its sessions cut");
     assert_topology(&chain, "new", "after the resumed cutover").await;
     writes_survived(&chain, w, sampler, "cutover with ssh sessions cut").await;
+}
+
+/// The row of `slot` on `node` in `status --json`'s retention sample.
+fn retention_row(status: &serde_json::Value, node: &str, slot: &str) -> Option<serde_json::Value> {
+    status["retention"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node)?["slots"]
+        .as_array()?
+        .iter()
+        .find(|s| s["slot"] == slot)
+        .cloned()
+}
+
+/// Bake safety: plan refuses a slot holder without `max_slot_wal_keep_size` unless the spec
+/// accepts it; the cutover drops the old primary's stale slot; `status` shows the WAL the new
+/// primary's slot for the old one retains growing while the old primary is down, and
+/// `status --check` exits 1 once that passes `bake.max_retained`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bake_bounds_slots_drops_the_stale_one_and_status_watches_retention() {
+    let chain = Chain::new().await;
+    let old = connect(&chain.ep("old")).await.unwrap();
+    for sql in [
+        "ALTER SYSTEM SET max_slot_wal_keep_size = -1",
+        "SELECT pg_reload_conf()",
+    ] {
+        old.batch_execute(sql).await.unwrap();
+    }
+    drop(old);
+    let out = chain.run(&["plan", "--json"], None).await;
+    crate::support::assert_exit_at(&out, Exit::NotReady, "plan with an unbounded slot");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bound = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "slot_bound:old")
+        .cloned()
+        .unwrap_or_else(|| panic!("no slot_bound:old in {}", v["checks"]));
+    assert_eq!(bound["status"], "fail", "{bound}");
+    assert!(
+        bound["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("bake.unbounded_slots"),
+        "{bound}"
+    );
+    let spec_text = std::fs::read_to_string(&chain.spec).unwrap();
+    std::fs::write(
+        &chain.spec,
+        format!("{spec_text}\n[bake]\nunbounded_slots = \"accept\"\n"),
+    )
+    .unwrap();
+    chain.plan_ok().await;
+
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    crate::support::assert_exit_at(&out, Exit::Done, "cutover");
+    assert!(
+        !chain
+            .slots("old")
+            .await
+            .contains(&"migrate_new".to_string()),
+        "the stale slot on the old primary survived the cutover: {:?}",
+        chain.slots("old").await
+    );
+    let status = |args: &'static [&'static str]| {
+        let chain = &chain;
+        async move {
+            let out = chain.run(args, None).await;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("status: {e}: {}", text(&out.stderr)));
+            (out.status.code(), v)
+        }
+    };
+    let (code, before) = status(&["status", "--json", "--check"]).await;
+    assert_eq!(code, Some(0), "{}", before["retention"]);
+    let row = retention_row(&before, "new", "migrate_old")
+        .unwrap_or_else(|| panic!("no migrate_old on new: {}", before["retention"]));
+    assert_eq!(row["active"], true, "{row}");
+
+    // The old primary (now a standby) goes down; the new primary writes on.
+    chain.kill_server("old").await;
+    let new = connect(&chain.ep("new")).await.unwrap();
+    new.batch_execute(
+        "CREATE TABLE bake_fill AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 40000) g",
+    )
+    .await
+    .unwrap();
+    let (_, after) = status(&["status", "--json"]).await;
+    let row = retention_row(&after, "new", "migrate_old")
+        .unwrap_or_else(|| panic!("no migrate_old on new: {}", after["retention"]));
+    assert_eq!(row["active"], false, "{row}");
+    let retained = row["retained_bytes"].as_u64().unwrap();
+    assert!(retained > 8 << 20, "retention did not grow: {row}");
+    let free = after["retention"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "new")
+        .unwrap()["free_wal_bytes"]
+        .as_u64();
+    assert!(free.is_some_and(|f| f > 0), "{}", after["retention"]);
+
+    // Past a limit below what is retained: --check says so, plain status does not fail.
+    let spec_text = std::fs::read_to_string(&chain.spec).unwrap();
+    std::fs::write(
+        &chain.spec,
+        spec_text.replace("[bake]\n", "[bake]\nmax_retained = \"4MiB\"\n"),
+    )
+    .unwrap();
+    let (code, v) = status(&["status", "--json", "--check"]).await;
+    assert_eq!(code, Some(1), "{}", v["retention"]);
+    let (code, _) = status(&["status", "--json"]).await;
+    assert_eq!(code, Some(0));
+    let out = chain.run(&["status", "--check"], None).await;
+    assert!(
+        text(&out.stdout).contains("PAST THE LIMIT"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// After a completed cutover the new primary dies: `rollback` (which needs it) says so and
+/// names the emergency path instead of "nothing to roll back", and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_with_the_new_primary_lost_names_the_emergency_path() {
+    let chain = Chain::new().await;
+    chain.plan_ok().await;
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    crate::support::assert_exit_at(&out, Exit::Done, "cutover");
+    chain.kill_server("new").await;
+    let out = chain.run(&["rollback", "--yes"], None).await;
+    crate::support::assert_exit_at(&out, Exit::BadInput, "rollback with new lost");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("new, the new primary, cannot be reached"),
+        "{err}"
+    );
+    assert!(err.contains("runbooks/dr-activation.md"), "{err}");
+    // Nothing changed: the old primary is still a standby, not promoted by the refusal.
+    let c = connect(&chain.ep("old")).await.unwrap();
+    assert!(c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0));
 }

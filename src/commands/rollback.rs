@@ -20,13 +20,21 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
     };
     // A finished run: if the target serves as primary (a completed cutover, or a switchback
     // that was aborted), going back is a switchback.
-    let target_is_primary = match state.finished() {
-        Some(_) => match crate::pg::connect(&s.spec.target().endpoint()).await {
-            Ok(c) => !crate::pg::sql::in_recovery(&c).await?,
-            Err(_) => false,
-        },
-        None => false,
-    };
+    let target = s.spec.target();
+    let reached = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let c = crate::pg::connect(&target.endpoint()).await?;
+        crate::pg::sql::in_recovery(&c).await
+    })
+    .await
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 10 s")));
+    let target_is_primary = matches!(reached, Ok(false));
+    // The cutover promoted the target: finished, or past its point of no return.
+    let switched = state.operation == cutover::CUTOVER
+        && (state.finished() == Some(crate::engine::Outcome::Completed)
+            || state.point_of_no_return.is_some() && state.finished().is_none());
+    if let (true, Err(e)) = (switched, &reached) {
+        bail!("{}", lost_new_primary(&target.name, &format!("{e:#}")));
+    }
     if state.operation == cutover::COMPLETE {
         bail!("the rollback path was retired by `migrate complete` (run {}); going back now is a new migration", state.run_id);
     }
@@ -71,4 +79,28 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
         Runner::resume(plan, inv, events)?.rollback().await
     })
     .await
+}
+
+/// Pure: the answer when the run switched to the target and the target does not answer. A
+/// switchback needs it (it is fenced, stopped and proven to have handed over every byte), so
+/// this is the emergency, not a rollback.
+fn lost_new_primary(target: &str, why: &str) -> String {
+    let why = why.lines().next().unwrap_or_default();
+    format!(
+        "{target}, the new primary, cannot be reached ({why}); a switchback fences, stops and proves it, so it cannot run. If {target} is lost, this is an emergency failover, not a rollback: follow runbooks/dr-activation.md (migrate has no failover command yet). Nothing was changed"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_lost_new_primary_is_named_with_the_way_out() {
+        let m = super::lost_new_primary("new", "connection refused\nmore");
+        assert!(
+            m.contains("new, the new primary, cannot be reached (connection refused)"),
+            "{m}"
+        );
+        assert!(m.contains("runbooks/dr-activation.md"), "{m}");
+        assert!(!m.contains("more"), "{m}");
+    }
 }

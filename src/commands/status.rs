@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::Global;
+use crate::cli::{Global, StatusArgs};
 use crate::engine::replay::{load, Phase, RunState, StepStatus};
 use crate::engine::{label, Kind};
 use crate::exit::Exit;
@@ -32,6 +32,9 @@ pub struct StatusReport {
     pub next: Option<String>,
     /// Live lag of every hop, sampled now (hops whose nodes are unreachable show as down).
     pub lag: Option<crate::replication::lag::ChainSample>,
+    /// WAL retained by each node's slots, its free WAL disk, and whether that is past
+    /// `bake.max_retained`.
+    pub retention: Option<crate::replication::retention::RetentionSample>,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,10 +95,11 @@ pub fn report(state: &RunState, torn_tail: bool, spec_arg: &str) -> StatusReport
             .collect(),
         next,
         lag: None,
+        retention: None,
     }
 }
 
-pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
+pub async fn run(g: &Global, args: &StatusArgs, ui: &Ui) -> Result<Exit> {
     let path = super::spec_path(g)?;
     let spec = spec::load(&path)?;
     let spec_arg = path.display().to_string();
@@ -117,9 +121,15 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
         r.lag =
             Some(crate::replication::lag::sample_chain(&spec.primary().endpoint(), &hops).await);
     }
+    r.retention =
+        Some(crate::replication::retention::sample(&spec.nodes, spec.bake.max_retained).await);
+    let exit = match &r.retention {
+        Some(s) if args.check && !s.over_limit().is_empty() => Exit::NotReady,
+        _ => Exit::Done,
+    };
     if ui.json() {
         ui.emit_json(&r);
-        return Ok(Exit::Done);
+        return Ok(exit);
     }
     ui.line(format!(
         "run {} ({}): {}",
@@ -193,10 +203,77 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
             .collect();
         ui.table(&["hop", "to receive", "to replay", "state"], &rows);
     }
+    if let Some(s) = &r.retention {
+        retention_table(ui, s);
+    }
     if let Some(n) = &r.next {
         ui.line(format!("continue with: {n}"));
     }
-    Ok(Exit::Done)
+    Ok(exit)
+}
+
+fn retention_table(ui: &Ui, s: &crate::replication::retention::RetentionSample) {
+    ui.line("");
+    ui.line(format!(
+        "WAL retained by slots ({}; limit bake.max_retained = {}):",
+        s.at.format("%H:%M:%S"),
+        s.limit
+    ));
+    let mut rows = Vec::new();
+    for n in &s.nodes {
+        let free = n
+            .free_wal_bytes
+            .map(format_bytes)
+            .unwrap_or_else(|| "?".into());
+        let verdict = match n.over_limit {
+            Some(true) => "PAST THE LIMIT".to_string(),
+            Some(false) => "ok".to_string(),
+            None => "unknown".to_string(),
+        };
+        let problems = n.problems.join("; ");
+        if n.slots.is_empty() {
+            rows.push(vec![
+                n.node.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                free,
+                if problems.is_empty() {
+                    verdict
+                } else {
+                    problems
+                },
+            ]);
+            continue;
+        }
+        for slot in &n.slots {
+            rows.push(vec![
+                n.node.clone(),
+                slot.slot.clone(),
+                if slot.active { "active" } else { "inactive" }.into(),
+                slot.retained_bytes
+                    .map(format_bytes)
+                    .unwrap_or_else(|| "-".into()),
+                free.clone(),
+                if problems.is_empty() {
+                    verdict.clone()
+                } else {
+                    format!("{verdict}; {problems}")
+                },
+            ]);
+        }
+    }
+    ui.table(
+        &[
+            "node",
+            "slot",
+            "state",
+            "retains",
+            "free WAL disk",
+            "verdict",
+        ],
+        &rows,
+    );
 }
 
 fn compact(v: &Value) -> String {

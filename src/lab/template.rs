@@ -13,7 +13,7 @@ use crate::pg::server::{Server, StopMode};
 use crate::pg::{connect, Conninfo, Endpoint};
 
 /// Bump when the template's contents change, so stale copies are not reused.
-const TEMPLATE_FORMAT: u32 = 2;
+const TEMPLATE_FORMAT: u32 = 3;
 
 /// Settings every lab node shares (node-local ones are appended per node).
 pub const COMMON_CONF: &str = "\
@@ -27,6 +27,8 @@ max_replication_slots = 10
 wal_log_hints = on
 hot_standby = on
 wal_keep_size = 128MB
+# Bounds what a migrate slot can retain while its standby is down (plan's slot_bound check).
+max_slot_wal_keep_size = 2GB
 # Standbys retry a lost upstream after 1 s instead of 5 s (pitfall P13: a promotion or a
 # cascade reconnect otherwise waits the full interval).
 wal_retrieve_retry_interval = 1s

@@ -8,6 +8,9 @@ use tokio_postgres::Client;
 
 use super::{connect, Endpoint};
 
+/// How long a lock held by another session is tried again before the run is refused.
+const HOLDER_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A session-level advisory lock held on a dedicated connection for the whole run.
 pub struct AdvisoryLock {
     _client: Client,
@@ -34,10 +37,20 @@ impl AdvisoryLock {
             Err(e) => return Ok(AdvisoryOutcome::Unreachable(format!("{e:#}"))),
         };
         let key = advisory_key(run_name);
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-            .await?
-            .get(0);
+        // A run killed a moment ago (SIGKILL, a crashed bastion) still holds the lock until
+        // its backend notices the closed socket and exits, which on a loaded server takes a
+        // moment; a live run holds it for good. So try for a short while before refusing.
+        let deadline = std::time::Instant::now() + HOLDER_GRACE;
+        let got = loop {
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await?
+                .get(0);
+            if got || std::time::Instant::now() >= deadline {
+                break got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         if !got {
             let holder = client
                 .query_opt(

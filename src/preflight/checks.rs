@@ -23,7 +23,10 @@ const SETTINGS: &[&str] = &[
     "wal_log_hints",
     "synchronous_standby_names",
     "archive_mode",
+    "archive_command",
+    "archive_library",
     "config_file",
+    "max_slot_wal_keep_size",
 ];
 
 /// Hot-standby parameters that must be equal on all nodes, in both directions (P10).
@@ -335,10 +338,44 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
     replication_auth(&mut checks, spec, &facts).await;
 
     stream_tls(&mut checks, spec, &facts).await;
+    let bounds = facts
+        .iter()
+        .map(|(n, f)| (n.clone(), f.settings.get("max_slot_wal_keep_size").cloned()))
+        .collect();
+    super::bake::check(&mut checks, spec, &bounds, wal_per_hour(&p.client).await).await;
+    let archiving = |f: &Facts| super::archive::Archiving {
+        mode: f.get("archive_mode").to_string(),
+        command: match f.get("archive_library") {
+            "" => f.get("archive_command").to_string(),
+            library => format!("archive_library = {library}"),
+        },
+    };
+    checks.push(super::archive::verdict(
+        &p.name,
+        &archiving(p),
+        &target.name,
+        facts.get(&target.name).map(archiving).as_ref(),
+    ));
     super::service::check(&mut checks, spec, &config_files(&facts)).await;
     routes(&mut checks, spec, true).await;
     spec_checks(&mut checks, spec);
     checks
+}
+
+/// The primary's average WAL rate since its statistics were reset (PostgreSQL 14+).
+async fn wal_per_hour(c: &Client) -> Option<u64> {
+    let row = c
+        .query_opt(
+            "SELECT wal_bytes::float8, extract(epoch FROM now() - stats_reset)::float8 FROM pg_stat_wal",
+            &[],
+        )
+        .await
+        .ok()??;
+    let (bytes, secs): (Option<f64>, Option<f64>) = (row.get(0), row.get(1));
+    match (bytes, secs) {
+        (Some(b), Some(s)) if s > 60.0 => Some((b / s * 3600.0) as u64),
+        _ => None,
+    }
 }
 
 fn config_files(facts: &BTreeMap<String, Facts>) -> BTreeMap<String, String> {

@@ -1,6 +1,8 @@
 //! Preflight: every reason the cutover would fail or lose data, found before the window.
 //! Each check has a stable id, a status, the finding and the remedy (docs/pitfalls.md, preflight).
 
+mod archive;
+mod bake;
 mod checks;
 mod service;
 

@@ -3,6 +3,7 @@
 
 pub mod gate;
 pub mod lag;
+pub mod retention;
 
 /// The physical slot a node streams through, on its upstream.
 pub fn slot_name(node: &str) -> String {

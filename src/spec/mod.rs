@@ -117,6 +117,73 @@ pub struct Cutover {
     pub retire: Retire,
 }
 
+/// `[bake]`: what keeps the slots of a long bake from filling a disk.
+/// Pure: `"50%"` or a size (`"20GiB"`).
+pub fn parse_retention(text: &str) -> Result<Retention, String> {
+    let t = text.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        return match p.trim().parse::<u8>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(Retention::Percent(n)),
+            _ => Err(format!("{text:?} is not a share from 1% to 100%")),
+        };
+    }
+    match parse_size(t)? {
+        0 => Err(format!(
+            "{text:?}: a limit of zero bytes would always be past"
+        )),
+        n => Ok(Retention::Bytes(n)),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Bake {
+    /// Whether plan accepts a node that holds a migrate slot without
+    /// `max_slot_wal_keep_size` (such a slot retains WAL without any bound).
+    pub unbounded_slots: UnboundedSlots,
+    /// When `status --check` says retention is too much.
+    pub max_retained: Retention,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnboundedSlots {
+    /// Plan fails (the default).
+    Refuse,
+    /// Plan warns.
+    Accept,
+}
+
+/// `bake.max_retained`: a share of the disk space left for WAL (retained + free), or bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    Percent(u8),
+    Bytes(u64),
+}
+
+impl Retention {
+    /// Pure: whether `retained` bytes of WAL held by slots, with `free` bytes left on the WAL
+    /// disk, are past this limit. A share of an unknown free space is not judged.
+    pub fn exceeded(self, retained: u64, free: Option<u64>) -> Option<bool> {
+        match self {
+            Retention::Bytes(max) => Some(retained > max),
+            Retention::Percent(p) => {
+                let room = u128::from(retained) + u128::from(free?);
+                Some(u128::from(retained) * 100 > room * u128::from(p))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Retention::Percent(p) => write!(f, "{p} % of the WAL disk"),
+            Retention::Bytes(b) => write!(f, "{}", crate::units::format_bytes(*b)),
+        }
+    }
+}
+
 /// `cutover.hold`: what happens to sessions that keep the hold from completing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -151,6 +218,7 @@ pub struct Spec {
     /// Primary first, then each node after its upstream (ties by name).
     pub nodes: Vec<Node>,
     pub cutover: Cutover,
+    pub bake: Bake,
     pub routes: Vec<Route>,
     /// What validation allowed but an operator should hear (shown by `validate` and `plan`).
     pub warnings: Vec<String>,
@@ -715,6 +783,32 @@ impl Validator {
         })
     }
 
+    fn bake(&self, raw: raw::RawBake) -> Result<Bake, SpecError> {
+        let unbounded_slots = match raw.unbounded_slots.as_deref() {
+            None | Some("refuse") => UnboundedSlots::Refuse,
+            Some("accept") => UnboundedSlots::Accept,
+            Some(other) => return Err(self.err(
+                "bake.unbounded_slots",
+                format!("{other:?} is not a choice"),
+                "use \"refuse\" (plan fails while a slot could retain WAL without bound; set max_slot_wal_keep_size) or \"accept\"",
+            )),
+        };
+        let max_retained = match raw.max_retained.as_deref() {
+            None => Retention::Percent(50),
+            Some(t) => parse_retention(t).map_err(|e| {
+                self.err(
+                    "bake.max_retained",
+                    e,
+                    "write a share of the WAL disk such as \"50%\" (1-100) or a size such as \"20GiB\"",
+                )
+            })?,
+        };
+        Ok(Bake {
+            unbounded_slots,
+            max_retained,
+        })
+    }
+
     fn cutover(&self, raw: raw::RawCutover) -> Result<Cutover, SpecError> {
         let window = match (&raw.window_start, &raw.window_end) {
             (None, None) => None,
@@ -954,6 +1048,7 @@ impl Validator {
             None => self.relative_to_spec(Path::new(".migrate")).join(&raw.name),
         };
         let cutover = self.cutover(raw.cutover)?;
+        let bake = self.bake(raw.bake)?;
         let routes: Vec<Route> = raw
             .routes
             .into_iter()
@@ -979,6 +1074,7 @@ impl Validator {
             replication,
             nodes: ordered,
             cutover,
+            bake,
             routes,
             warnings: self.warnings.take(),
         })

@@ -15,6 +15,8 @@ pub struct RawSpec {
     pub nodes: BTreeMap<String, RawNode>,
     #[serde(default)]
     pub cutover: RawCutover,
+    #[serde(default)]
+    pub bake: RawBake,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
 }
@@ -91,6 +93,14 @@ pub struct RawCutover {
     pub hold_timeout: Option<String>,
     pub hold: Option<String>,
     pub retire: Option<String>,
+}
+
+/// `[bake]`: the days between the cutover and `complete`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBake {
+    pub unbounded_slots: Option<String>,
+    pub max_retained: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

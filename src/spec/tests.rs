@@ -122,3 +122,33 @@ fn ssh_hosts_without_strict_host_key_checking_are_warned_about() {
         "{weak:?}"
     );
 }
+
+#[test]
+fn bake_retention_is_a_share_or_a_size() {
+    use super::{parse_retention, Retention};
+    assert_eq!(parse_retention("50%"), Ok(Retention::Percent(50)));
+    assert_eq!(parse_retention(" 100 %"), Ok(Retention::Percent(100)));
+    assert_eq!(parse_retention("20GiB"), Ok(Retention::Bytes(20 << 30)));
+    for bad in ["0%", "101%", "-5%", "x%", "0", "lots"] {
+        assert!(parse_retention(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn retention_past_its_limit() {
+    use super::Retention;
+    let half = Retention::Percent(50);
+    // 40 retained of 100 left for WAL: under half; 60 of 100: past it.
+    assert_eq!(half.exceeded(40, Some(60)), Some(false));
+    assert_eq!(half.exceeded(60, Some(40)), Some(true));
+    assert_eq!(half.exceeded(50, Some(50)), Some(false));
+    // A share of a disk whose free space is unknown is not judged; bytes are.
+    assert_eq!(half.exceeded(60, None), None);
+    assert_eq!(Retention::Bytes(10).exceeded(11, None), Some(true));
+    assert_eq!(Retention::Bytes(10).exceeded(10, None), Some(false));
+    // No overflow at the extremes.
+    assert_eq!(
+        Retention::Percent(100).exceeded(u64::MAX, Some(u64::MAX)),
+        Some(false)
+    );
+}

@@ -30,7 +30,11 @@ impl Step for Followers {
                 .map(|m| m.name().to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            action: "CHECKPOINT on the new primary (P6/P7); wait until each standby streams on the new timeline".into(),
+            action: format!(
+                "CHECKPOINT on the new primary (P6/P7); wait until each standby streams on the new timeline; on {}: drop the stale slot {} (unused since the promotion)",
+                self.0.from.name(),
+                self.0.to.slot()
+            ),
             proof: "pg_stat_wal_receiver.received_tli = the new timeline, streaming".into(),
             undo: "nothing".into(),
         }
@@ -71,6 +75,28 @@ impl Step for Followers {
                 &StepId::Followers,
             )
             .await?;
+        }
+        // The slot `to` streamed from on `from` has been stale since the promotion: its
+        // restart_lsn is frozen there, so it would keep every WAL segment on the old primary
+        // for the whole bake. `from` now streams from `to` (the reverse step saw it), so
+        // nothing will use it again; a switchback creates the slot it needs before its hold.
+        let stale = self.0.to.slot();
+        let dropped = async {
+            let c = connect(&self.0.from.endpoint()).await?;
+            crate::pg::sql::drop_inactive_slot(&c, &stale).await
+        };
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(10), dropped)
+            .await
+            .map_err(|_| anyhow!("no answer within 10 s"))
+            .and_then(|r| r)
+        {
+            cx.progress(
+                &StepId::Followers,
+                format!(
+                    "could not drop the stale slot {stale} on {} ({e:#}); `migrate complete` drops it, and `migrate status` shows what it retains",
+                    self.0.from.name()
+                ),
+            );
         }
         Ok(TimelineOut {
             timeline: i64::from(tli),
