@@ -619,12 +619,11 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
     old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
         .await
         .unwrap();
-    let c = connect(&chain.ep("old")).await.unwrap();
-    assert!(c
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get::<_, bool>(0));
+    assert_eq!(
+        in_recovery(&chain, "old").await,
+        Some(true),
+        "old answers as a primary"
+    );
     let out = chain.run(&["resume"], None).await;
     crate::support::assert_exit(&out, Exit::Done);
     assert_topology(&chain, "new", "resumed after a pause").await;
@@ -1702,10 +1701,9 @@ async fn a_rollback_with_the_new_primary_lost_names_the_emergency_path() {
     );
     assert!(err.contains("runbooks/dr-activation.md"), "{err}");
     // Nothing changed: the old primary is still a standby, not promoted by the refusal.
-    let c = connect(&chain.ep("old")).await.unwrap();
-    assert!(c
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get::<_, bool>(0));
+    assert_eq!(
+        in_recovery(&chain, "old").await,
+        Some(true),
+        "old answers as a primary"
+    );
 }
