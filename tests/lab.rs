@@ -154,3 +154,41 @@ fn lab_status_without_a_lab_says_how_to_make_one() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn lab_up_in_a_folder_the_server_user_cannot_enter_is_refused_naming_it() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // only root runs the servers as another user
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let ports = PortBlock::reserve(PORT_SPAN).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let closed = tmp.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = closed.join("lab");
+    let d = dir.to_str().unwrap().to_string();
+    let _down = Down(d.clone());
+    let up = migrate(&[
+        "lab",
+        "up",
+        "--dir",
+        &d,
+        "--base-port",
+        &ports.base.to_string(),
+    ]);
+    assert_eq!(up.status.code(), Some(2), "{}", text(&up.stderr));
+    let err = text(&up.stderr);
+    assert!(
+        err.contains(&format!(
+            "{} cannot be entered (mode 0700",
+            closed.display()
+        )) && err.contains("postgres")
+            && err.contains("chmod o+x"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("nodes/old/data").exists(),
+        "a node was made anyway"
+    );
+}

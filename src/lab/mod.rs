@@ -151,6 +151,13 @@ pub struct LabStatus {
     pub pgbouncer_running: bool,
 }
 
+/// Pure: `path` and every folder above it, from the root down (`/a/b` → `/`, `/a`, `/a/b`).
+fn top_down(path: &Path) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = path.ancestors().map(Path::to_path_buf).collect();
+    all.reverse();
+    all
+}
+
 /// Create a directory (if missing) with a mode, owned by the host's run-as user.
 pub(crate) fn make_dir(path: &Path, mode: u32, host: &LocalHost) -> Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("create {}", path.display()))?;
@@ -341,6 +348,40 @@ impl Lab {
     }
 
     /// Create what is missing and start what is stopped. Running it twice is harmless.
+    /// The servers run as the lab's user (`postgres` when run as root): every folder above
+    /// the lab's must let that user pass, or a server cannot reach its socket directory and
+    /// the lab fails later with a bare "No such file or directory".
+    async fn check_reachable(&self) -> Result<()> {
+        let Some(user) = self.host.run_as() else {
+            return Ok(());
+        };
+        let mut argv = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"for d in "$@"; do [ -x "$d" ] || { printf '%s' "$d"; exit 1; }; done"#.to_string(),
+            "sh".to_string(),
+        ];
+        argv.extend(top_down(&self.dir).iter().map(|d| d.display().to_string()));
+        let out = self.host.run(&crate::host::Cmd::new(argv)).await?;
+        if out.success() {
+            return Ok(());
+        }
+        let blocked = String::from_utf8_lossy(&out.stdout).to_string();
+        let how = std::fs::metadata(&blocked)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                format!(" (mode {:04o}, owner uid {})", m.mode() & 0o7777, m.uid())
+            })
+            .unwrap_or_default();
+        bail!(
+            "the lab directory {} cannot be reached by {}, the user its servers run as: {} cannot be entered{how}; choose a directory that user can reach (e.g. under /var/tmp), or allow it through with chmod o+x {}",
+            self.dir.display(),
+            user.name,
+            if blocked.is_empty() { "a folder above it" } else { &blocked },
+            if blocked.is_empty() { "<that folder>" } else { &blocked },
+        )
+    }
+
     pub async fn up(&self) -> Result<LabStatus> {
         if let Some(s) = &self.sites {
             // The ports are the namespaces' own; only the subnet must be free.
@@ -351,6 +392,7 @@ impl Lab {
             self.check_ports().await?;
         }
         make_dir(&self.dir, 0o755, &LocalHost::new(None)?)?;
+        self.check_reachable().await?;
         make_dir(&self.socket_dir(), 0o755, &self.host)?;
         make_dir(&self.dir.join("nodes"), 0o755, &self.host)?;
         for n in NODES {
@@ -736,4 +778,14 @@ fn read_state(dir: &Path) -> Result<Option<LabState>> {
 fn write_state(dir: &Path, state: &LabState) -> Result<()> {
     let path = dir.join("lab-state.json");
     crate::host::local::write_atomic(&path, &serde_json::to_vec_pretty(state)?, 0o644, None)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_folder_above_the_lab_from_the_root_down() {
+        let all = super::top_down(std::path::Path::new("/a/b/lab"));
+        let shown: Vec<String> = all.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(shown, ["/", "/a", "/a/b", "/a/b/lab"]);
+    }
 }

@@ -37,9 +37,18 @@ pub async fn check(
         let Some(node) = spec.node(&name) else {
             continue;
         };
-        // A node not running yet is a clone of its upstream: judged by the primary's value.
+        // A node not running yet is a clone of its upstream: judged by the primary's value,
+        // which the clone copies only where the configuration lives in the data directory.
         let (setting, seen_on) = match bounds.get(&name) {
             Some(s) => (s.clone(), name.clone()),
+            None if node.service != crate::pg::service::Service::PgCtl => {
+                checks.push(Check::warn(
+                    format!("slot_bound:{name}"),
+                    format!("{name} is not running and keeps its configuration outside its data directory ({}), so the clone does not copy the primary's max_slot_wal_keep_size and its own cannot be read yet", node.service.words("start", &node.data_dir)),
+                    format!("set max_slot_wal_keep_size in {name}'s own configuration, and run plan again once it streams"),
+                ));
+                continue;
+            }
             None => (bounds.get(primary).cloned().flatten(), primary.clone()),
         };
         let free = tokio::time::timeout(std::time::Duration::from_secs(5), free_wal(node))
