@@ -375,13 +375,81 @@ impl Clone {
     }
 
     async fn bytes_on_disk(&self) -> Option<u64> {
+        self.copied().await.map(|c| c.data + c.wal)
+    }
+
+    /// What the clone has on disk so far, in one call: the data directory, and its `pg_wal`
+    /// (WAL streamed while the copy runs, which the upstream's size at the start cannot count).
+    async fn copied(&self) -> Option<Copied> {
         let out = self
             .0
             .host
-            .run(&Cmd::new(["du", "-sb", &self.data()]))
+            .run(&Cmd::new([
+                "sh",
+                "-c",
+                r#"du -sb -- "$1"; du -sb -- "$1/pg_wal" 2>/dev/null || true"#,
+                "sh",
+                &self.data(),
+            ]))
             .await
             .ok()?;
-        out.stdout_text().split_whitespace().next()?.parse().ok()
+        parse_copied(&out.stdout_text())
+    }
+}
+
+/// Bytes of a clone in progress: its files without `pg_wal`, and `pg_wal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Copied {
+    data: u64,
+    wal: u64,
+}
+
+/// Pure: two `du -sb` lines (the data directory, then its `pg_wal`, which may be missing yet).
+fn parse_copied(text: &str) -> Option<Copied> {
+    let mut sizes = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok());
+    let all = sizes.next()?;
+    let wal = sizes.next().unwrap_or(0).min(all);
+    Some(Copied {
+        data: all - wal,
+        wal,
+    })
+}
+
+/// Pure: the clone's progress line. `total` is the upstream's size when the clone began; the
+/// data copied is measured against it, the WAL streamed meanwhile is shown on its own (it is
+/// not part of that total), and the ETA counts the data only.
+fn clone_progress(c: Copied, total: Option<u64>, secs: f64) -> String {
+    let secs = secs.max(0.001);
+    let rate = (c.data + c.wal) as f64 / secs;
+    let wal = if c.wal > 0 {
+        format!(" + {} WAL streamed", format_bytes(c.wal))
+    } else {
+        String::new()
+    };
+    match total {
+        Some(t) if t > 0 => {
+            let data_rate = c.data as f64 / secs;
+            let eta = if data_rate > 0.0 {
+                t.saturating_sub(c.data) as f64 / data_rate
+            } else {
+                0.0
+            };
+            format!(
+                "{} / {} ({:.0}%){wal}, {}/s, ETA {:.0}s",
+                format_bytes(c.data),
+                format_bytes(t),
+                (c.data as f64 * 100.0 / t as f64).min(100.0),
+                format_bytes(rate as u64),
+                eta
+            )
+        }
+        _ => format!(
+            "{} copied{wal}, {}/s",
+            format_bytes(c.data),
+            format_bytes(rate as u64)
+        ),
     }
 }
 
@@ -449,36 +517,13 @@ impl Step for Clone {
                 loop {
                     tokio::time::sleep(interval).await;
                     interval = Duration::from_secs(1);
-                    let Some(done) = me.bytes_on_disk().await else {
+                    let Some(copied) = me.copied().await else {
                         continue;
                     };
-                    if done > 0 {
+                    if copied.data + copied.wal > 0 {
                         failpoint::point(&id, "during").await;
                     }
-                    let secs = started.elapsed().as_secs_f64().max(0.001);
-                    let rate = done as f64 / secs;
-                    let msg = match total {
-                        Some(t) if t > 0 => {
-                            let eta = if rate > 0.0 {
-                                t.saturating_sub(done) as f64 / rate
-                            } else {
-                                0.0
-                            };
-                            format!(
-                                "{} / {} ({:.0}%), {}/s, ETA {:.0}s",
-                                format_bytes(done),
-                                format_bytes(t),
-                                (done as f64 * 100.0 / t as f64).min(100.0),
-                                format_bytes(rate as u64),
-                                eta
-                            )
-                        }
-                        _ => format!(
-                            "{} copied, {}/s",
-                            format_bytes(done),
-                            format_bytes(rate as u64)
-                        ),
-                    };
+                    let msg = clone_progress(copied, total, started.elapsed().as_secs_f64());
                     cx.progress(&id, msg);
                 }
             })
@@ -697,5 +742,49 @@ impl Step for CatchUp {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wal_streamed_during_a_clone_is_counted_apart_from_its_total() {
+        let c = parse_copied("67633152\t/d\n33554432\t/d/pg_wal\n").unwrap();
+        assert_eq!(
+            c,
+            Copied {
+                data: 34078720,
+                wal: 33554432
+            }
+        );
+        // Before pg_wal exists, all of it is data; nonsense gives nothing.
+        assert_eq!(
+            parse_copied("100\t/d\n").unwrap(),
+            Copied { data: 100, wal: 0 }
+        );
+        assert_eq!(parse_copied("du: cannot access\n"), None);
+        // The issue's case: 64.5 MiB on disk against a 31.7 MiB upstream was shown as done.
+        let line = clone_progress(c, Some(33_240_000), 2.0);
+        assert!(
+            line.starts_with("32.5 MiB / 31.7 MiB (100%) + 32.0 MiB WAL streamed"),
+            "{line}"
+        );
+        let half = clone_progress(Copied { data: 50, wal: 0 }, Some(100), 1.0);
+        assert!(half.contains("(50%)") && half.contains("ETA 1s"), "{half}");
+        assert!(!half.contains("WAL"), "{half}");
+        let unknown = clone_progress(
+            Copied {
+                data: 1 << 20,
+                wal: 1 << 20,
+            },
+            None,
+            1.0,
+        );
+        assert!(
+            unknown.starts_with("1.0 MiB copied + 1.0 MiB WAL streamed"),
+            "{unknown}"
+        );
     }
 }
