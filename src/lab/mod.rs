@@ -347,7 +347,6 @@ impl Lab {
         Endpoint::new("pgbouncer", c, Some(SecretRef::Passfile(self.passfile())))
     }
 
-    /// Create what is missing and start what is stopped. Running it twice is harmless.
     /// The servers run as the lab's user (`postgres` when run as root): every folder above
     /// the lab's must let that user pass, or a server cannot reach its socket directory and
     /// the lab fails later with a bare "No such file or directory".
@@ -382,6 +381,7 @@ impl Lab {
         )
     }
 
+    /// Create what is missing and start what is stopped. Running it twice is harmless.
     pub async fn up(&self) -> Result<LabStatus> {
         if let Some(s) = &self.sites {
             // The ports are the namespaces' own; only the subnet must be free.

@@ -364,12 +364,13 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
 
 /// The primary's average WAL rate since its statistics were reset (PostgreSQL 14+).
 async fn wal_per_hour(c: &Client) -> Option<u64> {
-    let row = c
-        .query_opt(
-            "SELECT wal_bytes::float8, extract(epoch FROM now() - stats_reset)::float8 FROM pg_stat_wal",
-            &[],
-        )
+    let query = c.query_opt(
+        "SELECT wal_bytes::float8, extract(epoch FROM now() - stats_reset)::float8 FROM pg_stat_wal",
+        &[],
+    );
+    let row = tokio::time::timeout(std::time::Duration::from_secs(5), query)
         .await
+        .ok()?
         .ok()??;
     let (bytes, secs): (Option<f64>, Option<f64>) = (row.get(0), row.get(1));
     match (bytes, secs) {

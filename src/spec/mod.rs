@@ -117,7 +117,6 @@ pub struct Cutover {
     pub retire: Retire,
 }
 
-/// `[bake]`: what keeps the slots of a long bake from filling a disk.
 /// Pure: `"50%"` or a size (`"20GiB"`).
 pub fn parse_retention(text: &str) -> Result<Retention, String> {
     let t = text.trim();
@@ -135,6 +134,7 @@ pub fn parse_retention(text: &str) -> Result<Retention, String> {
     }
 }
 
+/// `[bake]`: what keeps the slots of a long bake from filling a disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Bake {
     /// Whether plan accepts a node that holds a migrate slot without

@@ -78,8 +78,8 @@ impl Step for Followers {
         }
         // The slot `to` streamed from on `from` has been stale since the promotion: its
         // restart_lsn is frozen there, so it would keep every WAL segment on the old primary
-        // for the whole bake. `from` now streams from `to` (the reverse step saw it), so
-        // nothing will use it again; a switchback creates the slot it needs before its hold.
+        // for the whole bake. Nothing uses it again, whether `from` follows `to` now or waits
+        // for a re-sync; a switchback creates the slot it needs before its hold.
         let stale = self.0.to.slot();
         let dropped = async {
             let c = connect(&self.0.from.endpoint()).await?;
