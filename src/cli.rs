@@ -65,6 +65,10 @@ pub enum Command {
     /// Go back: undo a run that has not passed its point of no return (latest step first), or,
     /// after a completed cutover, switch back the same zero-loss way.
     Rollback,
+    /// The emergency: the primary is lost. Fence it as far as it can be reached, measure what
+    /// the promotion can lose (shown before you confirm), promote NODE, route and release
+    /// clients to it, repoint the other standbys, and write a certificate with the loss window.
+    Failover(FailoverArgs),
     /// Run the engine drill plan (test builds only).
     #[cfg(feature = "failpoints")]
     #[command(hide = true)]
@@ -98,6 +102,21 @@ pub struct CutoverArgs {
     /// clients stay held and writes stay stopped until `migrate resume`.
     #[arg(long)]
     pub keep_clients_held: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The standby to promote (`old` while it streams from the new primary, `dr`, …).
+    #[arg(long, value_name = "NODE")]
+    pub to: String,
+    /// Accept losing up to BYTES of acknowledged WAL (needed with --yes unless the failover
+    /// is proven to lose nothing).
+    #[arg(long, value_name = "BYTES")]
+    pub accept_loss: Option<u64>,
+    /// Promote although the lost primary's host does not answer and no fence plugin is
+    /// configured: you vouch that it is off.
+    #[arg(long)]
+    pub no_fence: bool,
 }
 
 #[derive(Debug, Args)]

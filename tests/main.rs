@@ -7,6 +7,7 @@ mod compose;
 mod conn;
 mod cutover;
 mod engine;
+mod failover;
 mod host_local;
 mod host_ssh;
 mod hostile;

@@ -4,6 +4,7 @@ pub mod complete;
 pub mod cutover;
 #[cfg(feature = "failpoints")]
 pub mod drill;
+pub mod failover;
 pub mod lab;
 pub mod plan;
 pub mod rehearse;

@@ -33,7 +33,26 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
         && (state.finished() == Some(crate::engine::Outcome::Completed)
             || state.point_of_no_return.is_some() && state.finished().is_none());
     if let (true, Err(e)) = (switched, &reached) {
-        bail!("{}", lost_new_primary(&target.name, &format!("{e:#}")));
+        bail!(
+            "{}",
+            lost_new_primary(&target.name, &s.spec.primary().name, &format!("{e:#}"))
+        );
+    }
+    if state.operation.starts_with(crate::plans::failover::PREFIX) {
+        if state.point_of_no_return.is_some()
+            || state.finished() == Some(crate::engine::Outcome::Completed)
+        {
+            bail!(
+                "run {} was a failover past its promotion: there is no way back to a primary that was lost. Re-sync the lost node as a standby of the new primary (pg_rewind), then a planned `migrate cutover` can move back without loss; nothing was changed",
+                state.run_id
+            );
+        }
+        if state.finished().is_some() {
+            bail!(
+                "run {} ({}) already ended before its promotion; nothing to roll back (the lost primary stays fenced)",
+                state.run_id, state.operation
+            );
+        }
     }
     if state.operation == cutover::COMPLETE {
         bail!("the rollback path was retired by `migrate complete` (run {}); going back now is a new migration", state.run_id);
@@ -84,10 +103,10 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
 /// Pure: the answer when the run switched to the target and the target does not answer. A
 /// switchback needs it (it is fenced, stopped and proven to have handed over every byte), so
 /// this is the emergency, not a rollback.
-fn lost_new_primary(target: &str, why: &str) -> String {
+fn lost_new_primary(target: &str, old: &str, why: &str) -> String {
     let why = why.lines().next().unwrap_or_default();
     format!(
-        "{target}, the new primary, cannot be reached ({why}); a switchback fences, stops and proves it, so it cannot run. If {target} is lost, this is an emergency failover, not a rollback: follow runbooks/dr-activation.md (migrate has no failover command yet). Nothing was changed"
+        "{target}, the new primary, cannot be reached ({why}); a switchback fences, stops and proves it, so it cannot run. If {target} is lost, this is an emergency failover, not a rollback: `migrate failover --to {old}` promotes {old} and shows what it can lose before you confirm (runbooks/dr-activation.md). Nothing was changed"
     )
 }
 
@@ -95,12 +114,12 @@ fn lost_new_primary(target: &str, why: &str) -> String {
 mod tests {
     #[test]
     fn a_lost_new_primary_is_named_with_the_way_out() {
-        let m = super::lost_new_primary("new", "connection refused\nmore");
+        let m = super::lost_new_primary("new", "old", "connection refused\nmore");
         assert!(
             m.contains("new, the new primary, cannot be reached (connection refused)"),
             "{m}"
         );
-        assert!(m.contains("runbooks/dr-activation.md"), "{m}");
+        assert!(m.contains("migrate failover --to old"), "{m}");
         assert!(!m.contains("more"), "{m}");
     }
 }

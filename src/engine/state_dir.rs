@@ -81,7 +81,8 @@ pub struct Found {
 pub fn ours(name: &str) -> bool {
     let journal =
         name == "journal.jsonl" || (name.starts_with("journal-") && name.ends_with(".jsonl"));
-    let cert = name.starts_with("certificate-") && name.ends_with(".json");
+    let cert = (name.starts_with("certificate-") || name.starts_with("failover-"))
+        && name.ends_with(".json");
     journal
         || cert
         || matches!(name, "lock" | "plan.json" | "drill-marker")

@@ -14,8 +14,8 @@ use crate::engine::Plan;
 use crate::spec::{Role, Spec};
 use crate::steps::member::Member;
 use crate::steps::switchover::{
-    Certificate, Direction, Fence, Followers, Hold, Promote, Proof, Release, Reverse, Stage,
-    StopPrimary, VerifyPrimary, WaitForWindow,
+    Certificate, Direction, Fence, Followers, Hold, Others, Promote, Proof, Release, Reverse,
+    Stage, StopPrimary, VerifyPrimary, WaitForWindow,
 };
 use crate::steps::StepId;
 
@@ -90,6 +90,7 @@ pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Pla
     plan.push(Promote {
         d: d.clone(),
         timeout: spec.cutover.promote_timeout,
+        others: Others::Staged,
     });
     plan.push(Reverse(d.clone()));
     plan.push(VerifyPrimary(d.clone()));

@@ -4,6 +4,7 @@
 pub mod cutover;
 #[cfg(feature = "failpoints")]
 pub mod drill;
+pub mod failover;
 pub mod replicate;
 
 use std::sync::Arc;
@@ -25,6 +26,12 @@ pub fn build_with(operation: &str, spec: &Arc<Spec>, force_window: bool) -> Resu
         #[cfg(feature = "failpoints")]
         drill::OPERATION => drill::plan(spec),
         replicate::OPERATION => replicate::plan(spec),
+        op if op.starts_with(failover::PREFIX) => {
+            let op = op
+                .parse::<failover::FailoverOp>()
+                .map_err(anyhow::Error::msg)?;
+            failover::plan(spec, &op, None)
+        }
         other => {
             let _ = spec;
             bail!("this build of migrate does not know the operation {other:?} recorded in the journal")

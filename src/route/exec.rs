@@ -48,42 +48,58 @@ impl Exec {
         if let Some(n) = from {
             req["from"] = self.endpoint(n);
         }
-        let mut cmd = Cmd::new(self.cfg.command.clone())
-            .stdin(serde_json::to_vec(&req)?)
-            .timeout(self.cfg.timeout)
-            .output_limit(OUTPUT_LIMIT);
-        for var in &self.cfg.env {
-            if let Ok(v) = std::env::var(var) {
-                cmd = cmd.env(var, v);
-            }
+        call_plugin(
+            &format!("route plugin {}", self.cfg.name),
+            &self.cfg.command,
+            self.cfg.timeout,
+            &self.cfg.env,
+            action,
+            &req,
+        )
+        .await
+    }
+}
+
+/// Run a JSON plugin once: `req` on stdin, `{"ok": true, …}` expected on stdout within
+/// `timeout`. `label` names it in errors ("route plugin x", "fence plugin"); `env` lists the
+/// variables of migrate's environment it gets.
+pub async fn call_plugin(
+    label: &str,
+    command: &[String],
+    timeout: std::time::Duration,
+    env: &[String],
+    action: &str,
+    req: &Value,
+) -> Result<Value> {
+    let mut cmd = Cmd::new(command.to_vec())
+        .stdin(serde_json::to_vec(req)?)
+        .timeout(timeout)
+        .output_limit(OUTPUT_LIMIT);
+    for var in env {
+        if let Ok(v) = std::env::var(var) {
+            cmd = cmd.env(var, v);
         }
-        let out = run_process(&cmd, None).await.with_context(|| {
-            format!(
-                "route plugin {} (is `{}` installed and executable?)",
-                self.cfg.name, self.cfg.command[0]
-            )
-        })?;
-        let text = out.stdout_text();
-        let answer: Option<Value> = serde_json::from_str(text.trim()).ok();
-        match (out.success(), answer) {
-            (true, Some(a)) if a["ok"] == json!(true) => Ok(a),
-            (_, Some(a)) if a["ok"] == json!(false) => bail!(
-                "route plugin {} failed to {action}: {}",
-                self.cfg.name,
-                a["error"].as_str().unwrap_or("(no error text)")
-            ),
-            (true, _) => Err(anyhow!(
-                "route plugin {} answered {action} with no JSON {{\"ok\": …}} on stdout: {:?}",
-                self.cfg.name,
-                text.chars().take(200).collect::<String>()
-            )),
-            (false, _) => bail!(
-                "route plugin {} failed to {action} ({}): {}",
-                self.cfg.name,
-                out.status_text(),
-                out.stderr_tail()
-            ),
-        }
+    }
+    let out = run_process(&cmd, None)
+        .await
+        .with_context(|| format!("{label} (is `{}` installed and executable?)", command[0]))?;
+    let text = out.stdout_text();
+    let answer: Option<Value> = serde_json::from_str(text.trim()).ok();
+    match (out.success(), answer) {
+        (true, Some(a)) if a["ok"] == json!(true) => Ok(a),
+        (_, Some(a)) if a["ok"] == json!(false) => bail!(
+            "{label} failed to {action}: {}",
+            a["error"].as_str().unwrap_or("(no error text)")
+        ),
+        (true, _) => Err(anyhow!(
+            "{label} answered {action} with no JSON {{\"ok\": …}} on stdout: {:?}",
+            text.chars().take(200).collect::<String>()
+        )),
+        (false, _) => bail!(
+            "{label} failed to {action} ({}): {}",
+            out.status_text(),
+            out.stderr_tail()
+        ),
     }
 }
 

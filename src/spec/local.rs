@@ -49,6 +49,13 @@ pub fn files(spec: &Spec) -> Vec<LocalFile> {
         conninfo_files(&format!("{f}.conninfo"), &n.conninfo, &mut push);
         host_files(&format!("{f}.host"), &n.host, &mut push);
     }
+    if let Some(fence) = &spec.failover.fence {
+        push(
+            "failover.fence.command[0]".into(),
+            PathBuf::from(&fence.command[0]),
+            FileKind::Program,
+        );
+    }
     for (i, r) in spec.routes.iter().enumerate() {
         let f = format!("route[{i}]");
         let through = |t: &Option<super::Through>,
@@ -152,6 +159,9 @@ pub fn remember_secrets(spec: &Spec) {
     let mut refs: Vec<SecretRef> = Vec::new();
     refs.extend(spec.replication.password.clone());
     refs.extend(spec.nodes.iter().filter_map(|n| n.password.clone()));
+    if let Some(fence) = &spec.failover.fence {
+        refs.extend(fence.env.iter().map(|v| SecretRef::Env(v.clone())));
+    }
     for r in &spec.routes {
         match r {
             Route::PgBouncer(p) => refs.extend(p.password.clone()),

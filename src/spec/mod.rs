@@ -4,11 +4,13 @@
 //! accepted by reference (`{ env = "VAR" }` or `{ passfile = "PATH" }`).
 
 pub mod local;
+mod plugin;
 mod raw;
 mod route;
 mod service;
 pub mod values;
 
+pub use plugin::{Failover, Plugin};
 pub use route::{
     DnsRoute, ExecRoute, HaProxyRoute, NatHook, NatRoute, PgBouncerRoute, PowerDnsRoute, Route,
     Target, Through,
@@ -219,6 +221,7 @@ pub struct Spec {
     pub nodes: Vec<Node>,
     pub cutover: Cutover,
     pub bake: Bake,
+    pub failover: Failover,
     pub routes: Vec<Route>,
     /// What validation allowed but an operator should hear (shown by `validate` and `plan`).
     pub warnings: Vec<String>,
@@ -1049,6 +1052,7 @@ impl Validator {
         };
         let cutover = self.cutover(raw.cutover)?;
         let bake = self.bake(raw.bake)?;
+        let failover = self.failover(raw.failover)?;
         let routes: Vec<Route> = raw
             .routes
             .into_iter()
@@ -1075,6 +1079,7 @@ impl Validator {
             nodes: ordered,
             cutover,
             bake,
+            failover,
             routes,
             warnings: self.warnings.take(),
         })

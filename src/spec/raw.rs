@@ -17,6 +17,8 @@ pub struct RawSpec {
     pub cutover: RawCutover,
     #[serde(default)]
     pub bake: RawBake,
+    #[serde(default)]
+    pub failover: super::plugin::RawFailover,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
 }

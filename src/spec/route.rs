@@ -703,48 +703,16 @@ impl Validator {
                 {
                     return Err(self.err(format!("{f}.name"), format!("{:?} is not a plugin name", raw.name), "use letters, digits, '-' and '_' (the plugin is migrate-route-<name> on PATH)"));
                 }
-                let command = match raw.command {
-                    Some(c) if c.is_empty() => return Err(self.err(format!("{f}.command"), "empty command", "give the plugin's argv, e.g. [\"/usr/local/bin/srx-nat\", \"--site\", \"dc2\"]")),
-                    Some(mut c) => {
-                        if c[0].contains('/') {
-                            c[0] = self.relative_to_spec(std::path::Path::new(&c[0])).display().to_string();
-                        }
-                        c
-                    }
-                    None => vec![format!("migrate-route-{}", raw.name)],
-                };
-                let config = match raw.config {
-                    None => serde_json::Value::Object(Default::default()),
-                    Some(t) => serde_json::to_value(t).map_err(|e| {
-                        self.err(
-                            format!("{f}.config"),
-                            e.to_string(),
-                            "use plain TOML values",
-                        )
-                    })?,
-                };
-                for (j, arg) in command.iter().enumerate() {
-                    self.plain_text(&format!("{f}.command[{j}]"), arg, "argument")?;
-                }
-                if command[0].trim().is_empty() {
-                    return Err(self.err(
-                        format!("{f}.command[0]"),
-                        "the program is empty",
-                        "give the plugin's path or its name on PATH as the first element",
-                    ));
-                }
-                for (j, var) in raw.env.iter().enumerate() {
-                    if !super::values::env_name(var) {
-                        return Err(self.err(
-                            format!("{f}.env[{j}]"),
-                            format!("{var:?} is not an environment variable name"),
-                            "list variable names, e.g. env = [\"SRX_API_TOKEN\"]",
-                        ));
-                    }
-                }
+                let command = self.plugin_command(
+                    f,
+                    raw.command
+                        .unwrap_or_else(|| vec![format!("migrate-route-{}", raw.name)]),
+                )?;
+                let config = self.plugin_config(f, raw.config)?;
+                let env = self.plugin_env(f, raw.env)?;
                 Ok(Route::Exec(Box::new(ExecRoute {
                     name: raw.name,
-                    env: raw.env,
+                    env,
                     command,
                     timeout: self.bounded(
                         &format!("{f}.timeout"),

@@ -30,6 +30,13 @@ pub enum StepId {
     Release,
     Followers,
     Certificate,
+    // `migrate failover` (with promote, route, release and certificate).
+    /// Fence the lost primary and point the routes away from it.
+    Isolate,
+    /// Measure what the promotion can lose, and hold it to what the operator accepted.
+    Loss,
+    /// Every other standby streams from the new primary.
+    Repoint,
     // `migrate complete`.
     Check,
     Retire,
@@ -38,8 +45,11 @@ pub enum StepId {
 
 impl StepId {
     /// The ids that name no node and are not switchover steps.
-    const OTHERS: [StepId; 4] = [
+    const OTHERS: [StepId; 7] = [
         StepId::Catchup,
+        StepId::Isolate,
+        StepId::Loss,
+        StepId::Repoint,
         StepId::Check,
         StepId::Retire,
         StepId::DropStaleSlots,
@@ -93,6 +103,9 @@ impl StepId {
             StepId::Release => ("release", None),
             StepId::Followers => ("followers", None),
             StepId::Certificate => ("certificate", None),
+            StepId::Isolate => ("isolate", None),
+            StepId::Loss => ("loss", None),
+            StepId::Repoint => ("repoint", None),
             StepId::Check => ("check", None),
             StepId::Retire => ("retire", None),
             StepId::DropStaleSlots => ("drop_stale_slots", None),
@@ -162,7 +175,7 @@ mod tests {
     #[test]
     fn every_id_reads_back_as_itself() {
         let mut all: Vec<StepId> = StepId::fixed().cloned().collect();
-        assert_eq!(all.len(), 17, "every fixed id once");
+        assert_eq!(all.len(), 20, "every fixed id once");
         all.extend([
             StepId::Prepare("new".into()),
             StepId::Slot("dr".into()),

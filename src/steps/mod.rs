@@ -2,6 +2,7 @@
 
 pub mod chain;
 pub mod complete;
+pub mod failover;
 pub mod id;
 pub mod member;
 pub mod switchover;

@@ -8,7 +8,7 @@
 
 pub mod certificate;
 pub mod fence;
-mod follow;
+pub(crate) mod follow;
 pub mod followers;
 pub mod guard;
 pub mod hold;
@@ -33,7 +33,7 @@ pub use certificate::{certificate_path, Certificate, CertificateDoc};
 pub use fence::{Fence, FenceOut};
 pub use followers::Followers;
 pub use hold::{Hold, HoldOut};
-pub use promote::{Promote, PromoteOut};
+pub use promote::{Others, Promote, PromoteOut};
 pub use proof::{Proof, ProofOut};
 pub use release::{Release, ReleaseOut};
 pub use reverse::Reverse;
@@ -61,7 +61,11 @@ impl Direction {
     }
 
     /// `work` under [`Direction::limit`].
-    async fn bounded<T>(&self, what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &str,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         tokio::time::timeout(self.limit, work)
             .await
             .map_err(|_| anyhow!("{what}: no answer within {:?}", self.limit))?

@@ -18,6 +18,17 @@ const PROMOTE_RESIGNAL: Duration = Duration::from_millis(250);
 pub struct Promote {
     pub d: Direction,
     pub timeout: Duration,
+    pub others: Others,
+}
+
+/// Which nodes must be shown not writable before the promotion, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Others {
+    /// A switchover: the old primary, stopped and staged as the target's standby.
+    Staged,
+    /// A failover: the lost primary as its fence left it (see
+    /// [`crate::steps::failover::before_promotion`]), and no other node a primary.
+    Failover,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,9 +84,13 @@ impl Step for Promote {
             }
         }
         let before = format!("promoting {to}");
-        if let Err(why) =
-            guard::none_writable(&[&self.d.demoted()], &before, IfSilent::Refuse).await
-        {
+        let checked = match self.others {
+            Others::Staged => {
+                guard::none_writable(&[&self.d.demoted()], &before, IfSilent::Refuse).await
+            }
+            Others::Failover => crate::steps::failover::before_promotion(&self.d, cx).await,
+        };
+        if let Err(why) = checked {
             return Ok(Probe::Unsafe(format!("{why}; nothing was promoted")));
         }
         Ok(Probe::NotDone)

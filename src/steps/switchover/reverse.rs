@@ -55,7 +55,7 @@ pub(super) async fn follow(d: &Direction, tli: i32, limit: Duration, cx: &Cx) ->
 }
 
 /// The timeline the promotion started.
-pub(super) fn new_timeline(cx: &Cx) -> Result<i32> {
+pub(crate) fn new_timeline(cx: &Cx) -> Result<i32> {
     let p: PromoteOut = cx.get(&StepId::Promote)?;
     i32::try_from(p.timeline).map_err(|_| anyhow!("promote recorded timeline {}", p.timeline))
 }

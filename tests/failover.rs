@@ -1,0 +1,321 @@
+//! `migrate failover` on the lab: the new primary (or the whole new datacenter) is lost after a
+//! cutover, with a writer through PgBouncer recording every acknowledged commit and where in
+//! the WAL it lies.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use migrate::exit::Exit;
+use migrate::pg::{connect, Lsn};
+use migrate::steps::failover::FailoverDoc;
+
+use crate::replication::Chain;
+use crate::support::{assert_exit_at, text, PrimarySampler};
+
+/// One acknowledged commit: its key, and WAL positions around it (`before` ≤ its commit
+/// record's start, `after` ≥ its end).
+#[derive(Debug, Clone, Copy)]
+struct Commit {
+    client: i32,
+    seq: i64,
+    before: Lsn,
+    after: Lsn,
+}
+
+/// Clients writing through PgBouncer, each commit recorded with WAL positions around it.
+struct LsnWriter {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    commits: Arc<Mutex<Vec<Commit>>>,
+}
+
+impl LsnWriter {
+    fn start(chain: &Chain, clients: i32) -> LsnWriter {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|client| {
+                let ep = chain.lab.lab.app_endpoint();
+                let (stop, commits) = (stop.clone(), commits.clone());
+                tokio::spawn(async move {
+                    let mut seq = 100_000i64;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let Ok(Ok(c)) =
+                            tokio::time::timeout(Duration::from_secs(5), connect(&ep)).await
+                        else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        loop {
+                            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                                return;
+                            }
+                            seq += 1;
+                            let lsn = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+                                rows.into_iter().find_map(|m| match m {
+                                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                                        r.get(0).and_then(|v| v.parse::<Lsn>().ok())
+                                    }
+                                    _ => None,
+                                })
+                            };
+                            let sql = format!("INSERT INTO ledger (client, seq) VALUES ({client}, {seq}) RETURNING pg_current_wal_insert_lsn()::text");
+                            let Ok(Ok(rows)) =
+                                tokio::time::timeout(Duration::from_secs(5), c.simple_query(&sql))
+                                    .await
+                            else {
+                                break;
+                            };
+                            let before = lsn(rows);
+                            let after = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                c.simple_query("SELECT pg_current_wal_lsn()::text"),
+                            )
+                            .await;
+                            // Acknowledged either way; without the second answer its end
+                            // is unknown: the largest position stands for it.
+                            let after = match after {
+                                Ok(Ok(rows)) => lsn(rows),
+                                _ => None,
+                            };
+                            commits.lock().unwrap().push(Commit {
+                                client,
+                                seq,
+                                before: before.unwrap_or_default(),
+                                after: after.unwrap_or(Lsn(u64::MAX)),
+                            });
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        LsnWriter {
+            stop,
+            tasks,
+            commits,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.commits.lock().unwrap().len()
+    }
+
+    async fn stop(self) -> Vec<Commit> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+        let c = self.commits.lock().unwrap().clone();
+        c
+    }
+}
+
+async fn missing(chain: &Chain, node: &str, commits: &[Commit]) -> Vec<Commit> {
+    let c = connect(&chain.ep(node)).await.unwrap();
+    let rows = c
+        .query("SELECT client, seq FROM ledger", &[])
+        .await
+        .unwrap();
+    let have: std::collections::HashSet<(i32, i64)> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    commits
+        .iter()
+        .filter(|k| !have.contains(&(k.client, k.seq)))
+        .copied()
+        .collect()
+}
+
+async fn in_recovery(chain: &Chain, node: &str) -> Option<bool> {
+    let c = connect(&chain.ep(node)).await.ok()?;
+    migrate::pg::sql::in_recovery(&c).await.ok()
+}
+
+fn all_nodes(chain: &Chain) -> Vec<migrate::pg::Endpoint> {
+    ["old", "new", "new_replica", "dr"]
+        .iter()
+        .map(|n| chain.ep(n))
+        .collect()
+}
+
+/// The failover certificate of the chain's newest run.
+fn certificate(chain: &Chain) -> FailoverDoc {
+    let dir = chain.lab.lab.dir.join("state");
+    let newest = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("failover-")
+        })
+        .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .expect("a failover certificate");
+    serde_json::from_slice(&std::fs::read(newest).unwrap()).unwrap()
+}
+
+async fn walsender_pid(chain: &Chain, on: &str, standby: &str) -> i32 {
+    let c = connect(&chain.ep(on)).await.unwrap();
+    c.query_one(
+        "SELECT pid FROM pg_stat_replication WHERE application_name = $1",
+        &[&standby],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// The new primary dies the hard way with old behind it: its walsenders to the cascades
+/// freeze first, the one to old 300 ms later (so old has more than the cascades and they can
+/// follow it), then, 300 ms of writes later, every process of the server is SIGKILLed.
+async fn crash_new_with_old_behind(chain: &Chain) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let stop = |pid: i32| kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    for standby in ["dr", "new_replica"] {
+        stop(walsender_pid(chain, "new", standby).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(walsender_pid(chain, "new", "old").await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let postmaster =
+        crate::support::postmaster_pid(&chain.lab.lab.data_dir("new")).expect("new runs");
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &postmaster.to_string()])
+        .output()
+        .unwrap();
+    kill(Pid::from_raw(postmaster), Signal::SIGKILL).unwrap();
+    for pid in text(&children.stdout).split_whitespace() {
+        let _ = kill(Pid::from_raw(pid.parse().unwrap()), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::support::alive(postmaster) {
+        assert!(
+            Instant::now() < deadline,
+            "new's postmaster survived SIGKILL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The figure a refusal asks for: "--accept-loss N".
+fn asked_figure(err: &str) -> Option<u64> {
+    err.split("--accept-loss ")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+async fn cutover(chain: &Chain) {
+    chain.plan_ok().await;
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    assert_exit_at(&out, Exit::Done, "cutover");
+}
+
+/// Run the failover with --yes; when it is refused for a loss it measured, run it again
+/// accepting exactly that figure. The second answer.
+async fn failover_accepting_what_it_measures(
+    chain: &Chain,
+    args: &[&str],
+) -> (std::process::Output, Option<u64>) {
+    let mut argv = vec!["failover", "--yes"];
+    argv.extend_from_slice(args);
+    let out = chain.run(&argv, None).await;
+    if out.status.code() == Some(i32::from(Exit::Done.code())) {
+        return (out, None);
+    }
+    let err = text(&out.stderr);
+    assert_exit_at(&out, Exit::BadInput, "failover without --accept-loss");
+    let figure = asked_figure(&err).unwrap_or_else(|| panic!("no figure asked for: {err}"));
+    assert!(err.contains("nothing was changed"), "{err}");
+    let figure_text = figure.to_string();
+    argv.extend_from_slice(&["--accept-loss", &figure_text]);
+    (chain.run(&argv, None).await, Some(figure))
+}
+
+/// After a completed cutover the new primary crashes with writes flowing and old behind it.
+/// `failover --to old` refuses with the loss it measured, then, accepting that figure, makes
+/// old the primary behind PgBouncer; every commit it lacks lies within the reported loss
+/// window, every commit acknowledged before what it received is there, the cascades follow
+/// it, and the lost primary restarted by hand comes up read-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_old_after_the_new_primary_dies_reports_a_window_covering_every_lost_commit() {
+    let chain = Chain::new().await;
+    cutover(&chain).await;
+    let sampler = PrimarySampler::start(all_nodes(&chain));
+    let w = LsnWriter::start(&chain, 4);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(w.acked() > 20, "the writer must write on new first");
+    crash_new_with_old_behind(&chain).await;
+
+    let (out, accepted) = failover_accepting_what_it_measures(&chain, &["--to", "old"]).await;
+    assert_exit_at(&out, Exit::Done, "failover --to old");
+    let doc = certificate(&chain);
+    assert_eq!((doc.lost.as_str(), doc.to.as_str()), ("new", "old"));
+    assert!(doc.loss_exact, "new's disk is readable: {doc:?}");
+    assert_eq!(doc.accepted_loss, accepted);
+    assert!(
+        accepted.is_some_and(|a| a > 0),
+        "old was 300 ms of writes behind: the failover must have asked for a figure"
+    );
+    let window_end = Lsn(doc.received_lsn.0 + doc.loss_bytes);
+
+    // Writes go on through PgBouncer, to old.
+    let at_failover = w.acked();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.acked() < at_failover + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "no writes through PgBouncer after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let commits = w.stop().await;
+    assert_eq!(in_recovery(&chain, "old").await, Some(false));
+    let lost = missing(&chain, "old", &commits).await;
+    for c in &lost {
+        assert!(
+            c.before < window_end,
+            "a missing commit lies past the reported window ({window_end}): {c:?}"
+        );
+        assert!(
+            c.after > doc.received_lsn,
+            "a commit within what old received is missing: {c:?} (received {})",
+            doc.received_lsn
+        );
+    }
+    assert!(
+        lost.is_empty() || doc.loss_bytes > 0,
+        "{} commits missing with a reported loss of 0",
+        lost.len()
+    );
+    // The cascades follow old on its new timeline.
+    let mut following = doc.following.clone();
+    following.sort();
+    assert_eq!(following, ["dr", "new_replica"], "{doc:?}");
+    sampler.assert_never_two("failover to old").await;
+
+    // The lost primary restarted by hand is a standby, never a second primary.
+    let new = chain.lab.lab.server("new");
+    new.start(&chain.lab.lab.server_log("new"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        in_recovery(&chain, "new").await,
+        Some(true),
+        "a second primary!"
+    );
+    // And there is no "rollback" of a failover.
+    let out = chain.run(&["rollback", "--yes"], None).await;
+    assert_exit_at(&out, Exit::BadInput, "rollback after a failover");
+    assert!(
+        text(&out.stderr).contains("was a failover"),
+        "{}",
+        text(&out.stderr)
+    );
+}
