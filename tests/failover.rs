@@ -319,3 +319,152 @@ async fn failover_to_old_after_the_new_primary_dies_reports_a_window_covering_ev
         text(&out.stderr)
     );
 }
+
+/// The new datacenter is lost (new and new_replica killed) after a cutover, with the writer
+/// stopped before: `failover --to dr` needs no `--accept-loss` (new's disk proves nothing is
+/// lost), promotes dr, routes PgBouncer to it and repoints old to follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_datacenter_lost_fails_over_to_dr_with_nothing_lost_and_old_following() {
+    let chain = Chain::new().await;
+    cutover(&chain).await;
+    let w = LsnWriter::start(&chain, 4);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let commits = w.stop().await;
+    assert!(!commits.is_empty());
+    chain.wait_caught_up_from("new").await;
+    let sampler = PrimarySampler::start(all_nodes(&chain));
+    chain.kill_server("new").await;
+    chain.kill_server("new_replica").await;
+
+    let out = chain.run(&["failover", "--yes", "--to", "dr"], None).await;
+    assert_exit_at(&out, Exit::Done, "failover --to dr");
+    let doc = certificate(&chain);
+    assert_eq!((doc.lost.as_str(), doc.to.as_str()), ("new", "dr"));
+    assert!(doc.loss_exact && doc.loss_bytes == 0, "{doc:?}");
+    assert_eq!(doc.accepted_loss, None);
+    assert_eq!(doc.following, ["old"], "{doc:?}");
+    assert_eq!(
+        doc.not_following.iter().map(|b| b.node.as_str()).collect::<Vec<_>>(),
+        ["new_replica"],
+        "the killed replica is reported, not waited for"
+    );
+    assert_eq!(in_recovery(&chain, "dr").await, Some(false));
+    assert_eq!(in_recovery(&chain, "old").await, Some(true));
+    for node in ["dr", "old"] {
+        let lost = missing(&chain, node, &commits).await;
+        assert!(lost.is_empty(), "{node} lacks {} commits", lost.len());
+    }
+    // Clients reach dr through PgBouncer, and old receives what they write.
+    let c = connect(&chain.lab.lab.app_endpoint()).await.unwrap();
+    c.batch_execute("INSERT INTO ledger (client, seq) VALUES (77, 1)")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = connect(&chain.ep("old"))
+            .await
+            .unwrap()
+            .query_one("SELECT count(*) FROM ledger WHERE client = 77", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if got == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old does not follow dr");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sampler.assert_never_two("failover to dr").await;
+}
+
+/// The lost primary's host does not answer (ssh to a closed port). Without a fence plugin the
+/// failover refuses (naming --no-fence) and promotes nothing; with one, the plugin is called
+/// first, and only then is old promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_lost_primary_is_fenced_by_the_plugin_before_anything_is_promoted() {
+    let chain = Chain::new().await;
+    cutover(&chain).await;
+    chain.wait_caught_up_from("new").await;
+    chain.kill_server("new").await;
+    // new's host is gone: ssh to a port nothing listens on.
+    let spec = std::fs::read_to_string(&chain.spec).unwrap();
+    let (head, tail) = spec.split_once("[nodes.new]").unwrap();
+    let (new_section, rest) = tail.split_once("\n[").unwrap();
+    let new_section: String = new_section
+        .lines()
+        .map(|l| {
+            if l.starts_with("host = ") {
+                "host = { kind = \"ssh\", host = \"127.0.0.1\", port = 9, user = \"postgres\" }"
+                    .to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(
+        &chain.spec,
+        format!("{head}[nodes.new]{new_section}\n\n[{rest}"),
+    )
+    .unwrap();
+
+    // Its disk cannot be read: the loss is only a lower bound, so --yes needs a figure.
+    let out = chain.run(&["failover", "--yes", "--to", "old"], None).await;
+    assert_exit_at(&out, Exit::BadInput, "failover without a figure");
+    let err = text(&out.stderr);
+    assert!(err.contains("at least"), "{err}");
+    let figure = asked_figure(&err).unwrap().to_string();
+    let failover = ["failover", "--yes", "--to", "old", "--accept-loss", &figure];
+
+    // No fence plugin, no --no-fence: refused, nothing promoted.
+    let out = chain.run(&failover, None).await;
+    assert_exit_at(&out, Exit::NotReady, "failover without a fence");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("could not fence new") && err.contains("--no-fence"),
+        "{err}"
+    );
+    assert_eq!(in_recovery(&chain, "old").await, Some(true), "promoted without a fence");
+
+    // With the plugin: called, then old promoted.
+    let record = chain.lab.lab.dir.join("fence.log");
+    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plugins/fence-record");
+    let spec = std::fs::read_to_string(&chain.spec).unwrap();
+    std::fs::write(
+        &chain.spec,
+        format!(
+            "{spec}\n[failover.fence]\ncommand = [{:?}]\nconfig = {{ record = {:?} }}\n",
+            plugin.display().to_string(),
+            record.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = chain.run(&failover, None).await;
+    assert_exit_at(&out, Exit::Done, "failover with a fence plugin");
+    let calls = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(calls.lines().count(), 1, "{calls}");
+    let call: serde_json::Value = serde_json::from_str(calls.trim()).unwrap();
+    assert_eq!(call["request"]["action"], "fence");
+    assert_eq!(call["request"]["node"]["name"], "new");
+    // The fence came before the promotion.
+    let status: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    let promote_started = status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "promote")
+        .unwrap()["started_at"]
+        .as_str()
+        .unwrap()
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .unwrap();
+    let fenced_at = call["at"].as_f64().unwrap();
+    assert!(
+        fenced_at < promote_started.timestamp_micros() as f64 / 1e6,
+        "the plugin ran at {fenced_at}, after the promotion began ({promote_started})"
+    );
+    let doc = certificate(&chain);
+    assert!(!doc.loss_exact, "{doc:?}");
+    assert_eq!(in_recovery(&chain, "old").await, Some(false));
+}
