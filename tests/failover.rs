@@ -344,7 +344,10 @@ async fn the_new_datacenter_lost_fails_over_to_dr_with_nothing_lost_and_old_foll
     assert_eq!(doc.accepted_loss, None);
     assert_eq!(doc.following, ["old"], "{doc:?}");
     assert_eq!(
-        doc.not_following.iter().map(|b| b.node.as_str()).collect::<Vec<_>>(),
+        doc.not_following
+            .iter()
+            .map(|b| b.node.as_str())
+            .collect::<Vec<_>>(),
         ["new_replica"],
         "the killed replica is reported, not waited for"
     );
@@ -424,11 +427,16 @@ async fn an_unreachable_lost_primary_is_fenced_by_the_plugin_before_anything_is_
         err.contains("could not fence new") && err.contains("--no-fence"),
         "{err}"
     );
-    assert_eq!(in_recovery(&chain, "old").await, Some(true), "promoted without a fence");
+    assert_eq!(
+        in_recovery(&chain, "old").await,
+        Some(true),
+        "promoted without a fence"
+    );
 
     // With the plugin: called, then old promoted.
     let record = chain.lab.lab.dir.join("fence.log");
-    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plugins/fence-record");
+    let plugin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plugins/fence-record");
     let spec = std::fs::read_to_string(&chain.spec).unwrap();
     std::fs::write(
         &chain.spec,
@@ -467,4 +475,74 @@ async fn an_unreachable_lost_primary_is_fenced_by_the_plugin_before_anything_is_
     let doc = certificate(&chain);
     assert!(!doc.loss_exact, "{doc:?}");
     assert_eq!(in_recovery(&chain, "old").await, Some(false));
+}
+
+/// Kill the failover at each boundary of each of its steps, resume; each time the standby
+/// serves, the others follow it and nothing written before the loss is missing. The nodes
+/// take turns: after each round the lost primary comes back as a standby of the new one, and
+/// the next round loses that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_matrix_of_the_failover() {
+    use crate::support::crash::{assert_killed, boundaries};
+    let chain = Chain::new().await;
+    cutover(&chain).await;
+    let sampler = PrimarySampler::start(all_nodes(&chain));
+    let (mut primary, mut standby) = ("new", "old");
+    for (round, point) in boundaries(migrate::plans::failover::STEPS)
+        .into_iter()
+        .enumerate()
+    {
+        let at = point.at();
+        let client = 500 + round as i32;
+        let c = connect(&chain.ep(primary)).await.unwrap();
+        c.batch_execute(&format!(
+            "INSERT INTO ledger (client, seq) SELECT {client}, g FROM generate_series(1, 10) g"
+        ))
+        .await
+        .unwrap();
+        chain.wait_caught_up_from(primary).await;
+        chain.kill_server(primary).await;
+
+        let out = chain
+            .run(&["failover", "--yes", "--to", standby], Some(&at))
+            .await;
+        assert_killed(&out, &format!("{at} (failover to {standby})"));
+        let out = chain.run(&["resume"], None).await;
+        assert_exit_at(&out, Exit::Done, &format!("{at}: resume"));
+        let doc = certificate(&chain);
+        assert_eq!(doc.to, standby, "{at}");
+        assert!(doc.loss_exact && doc.loss_bytes == 0, "{at}: {doc:?}");
+        let mut following = doc.following.clone();
+        following.sort();
+        assert_eq!(following, ["dr", "new_replica"], "{at}: {doc:?}");
+        assert_eq!(in_recovery(&chain, standby).await, Some(false), "{at}");
+        let rows: i64 = connect(&chain.ep(standby))
+            .await
+            .unwrap()
+            .query_one("SELECT count(*) FROM ledger WHERE client = $1", &[&client])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 10, "{at}: rows written before the loss are missing");
+
+        // The lost primary comes back as the new one's standby (it was marked with
+        // standby.signal, and streams from there already): its slot, then its start.
+        let up = connect(&chain.ep(standby)).await.unwrap();
+        up.batch_execute(&format!(
+            "SELECT pg_create_physical_replication_slot('migrate_{primary}', true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'migrate_{primary}')"
+        ))
+        .await
+        .unwrap();
+        chain
+            .lab
+            .lab
+            .server(primary)
+            .start(&chain.lab.lab.server_log(primary), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(in_recovery(&chain, primary).await, Some(true), "{at}");
+        chain.wait_caught_up_from(standby).await;
+        (primary, standby) = (standby, primary);
+    }
+    sampler.assert_never_two("failover crash matrix").await;
 }
