@@ -47,6 +47,7 @@ pub async fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Exit> {
         Command::Cutover(args) => commands::cutover::run(&cli.global, args, ui).await,
         Command::Rollback => commands::rollback::run(&cli.global, ui).await,
         Command::Failover(args) => commands::failover::run(&cli.global, args, ui).await,
+        Command::Resync(args) => commands::resync::run(&cli.global, args, ui).await,
         #[cfg(feature = "failpoints")]
         Command::Drill => commands::drill::run(&cli.global, ui).await,
         Command::Lab { action } => commands::lab::run(action, ui).await,

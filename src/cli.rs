@@ -69,6 +69,9 @@ pub enum Command {
     /// the promotion can lose (shown before you confirm), promote NODE, route and release
     /// clients to it, repoint the other standbys, and write a certificate with the loss window.
     Failover(FailoverArgs),
+    /// Make NODE the serving primary's standby again when it cannot follow the new timeline:
+    /// pg_rewind (node-local settings kept), or a re-clone when a rewind is impossible.
+    Resync(ResyncArgs),
     /// Run the engine drill plan (test builds only).
     #[cfg(feature = "failpoints")]
     #[command(hide = true)]
@@ -117,6 +120,13 @@ pub struct FailoverArgs {
     /// configured: you vouch that it is off.
     #[arg(long)]
     pub no_fence: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResyncArgs {
+    /// The node to re-sync.
+    #[arg(value_name = "NODE")]
+    pub node: String,
 }
 
 #[derive(Debug, Args)]

@@ -546,3 +546,157 @@ async fn crash_matrix_of_the_failover() {
     }
     sampler.assert_never_two("failover crash matrix").await;
 }
+
+/// How the old primary came to write on its own after the cutover.
+#[derive(Clone, Copy, PartialEq)]
+enum Divergence {
+    /// Promoted (a timeline of its own).
+    Promoted,
+    /// Started without standby.signal: a primary on new's timeline, which pg_rewind cannot
+    /// tell from a standby that is merely behind.
+    StartedAsPrimary,
+}
+
+/// After a cutover, make old a primary of its own and write to it: it has diverged from new.
+/// `extra` goes into its postgresql.auto.conf first.
+async fn diverge_old(chain: &Chain, how: Divergence, extra: &str) {
+    let old = chain.lab.lab.server("old");
+    old.stop(migrate::pg::server::StopMode::Fast, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let data = chain.lab.lab.data_dir("old");
+    if how == Divergence::StartedAsPrimary {
+        std::fs::remove_file(data.join("standby.signal")).unwrap();
+    }
+    if !extra.is_empty() {
+        let auto = data.join("postgresql.auto.conf");
+        let text = std::fs::read_to_string(&auto).unwrap();
+        std::fs::write(&auto, format!("{text}{extra}\n")).unwrap();
+    }
+    old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    if how == Divergence::Promoted {
+        connect(&chain.ep("old"))
+            .await
+            .unwrap()
+            .batch_execute("SELECT pg_promote(true)")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        in_recovery(&chain, "old").await,
+        Some(false),
+        "old did not diverge"
+    );
+    connect(&chain.ep("old"))
+        .await
+        .unwrap()
+        .batch_execute(
+            "INSERT INTO ledger (client, seq) SELECT 900, g FROM generate_series(1, 50) g",
+        )
+        .await
+        .unwrap();
+    connect(&chain.ep("new"))
+        .await
+        .unwrap()
+        .batch_execute(
+            "INSERT INTO ledger (client, seq) SELECT 901, g FROM generate_series(1, 50) g",
+        )
+        .await
+        .unwrap();
+}
+
+/// `migrate resync` on the diverged old primary: it ends as new's standby, streaming on new's
+/// timeline, with new's rows and without its own. Which way it got there is the journal's.
+async fn resync_old_and_check(chain: &Chain) -> serde_json::Value {
+    let out = chain.run(&["resync", "--yes", "old"], None).await;
+    assert_exit_at(&out, Exit::Done, "resync old");
+    assert_eq!(in_recovery(chain, "old").await, Some(true));
+    chain.wait_caught_up_from("new").await;
+    let c = connect(&chain.ep("old")).await.unwrap();
+    let count = |client: i32| {
+        let c = &c;
+        async move {
+            c.query_one("SELECT count(*) FROM ledger WHERE client = $1", &[&client])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    let status: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(
+        count(901).await,
+        50,
+        "new's rows are on old: {}",
+        status["steps"]
+    );
+    assert_eq!(count(900).await, 0, "old's own writes were discarded");
+    let r = c
+        .query_one("SELECT status, received_tli FROM pg_stat_wal_receiver", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "streaming");
+    assert_eq!(status["operation"], "resync:old:new");
+    status
+}
+
+fn output_of<'a>(status: &'a serde_json::Value, step: &str) -> &'a serde_json::Value {
+    &status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == step)
+        .unwrap()["output"]
+}
+
+/// A diverged old primary is rewound: pg_rewind, its own settings back, streaming from new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverged_old_primary_is_rewound_and_follows_the_new_timeline() {
+    let chain = Chain::new().await;
+    cutover(&chain).await;
+    diverge_old(&chain, Divergence::Promoted, "").await;
+    let status = resync_old_and_check(&chain).await;
+    assert_eq!(output_of(&status, "rewind")["rewound"], true, "{status}");
+    assert_eq!(output_of(&status, "reclone")["recloned"], false, "{status}");
+}
+
+/// Where a rewind is impossible (no wal_log_hints, no checksums), the re-sync re-clones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_that_is_impossible_falls_back_to_a_re_clone() {
+    let chain = Chain::new().await;
+    cutover(&chain).await;
+    diverge_old(&chain, Divergence::Promoted, "wal_log_hints = off").await;
+    let status = resync_old_and_check(&chain).await;
+    let rewind = output_of(&status, "rewind");
+    assert_eq!(rewind["rewound"], false, "{status}");
+    assert!(
+        rewind["why"]
+            .as_str()
+            .unwrap_or("")
+            .contains("wal_log_hints"),
+        "{rewind}"
+    );
+    assert_eq!(output_of(&status, "reclone")["recloned"], true, "{status}");
+}
+
+/// A node started as a primary on the timeline it followed wrote WAL pg_rewind cannot see
+/// ("no rewind required"): the re-sync does not trust that, and re-clones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_divergence_on_one_timeline_is_re_cloned_not_trusted_to_pg_rewind() {
+    let chain = Chain::new().await;
+    cutover(&chain).await;
+    diverge_old(&chain, Divergence::StartedAsPrimary, "").await;
+    let status = resync_old_and_check(&chain).await;
+    let rewind = output_of(&status, "rewind");
+    assert_eq!(rewind["rewound"], false, "{status}");
+    assert!(
+        rewind["why"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no rewind required"),
+        "{rewind}"
+    );
+    assert_eq!(output_of(&status, "reclone")["recloned"], true, "{status}");
+}

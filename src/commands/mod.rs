@@ -10,6 +10,7 @@ pub mod plan;
 pub mod rehearse;
 pub mod replicate;
 pub mod resume;
+pub mod resync;
 pub mod rollback;
 pub mod run;
 pub mod status;

@@ -99,6 +99,11 @@ pub fn serving(operation: &str, switched: bool, old: &str, target: &str) -> Stri
         CUTOVER if switched => target.into(),
         SWITCHBACK if !switched => target.into(),
         COMPLETE => target.into(),
+        // A re-sync names the primary it made the node follow.
+        op if op.starts_with(super::resync::PREFIX) => match super::resync::parse(op) {
+            Ok((_, primary)) => primary,
+            Err(_) => old.into(),
+        },
         op => match op.parse::<FailoverOp>() {
             Ok(f) if switched => f.to,
             Ok(f) => f.lost,
@@ -219,5 +224,6 @@ mod tests {
         assert_eq!(s("complete", false), "new");
         assert_eq!(s("failover:new:dr", true), "dr");
         assert_eq!(s("failover:new:dr:accept=5", false), "new");
+        assert_eq!(s("resync:new:dr", false), "dr");
     }
 }

@@ -6,6 +6,7 @@ pub mod cutover;
 pub mod drill;
 pub mod failover;
 pub mod replicate;
+pub mod resync;
 
 use std::sync::Arc;
 
@@ -26,6 +27,10 @@ pub fn build_with(operation: &str, spec: &Arc<Spec>, force_window: bool) -> Resu
         #[cfg(feature = "failpoints")]
         drill::OPERATION => drill::plan(spec),
         replicate::OPERATION => replicate::plan(spec),
+        op if op.starts_with(resync::PREFIX) => {
+            let (node, primary) = resync::parse(op)?;
+            resync::plan(spec, &node, &primary)
+        }
         op if op.starts_with(failover::PREFIX) => {
             let op = op
                 .parse::<failover::FailoverOp>()

@@ -286,6 +286,29 @@ impl Step for Slot {
 
 pub struct Clone(pub Member);
 
+/// pg_basebackup of `m`'s upstream into its data directory, streaming WAL through its slot.
+pub fn basebackup_cmd(
+    m: &Member,
+    server: &crate::pg::server::Server,
+    conninfo: &crate::pg::Conninfo,
+) -> Cmd {
+    Cmd::new([
+        server.tool("pg_basebackup"),
+        "-d".into(),
+        conninfo.to_libpq_string(),
+        "-D".into(),
+        m.node.data_dir.display().to_string(),
+        "-X".into(),
+        "stream".into(),
+        "-S".into(),
+        m.slot(),
+        "-c".into(),
+        "fast".into(),
+        "-w".into(),
+    ])
+    .timeout(Duration::from_secs(24 * 3600))
+}
+
 impl Clone {
     fn data(&self) -> String {
         self.0.node.data_dir.display().to_string()
@@ -528,21 +551,7 @@ impl Step for Clone {
                 }
             })
         };
-        let backup = Cmd::new([
-            server.tool("pg_basebackup"),
-            "-d".into(),
-            conninfo.to_libpq_string(),
-            "-D".into(),
-            self.data(),
-            "-X".into(),
-            "stream".into(),
-            "-S".into(),
-            self.0.slot(),
-            "-c".into(),
-            "fast".into(),
-            "-w".into(),
-        ])
-        .timeout(Duration::from_secs(24 * 3600));
+        let backup = basebackup_cmd(&self.0, &server, &conninfo);
         let result = self.0.run_with_replication_password(backup, true).await;
         monitor.abort();
         result.context("clone with pg_basebackup")?;

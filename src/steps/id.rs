@@ -37,6 +37,13 @@ pub enum StepId {
     Loss,
     /// Every other standby streams from the new primary.
     Repoint,
+    // `migrate resync`.
+    /// Read what must survive the re-sync (the node's own settings).
+    Settings,
+    Rewind,
+    Reclone,
+    /// Start as the primary's standby and stream on its timeline.
+    Rejoin,
     // `migrate complete`.
     Check,
     Retire,
@@ -45,8 +52,12 @@ pub enum StepId {
 
 impl StepId {
     /// The ids that name no node and are not switchover steps.
-    const OTHERS: [StepId; 7] = [
+    const OTHERS: [StepId; 11] = [
         StepId::Catchup,
+        StepId::Settings,
+        StepId::Rewind,
+        StepId::Reclone,
+        StepId::Rejoin,
         StepId::Isolate,
         StepId::Loss,
         StepId::Repoint,
@@ -106,6 +117,10 @@ impl StepId {
             StepId::Isolate => ("isolate", None),
             StepId::Loss => ("loss", None),
             StepId::Repoint => ("repoint", None),
+            StepId::Settings => ("settings", None),
+            StepId::Rewind => ("rewind", None),
+            StepId::Reclone => ("reclone", None),
+            StepId::Rejoin => ("rejoin", None),
             StepId::Check => ("check", None),
             StepId::Retire => ("retire", None),
             StepId::DropStaleSlots => ("drop_stale_slots", None),
@@ -175,7 +190,7 @@ mod tests {
     #[test]
     fn every_id_reads_back_as_itself() {
         let mut all: Vec<StepId> = StepId::fixed().cloned().collect();
-        assert_eq!(all.len(), 20, "every fixed id once");
+        assert_eq!(all.len(), 24, "every fixed id once");
         all.extend([
             StepId::Prepare("new".into()),
             StepId::Slot("dr".into()),

@@ -169,8 +169,23 @@ impl Member {
         cmd: Cmd,
         require_success: bool,
     ) -> Result<Output> {
-        let dir = match self.replication_password()? {
-            Some(pw) => Some(self.private_passfile(&self.passfile_line(&pw)).await?),
+        let line = self
+            .replication_password()?
+            .map(|pw| self.passfile_line(&pw));
+        self.run_with_passfile(cmd, line.as_deref(), require_success)
+            .await
+    }
+
+    /// Run `cmd` on this node's host with `passfile` (libpq passfile lines) in a private
+    /// folder named by `PGPASSFILE`, as [`Member::run_with_replication_password`] does.
+    pub async fn run_with_passfile(
+        &self,
+        cmd: Cmd,
+        passfile: Option<&str>,
+        require_success: bool,
+    ) -> Result<Output> {
+        let dir = match passfile {
+            Some(lines) => Some(self.private_passfile(lines).await?),
             None => None,
         };
         let cmd = match &dir {
@@ -205,12 +220,7 @@ impl Member {
 
     /// A libpq passfile line granting the replication user everywhere.
     pub fn passfile_line(&self, password: &Secret) -> String {
-        let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
-        format!(
-            "*:*:*:{}:{}\n",
-            esc(&self.repl_user),
-            esc(password.expose())
-        )
+        passfile_line(&self.repl_user, password)
     }
 
     /// postgresql.auto.conf for this node as a standby of its upstream: `existing` minus what
@@ -334,6 +344,12 @@ impl Member {
             ),
         })
     }
+}
+
+/// A libpq passfile line granting `user` everywhere.
+pub fn passfile_line(user: &str, password: &Secret) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    format!("*:*:*:{}:{}\n", esc(user), esc(password.expose()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

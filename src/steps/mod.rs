@@ -5,6 +5,7 @@ pub mod complete;
 pub mod failover;
 pub mod id;
 pub mod member;
+pub mod resync;
 pub mod switchover;
 
 pub use id::StepId;

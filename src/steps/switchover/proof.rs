@@ -104,7 +104,7 @@ pub fn verdict(
 
 /// The control file of a member's (stopped) server, read in the C locale: the field names
 /// are translated in other locales.
-pub(super) async fn controldata(m: &Member) -> Result<Control> {
+pub(crate) async fn controldata(m: &Member) -> Result<Control> {
     let server = m.server()?;
     let out = m
         .host
