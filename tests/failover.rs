@@ -700,3 +700,44 @@ async fn a_divergence_on_one_timeline_is_re_cloned_not_trusted_to_pg_rewind() {
     );
     assert_eq!(output_of(&status, "reclone")["recloned"], true, "{status}");
 }
+
+/// Kill the re-sync at each boundary of each of its steps, resume: old ends as new's standby
+/// each time. Each round diverges old again first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_matrix_of_the_resync() {
+    use crate::support::crash::{assert_killed, boundaries};
+    let chain = Chain::new().await;
+    cutover(&chain).await;
+    for point in boundaries(migrate::plans::resync::STEPS) {
+        let at = point.at();
+        // Rows of earlier rounds are on new: start each round from a clean ledger.
+        for client in [900, 901] {
+            connect(&chain.ep("new"))
+                .await
+                .unwrap()
+                .batch_execute(&format!("DELETE FROM ledger WHERE client = {client}"))
+                .await
+                .unwrap();
+        }
+        chain.wait_caught_up_from("new").await;
+        diverge_old(&chain, Divergence::Promoted, "").await;
+        let out = chain.run(&["resync", "--yes", "old"], Some(&at)).await;
+        assert_killed(&out, &at);
+        let out = chain.run(&["resume"], None).await;
+        assert_exit_at(&out, Exit::Done, &format!("{at}: resume"));
+        assert_eq!(in_recovery(&chain, "old").await, Some(true), "{at}");
+        chain.wait_caught_up_from("new").await;
+        let c = connect(&chain.ep("old")).await.unwrap();
+        let got: i64 = c
+            .query_one("SELECT count(*) FROM ledger WHERE client = 901", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let own: i64 = c
+            .query_one("SELECT count(*) FROM ledger WHERE client = 900", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!((got, own), (50, 0), "{at}");
+    }
+}
