@@ -585,7 +585,7 @@ async fn diverge_old(chain: &Chain, how: Divergence, extra: &str) {
             .unwrap();
     }
     assert_eq!(
-        in_recovery(&chain, "old").await,
+        in_recovery(chain, "old").await,
         Some(false),
         "old did not diverge"
     );
