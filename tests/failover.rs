@@ -322,10 +322,17 @@ async fn failover_to_old_after_the_new_primary_dies_reports_a_window_covering_ev
 
 /// The new datacenter is lost (new and new_replica killed) after a cutover, with the writer
 /// stopped before: `failover --to dr` needs no `--accept-loss` (new's disk proves nothing is
-/// lost), promotes dr, routes PgBouncer to it and repoints old to follow it.
+/// lost), promotes dr, routes PgBouncer to it and repoints old to follow it; with
+/// `resync = "auto"` the two lost nodes are then re-synced as dr's standbys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_new_datacenter_lost_fails_over_to_dr_with_nothing_lost_and_old_following() {
     let chain = Chain::new().await;
+    let spec = std::fs::read_to_string(&chain.spec).unwrap();
+    std::fs::write(
+        &chain.spec,
+        spec.replace("[cutover]\n", "[cutover]\nresync = \"auto\"\n"),
+    )
+    .unwrap();
     cutover(&chain).await;
     let w = LsnWriter::start(&chain, 4);
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -376,6 +383,25 @@ async fn the_new_datacenter_lost_fails_over_to_dr_with_nothing_lost_and_old_foll
         }
         assert!(Instant::now() < deadline, "old does not follow dr");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Re-synced after the failover: the lost datacenter's nodes stream from dr.
+    let status: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(
+        status["operation"],
+        "resync:new:dr",
+        "{}",
+        text(&out.stdout)
+    );
+    for node in ["new", "new_replica"] {
+        assert_eq!(in_recovery(&chain, node).await, Some(true), "{node}");
+        let r = connect(&chain.ep(node))
+            .await
+            .unwrap()
+            .query_one("SELECT status FROM pg_stat_wal_receiver", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.get::<_, String>(0), "streaming", "{node}");
     }
     sampler.assert_never_two("failover to dr").await;
 }

@@ -89,16 +89,55 @@ pub async fn run(g: &Global, args: &FailoverArgs, ui: &Ui) -> Result<Exit> {
     }
     let plan = failover::plan(&s.spec, &op, last_known)?;
     let exit = super::run::start(ui, &s, plan, None).await?;
-    if let Some(st) = load(&s.inv.state_dir)?.map(|l| l.state) {
-        let path = failover_certificate_path(&s.inv.state_dir, &st.run_id);
-        if let Ok(doc) = std::fs::read(&path)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| Ok(serde_json::from_slice::<FailoverDoc>(&b)?))
-        {
-            report(ui, &doc, &path);
+    let Some(st) = load(&s.inv.state_dir)?.map(|l| l.state) else {
+        return Ok(exit);
+    };
+    let path = failover_certificate_path(&s.inv.state_dir, &st.run_id);
+    let doc = std::fs::read(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| Ok(serde_json::from_slice::<FailoverDoc>(&b)?))?;
+    report(ui, &doc, &path);
+    resync_left_behind(ui, &s, &doc).await?;
+    Ok(exit)
+}
+
+/// The nodes a failover left unable to follow the new primary: the standbys it could not
+/// repoint, then the lost primary (unless its host did not answer). Each becomes a re-sync,
+/// its own journaled run, as `cutover.resync` says.
+async fn resync_left_behind(ui: &Ui, s: &super::run::Session, doc: &FailoverDoc) -> Result<()> {
+    use crate::spec::ResyncMode;
+    let mut nodes: Vec<String> = doc.not_following.iter().map(|b| b.node.clone()).collect();
+    if !doc.fenced.trusted_without_proof() {
+        nodes.push(doc.lost.clone());
+    }
+    let interactive = ui.is_terminal() && !ui.json();
+    for node in nodes {
+        let command = format!("migrate resync -f {} {node}", s.inv.spec_arg);
+        let go = match s.spec.cutover.resync {
+            ResyncMode::Auto => true,
+            ResyncMode::Ask if interactive => dialoguer::Confirm::new()
+                .with_prompt(format!(
+                    "Re-sync {node} as a standby of {} now (pg_rewind, else a re-clone)?",
+                    doc.to
+                ))
+                .default(true)
+                .interact()?,
+            ResyncMode::Ask | ResyncMode::Never => false,
+        };
+        if !go {
+            ui.line(format!("to re-sync {node} later: {command}"));
+            continue;
+        }
+        ui.line(format!("re-syncing {node} as a standby of {}", doc.to));
+        let plan = crate::plans::resync::plan(&s.spec, &node, &doc.to)?;
+        if let Err(e) = super::run::start(ui, s, plan, None).await {
+            bail!(
+                "{to} serves, but re-syncing {node} stopped: {e:#}",
+                to = doc.to
+            );
         }
     }
-    Ok(exit)
+    Ok(())
 }
 
 /// The promotion of `node` by the run `st`, if it made it the primary: the newest position it
@@ -134,13 +173,10 @@ fn report(ui: &Ui, doc: &FailoverDoc, path: &std::path::Path) {
         p = path.display()
     ));
     for b in &doc.not_following {
-        ui.warn(format!(
-            "{} does not follow {}: {}; re-sync it (pg_rewind or a re-clone)",
-            b.node, doc.to, b.why
-        ));
+        ui.warn(format!("{} does not follow {}: {}", b.node, doc.to, b.why));
     }
     ui.warn(format!(
-        "{} is fenced ({}); it is no rollback path: re-sync it (pg_rewind against {}) before it serves again",
+        "{} is fenced ({}); it is no rollback path until it is re-synced as a standby of {}",
         doc.lost, doc.fence_detail, doc.to
     ));
 }

@@ -117,6 +117,20 @@ pub struct Cutover {
     /// What `migrate complete` does with the old primary: keep it as a standby of the new one,
     /// or stop it for good.
     pub retire: Retire,
+    /// What happens to a node that cannot follow the new primary after a failover.
+    pub resync: ResyncMode,
+}
+
+/// `cutover.resync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResyncMode {
+    /// Re-sync it at once (pg_rewind, else a re-clone).
+    Auto,
+    /// Ask on a terminal; off a terminal, print the command (the default).
+    Ask,
+    /// Print the command only.
+    Never,
 }
 
 /// Pure: `"50%"` or a size (`"20GiB"`).
@@ -857,6 +871,16 @@ impl Validator {
                 "use \"standby\" (keep the old primary streaming) or \"stop\" (stop it for good)",
             )),
         };
+        let resync = match raw.resync.as_deref() {
+            None | Some("ask") => ResyncMode::Ask,
+            Some("auto") => ResyncMode::Auto,
+            Some("never") => ResyncMode::Never,
+            Some(other) => return Err(self.err(
+                "cutover.resync",
+                format!("{other:?} is not a choice"),
+                "use \"auto\" (re-sync a node that cannot follow at once), \"ask\" (ask on a terminal) or \"never\" (print the command)",
+            )),
+        };
         let hold = match raw.hold.as_deref() {
             None | Some("abort") => HoldPolicy::Abort,
             Some("terminate") => HoldPolicy::Terminate,
@@ -869,6 +893,7 @@ impl Validator {
         use values::{Bounds, DAY, HOUR, MINUTE, SECOND};
         Ok(Cutover {
             retire,
+            resync,
             hold,
             window,
             lag_threshold,

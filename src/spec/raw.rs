@@ -95,6 +95,7 @@ pub struct RawCutover {
     pub hold_timeout: Option<String>,
     pub hold: Option<String>,
     pub retire: Option<String>,
+    pub resync: Option<String>,
 }
 
 /// `[bake]`: the days between the cutover and `complete`.

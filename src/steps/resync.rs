@@ -235,7 +235,9 @@ impl Step for Rewind {
 /// started as a primary without a promotion (standby.signal removed), and wrote WAL of its
 /// own there, which pg_rewind cannot see. Only a re-clone is sure.
 fn untrusted_rewind(output: &str) -> Option<String> {
-    output.contains("no rewind required").then(|| {
+    // "servers diverged at …" then "no rewind required": the node is behind the fork, which
+    // it can follow; "on the same timeline": nothing tells a fork from a lag.
+    (output.contains("same timeline") && output.contains("no rewind required")).then(|| {
         "pg_rewind found both on one timeline (\"no rewind required\"), yet the node did not follow: it may have written on that timeline as a primary, which pg_rewind cannot detect".to_string()
     })
 }
@@ -247,6 +249,8 @@ mod tests {
         let same = "pg_rewind: source and target cluster are on the same timeline\npg_rewind: no rewind required\n";
         assert!(super::untrusted_rewind(same).is_some());
         assert!(super::untrusted_rewind("pg_rewind: servers diverged at WAL location 0/3000148 on timeline 2\npg_rewind: Done!\n").is_none());
+        // Behind the fork point: nothing to rewind, and it can follow.
+        assert!(super::untrusted_rewind("pg_rewind: servers diverged at WAL location 0/3000148 on timeline 2\npg_rewind: no rewind required\n").is_none());
     }
 }
 
