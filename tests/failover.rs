@@ -300,6 +300,27 @@ async fn failover_to_old_after_the_new_primary_dies_reports_a_window_covering_ev
     assert_eq!(following, ["dr", "new_replica"], "{doc:?}");
     sampler.assert_never_two("failover to old").await;
 
+    // status shows the topology the failover left, not the spec's.
+    let status: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    assert_eq!(status["serving"], "old", "{status}");
+    let node = |n: &str| {
+        status["topology"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["node"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(node("old")["state"], "primary");
+    assert_eq!(node("new")["state"], "down");
+    for n in ["dr", "new_replica"] {
+        assert_eq!(node(n)["state"], "standby", "{status}");
+        assert_eq!(node(n)["upstream"], "old", "{status}");
+        assert_eq!(node(n)["timeline"], node("old")["timeline"], "{status}");
+    }
+
     // The lost primary restarted by hand is a standby, never a second primary.
     let new = chain.lab.lab.server("new");
     new.start(&chain.lab.lab.server_log("new"), Duration::from_secs(60))

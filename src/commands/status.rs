@@ -35,6 +35,10 @@ pub struct StatusReport {
     /// WAL retained by each node's slots, its free WAL disk, and whether that is past
     /// `bake.max_retained`.
     pub retention: Option<crate::replication::retention::RetentionSample>,
+    /// The node that serves as primary after this run, as the journal says.
+    pub serving: Option<String>,
+    /// Each node as it answers now: role, the node it streams from, timeline.
+    pub topology: Vec<crate::replication::topology::NodeNow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,6 +100,8 @@ pub fn report(state: &RunState, torn_tail: bool, spec_arg: &str) -> StatusReport
         next,
         lag: None,
         retention: None,
+        serving: None,
+        topology: Vec::new(),
     }
 }
 
@@ -123,6 +129,11 @@ pub async fn run(g: &Global, args: &StatusArgs, ui: &Ui) -> Result<Exit> {
     }
     r.retention =
         Some(crate::replication::retention::sample(&spec.nodes, spec.bake.max_retained).await);
+    r.serving = Some(crate::plans::failover::current_primary(
+        Some(&loaded.state),
+        &spec,
+    ));
+    r.topology = crate::replication::topology::sample(&spec.nodes).await;
     let exit = match &r.retention {
         Some(s) if args.check && !s.over_limit().is_empty() => Exit::NotReady,
         _ => Exit::Done,
@@ -175,6 +186,30 @@ pub async fn run(g: &Global, args: &StatusArgs, ui: &Ui) -> Result<Exit> {
             "took",
             "output / error",
         ],
+        &rows,
+    );
+    ui.line("");
+    ui.line(format!(
+        "nodes now (serving primary after this run: {}):",
+        r.serving.as_deref().unwrap_or("-")
+    ));
+    let rows: Vec<Vec<String>> = r
+        .topology
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.clone(),
+                n.state.to_uppercase(),
+                n.upstream.clone().unwrap_or_else(|| "-".into()),
+                n.timeline
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                n.problem.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    ui.table(
+        &["node", "role", "streams from", "timeline", "problem"],
         &rows,
     );
     if let Some(lag) = &r.lag {

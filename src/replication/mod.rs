@@ -4,6 +4,7 @@
 pub mod gate;
 pub mod lag;
 pub mod retention;
+pub mod topology;
 
 /// The physical slot a node streams through, on its upstream.
 pub fn slot_name(node: &str) -> String {
