@@ -425,18 +425,25 @@ async fn the_new_datacenter_lost_fails_over_to_dr_with_nothing_lost_and_old_foll
         assert_eq!(r.get::<_, String>(0), "streaming", "{node}");
     }
     sampler.assert_never_two("failover to dr").await;
+    // plan says this spec no longer describes the cluster.
+    let out = chain.run(&["plan", "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let topology = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "topology")
+        .unwrap_or_else(|| panic!("no topology check: {v}"))
+        .clone();
+    assert_eq!(topology["status"], "fail", "{topology}");
+    assert!(
+        topology["message"].as_str().unwrap().contains("dr serves"),
+        "{topology}"
+    );
 }
 
-/// The lost primary's host does not answer (ssh to a closed port). Without a fence plugin the
-/// failover refuses (naming --no-fence) and promotes nothing; with one, the plugin is called
-/// first, and only then is old promoted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_lost_primary_is_fenced_by_the_plugin_before_anything_is_promoted() {
-    let chain = Chain::new().await;
-    cutover(&chain).await;
-    chain.wait_caught_up_from("new").await;
-    chain.kill_server("new").await;
-    // new's host is gone: ssh to a port nothing listens on.
+/// new's host is gone: the spec reaches it by ssh on a port nothing listens on.
+fn make_new_unreachable(chain: &Chain) {
     let spec = std::fs::read_to_string(&chain.spec).unwrap();
     let (head, tail) = spec.split_once("[nodes.new]").unwrap();
     let (new_section, rest) = tail.split_once("\n[").unwrap();
@@ -457,6 +464,18 @@ async fn an_unreachable_lost_primary_is_fenced_by_the_plugin_before_anything_is_
         format!("{head}[nodes.new]{new_section}\n\n[{rest}"),
     )
     .unwrap();
+}
+
+/// The lost primary's host does not answer (ssh to a closed port). Without a fence plugin the
+/// failover refuses (naming --no-fence) and promotes nothing; with one, the plugin is called
+/// first, and only then is old promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_lost_primary_is_fenced_by_the_plugin_before_anything_is_promoted() {
+    let chain = Chain::new().await;
+    cutover(&chain).await;
+    chain.wait_caught_up_from("new").await;
+    chain.kill_server("new").await;
+    make_new_unreachable(&chain);
 
     // Its disk cannot be read: the loss is only a lower bound, so --yes needs a figure.
     let out = chain.run(&["failover", "--yes", "--to", "old"], None).await;
@@ -787,4 +806,27 @@ async fn crash_matrix_of_the_resync() {
             .get(0);
         assert_eq!((got, own), (50, 0), "{at}");
     }
+}
+
+/// Without a fence plugin, `--no-fence` is the operator's word that the unreachable lost
+/// primary is off: the failover goes ahead and the certificate says how it was fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_fence_is_the_operators_word_for_an_unreachable_lost_primary() {
+    let chain = Chain::new().await;
+    cutover(&chain).await;
+    chain.wait_caught_up_from("new").await;
+    chain.kill_server("new").await;
+    make_new_unreachable(&chain);
+    let (out, accepted) =
+        failover_accepting_what_it_measures(&chain, &["--to", "old", "--no-fence"]).await;
+    assert_exit_at(&out, Exit::Done, "failover --no-fence");
+    assert!(accepted.is_some(), "a lower bound needs a figure");
+    let doc = certificate(&chain);
+    assert_eq!(
+        doc.fenced,
+        migrate::steps::failover::Fenced::OperatorsWord,
+        "{doc:?}"
+    );
+    assert!(!doc.loss_exact);
+    assert_eq!(in_recovery(&chain, "old").await, Some(false));
 }

@@ -14,12 +14,60 @@ use crate::spec;
 use crate::steps::StepId;
 use crate::ui::Ui;
 
+/// Pure: after a failover (or a re-sync that followed one) the spec's roles describe the
+/// migration before it. With another node serving, a cutover from this spec is wrong: fail,
+/// naming who serves; with the spec's primary serving again, warn that the lost node needs a
+/// re-sync.
+fn after_failover(
+    operation: &str,
+    run_id: &str,
+    serving: &str,
+    spec: &spec::Spec,
+) -> Option<preflight::Check> {
+    let failover = operation.parse::<crate::plans::failover::FailoverOp>().ok();
+    if failover.is_none() && !operation.starts_with(crate::plans::resync::PREFIX) {
+        return None;
+    }
+    let lost = failover
+        .map(|f| format!("; {} was lost", f.lost))
+        .unwrap_or_default();
+    let message = format!("after run {run_id} ({operation}) {serving} serves{lost}");
+    Some(if serving == spec.primary().name {
+        preflight::Check::warn(
+            "topology",
+            message,
+            "re-sync the lost node (`migrate resync`) before a new cutover rebuilds the chain",
+        )
+    } else {
+        preflight::Check::fail(
+            "topology",
+            message,
+            format!(
+                "this spec's roles (primary {}, target {}) describe the migration before the failover: write a spec whose primary is {serving}, matching `migrate status`",
+                spec.primary().name,
+                spec.target().name
+            ),
+        )
+    })
+}
+
 pub async fn run(g: &Global, args: &PlanArgs, ui: &Ui) -> Result<Exit> {
     let path = super::spec_path(g)?;
     let spec = Arc::new(spec::load(&path)?);
     // Before any server is asked anything: a state directory that cannot be used is refused.
     crate::engine::state_dir::check(&spec.state_dir)?;
-    let checks = preflight::run(&spec).await;
+    let mut checks = preflight::run(&spec).await;
+    let last = crate::engine::replay::load(&spec.state_dir)?.map(|l| l.state);
+    if let Some(c) = last.as_ref().and_then(|st| {
+        after_failover(
+            &st.operation,
+            &st.run_id,
+            &crate::plans::failover::current_primary(Some(st), &spec),
+            &spec,
+        )
+    }) {
+        checks.push(c);
+    }
     let ready = preflight::ready(&checks);
     let record = preflight::record::PlanRecord {
         spec_hash: super::run::spec_hash(&path)?,
@@ -101,4 +149,35 @@ pub async fn run(g: &Global, args: &PlanArgs, ui: &Ui) -> Result<Exit> {
         "NOT READY: fix the failed checks above".to_string()
     });
     Ok(if ready { Exit::Done } else { Exit::NotReady })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after_failover;
+    use crate::preflight::Status;
+
+    #[test]
+    fn a_failover_that_left_another_node_serving_fails_the_plan() {
+        let text = "name = \"t\"\n[replication]\nuser = \"repl\"\n\
+            [nodes.old]\nrole = \"primary\"\nconninfo = \"host=10.0.0.1\"\ndata_dir = \"/a\"\n\
+            [nodes.new]\nrole = \"target\"\nupstream = \"old\"\nconninfo = \"host=10.0.0.2\"\ndata_dir = \"/b\"\n\
+            [nodes.dr]\nrole = \"replica\"\nupstream = \"new\"\nconninfo = \"host=10.0.0.3\"\ndata_dir = \"/c\"\n";
+        let spec = crate::spec::parse(std::path::Path::new("/x.toml"), text).unwrap();
+        assert!(after_failover("cutover", "r1", "new", &spec).is_none());
+        let c = after_failover("failover:new:dr", "r2", "dr", &spec).unwrap();
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.message.contains("dr serves; new was lost"),
+            "{}",
+            c.message
+        );
+        let c = after_failover("failover:new:old:accept=10", "r3", "old", &spec).unwrap();
+        assert_eq!(c.status, Status::Warn);
+        assert_eq!(
+            after_failover("resync:new:dr", "r4", "dr", &spec)
+                .unwrap()
+                .status,
+            Status::Fail
+        );
+    }
 }

@@ -43,7 +43,7 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
             || state.finished() == Some(crate::engine::Outcome::Completed)
         {
             bail!(
-                "run {} was a failover past its promotion: there is no way back to a primary that was lost. Re-sync the lost node as a standby of the new primary (pg_rewind), then a planned `migrate cutover` can move back without loss; nothing was changed",
+                "run {} was a failover past its promotion: there is no way back to a primary that was lost. Re-sync the lost node (`migrate resync -f SPEC NODE`); moving back to it later is a new, planned migration; nothing was changed",
                 state.run_id
             );
         }
