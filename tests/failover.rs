@@ -830,3 +830,85 @@ async fn no_fence_is_the_operators_word_for_an_unreachable_lost_primary() {
     assert!(!doc.loss_exact);
     assert_eq!(in_recovery(&chain, "old").await, Some(false));
 }
+
+/// With `resync = "auto"`, an old primary that wrote on its own before it rejoined (started as
+/// a primary by hand while the cutover was paused after the promotion) is found diverged by
+/// `reverse` at once (not after its time limit), clients are released to the new primary, and the cutover rewinds
+/// it: it ends streaming from new, the rollback path in place, its own writes gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_with_resync_auto_rewinds_an_old_primary_that_diverged() {
+    let chain = Chain::new().await;
+    let spec = std::fs::read_to_string(&chain.spec).unwrap();
+    std::fs::write(
+        &chain.spec,
+        spec.replace("[cutover]\n", "[cutover]\nresync = \"auto\"\n"),
+    )
+    .unwrap();
+    chain.plan_ok().await;
+    let out = chain
+        .run(
+            &[
+                "cutover",
+                "--yes",
+                "--force-window",
+                "--pause-before",
+                "reverse",
+                "--keep-clients-held",
+            ],
+            None,
+        )
+        .await;
+    assert_exit_at(&out, Exit::OperatorNeeded, "cutover paused before reverse");
+    // old, staged as new's standby, is started as a primary by hand and written to.
+    let data = chain.lab.lab.data_dir("old");
+    std::fs::remove_file(data.join("standby.signal")).unwrap();
+    let old = chain.lab.lab.server("old");
+    old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    connect(&chain.ep("old"))
+        .await
+        .unwrap()
+        .batch_execute(
+            "INSERT INTO ledger (client, seq) SELECT 900, g FROM generate_series(1, 50) g",
+        )
+        .await
+        .unwrap();
+    old.stop(migrate::pg::server::StopMode::Fast, Duration::from_secs(60))
+        .await
+        .unwrap();
+    std::fs::write(data.join("standby.signal"), "").unwrap();
+    let owner = std::process::Command::new("chown")
+        .args(["postgres", data.join("standby.signal").to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(owner.success());
+
+    let out = chain.run(&["resume"], None).await;
+    assert_exit_at(&out, Exit::Done, "resume with resync auto");
+    let status: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    // "diverged": found by the fork check, not by waiting out the switchover's time limit.
+    let reverse = output_of(&status, "reverse");
+    assert!(
+        reverse["not_following"]
+            .as_str()
+            .is_some_and(|w| w.contains("diverged")),
+        "{reverse}"
+    );
+    assert_eq!(output_of(&status, "rewind")["rewound"], true, "{status}");
+    assert_eq!(status["state"], "completed");
+    assert_eq!(in_recovery(&chain, "old").await, Some(true));
+    let c = connect(&chain.ep("old")).await.unwrap();
+    let own: i64 = c
+        .query_one("SELECT count(*) FROM ledger WHERE client = 900", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(own, 0, "old's own writes were discarded");
+    let r = c
+        .query_one("SELECT status FROM pg_stat_wal_receiver", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "streaming");
+}

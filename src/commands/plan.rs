@@ -11,7 +11,6 @@ use crate::exit::Exit;
 use crate::plans::{self, cutover};
 use crate::preflight::{self, Status};
 use crate::spec;
-use crate::steps::StepId;
 use crate::ui::Ui;
 
 /// Pure: after a failover (or a re-sync that followed one) the spec's roles describe the
@@ -78,7 +77,7 @@ pub async fn run(g: &Global, args: &PlanArgs, ui: &Ui) -> Result<Exit> {
     preflight::record::write(&spec.state_dir, &record)?;
     // The cutover's one plan: the chain (kept by an abort), then the switchover.
     let mut steps = plans::build(cutover::CUTOVER, &spec)?.steps;
-    let switchover = steps.split_off(steps.len() - StepId::SWITCHOVER.len());
+    let switchover = steps.split_off(plans::replicate::chain_steps(&spec)?.len());
     let chain = steps;
     if let Some(file) = &args.runbook {
         let back = plans::build(cutover::SWITCHBACK, &spec)?.steps;

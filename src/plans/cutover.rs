@@ -96,6 +96,19 @@ pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Pla
     plan.push(VerifyPrimary(d.clone()));
     plan.push(Release(d.clone()));
     plan.push(Followers(d.clone()));
+    if spec.cutover.resync == crate::spec::ResyncMode::Auto {
+        // After the release: an old primary that cannot follow is re-synced before the
+        // certificate checks the rollback path again.
+        use crate::steps::resync::{KeepSettings, Reclone, Rejoin, Resync, Rewind};
+        let r = Resync {
+            m: d.demoted(),
+            primary: d.to.clone(),
+        };
+        plan.push(KeepSettings(r.clone()));
+        plan.push(Rewind(r.clone()));
+        plan.push(Reclone(r.clone()));
+        plan.push(Rejoin(r));
+    }
     plan.push(Certificate {
         d,
         state_dir: spec.state_dir.clone(),

@@ -144,7 +144,7 @@ impl Step for Certificate {
         if !cert.rollback_path {
             // Repaired since `reverse` (an operator who re-synced it, then resumed)?
             let tli = i32::try_from(cert.new_timeline)?;
-            if follow(&self.d, tli, RECHECK, cx).await.is_ok() {
+            if follow(&self.d, tli, RECHECK, None, cx).await.is_ok() {
                 cert.rollback_path = true;
                 cert.rollback_problem = None;
             }

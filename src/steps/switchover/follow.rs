@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use crate::engine::Cx;
 use crate::pg::server::RunState;
-use crate::pg::{connect, sql, Endpoint};
+use crate::pg::{connect, sql, Endpoint, Lsn};
 use crate::steps::id::StepId;
 use crate::steps::member::Member;
 
@@ -24,6 +24,33 @@ pub async fn wait_following(
     cx: &Cx,
     step: &StepId,
 ) -> Result<()> {
+    wait_following_unless_diverged(m, upstream, tli, limit, None, cx, step).await
+}
+
+/// How long a node must stay past the fork without streaming before it counts as diverged: a
+/// node that follows passes the fork only after it streams on the new timeline, and the
+/// moment between is a few milliseconds.
+const DIVERGED_FOR: Duration = Duration::from_secs(2);
+
+/// Pure: a node that replayed past `fork` (where the new timeline begins) on its own timeline
+/// holds WAL the new primary never had: it cannot follow.
+pub fn past_the_fork(replayed: Lsn, fork: Lsn) -> bool {
+    replayed > fork
+}
+
+/// [`wait_following`], but with `fork` (where the upstream's timeline `tli` begins) it gives up
+/// early when `m` stays past the fork without streaming: a diverged node never follows, and
+/// inside the write pause every second counts.
+pub async fn wait_following_unless_diverged(
+    m: &Member,
+    upstream: &Member,
+    tli: i32,
+    limit: Duration,
+    fork: Option<Lsn>,
+    cx: &Cx,
+    step: &StepId,
+) -> Result<()> {
+    let mut past_fork_since: Option<Instant> = None;
     let deadline = Instant::now() + limit;
     let mut node: Option<Client> = None;
     let mut up: Option<Client> = None;
@@ -55,6 +82,27 @@ pub async fn wait_following(
                 "no answer within 5 s".into()
             }
         };
+        if let (Some(fork), Some(c)) = (fork, node.as_ref()) {
+            let replayed = c
+                .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+                .await
+                .ok()
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .and_then(|t| t.parse::<Lsn>().ok());
+            match replayed {
+                Some(r) if past_the_fork(r, fork) => {
+                    let since = *past_fork_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= DIVERGED_FOR {
+                        bail!(
+                            "{} has diverged: it replayed up to {r} on its own timeline, past {fork} where timeline {tli} of {} begins ({why})",
+                            m.name(),
+                            upstream.name()
+                        );
+                    }
+                }
+                _ => past_fork_since = None,
+            }
+        }
         if Instant::now() > deadline {
             bail!(
                 "{} does not stream from {} on timeline {tli}: {why}",
@@ -103,4 +151,15 @@ async fn follow_state(
         .await
         .inspect_err(|_| *up = None)?;
     Ok((receiver, row))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_node_past_the_fork_has_diverged() {
+        let fork = crate::pg::Lsn(0x300_0148);
+        assert!(!super::past_the_fork(fork, fork));
+        assert!(!super::past_the_fork(crate::pg::Lsn(0x300_0100), fork));
+        assert!(super::past_the_fork(crate::pg::Lsn(0x300_0150), fork));
+    }
 }

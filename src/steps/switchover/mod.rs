@@ -72,7 +72,7 @@ impl Direction {
     }
 
     /// `from` as a standby of `to`.
-    fn demoted(&self) -> Member {
+    pub(crate) fn demoted(&self) -> Member {
         self.from.with_upstream(&self.to.node)
     }
 }

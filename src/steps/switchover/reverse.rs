@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::follow::wait_following;
+use super::follow::wait_following_unless_diverged;
 use super::promote::PromoteOut;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
@@ -44,14 +44,22 @@ pub(super) fn repair(d: &Direction) -> String {
     )
 }
 
-/// Start (if needed) and wait until the old primary streams from the new one on `tli`.
-pub(super) async fn follow(d: &Direction, tli: i32, limit: Duration, cx: &Cx) -> Result<()> {
+/// Start (if needed) and wait until the old primary streams from the new one on `tli`; with
+/// `fork` (the new timeline's start: what the new primary had replayed at the proof), give up
+/// early on an old primary that diverged.
+pub(super) async fn follow(
+    d: &Direction,
+    tli: i32,
+    limit: Duration,
+    fork: Option<crate::pg::Lsn>,
+    cx: &Cx,
+) -> Result<()> {
     let m = d.demoted();
     // Not `pg_ctl start -w`: streaming, waited for below, is the stronger proof, and it
     // comes sooner than pg_ctl's 100 ms polling notices the server is up. (A server already
     // running, after a resume, is left as it is.)
     m.server()?.launch_unless_running(&m.node.log_file).await?;
-    wait_following(&m, &d.to, tli, limit, cx, &StepId::Reverse).await
+    wait_following_unless_diverged(&m, &d.to, tli, limit, fork, cx, &StepId::Reverse).await
 }
 
 /// The timeline the promotion started.
@@ -83,7 +91,13 @@ impl Step for Reverse {
     }
     async fn apply(&self, cx: &Cx) -> Result<ReverseOut> {
         let tli = new_timeline(cx)?;
-        let not_following = match follow(&self.0, tli, Duration::from_secs(60), cx).await {
+        // Inside the write pause: bounded by the switchover's limit, and cut short when the old
+        // primary has diverged (it replayed past the point where the new timeline begins).
+        let fork = cx
+            .find::<super::proof::ProofOut>(&StepId::Proof)?
+            .map(|p| p.replay_lsn);
+        let limit = self.0.limit.min(Duration::from_secs(60));
+        let not_following = match follow(&self.0, tli, limit, fork, cx).await {
             Ok(()) => None,
             Err(e) => Some(format!("{e:#}")),
         };
