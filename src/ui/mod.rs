@@ -47,6 +47,13 @@ impl Ui {
         }
     }
 
+    /// Generated text (a completion script, a manual page) on stdout as it is: it holds no
+    /// spec text and no secret, and escaping would break it.
+    pub fn raw(&self, bytes: &[u8]) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(bytes);
+    }
+
     /// A JSON document on stdout.
     pub fn emit_json<T: Serialize>(&self, value: &T) {
         let mut out = std::io::stdout().lock();
