@@ -51,6 +51,8 @@ pub async fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Exit> {
         #[cfg(feature = "failpoints")]
         Command::Drill => commands::drill::run(&cli.global, ui).await,
         Command::Lab { action } => commands::lab::run(action, ui).await,
+        Command::Completions { shell } => commands::docs::completions(*shell, ui),
+        Command::Man => commands::docs::man(ui),
         Command::Rehearse(args) => commands::rehearse::run(args, ui).await,
     }
 }

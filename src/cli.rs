@@ -79,6 +79,13 @@ pub enum Command {
     /// A full rehearsal on the embedded lab under a writer (replicate, plan, cutover, rollback),
     /// with a report of write pauses, client errors and missing commits.
     Rehearse(RehearseArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout: `migrate man > migrate.1; man -l migrate.1`.
+    Man,
     /// The embedded local lab: real PostgreSQL and PgBouncer on loopback for rehearsals.
     Lab {
         #[command(subcommand)]
@@ -171,6 +178,10 @@ pub struct StatusArgs {
     /// or a monitor during the bake).
     #[arg(long)]
     pub check: bool,
+    /// Print the report in the Prometheus text format instead (for a node_exporter textfile
+    /// collector): hop lag, slot retention, free WAL disk, step states, the last write pause.
+    #[arg(long, conflicts_with = "check")]
+    pub metrics: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod support;
 mod compose;
 mod conn;
 mod cutover;
+mod docs;
 mod engine;
 mod failover;
 mod host_local;

@@ -53,11 +53,15 @@ fn a_rehearsal_reports_pauses_and_loses_no_commit() {
         );
     }
     assert!(r["acked_total"].as_u64().unwrap() > 0);
-    // The lab was taken down.
+    // The lab was taken down, and its data removed: logs and the report stay.
     let lab = migrate::lab::Lab::open(&dir.path().join("lab")).unwrap();
     for node in ["old", "new", "new_replica", "dr"] {
         assert_eq!(crate::support::postmaster_pid(&lab.data_dir(node)), None);
+        assert!(!lab.data_dir(node).exists(), "{node}'s data is left behind");
     }
+    let left = migrate::files::tree_size(dir.path());
+    assert!(left < 50 << 20, "the rehearsal left {left} bytes behind");
+    assert!(dir.path().join("lab/logs").read_dir().unwrap().count() > 0);
 }
 
 /// Runs `rehearse --fault <name>`; checks what every fault rehearsal must show (exit 0, the

@@ -493,3 +493,49 @@ async fn the_monitor_reports_idle_as_zero_and_a_stopped_target_as_down() {
         "a down hop has no lag figure"
     );
 }
+
+/// `status --metrics` is Prometheus text: a real parser reads the lag of every hop, the slots
+/// and the run's steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_metrics_parse_as_prometheus_text_with_every_hop() {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let out = chain.run(&["status", "--metrics"], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let body = text(&out.stdout);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let value = |s: &prometheus_parse::Sample| match s.value {
+        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+        _ => panic!("not a gauge: {s:?}"),
+    };
+    for (from, to) in [("old", "new"), ("new", "new_replica"), ("new", "dr")] {
+        let hop = |metric: &str| {
+            scrape
+                .samples
+                .iter()
+                .find(|s| {
+                    s.metric == metric
+                        && s.labels.get("from") == Some(from)
+                        && s.labels.get("to") == Some(to)
+                })
+                .unwrap_or_else(|| panic!("no {metric} for {from} → {to}:\n{body}"))
+        };
+        assert_eq!(value(hop("migrate_hop_up")), 1.0, "{from} → {to}");
+        assert!(value(hop("migrate_hop_replay_lag_bytes")) >= 0.0);
+    }
+    let slot = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "migrate_slot_active"
+                && s.labels.get("node") == Some("old")
+                && s.labels.get("slot") == Some("migrate_new")
+        })
+        .unwrap_or_else(|| panic!("no slot metric:\n{body}"));
+    assert_eq!(value(slot), 1.0);
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == "migrate_step_info" && s.labels.get("step") == Some("catchup")));
+}

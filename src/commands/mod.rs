@@ -2,10 +2,12 @@
 
 pub mod complete;
 pub mod cutover;
+pub mod docs;
 #[cfg(feature = "failpoints")]
 pub mod drill;
 pub mod failover;
 pub mod lab;
+pub mod metrics;
 pub mod plan;
 pub mod rehearse;
 pub mod replicate;

@@ -138,6 +138,10 @@ pub async fn run(g: &Global, args: &StatusArgs, ui: &Ui) -> Result<Exit> {
         Some(s) if args.check && !s.over_limit().is_empty() => Exit::NotReady,
         _ => Exit::Done,
     };
+    if args.metrics {
+        ui.raw(super::metrics::render(&r)?.as_bytes());
+        return Ok(exit);
+    }
     if ui.json() {
         ui.emit_json(&r);
         return Ok(exit);

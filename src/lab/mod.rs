@@ -262,6 +262,20 @@ impl Lab {
     pub fn data_dir(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("data")
     }
+    /// Remove every node's data directory (the lab must be down); the bytes removed. Logs,
+    /// the spec and the state directory stay.
+    pub fn remove_data(&self) -> Result<u64> {
+        let mut bytes = 0;
+        for n in NODES {
+            let d = self.data_dir(n.name);
+            if d.exists() {
+                bytes += crate::files::tree_size(&d);
+                std::fs::remove_dir_all(&d).with_context(|| format!("remove {}", d.display()))?;
+            }
+        }
+        Ok(bytes)
+    }
+
     pub fn server_log(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("server.log")
     }

@@ -86,6 +86,17 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
             note(&format!(
                 "warning: removing the lab's clusters from /etc/postgresql: {e:#}"
             ));
+        } else if result.is_ok() {
+            // A rehearsal that passed leaves its logs and report, not gigabytes of clusters; a
+            // failed one keeps everything for the post-mortem.
+            match r.lab.remove_data() {
+                Ok(bytes) => note(&format!(
+                    "removed the lab's data directories ({}); logs kept in {}",
+                    crate::units::format_bytes(bytes),
+                    r.logs.display()
+                )),
+                Err(e) => note(&format!("warning: removing the lab's data: {e:#}")),
+            }
         }
     }
     result
