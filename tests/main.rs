@@ -9,6 +9,7 @@ mod cutover;
 mod docs;
 mod engine;
 mod failover;
+mod hooks;
 mod host_local;
 mod host_ssh;
 mod hostile;

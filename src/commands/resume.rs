@@ -25,7 +25,7 @@ pub async fn run(g: &Global, args: &ResumeArgs, ui: &Ui) -> Result<Exit> {
     }
     let plan = plans::build_with(&state.operation, &s.spec, args.force_window)?;
     let inv = s.inv.clone();
-    super::run::drive(ui, |events, mut signals| async move {
+    super::run::drive(ui, &s.spec, |events, mut signals| async move {
         let mut runner = Runner::resume(plan, inv, events)?;
         runner.run(Some(&mut signals)).await
     })

@@ -94,7 +94,7 @@ pub async fn run(g: &Global, ui: &Ui) -> Result<Exit> {
     }
     let plan = plans::build(&state.operation, &s.spec)?;
     let inv = s.inv.clone();
-    super::run::drive(ui, |events, _| async move {
+    super::run::drive(ui, &s.spec, |events, _| async move {
         Runner::resume(plan, inv, events)?.rollback().await
     })
     .await

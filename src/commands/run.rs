@@ -85,17 +85,48 @@ pub fn spec_hash(path: &std::path::Path) -> Result<String> {
 }
 
 /// Run `work` with a renderer attached to the runner's events and the interrupt signals
-/// (Ctrl-C, SIGTERM, SIGHUP: all three mean "stop safely", as the runner decides).
-pub async fn drive<F, Fut>(ui: &Ui, work: F) -> Result<Exit>
+/// (Ctrl-C, SIGTERM, SIGHUP: all three mean "stop safely", as the runner decides). Every
+/// journal record is also told to the spec's event hooks, in order, beside the run (a slow
+/// or failing hook is logged and never holds the run up).
+pub async fn drive<F, Fut>(ui: &Ui, spec: &Spec, work: F) -> Result<Exit>
 where
     F: FnOnce(EventSink, Interrupts) -> Fut,
     Fut: std::future::Future<Output = Result<Outcome>>,
 {
-    let (tx, rx) = events::channel();
-    let renderer = progress::spawn(ui.progress_mode(), rx);
+    let (tx, mut rx) = events::channel();
+    let (ui_tx, ui_rx) = events::channel();
+    let renderer = progress::spawn(ui.progress_mode(), ui_rx);
+    let hooks: Vec<crate::spec::Hook> = spec.hooks.iter().filter(|h| !h.gate).cloned().collect();
+    let spec_name = spec.name.clone();
+    let teller = tokio::spawn(async move {
+        let (mut run_id, mut operation) = (String::new(), String::new());
+        while let Some(ev) = rx.recv().await {
+            let record = match &ev {
+                events::RunEvent::RunOpened {
+                    run_id: r,
+                    operation: o,
+                    ..
+                } => {
+                    (run_id, operation) = (r.clone(), o.clone());
+                    None
+                }
+                events::RunEvent::Journaled { record } => serde_json::to_value(record).ok(),
+                _ => None,
+            };
+            let _ = ui_tx.send(ev);
+            let Some(record) = record else { continue };
+            let body = crate::hooks::event(&spec_name, &run_id, &operation, &record);
+            for h in &hooks {
+                if let Err(e) = crate::hooks::call(h, "event", &body).await {
+                    tracing::warn!("{}: {e:#}", crate::hooks::label(h));
+                }
+            }
+        }
+    });
     let (signals, watcher) = interrupts();
     let result = work(tx, signals).await;
     watcher.abort();
+    let _ = teller.await;
     let _ = renderer.await;
     result.map(|_| Exit::Done)
 }
@@ -103,7 +134,7 @@ where
 /// Start a new run of `plan` and run it to its end under the runner's policy.
 pub async fn start(ui: &Ui, s: &Session, plan: Plan, pause_before: Option<String>) -> Result<Exit> {
     let inv = s.inv.clone();
-    drive(ui, |events, mut signals| async move {
+    drive(ui, &s.spec, |events, mut signals| async move {
         let mut runner = Runner::start(plan, inv, events)?;
         runner.pause_before(pause_before)?;
         runner.run(Some(&mut signals)).await

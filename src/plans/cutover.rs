@@ -75,6 +75,16 @@ pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Pla
     if cutover {
         plan.push(super::replicate::catch_up(spec, StepId::Gate));
     }
+    let gates: Vec<_> = spec.hooks.iter().filter(|h| h.gate).cloned().collect();
+    if !gates.is_empty() {
+        plan.push(crate::steps::approve::Approve {
+            hooks: gates,
+            spec: spec.name.clone(),
+            operation: operation.into(),
+            from: d.from.name().into(),
+            to: d.to.name().into(),
+        });
+    }
     plan.push(Hold {
         d: d.clone(),
         timeout: spec.cutover.hold_timeout,

@@ -49,6 +49,15 @@ pub fn files(spec: &Spec) -> Vec<LocalFile> {
         conninfo_files(&format!("{f}.conninfo"), &n.conninfo, &mut push);
         host_files(&format!("{f}.host"), &n.host, &mut push);
     }
+    for (i, h) in spec.hooks.iter().enumerate() {
+        if let super::HookTarget::Command(c) = &h.target {
+            push(
+                format!("hook[{i}].command[0]"),
+                PathBuf::from(&c[0]),
+                FileKind::Program,
+            );
+        }
+    }
     if let Some(fence) = &spec.failover.fence {
         push(
             "failover.fence.command[0]".into(),
@@ -161,6 +170,9 @@ pub fn remember_secrets(spec: &Spec) {
     refs.extend(spec.nodes.iter().filter_map(|n| n.password.clone()));
     if let Some(fence) = &spec.failover.fence {
         refs.extend(fence.env.iter().map(|v| SecretRef::Env(v.clone())));
+    }
+    for h in &spec.hooks {
+        refs.extend(h.env.iter().map(|v| SecretRef::Env(v.clone())));
     }
     for r in &spec.routes {
         match r {

@@ -10,7 +10,7 @@ mod route;
 mod service;
 pub mod values;
 
-pub use plugin::{Failover, Plugin};
+pub use plugin::{Failover, Hook, HookTarget, Plugin};
 pub use route::{
     DnsRoute, ExecRoute, HaProxyRoute, NatHook, NatRoute, PgBouncerRoute, PowerDnsRoute, Route,
     Target, Through,
@@ -236,6 +236,7 @@ pub struct Spec {
     pub cutover: Cutover,
     pub bake: Bake,
     pub failover: Failover,
+    pub hooks: Vec<Hook>,
     pub routes: Vec<Route>,
     /// What validation allowed but an operator should hear (shown by `validate` and `plan`).
     pub warnings: Vec<String>,
@@ -1078,6 +1079,7 @@ impl Validator {
         let cutover = self.cutover(raw.cutover)?;
         let bake = self.bake(raw.bake)?;
         let failover = self.failover(raw.failover)?;
+        let hooks = self.hooks(raw.hooks)?;
         let routes: Vec<Route> = raw
             .routes
             .into_iter()
@@ -1105,6 +1107,7 @@ impl Validator {
             cutover,
             bake,
             failover,
+            hooks,
             routes,
             warnings: self.warnings.take(),
         })

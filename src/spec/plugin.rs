@@ -26,6 +26,37 @@ pub struct Plugin {
     pub config: serde_json::Value,
 }
 
+/// `[[hook]]`: told of every run event (one JSON object), or, with `gate`, asked before the
+/// cutover holds clients (a change-management go / no-go).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub target: HookTarget,
+    pub timeout: Duration,
+    pub env: Vec<String>,
+    pub gate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookTarget {
+    /// An executable: the event on stdin; exit 0 (and, for a gate, `{"ok": true}`) is yes.
+    Command(Vec<String>),
+    /// An HTTP(S) URL: the event POSTed as JSON; a 2xx answer (and, for a gate,
+    /// `{"ok": true}`) is yes.
+    Url(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    pub command: Option<Vec<String>>,
+    pub url: Option<String>,
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub gate: bool,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFailover {
@@ -59,6 +90,50 @@ impl Validator {
             }),
         };
         Ok(Failover { fence })
+    }
+
+    pub(super) fn hooks(&self, raw: Vec<RawHook>) -> Result<Vec<Hook>, SpecError> {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let f = format!("hook[{i}]");
+                let target = match (h.command, h.url) {
+                    (Some(c), None) => HookTarget::Command(self.plugin_command(&f, c)?),
+                    (None, Some(u)) => {
+                        self.plain_text(&format!("{f}.url"), &u, "URL")?;
+                        let ok = reqwest::Url::parse(&u).is_ok_and(|p| {
+                            matches!(p.scheme(), "http" | "https") && p.host().is_some()
+                        });
+                        if !ok {
+                            return Err(self.err(
+                                format!("{f}.url"),
+                                format!("{u:?} is not an http(s) URL"),
+                                "write e.g. url = \"https://hooks.example.net/migrate\"",
+                            ));
+                        }
+                        HookTarget::Url(u)
+                    }
+                    _ => {
+                        return Err(self.err(
+                            f,
+                            "a hook needs exactly one of command and url",
+                            "give command = [\"/path/to/program\"] or url = \"https://…\"",
+                        ))
+                    }
+                };
+                Ok(Hook {
+                    target,
+                    timeout: self.bounded(
+                        &format!("{f}.timeout"),
+                        h.timeout,
+                        Duration::from_secs(10),
+                        values::Bounds::new(values::SECOND, 10 * values::MINUTE),
+                    )?,
+                    env: self.plugin_env(&f, h.env)?,
+                    gate: h.gate,
+                })
+            })
+            .collect()
     }
 
     /// A plugin's argv: not empty, no control characters, a relative path to a program taken

@@ -19,6 +19,8 @@ pub struct RawSpec {
     pub bake: RawBake,
     #[serde(default)]
     pub failover: super::plugin::RawFailover,
+    #[serde(default, rename = "hook")]
+    pub hooks: Vec<super::plugin::RawHook>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
 }

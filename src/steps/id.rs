@@ -37,6 +37,8 @@ pub enum StepId {
     Loss,
     /// Every other standby streams from the new primary.
     Repoint,
+    /// The gate hooks' go / no-go, before `hold`.
+    Approve,
     // `migrate resync`.
     /// Read what must survive the re-sync (the node's own settings).
     Settings,
@@ -52,8 +54,9 @@ pub enum StepId {
 
 impl StepId {
     /// The ids that name no node and are not switchover steps.
-    const OTHERS: [StepId; 11] = [
+    const OTHERS: [StepId; 12] = [
         StepId::Catchup,
+        StepId::Approve,
         StepId::Settings,
         StepId::Rewind,
         StepId::Reclone,
@@ -117,6 +120,7 @@ impl StepId {
             StepId::Isolate => ("isolate", None),
             StepId::Loss => ("loss", None),
             StepId::Repoint => ("repoint", None),
+            StepId::Approve => ("approve", None),
             StepId::Settings => ("settings", None),
             StepId::Rewind => ("rewind", None),
             StepId::Reclone => ("reclone", None),
@@ -190,7 +194,7 @@ mod tests {
     #[test]
     fn every_id_reads_back_as_itself() {
         let mut all: Vec<StepId> = StepId::fixed().cloned().collect();
-        assert_eq!(all.len(), 24, "every fixed id once");
+        assert_eq!(all.len(), 25, "every fixed id once");
         all.extend([
             StepId::Prepare("new".into()),
             StepId::Slot("dr".into()),

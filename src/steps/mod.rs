@@ -1,5 +1,6 @@
 //! The steps that plans are made of.
 
+pub mod approve;
 pub mod chain;
 pub mod complete;
 pub mod failover;
