@@ -42,6 +42,7 @@ pub async fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Exit> {
         Command::Plan(args) => commands::plan::run(&cli.global, args, ui).await,
         Command::Replicate => commands::replicate::run(&cli.global, ui).await,
         Command::Status(a) => commands::status::run(&cli.global, a, ui).await,
+        Command::Watch(a) => commands::watch::run(&cli.global, a, ui).await,
         Command::Resume(args) => commands::resume::run(&cli.global, args, ui).await,
         Command::Complete => commands::complete::run(&cli.global, ui).await,
         Command::Cutover(args) => commands::cutover::run(&cli.global, args, ui).await,

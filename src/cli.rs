@@ -60,6 +60,9 @@ pub enum Command {
     /// command that continues it, live lag, and the WAL each node's slots retain against its
     /// free WAL disk. Safe while another process runs.
     Status(StatusArgs),
+    /// A live view of the run and the chain: redrawn on a terminal, a line per step change
+    /// otherwise (`--json`: one object per change). Reads like `status`; takes no lock.
+    Watch(WatchArgs),
     /// Continue an interrupted run from its journal.
     Resume(ResumeArgs),
     /// Go back: undo a run that has not passed its point of no return (latest step first), or,
@@ -182,6 +185,24 @@ pub struct StatusArgs {
     /// collector): hop lag, slot retention, free WAL disk, step states, the last write pause.
     #[arg(long, conflicts_with = "check")]
     pub metrics: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// How often to look (e.g. 500ms, 2s).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    pub interval: std::time::Duration,
+    /// Exit once the run (or the next one, if none is open) has finished.
+    #[arg(long)]
+    pub until_done: bool,
+}
+
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let d = crate::units::parse_duration(text)?;
+    if d < std::time::Duration::from_millis(100) {
+        return Err("at least 100ms".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]

@@ -1730,3 +1730,51 @@ async fn a_rollback_with_the_new_primary_lost_names_the_emergency_path() {
         "old answers as a primary"
     );
 }
+
+/// `migrate watch` on a terminal (a pseudo-terminal made by script(1)) redraws while a cutover
+/// runs: a frame shows a step not yet done that a later frame shows succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_on_a_terminal_shows_the_cutover_advancing() {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    chain.plan_ok().await;
+    let watch = format!(
+        "{} watch -f {} --interval 200ms --until-done",
+        migrate_bin().display(),
+        chain.spec()
+    );
+    let watcher = tokio::process::Command::new("script")
+        .args(["-qfec", &watch, "/dev/null"])
+        .env_remove("MIGRATE_SPEC")
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let watcher = tokio::spawn(watcher);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    crate::support::assert_exit_at(&out, Exit::Done, "cutover under watch");
+    let seen = tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .expect("watch --until-done ended")
+        .unwrap()
+        .unwrap();
+    let screen = text(&seen.stdout);
+    let frames: Vec<&str> = screen.split("\u{1b}[H\u{1b}[2J").collect();
+    let promote_state = |frame: &str| {
+        frame
+            .lines()
+            .find(|l| l.trim_start().starts_with("promote "))
+            .map(|l| l.to_string())
+    };
+    let states: Vec<String> = frames.iter().filter_map(|f| promote_state(f)).collect();
+    assert!(
+        states.iter().any(|l| !l.contains("succeeded")),
+        "no frame before the promotion: {states:?}"
+    );
+    assert!(
+        states.last().is_some_and(|l| l.contains("succeeded")),
+        "the last frame does not show the promotion: {states:?}"
+    );
+}

@@ -17,6 +17,7 @@ pub mod rollback;
 pub mod run;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 use std::path::PathBuf;
 

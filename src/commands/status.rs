@@ -105,11 +105,33 @@ pub fn report(state: &RunState, torn_tail: bool, spec_arg: &str) -> StatusReport
     }
 }
 
+/// The run's report with everything sampled live (lag, retention, who serves, each node);
+/// `None` before the first run.
+pub async fn gather(spec: &spec::Spec, spec_arg: &str) -> Result<Option<StatusReport>> {
+    let Some(loaded) = load(&spec.state_dir)? else {
+        return Ok(None);
+    };
+    let mut r = report(&loaded.state, loaded.torn_tail.is_some(), spec_arg);
+    let hops = crate::plans::replicate::hops(spec);
+    if !hops.is_empty() {
+        r.lag =
+            Some(crate::replication::lag::sample_chain(&spec.primary().endpoint(), &hops).await);
+    }
+    r.retention =
+        Some(crate::replication::retention::sample(&spec.nodes, spec.bake.max_retained).await);
+    r.serving = Some(crate::plans::failover::current_primary(
+        Some(&loaded.state),
+        spec,
+    ));
+    r.topology = crate::replication::topology::sample(&spec.nodes).await;
+    Ok(Some(r))
+}
+
 pub async fn run(g: &Global, args: &StatusArgs, ui: &Ui) -> Result<Exit> {
     let path = super::spec_path(g)?;
     let spec = spec::load(&path)?;
     let spec_arg = path.display().to_string();
-    let Some(loaded) = load(&spec.state_dir)? else {
+    let Some(r) = gather(&spec, &spec_arg).await? else {
         if ui.json() {
             ui.emit_json(&serde_json::json!({ "run": null }));
         } else {
@@ -121,19 +143,6 @@ pub async fn run(g: &Global, args: &StatusArgs, ui: &Ui) -> Result<Exit> {
         }
         return Ok(Exit::Done);
     };
-    let mut r = report(&loaded.state, loaded.torn_tail.is_some(), &spec_arg);
-    let hops = crate::plans::replicate::hops(&spec);
-    if !hops.is_empty() {
-        r.lag =
-            Some(crate::replication::lag::sample_chain(&spec.primary().endpoint(), &hops).await);
-    }
-    r.retention =
-        Some(crate::replication::retention::sample(&spec.nodes, spec.bake.max_retained).await);
-    r.serving = Some(crate::plans::failover::current_primary(
-        Some(&loaded.state),
-        &spec,
-    ));
-    r.topology = crate::replication::topology::sample(&spec.nodes).await;
     let exit = match &r.retention {
         Some(s) if args.check && !s.over_limit().is_empty() => Exit::NotReady,
         _ => Exit::Done,
@@ -146,6 +155,12 @@ pub async fn run(g: &Global, args: &StatusArgs, ui: &Ui) -> Result<Exit> {
         ui.emit_json(&r);
         return Ok(exit);
     }
+    print(ui, &r);
+    Ok(exit)
+}
+
+/// The report as tables.
+pub fn print(ui: &Ui, r: &StatusReport) {
     ui.line(format!(
         "run {} ({}): {}",
         r.run_id,
@@ -248,7 +263,6 @@ pub async fn run(g: &Global, args: &StatusArgs, ui: &Ui) -> Result<Exit> {
     if let Some(n) = &r.next {
         ui.line(format!("continue with: {n}"));
     }
-    Ok(exit)
 }
 
 fn retention_table(ui: &Ui, s: &crate::replication::retention::RetentionSample) {

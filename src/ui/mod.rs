@@ -54,6 +54,14 @@ impl Ui {
         let _ = out.write_all(bytes);
     }
 
+    /// One JSON object on one line of stdout (a stream of them).
+    pub fn emit_json_line<T: Serialize>(&self, value: &T) {
+        let mut out = std::io::stdout().lock();
+        let text = serde_json::to_string(value).unwrap_or_default();
+        let _ = writeln!(out, "{}", crate::redact::redact(&text));
+        let _ = out.flush();
+    }
+
     /// A JSON document on stdout.
     pub fn emit_json<T: Serialize>(&self, value: &T) {
         let mut out = std::io::stdout().lock();
