@@ -37,6 +37,9 @@ pub fn main() -> ExitCode {
 }
 
 pub async fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Exit> {
+    if let Some(addr) = cli.global.metrics_listen {
+        commands::metrics::serve(addr, commands::spec_path(&cli.global)?)?;
+    }
     match &cli.command {
         Command::Validate => commands::validate::run(&cli.global, ui),
         Command::Plan(args) => commands::plan::run(&cli.global, args, ui).await,

@@ -39,6 +39,10 @@ pub struct Global {
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short = 'v', long = "verbose", global = true, action = ArgAction::Count)]
     pub verbose: u8,
+    /// While the command runs (replicate, cutover, watch, …), serve `status --metrics` at
+    /// http://ADDR/metrics for Prometheus to scrape (e.g. 127.0.0.1:9187).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -494,15 +494,51 @@ async fn the_monitor_reports_idle_as_zero_and_a_stopped_target_as_down() {
     );
 }
 
-/// `status --metrics` is Prometheus text: a real parser reads the lag of every hop, the slots
-/// and the run's steps.
+/// `status --metrics`, and `/metrics` served by a long-running command (`watch
+/// --metrics-listen`) and scraped with a real HTTP client, are Prometheus text: a real parser
+/// reads the lag of every hop, the slots and the run's steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_metrics_parse_as_prometheus_text_with_every_hop() {
     let chain = Chain::new().await;
     chain.replicate_ok().await;
     let out = chain.run(&["status", "--metrics"], None).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let body = text(&out.stdout);
+    check_metrics(&text(&out.stdout));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut watch = tokio::process::Command::new(migrate_bin())
+        .args(["watch", "-f", chain.spec(), "--metrics-listen", &addr])
+        .env_remove("MIGRATE_SPEC")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        match reqwest::get(&url).await {
+            Ok(r) if r.status().is_success() => {
+                let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+                assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+                break r.text().await.unwrap();
+            }
+            other => {
+                assert!(Instant::now() < deadline, "no /metrics: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    watch.start_kill().unwrap();
+    let _ = watch.wait().await;
+    check_metrics(&body);
+}
+
+fn check_metrics(body: &str) {
     let lines = body.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
     let value = |s: &prometheus_parse::Sample| match s.value {

@@ -159,3 +159,43 @@ pub fn render(r: &StatusReport) -> Result<String> {
     encode(&mut out, &reg)?;
     Ok(out)
 }
+
+/// Serve [`render`] of a fresh `status` report at `http://addr/metrics` (a thread beside the
+/// command, on tiny_http: one small dependency for one endpoint), until the process ends. Each
+/// scrape samples the nodes, as `status` does.
+pub fn serve(addr: std::net::SocketAddr, spec_path: std::path::PathBuf) -> Result<()> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let answer = if request.url() == "/metrics" {
+                let body = runtime.block_on(async {
+                    let spec = crate::spec::load(&spec_path)?;
+                    let arg = spec_path.display().to_string();
+                    match super::status::gather(&spec, &arg).await? {
+                        Some(r) => render(&r),
+                        None => Ok("# no run yet\n".to_string()),
+                    }
+                });
+                match body {
+                    Ok(text) => tiny_http::Response::from_string(text).with_header(
+                        tiny_http::Header::from_bytes(
+                            "Content-Type",
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )
+                        .expect("a valid header"),
+                    ),
+                    Err(e) => {
+                        tiny_http::Response::from_string(crate::redact::redact(&format!("{e:#}")))
+                            .with_status_code(500)
+                    }
+                }
+            } else {
+                tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
+            };
+            let _ = request.respond(answer);
+        }
+    });
+    Ok(())
+}
