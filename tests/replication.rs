@@ -575,3 +575,40 @@ fn check_metrics(body: &str) {
         .iter()
         .any(|s| s.metric == "migrate_step_info" && s.labels.get("step") == Some("catchup")));
 }
+
+/// `[clone]` reaches pg_basebackup: a chain built with server-side lz4 compression and a rate
+/// cap streams like any other, and plan shows the flags and checks the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_cloned_with_compression_and_a_rate_cap_streams() {
+    let chain = Chain::new().await;
+    let spec = std::fs::read_to_string(&chain.spec).unwrap();
+    std::fs::write(
+        &chain.spec,
+        format!("{spec}\n[clone]\ncompress = \"lz4\"\nmax_rate = \"200MB\"\n"),
+    )
+    .unwrap();
+    let out = chain.run(&["plan", "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "clone_compress")
+        .unwrap_or_else(|| panic!("no clone_compress check: {v}"))
+        .clone();
+    assert_eq!(check["status"], "pass", "{check}");
+    let clone = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "clone:new")
+        .unwrap()
+        .clone();
+    let action = clone["action"].as_str().unwrap();
+    assert!(
+        action.contains("--compress=server-lz4") && action.contains("--max-rate=204800k"),
+        "{action}"
+    );
+    chain.replicate_ok().await;
+    chain.assert_chain("compressed clone").await;
+}

@@ -232,6 +232,29 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
 
     // Versions and cluster identity.
     let major = |f: &Facts| f.int("server_version_num") / 10000;
+    if spec.clone.compress != crate::spec::Compress::None {
+        // The upstreams compress: the primary's major stands for all (they must match).
+        checks.push(if major(p) >= 15 {
+            Check::pass(
+                "clone_compress",
+                format!(
+                    "server-side {} compression (PostgreSQL {})",
+                    crate::engine::label(&spec.clone.compress),
+                    major(p)
+                ),
+            )
+        } else {
+            Check::fail(
+                "clone_compress",
+                format!(
+                    "clone.compress needs PostgreSQL 15 or later; {} runs {}",
+                    p.name,
+                    major(p)
+                ),
+                "remove clone.compress (or set it to \"none\")",
+            )
+        });
+    }
     for f in facts.values().filter(|f| f.name != p.name) {
         if major(f) != major(p) {
             checks.push(Check::fail(

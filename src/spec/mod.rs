@@ -150,6 +150,42 @@ pub fn parse_retention(text: &str) -> Result<Retention, String> {
     }
 }
 
+/// `[clone]`: how a standby's base backup crosses the link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CloneSettings {
+    /// pg_basebackup `--max-rate`, in bytes per second (32 kB/s to 1 GB/s).
+    pub max_rate: Option<u64>,
+    /// Server-side compression (PostgreSQL 15+), decompressed by pg_basebackup.
+    pub compress: Compress,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compress {
+    #[default]
+    None,
+    Zstd,
+    Lz4,
+    Gzip,
+}
+
+impl CloneSettings {
+    /// The pg_basebackup arguments these settings add.
+    pub fn basebackup_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(rate) = self.max_rate {
+            out.push(format!("--max-rate={}k", (rate / 1024).max(32)));
+        }
+        match self.compress {
+            Compress::None => {}
+            Compress::Zstd => out.push("--compress=server-zstd".into()),
+            Compress::Lz4 => out.push("--compress=server-lz4".into()),
+            Compress::Gzip => out.push("--compress=server-gzip".into()),
+        }
+        out
+    }
+}
+
 /// `[bake]`: what keeps the slots of a long bake from filling a disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Bake {
@@ -235,6 +271,7 @@ pub struct Spec {
     pub nodes: Vec<Node>,
     pub cutover: Cutover,
     pub bake: Bake,
+    pub clone: CloneSettings,
     pub failover: Failover,
     pub hooks: Vec<Hook>,
     pub routes: Vec<Route>,
@@ -801,6 +838,41 @@ impl Validator {
         })
     }
 
+    fn clone_settings(&self, raw: raw::RawClone) -> Result<CloneSettings, SpecError> {
+        let max_rate = match raw.max_rate.as_deref() {
+            None => None,
+            Some(t) => {
+                let rate = parse_size(t.trim_end_matches("/s")).map_err(|e| {
+                    self.err(
+                        "clone.max_rate",
+                        e,
+                        "write a rate such as \"20MB\" (per second)",
+                    )
+                })?;
+                if !(32 * 1024..=1024 * 1024 * 1024).contains(&rate) {
+                    return Err(self.err(
+                        "clone.max_rate",
+                        format!("{t:?} is outside what pg_basebackup accepts"),
+                        "give 32kB to 1GB per second",
+                    ));
+                }
+                Some(rate)
+            }
+        };
+        let compress = match raw.compress.as_deref() {
+            None | Some("none") => Compress::None,
+            Some("zstd") => Compress::Zstd,
+            Some("lz4") => Compress::Lz4,
+            Some("gzip") => Compress::Gzip,
+            Some(other) => return Err(self.err(
+                "clone.compress",
+                format!("{other:?} is not a method"),
+                "use \"none\", \"zstd\", \"lz4\" or \"gzip\" (compressed by the server, PostgreSQL 15+)",
+            )),
+        };
+        Ok(CloneSettings { max_rate, compress })
+    }
+
     fn bake(&self, raw: raw::RawBake) -> Result<Bake, SpecError> {
         let unbounded_slots = match raw.unbounded_slots.as_deref() {
             None | Some("refuse") => UnboundedSlots::Refuse,
@@ -1078,6 +1150,7 @@ impl Validator {
         };
         let cutover = self.cutover(raw.cutover)?;
         let bake = self.bake(raw.bake)?;
+        let clone = self.clone_settings(raw.clone)?;
         let failover = self.failover(raw.failover)?;
         let hooks = self.hooks(raw.hooks)?;
         let routes: Vec<Route> = raw
@@ -1106,6 +1179,7 @@ impl Validator {
             nodes: ordered,
             cutover,
             bake,
+            clone,
             failover,
             hooks,
             routes,

@@ -18,6 +18,8 @@ pub struct RawSpec {
     #[serde(default)]
     pub bake: RawBake,
     #[serde(default)]
+    pub clone: RawClone,
+    #[serde(default)]
     pub failover: super::plugin::RawFailover,
     #[serde(default, rename = "hook")]
     pub hooks: Vec<super::plugin::RawHook>,
@@ -98,6 +100,14 @@ pub struct RawCutover {
     pub hold: Option<String>,
     pub retire: Option<String>,
     pub resync: Option<String>,
+}
+
+/// `[clone]`: how pg_basebackup copies a standby over the link.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClone {
+    pub max_rate: Option<String>,
+    pub compress: Option<String>,
 }
 
 /// `[bake]`: the days between the cutover and `complete`.

@@ -152,3 +152,20 @@ fn retention_past_its_limit() {
         Some(false)
     );
 }
+
+#[test]
+fn clone_settings_become_pg_basebackup_arguments() {
+    let base = "name = \"t\"\n[replication]\nuser = \"repl\"\n\
+        [nodes.old]\nrole = \"primary\"\nconninfo = \"host=10.0.0.1\"\ndata_dir = \"/a\"\n\
+        [nodes.new]\nrole = \"target\"\nupstream = \"old\"\nconninfo = \"host=10.0.0.2\"\ndata_dir = \"/b\"\n";
+    let parse =
+        |extra: &str| super::parse(std::path::Path::new("/x.toml"), &format!("{base}{extra}"));
+    assert!(parse("").unwrap().clone.basebackup_args().is_empty());
+    let s = parse("[clone]\nmax_rate = \"20MB\"\ncompress = \"zstd\"\n").unwrap();
+    assert_eq!(
+        s.clone.basebackup_args(),
+        ["--max-rate=20480k", "--compress=server-zstd"]
+    );
+    assert!(parse("[clone]\nmax_rate = \"1kB\"\n").unwrap_err().field == "clone.max_rate");
+    assert!(parse("[clone]\ncompress = \"xz\"\n").unwrap_err().field == "clone.compress");
+}

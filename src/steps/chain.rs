@@ -292,20 +292,24 @@ pub fn basebackup_cmd(
     server: &crate::pg::server::Server,
     conninfo: &crate::pg::Conninfo,
 ) -> Cmd {
-    Cmd::new([
-        server.tool("pg_basebackup"),
-        "-d".into(),
-        conninfo.to_libpq_string(),
-        "-D".into(),
-        m.node.data_dir.display().to_string(),
-        "-X".into(),
-        "stream".into(),
-        "-S".into(),
-        m.slot(),
-        "-c".into(),
-        "fast".into(),
-        "-w".into(),
-    ])
+    Cmd::new(
+        [
+            server.tool("pg_basebackup"),
+            "-d".into(),
+            conninfo.to_libpq_string(),
+            "-D".into(),
+            m.node.data_dir.display().to_string(),
+            "-X".into(),
+            "stream".into(),
+            "-S".into(),
+            m.slot(),
+            "-c".into(),
+            "fast".into(),
+            "-w".into(),
+        ]
+        .into_iter()
+        .chain(m.clone.basebackup_args()),
+    )
     .timeout(Duration::from_secs(24 * 3600))
 }
 
@@ -491,9 +495,15 @@ impl Step for Clone {
         Description {
             host: self.0.host_label(),
             action: format!(
-                "pg_basebackup -d '{conninfo}' -D {} -X stream -S {} -c fast -w; then standby.signal, primary_conninfo, primary_slot_name, port and cluster_name in postgresql.auto.conf",
+                "pg_basebackup -d '{conninfo}' -D {} -X stream -S {} -c fast -w{}; then standby.signal, primary_conninfo, primary_slot_name, port and cluster_name in postgresql.auto.conf",
                 self.data(),
-                self.0.slot()
+                self.0.slot(),
+                self.0
+                    .clone
+                    .basebackup_args()
+                    .iter()
+                    .map(|a| format!(" {a}"))
+                    .collect::<String>()
             ),
             proof: format!("{MARKER} written in the data directory after a complete backup"),
             undo: format!("stop the server and remove {} (only if this run created its contents)", self.data()),

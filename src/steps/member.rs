@@ -53,6 +53,8 @@ pub struct Member {
     pub repl_user: String,
     pub repl_password: Option<crate::pg::SecretRef>,
     pub host: Arc<dyn Host>,
+    /// How its base backup is taken (`[clone]`).
+    pub clone: crate::spec::CloneSettings,
 }
 
 impl Member {
@@ -69,6 +71,7 @@ impl Member {
             repl_user: spec.replication.user.clone(),
             repl_password: spec.replication.password.clone(),
             host,
+            clone: spec.clone,
         })
     }
 
