@@ -728,43 +728,33 @@ async fn a_diverged_old_primary_is_rewound_and_follows_the_new_timeline() {
     assert_eq!(output_of(&status, "reclone")["recloned"], false, "{status}");
 }
 
-/// Where a rewind is impossible (no wal_log_hints, no checksums), the re-sync re-clones.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rewind_that_is_impossible_falls_back_to_a_re_clone() {
+/// Diverge old as `how` says, re-sync it, and check that the rewind was refused `because`
+/// and a re-clone did the work.
+async fn assert_re_cloned(how: Divergence, extra: &str, because: &str) {
     let chain = Chain::new().await;
     cutover(&chain).await;
-    diverge_old(&chain, Divergence::Promoted, "wal_log_hints = off").await;
+    diverge_old(&chain, how, extra).await;
     let status = resync_old_and_check(&chain).await;
     let rewind = output_of(&status, "rewind");
     assert_eq!(rewind["rewound"], false, "{status}");
     assert!(
-        rewind["why"]
-            .as_str()
-            .unwrap_or("")
-            .contains("wal_log_hints"),
+        rewind["why"].as_str().unwrap_or("").contains(because),
         "{rewind}"
     );
     assert_eq!(output_of(&status, "reclone")["recloned"], true, "{status}");
+}
+
+/// Where a rewind is impossible (no wal_log_hints, no checksums), the re-sync re-clones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_that_is_impossible_falls_back_to_a_re_clone() {
+    assert_re_cloned(Divergence::Promoted, "wal_log_hints = off", "wal_log_hints").await;
 }
 
 /// A node started as a primary on the timeline it followed wrote WAL pg_rewind cannot see
 /// ("no rewind required"): the re-sync does not trust that, and re-clones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_divergence_on_one_timeline_is_re_cloned_not_trusted_to_pg_rewind() {
-    let chain = Chain::new().await;
-    cutover(&chain).await;
-    diverge_old(&chain, Divergence::StartedAsPrimary, "").await;
-    let status = resync_old_and_check(&chain).await;
-    let rewind = output_of(&status, "rewind");
-    assert_eq!(rewind["rewound"], false, "{status}");
-    assert!(
-        rewind["why"]
-            .as_str()
-            .unwrap_or("")
-            .contains("no rewind required"),
-        "{rewind}"
-    );
-    assert_eq!(output_of(&status, "reclone")["recloned"], true, "{status}");
+    assert_re_cloned(Divergence::StartedAsPrimary, "", "no rewind required").await;
 }
 
 /// Kill the re-sync at each boundary of each of its steps, resume: old ends as new's standby

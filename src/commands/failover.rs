@@ -19,15 +19,7 @@ pub async fn run(g: &Global, args: &FailoverArgs, ui: &Ui) -> Result<Exit> {
         bail!("a failover needs a confirmation: run it on a terminal, or pass --yes (with --accept-loss unless it is proven lossless); nothing was changed");
     }
     let s = super::run::open(g, "failover", ui).await?;
-    let last = load(&s.inv.state_dir)?.map(|l| l.state);
-    if let Some(st) = last.as_ref().filter(|st| st.finished().is_none()) {
-        bail!(
-            "run {} ({}) is not finished: finish it with `migrate resume -f {a}` or `migrate rollback -f {a}` first (a failover does not start beside an open run); nothing was changed",
-            st.run_id,
-            st.operation,
-            a = s.inv.spec_arg
-        );
-    }
+    let last = super::run::last_finished_run(&s, "a failover")?;
     let lost = current_primary(last.as_ref(), &s.spec);
     let mut op = FailoverOp {
         lost: lost.clone(),

@@ -4,7 +4,6 @@
 use anyhow::{bail, Result};
 
 use crate::cli::{Global, ResyncArgs};
-use crate::engine::replay::load;
 use crate::exit::Exit;
 use crate::plans::failover::current_primary;
 use crate::ui::Ui;
@@ -14,15 +13,7 @@ pub async fn run(g: &Global, args: &ResyncArgs, ui: &Ui) -> Result<Exit> {
         bail!("a re-sync discards what the node wrote on its own: run it on a terminal, or pass --yes; nothing was changed");
     }
     let s = super::run::open(g, "resync", ui).await?;
-    let last = load(&s.inv.state_dir)?.map(|l| l.state);
-    if let Some(st) = last.as_ref().filter(|st| st.finished().is_none()) {
-        bail!(
-            "run {} ({}) is not finished: finish it with `migrate resume -f {a}` or `migrate rollback -f {a}` first; nothing was changed",
-            st.run_id,
-            st.operation,
-            a = s.inv.spec_arg
-        );
-    }
+    let last = super::run::last_finished_run(&s, "a re-sync")?;
     let primary = current_primary(last.as_ref(), &s.spec);
     let plan = crate::plans::resync::plan(&s.spec, &args.node, &primary)?;
     if !g.yes {

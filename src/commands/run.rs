@@ -78,6 +78,24 @@ async fn prepare_hosts(spec: &Spec) {
     while set.join_next().await.is_some() {}
 }
 
+/// The last run in the state directory, refused while it is not finished: `what` does not
+/// start beside an open run.
+pub fn last_finished_run(
+    s: &Session,
+    what: &str,
+) -> Result<Option<crate::engine::replay::RunState>> {
+    let last = crate::engine::replay::load(&s.inv.state_dir)?.map(|l| l.state);
+    if let Some(st) = last.as_ref().filter(|st| st.finished().is_none()) {
+        anyhow::bail!(
+            "run {} ({}) is not finished: finish it with `migrate resume -f {a}` or `migrate rollback -f {a}` first ({what} does not start beside an open run); nothing was changed",
+            st.run_id,
+            st.operation,
+            a = s.inv.spec_arg
+        );
+    }
+    Ok(last)
+}
+
 /// SHA-256 of the spec file, journaled and recorded by `plan`.
 pub fn spec_hash(path: &std::path::Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
