@@ -902,3 +902,46 @@ async fn a_cutover_with_resync_auto_rewinds_an_old_primary_that_diverged() {
         .unwrap();
     assert_eq!(r.get::<_, String>(0), "streaming");
 }
+
+/// The lost primary is frozen (every process of it SIGSTOPped: it takes connections and
+/// answers nothing, and ignores an immediate shutdown): the fence kills it, marks it, and the
+/// failover goes ahead with its WAL end read from its disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_lost_primary_is_killed_by_the_fence() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let chain = Chain::new().await;
+    cutover(&chain).await;
+    chain.wait_caught_up_from("new").await;
+    let postmaster =
+        crate::support::postmaster_pid(&chain.lab.lab.data_dir("new")).expect("new runs");
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &postmaster.to_string()])
+        .output()
+        .unwrap();
+    kill(Pid::from_raw(postmaster), Signal::SIGSTOP).unwrap();
+    for pid in text(&children.stdout).split_whitespace() {
+        let _ = kill(Pid::from_raw(pid.parse().unwrap()), Signal::SIGSTOP);
+    }
+    let out = chain.run(&["failover", "--yes", "--to", "old"], None).await;
+    assert_exit_at(&out, Exit::Done, "failover from a frozen primary");
+    let doc = certificate(&chain);
+    assert_eq!(
+        doc.fenced,
+        migrate::steps::failover::Fenced::Stopped,
+        "{doc:?}"
+    );
+    assert!(doc.fence_detail.contains("SIGKILL"), "{}", doc.fence_detail);
+    assert!(doc.loss_exact, "{doc:?}");
+    assert!(
+        !crate::support::alive(postmaster),
+        "the frozen postmaster survived"
+    );
+    assert!(chain
+        .lab
+        .lab
+        .data_dir("new")
+        .join("standby.signal")
+        .exists());
+    assert_eq!(in_recovery(&chain, "old").await, Some(false));
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -56,8 +56,36 @@ pub struct IsolateOut {
     pub last_known: Option<Seen>,
 }
 
-/// How long stopping a server that does not answer may take.
-const STOP_LIMIT: Duration = Duration::from_secs(30);
+/// How long an immediate shutdown of a server that does not answer may take before it is
+/// killed instead.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// SIGKILL the postmaster of `m`'s data directory and its children, and wait until it is gone:
+/// the fence of a server that answers no signal it can catch.
+async fn kill_postmaster(m: &crate::steps::member::Member) -> Result<()> {
+    const KILL: &str = r#"pid=$(head -n 1 "$1/postmaster.pid" 2>/dev/null) || exit 0
+[ -n "$pid" ] || exit 0
+pkill -KILL -P "$pid" 2>/dev/null; kill -KILL "$pid" 2>/dev/null
+for _ in $(seq 100); do
+  # Gone, or killed and not reaped yet (a PID 1 that does not reap): it writes nothing more.
+  # Its pid file goes with it, so that no status check takes a zombie for a running server.
+  if ! kill -0 "$pid" 2>/dev/null || [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" = Z ]; then
+    rm -f -- "$1/postmaster.pid"; exit 0
+  fi
+  sleep 0.1
+done
+echo "postmaster $pid still runs" >&2; exit 1"#;
+    m.host
+        .run_ok(&crate::host::Cmd::new([
+            "sh".to_string(),
+            "-c".into(),
+            KILL.into(),
+            "migrate-kill".into(),
+            m.node.data_dir.display().to_string(),
+        ]))
+        .await
+        .map(drop)
+}
 
 impl Isolate {
     /// Fence the lost primary; what was done.
@@ -73,11 +101,21 @@ impl Isolate {
             ),
             Writable::No(why) => return Ok((Fenced::NotWritable, why, None)),
             Writable::Silent(why) => {
-                lost.server()?.stop(StopMode::Immediate, STOP_LIMIT).await?;
+                // A frozen server (SIGSTOPped, a hung host process) ignores the immediate
+                // shutdown's SIGQUIT: it is killed, postmaster and children.
+                let how = match lost.server()?.stop(StopMode::Immediate, STOP_LIMIT).await {
+                    Ok(()) => "stopped (immediate)".to_string(),
+                    Err(e) => {
+                        kill_postmaster(lost).await.with_context(|| {
+                            format!("the immediate shutdown failed ({e:#}), and so did SIGKILL")
+                        })?;
+                        format!("the immediate shutdown failed ({e:#}): killed (SIGKILL)")
+                    }
+                };
                 lost.host.write_files(&[signal()]).await?;
                 return Ok((
                     Fenced::Stopped,
-                    format!("{why}: stopped (immediate) and marked with standby.signal"),
+                    format!("{why}: {how} and marked with standby.signal"),
                     None,
                 ));
             }
