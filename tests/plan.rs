@@ -423,6 +423,11 @@ async fn with_the_chain_running_the_build_and_the_reverse_path_are_checked() {
     );
     assert_eq!(check(&v, "replication_auth:dr")["status"], "pass");
     assert_eq!(check(&v, "same_cluster:dr")["status"], "pass");
+    // pg_rewind's source after the cutover (new) and after a switchback (old).
+    for node in ["new", "old"] {
+        let c = check(&v, &format!("rewind_role:{node}"));
+        assert_eq!(c["status"], "pass", "{c}");
+    }
     assert_eq!(
         check(&v, "clocks")["status"],
         "pass",

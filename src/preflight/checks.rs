@@ -105,6 +105,42 @@ async fn gather(node: &crate::spec::Node) -> anyhow::Result<Facts> {
     })
 }
 
+/// `rewind_role:<node>`: a re-sync runs pg_rewind against the serving primary (the target after
+/// the cutover, the old primary after a switchback) as the user of its conninfo, which must be
+/// allowed to read its files; otherwise the re-sync falls back to a full re-clone.
+async fn rewind_roles(checks: &mut Vec<Check>, spec: &Spec, facts: &BTreeMap<String, Facts>) {
+    const SQL: &str = "SELECT rolsuper OR (has_function_privilege('pg_ls_dir(text, boolean, boolean)', 'execute')
+        AND has_function_privilege('pg_stat_file(text, boolean)', 'execute')
+        AND has_function_privilege('pg_read_binary_file(text)', 'execute')
+        AND has_function_privilege('pg_read_binary_file(text, bigint, bigint, boolean)', 'execute')),
+        current_user::text FROM pg_roles WHERE rolname = current_user";
+    for node in [spec.primary(), spec.target()] {
+        let Some(f) = facts.get(&node.name) else {
+            continue;
+        };
+        let id = format!("rewind_role:{}", node.name);
+        match f.client.query_one(SQL, &[]).await {
+            Ok(r) if r.get::<_, bool>(0) => checks.push(Check::pass(
+                id,
+                format!(
+                    "{} may read {}'s files for pg_rewind",
+                    r.get::<_, String>(1),
+                    node.name
+                ),
+            )),
+            Ok(r) => {
+                let user: String = r.get(1);
+                checks.push(Check::warn(
+                    id,
+                    format!("{user} may not read {}'s files: a re-sync from it cannot use pg_rewind and re-clones instead", node.name),
+                    format!("GRANT EXECUTE ON FUNCTION pg_ls_dir(text, boolean, boolean), pg_stat_file(text, boolean), pg_read_binary_file(text), pg_read_binary_file(text, bigint, bigint, boolean) TO {user};"),
+                ));
+            }
+            Err(e) => checks.push(Check::warn(id, format!("could not check: {e:#}"), "")),
+        }
+    }
+}
+
 /// What plan saw of a node, recorded so that `cutover` can tell whether the topology drifted.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
@@ -352,6 +388,7 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
         ));
     }
 
+    rewind_roles(&mut checks, spec, &facts).await;
     control_compatibility(&mut checks, &facts, p).await;
     collations(&mut checks, &facts, p).await;
     clocks(&mut checks, &facts).await;
