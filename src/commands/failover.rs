@@ -19,7 +19,18 @@ pub async fn run(g: &Global, args: &FailoverArgs, ui: &Ui) -> Result<Exit> {
         bail!("a failover needs a confirmation: run it on a terminal, or pass --yes (with --accept-loss unless it is proven lossless); nothing was changed");
     }
     let s = super::run::open(g, "failover", ui).await?;
-    let last = super::run::last_finished_run(&s, "a failover")?;
+    // An open run cannot go on without its primary: the failover abandons it (its journal is
+    // kept; nothing of it is undone) and says so before anything changes.
+    let last = load(&s.inv.state_dir)?.map(|l| l.state);
+    let abandons = last
+        .as_ref()
+        .filter(|st| st.finished().is_none())
+        .map(|st| {
+            format!(
+                "run {} ({}) is open and will be abandoned (its journal kept)",
+                st.run_id, st.operation
+            )
+        });
     let lost = current_primary(last.as_ref(), &s.spec);
     let mut op = FailoverOp {
         lost: lost.clone(),
@@ -39,6 +50,9 @@ pub async fn run(g: &Global, args: &FailoverArgs, ui: &Ui) -> Result<Exit> {
     let words = crate::steps::failover::describe_loss(&preview, &lost, &op.to);
     let exact = preview.evidence.exact();
     ui.line(format!("Failover from {lost} (lost) to {}: {words}", op.to));
+    if let Some(a) = &abandons {
+        ui.warn(a);
+    }
     match (args.accept_loss, g.yes) {
         (Some(a), _) => {
             if let Err(why) = loss_verdict(preview.loss_bytes, exact, Some(a)) {
@@ -80,7 +94,7 @@ pub async fn run(g: &Global, args: &FailoverArgs, ui: &Ui) -> Result<Exit> {
         }
     }
     let plan = failover::plan(&s.spec, &op, last_known)?;
-    let exit = super::run::start(ui, &s, plan, None).await?;
+    let exit = super::run::start_with(ui, &s, plan, None, abandons.is_some()).await?;
     let Some(st) = load(&s.inv.state_dir)?.map(|l| l.state) else {
         return Ok(exit);
     };

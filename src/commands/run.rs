@@ -151,9 +151,25 @@ where
 
 /// Start a new run of `plan` and run it to its end under the runner's policy.
 pub async fn start(ui: &Ui, s: &Session, plan: Plan, pause_before: Option<String>) -> Result<Exit> {
+    start_with(ui, s, plan, pause_before, false).await
+}
+
+/// [`start`], abandoning an unfinished run when `abandon` (a failover: see
+/// [`Runner::start_abandoning`]).
+pub async fn start_with(
+    ui: &Ui,
+    s: &Session,
+    plan: Plan,
+    pause_before: Option<String>,
+    abandon: bool,
+) -> Result<Exit> {
     let inv = s.inv.clone();
     drive(ui, &s.spec, |events, mut signals| async move {
-        let mut runner = Runner::start(plan, inv, events)?;
+        let mut runner = if abandon {
+            Runner::start_abandoning(plan, inv, events)?
+        } else {
+            Runner::start(plan, inv, events)?
+        };
         runner.pause_before(pause_before)?;
         runner.run(Some(&mut signals)).await
     })

@@ -157,22 +157,36 @@ impl Runner {
     /// Begin a new run. Refuses while an unfinished run exists; a finished run's journal is
     /// kept as `journal-<run id>.jsonl`.
     pub fn start(plan: Plan, inv: Invocation, events: EventSink) -> Result<Runner> {
+        Self::start_with(plan, inv, events, false)
+    }
+
+    /// Begin a new run even beside an unfinished one, which is abandoned: its journal is kept
+    /// as `journal-<run id>-abandoned.jsonl` and nothing of it is undone. Only for the
+    /// emergency (a failover), when the unfinished run cannot go on because its primary is lost.
+    pub fn start_abandoning(plan: Plan, inv: Invocation, events: EventSink) -> Result<Runner> {
+        Self::start_with(plan, inv, events, true)
+    }
+
+    fn start_with(plan: Plan, inv: Invocation, events: EventSink, abandon: bool) -> Result<Runner> {
         if let Some(old) = load(&inv.state_dir)? {
             let old = old.state;
-            match old.finished() {
-                None => {
+            let name = match old.finished() {
+                None if !abandon => {
                     return Err(Self::refused(&inv, format!(
                         "run {} ({}) is not finished: continue it with `migrate resume -f {a}` or undo it with `migrate rollback -f {a}`",
                         old.run_id, old.operation, a = inv.spec_arg
                     )))
                 }
-                Some(_) => {
-                    let archived = inv.state_dir.join(format!("journal-{}.jsonl", old.run_id));
-                    std::fs::rename(inv.state_dir.join(JOURNAL_FILE), &archived).with_context(
-                        || format!("archive the finished run's journal as {}", archived.display()),
-                    )?;
-                }
-            }
+                None => format!("journal-{}-abandoned.jsonl", old.run_id),
+                Some(_) => format!("journal-{}.jsonl", old.run_id),
+            };
+            let archived = inv.state_dir.join(name);
+            std::fs::rename(inv.state_dir.join(JOURNAL_FILE), &archived).with_context(|| {
+                format!(
+                    "archive the previous run's journal as {}",
+                    archived.display()
+                )
+            })?;
         }
         let run_id = format!(
             "{}-{:06x}",
