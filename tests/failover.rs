@@ -166,6 +166,22 @@ async fn walsender_pid(chain: &Chain, on: &str, standby: &str) -> i32 {
     .get(0)
 }
 
+/// Send `signal` to `node`'s postmaster and every child of it; the postmaster's pid.
+fn signal_server(chain: &Chain, node: &str, signal: nix::sys::signal::Signal) -> i32 {
+    use nix::unistd::Pid;
+    let postmaster =
+        crate::support::postmaster_pid(&chain.lab.lab.data_dir(node)).expect("the server runs");
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &postmaster.to_string()])
+        .output()
+        .unwrap();
+    nix::sys::signal::kill(Pid::from_raw(postmaster), signal).unwrap();
+    for pid in text(&children.stdout).split_whitespace() {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid.parse().unwrap()), signal);
+    }
+    postmaster
+}
+
 /// The new primary dies the hard way with old behind it: its walsenders to the cascades
 /// freeze first, the one to old 300 ms later (so old has more than the cascades and they can
 /// follow it), then, 300 ms of writes later, every process of the server is SIGKILLed.
@@ -179,16 +195,7 @@ async fn crash_new_with_old_behind(chain: &Chain) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop(walsender_pid(chain, "new", "old").await);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let postmaster =
-        crate::support::postmaster_pid(&chain.lab.lab.data_dir("new")).expect("new runs");
-    let children = std::process::Command::new("pgrep")
-        .args(["-P", &postmaster.to_string()])
-        .output()
-        .unwrap();
-    kill(Pid::from_raw(postmaster), Signal::SIGKILL).unwrap();
-    for pid in text(&children.stdout).split_whitespace() {
-        let _ = kill(Pid::from_raw(pid.parse().unwrap()), Signal::SIGKILL);
-    }
+    let postmaster = signal_server(chain, "new", Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(10);
     while crate::support::alive(postmaster) {
         assert!(
@@ -908,21 +915,11 @@ async fn a_cutover_with_resync_auto_rewinds_an_old_primary_that_diverged() {
 /// failover goes ahead with its WAL end read from its disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_lost_primary_is_killed_by_the_fence() {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
+    use nix::sys::signal::Signal;
     let chain = Chain::new().await;
     cutover(&chain).await;
     chain.wait_caught_up_from("new").await;
-    let postmaster =
-        crate::support::postmaster_pid(&chain.lab.lab.data_dir("new")).expect("new runs");
-    let children = std::process::Command::new("pgrep")
-        .args(["-P", &postmaster.to_string()])
-        .output()
-        .unwrap();
-    kill(Pid::from_raw(postmaster), Signal::SIGSTOP).unwrap();
-    for pid in text(&children.stdout).split_whitespace() {
-        let _ = kill(Pid::from_raw(pid.parse().unwrap()), Signal::SIGSTOP);
-    }
+    let postmaster = signal_server(&chain, "new", Signal::SIGSTOP);
     let out = chain.run(&["failover", "--yes", "--to", "old"], None).await;
     assert_exit_at(&out, Exit::Done, "failover from a frozen primary");
     let doc = certificate(&chain);
