@@ -989,3 +989,29 @@ async fn a_failover_abandons_an_open_cutover_whose_new_primary_is_lost() {
     assert_eq!(certificate(&chain).lost, "new");
     assert_eq!(in_recovery(&chain, "old").await, Some(false));
 }
+
+/// Over ssh, as from a bastion (each site its own network namespace and sshd): the new
+/// primary lost after a cutover, `failover --to old` reads its WAL end over ssh (exact), and
+/// `resync new` brings it back as old's standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_and_resync_over_ssh() {
+    let chain = Chain::new_with(migrate::lab::Layout::Plain, migrate::lab::Hosts::Ssh).await;
+    cutover(&chain).await;
+    chain.wait_caught_up_from("new").await;
+    chain.kill_server("new").await;
+    let (out, _) = failover_accepting_what_it_measures(&chain, &["--to", "old"]).await;
+    assert_exit_at(&out, Exit::Done, "failover over ssh");
+    let doc = certificate(&chain);
+    assert!(doc.loss_exact, "new's disk is read over ssh: {doc:?}");
+    assert_eq!(in_recovery(&chain, "old").await, Some(false));
+    let out = chain.run(&["resync", "--yes", "new"], None).await;
+    assert_exit_at(&out, Exit::Done, "resync over ssh");
+    assert_eq!(in_recovery(&chain, "new").await, Some(true));
+    let r = connect(&chain.ep("new"))
+        .await
+        .unwrap()
+        .query_one("SELECT status FROM pg_stat_wal_receiver", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "streaming");
+}
