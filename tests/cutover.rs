@@ -646,21 +646,21 @@ async fn assert_writes_through_pgbouncer(chain: &Chain, client: i32) {
 }
 
 /// Add settings to the chain's `[cutover]` table.
-fn cutover_settings(chain: &Chain, settings: &str) {
+pub(crate) fn cutover_settings(chain: &Chain, settings: &str) {
     let spec_text = std::fs::read_to_string(&chain.spec)
         .unwrap()
         .replace("[cutover]\n", &format!("[cutover]\n{settings}"));
     std::fs::write(&chain.spec, spec_text).unwrap();
 }
 
-fn all_nodes(chain: &Chain) -> Vec<migrate::pg::Endpoint> {
+pub(crate) fn all_nodes(chain: &Chain) -> Vec<migrate::pg::Endpoint> {
     ["old", "new", "new_replica", "dr"]
         .iter()
         .map(|n| chain.ep(n))
         .collect()
 }
 
-async fn in_recovery(chain: &Chain, node: &str) -> Option<bool> {
+pub(crate) async fn in_recovery(chain: &Chain, node: &str) -> Option<bool> {
     let c = connect(&chain.ep(node)).await.ok()?;
     migrate::pg::sql::in_recovery(&c).await.ok()
 }

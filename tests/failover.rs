@@ -9,6 +9,7 @@ use migrate::exit::Exit;
 use migrate::pg::{connect, Lsn};
 use migrate::steps::failover::FailoverDoc;
 
+use crate::cutover::{all_nodes, cutover_settings, in_recovery};
 use crate::replication::Chain;
 use crate::support::{assert_exit_at, text, PrimarySampler};
 
@@ -123,18 +124,6 @@ async fn missing(chain: &Chain, node: &str, commits: &[Commit]) -> Vec<Commit> {
         .iter()
         .filter(|k| !have.contains(&(k.client, k.seq)))
         .copied()
-        .collect()
-}
-
-async fn in_recovery(chain: &Chain, node: &str) -> Option<bool> {
-    let c = connect(&chain.ep(node)).await.ok()?;
-    migrate::pg::sql::in_recovery(&c).await.ok()
-}
-
-fn all_nodes(chain: &Chain) -> Vec<migrate::pg::Endpoint> {
-    ["old", "new", "new_replica", "dr"]
-        .iter()
-        .map(|n| chain.ep(n))
         .collect()
 }
 
@@ -355,12 +344,7 @@ async fn failover_to_old_after_the_new_primary_dies_reports_a_window_covering_ev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_new_datacenter_lost_fails_over_to_dr_with_nothing_lost_and_old_following() {
     let chain = Chain::new().await;
-    let spec = std::fs::read_to_string(&chain.spec).unwrap();
-    std::fs::write(
-        &chain.spec,
-        spec.replace("[cutover]\n", "[cutover]\nresync = \"auto\"\n"),
-    )
-    .unwrap();
+    cutover_settings(&chain, "resync = \"auto\"\n");
     cutover(&chain).await;
     let w = LsnWriter::start(&chain, 4);
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -764,14 +748,20 @@ async fn a_divergence_on_one_timeline_is_re_cloned_not_trusted_to_pg_rewind() {
     assert_re_cloned(Divergence::StartedAsPrimary, "", "no rewind required").await;
 }
 
-/// Kill the re-sync at each boundary of each of its steps, resume: old ends as new's standby
-/// each time. Each round diverges old again first.
+/// Kill the re-sync at each boundary of each of its steps, and right after pg_rewind, resume:
+/// old ends as new's standby each time. Each round diverges old again first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_matrix_of_the_resync() {
     use crate::support::crash::{assert_killed, boundaries};
     let chain = Chain::new().await;
     cutover(&chain).await;
-    for point in boundaries(migrate::plans::resync::STEPS) {
+    let mut points = boundaries(migrate::plans::resync::STEPS);
+    // Inside the rewind: pg_rewind done, the node's own settings not yet written back.
+    points.push(crate::support::crash::Point {
+        step: "rewind".into(),
+        when: "rewound",
+    });
+    for point in points {
         let at = point.at();
         // Rows of earlier rounds are on new: start each round from a clean ledger.
         for client in [900, 901] {
@@ -835,12 +825,7 @@ async fn no_fence_is_the_operators_word_for_an_unreachable_lost_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cutover_with_resync_auto_rewinds_an_old_primary_that_diverged() {
     let chain = Chain::new().await;
-    let spec = std::fs::read_to_string(&chain.spec).unwrap();
-    std::fs::write(
-        &chain.spec,
-        spec.replace("[cutover]\n", "[cutover]\nresync = \"auto\"\n"),
-    )
-    .unwrap();
+    cutover_settings(&chain, "resync = \"auto\"\n");
     chain.plan_ok().await;
     let out = chain
         .run(

@@ -308,7 +308,7 @@ pub fn basebackup_cmd(
             "-w".into(),
         ]
         .into_iter()
-        .chain(m.clone.basebackup_args()),
+        .chain(m.clone_settings.basebackup_args()),
     )
     .timeout(Duration::from_secs(24 * 3600))
 }
@@ -499,7 +499,7 @@ impl Step for Clone {
                 self.data(),
                 self.0.slot(),
                 self.0
-                    .clone
+                    .clone_settings
                     .basebackup_args()
                     .iter()
                     .map(|a| format!(" {a}"))

@@ -54,7 +54,7 @@ pub struct Member {
     pub repl_password: Option<crate::pg::SecretRef>,
     pub host: Arc<dyn Host>,
     /// How its base backup is taken (`[clone]`).
-    pub clone: crate::spec::CloneSettings,
+    pub clone_settings: crate::spec::CloneSettings,
 }
 
 impl Member {
@@ -71,7 +71,7 @@ impl Member {
             repl_user: spec.replication.user.clone(),
             repl_password: spec.replication.password.clone(),
             host,
-            clone: spec.clone,
+            clone_settings: spec.clone,
         })
     }
 

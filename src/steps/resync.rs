@@ -16,7 +16,7 @@ use super::member::{Member, Port};
 use super::switchover::follow::wait_following;
 use super::switchover::proof::controldata;
 use crate::engine::{Cx, Description, Kind, Step};
-use crate::host::{Cmd, FileWrite};
+use crate::host::Cmd;
 use crate::pg::secret::resolve_password;
 use crate::pg::service::StopMode;
 use crate::pg::{connect, sql};
@@ -33,26 +33,45 @@ const SERVER_LIMIT: Duration = Duration::from_secs(120);
 /// How long the rejoined node may take to stream.
 const FOLLOW_LIMIT: Duration = Duration::from_secs(120);
 
+/// How long one database call of a re-sync may take (a CHECKPOINT: [`CHECKPOINT_LIMIT`]).
+const SQL_LIMIT: Duration = Duration::from_secs(30);
+const CHECKPOINT_LIMIT: Duration = Duration::from_secs(600);
+
+/// `work` within `limit`, or an error naming `what`.
+async fn within<T>(
+    what: &str,
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what}: no answer within {limit:?}"))?
+}
+
 impl Resync {
     /// The primary's timeline.
     async fn timeline(&self) -> Result<i32> {
-        let c = connect(&self.primary.endpoint()).await?;
-        if sql::in_recovery(&c).await? {
-            bail!("{} is not a primary", self.primary.name());
-        }
-        let f: String = c
-            .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
-            .await?
-            .get(0);
-        Ok(i32::from_str_radix(f.get(..8).unwrap_or_default(), 16)?)
+        within("the primary's timeline", SQL_LIMIT, async {
+            let c = connect(&self.primary.endpoint()).await?;
+            if sql::in_recovery(&c).await? {
+                bail!("{} is not a primary", self.primary.name());
+            }
+            let f: String = c
+                .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+                .await?
+                .get(0);
+            Ok(i32::from_str_radix(f.get(..8).unwrap_or_default(), 16)?)
+        })
+        .await
     }
 
-    fn signal(&self) -> FileWrite {
-        FileWrite::new(
-            self.m.node.data_dir.join("standby.signal"),
-            Vec::new(),
-            0o600,
-        )
+    /// The slot the node streams through, on the primary.
+    async fn slot(&self) -> Result<()> {
+        within("create the slot on the primary", SQL_LIMIT, async {
+            let c = connect(&self.primary.endpoint()).await?;
+            sql::create_physical_slot(&c, &self.m.slot()).await
+        })
+        .await
     }
 }
 
@@ -130,8 +149,12 @@ impl Rewind {
         let r = &self.0;
         let server = r.m.server()?;
         server.stop(StopMode::Fast, SERVER_LIMIT).await?;
-        // The mark first: whatever starts it from now on starts a standby.
-        r.m.host.write_files(&[r.signal()]).await?;
+        // Its own settings as the primary's standby, and the mark, first: whatever starts it
+        // from now on (the clean shutdown below, a resume after a crash in the middle of
+        // pg_rewind, which copies the primary's settings) starts a standby on its own port.
+        r.m.host
+            .write_files(&r.m.standby_files(kept.auto_conf.as_bytes(), Port::Keep)?)
+            .await?;
         let ctl = controldata(&r.m).await?;
         if !ctl.state.starts_with("shut down") {
             // pg_rewind needs a clean shutdown: recover as a standby, then stop.
@@ -139,11 +162,13 @@ impl Rewind {
             server.stop(StopMode::Fast, SERVER_LIMIT).await?;
         }
         // The control file must show the primary's timeline (P7).
-        connect(&r.primary.endpoint())
-            .await?
-            .batch_execute("CHECKPOINT")
-            .await
-            .context("CHECKPOINT on the primary")?;
+        within("CHECKPOINT on the primary", CHECKPOINT_LIMIT, async {
+            Ok(connect(&r.primary.endpoint())
+                .await?
+                .batch_execute("CHECKPOINT")
+                .await?)
+        })
+        .await?;
         let source = &r.primary.node;
         let password = resolve_password(source.password.as_ref(), &source.conninfo)?;
         let user = source
@@ -171,6 +196,8 @@ impl Rewind {
         if let Some(why) = untrusted_rewind(&said) {
             return Ok(Err(why));
         }
+        // Rewound, the primary's settings copied over its own: the crash matrix kills here.
+        crate::engine::failpoint::point(&StepId::Rewind.to_string(), "rewound").await;
         // pg_rewind copied the primary's postgresql.auto.conf: the node's own comes back, as
         // the primary's standby.
         r.m.host
@@ -305,8 +332,7 @@ impl Step for Reclone {
                 "-delete",
             ]))
             .await?;
-        let c = connect(&r.primary.endpoint()).await?;
-        sql::create_physical_slot(&c, &r.m.slot()).await?;
+        r.slot().await?;
         let conninfo = r.m.replication_conninfo(None)?;
         cx.progress(
             &StepId::Reclone,
@@ -354,8 +380,7 @@ impl Step for Rejoin {
     async fn apply(&self, cx: &Cx) -> Result<super::switchover::reverse::TimelineOut> {
         let r = &self.0;
         let tli = r.timeline().await?;
-        let c = connect(&r.primary.endpoint()).await?;
-        sql::create_physical_slot(&c, &r.m.slot()).await?;
+        r.slot().await?;
         r.m.server()?
             .launch_unless_running(&r.m.node.log_file)
             .await?;

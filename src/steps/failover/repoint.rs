@@ -36,6 +36,9 @@ pub struct RepointOut {
     pub not_following: Vec<Behind>,
 }
 
+/// The most one standby's repointing may take, its restart included.
+const PER_NODE: Duration = Duration::from_secs(180);
+
 /// How long a reloaded standby gets to follow before it is restarted, and after.
 const AFTER_RELOAD: Duration = Duration::from_secs(20);
 const AFTER_RESTART: Duration = Duration::from_secs(60);
@@ -111,7 +114,10 @@ impl Step for Repoint {
         let tli = new_timeline(cx)?;
         let (mut following, mut not_following) = (Vec::new(), Vec::new());
         for m in &self.0.d.followers {
-            match self.repoint(m, tli, cx).await {
+            let done = tokio::time::timeout(PER_NODE, self.repoint(m, tli, cx))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no end within {PER_NODE:?}")));
+            match done {
                 Ok(()) => following.push(m.name().to_string()),
                 Err(e) => {
                     let why = format!("{e:#}");
