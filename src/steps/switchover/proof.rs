@@ -120,7 +120,7 @@ pub(crate) async fn controldata(m: &Member) -> Result<Control> {
     parse_controldata(&out.stdout_text(), m.name())
 }
 
-fn parse_controldata(text: &str, node: &str) -> Result<Control> {
+pub(crate) fn parse_controldata(text: &str, node: &str) -> Result<Control> {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
