@@ -168,9 +168,16 @@ pub struct RehearseArgs {
     #[arg(long, value_enum, default_value_t)]
     pub layout: crate::lab::Layout,
     /// local: everything on loopback; ssh: each site in its own network namespace with its
-    /// own sshd, driven over ssh as from a bastion (needs root).
+    /// own sshd, driven over ssh as from a bastion (needs root); compose: the containers of
+    /// docker-compose.yml on this machine's Docker engine, driven with docker exec.
     #[arg(long, value_enum, default_value_t)]
     pub hosts: crate::lab::Hosts,
+    /// The same as --hosts compose.
+    #[arg(long, conflicts_with = "hosts")]
+    pub compose: bool,
+    /// A compose lab's PostgreSQL major: 13, 15 (default) or 17.
+    #[arg(long, value_name = "MAJOR")]
+    pub pg: Option<u32>,
     /// Inject a fault and report what the tool did: kill-target-during-catchup,
     /// stop-target-after-fence, crash-tool-after-promote, route-failure,
     /// idle-in-transaction-client, hang-target, restart-old-after-proof, old-cannot-follow,
@@ -222,8 +229,19 @@ pub enum LabAction {
     Up(LabArgs),
     /// Show each lab node's port, role and whether it is up.
     Status(LabDir),
-    /// Stop every process the lab started. Safe to run twice.
+    /// Stop every process the lab started (a compose lab: remove its containers and
+    /// network). Safe to run twice.
     Down(LabDownArgs),
+    /// Build the compose lab's image for each major (migrate-lab-pg:<major>) unless present:
+    /// the Debian base image is pulled, or made with debootstrap where it cannot be.
+    Image(LabImageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabImageArgs {
+    /// PostgreSQL majors (13, 15, 17); default 15.
+    #[arg(long, value_name = "MAJOR", num_args = 1.., default_values_t = [crate::lab::compose::DEFAULT_MAJOR])]
+    pub pg: Vec<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -239,9 +257,13 @@ pub struct LabArgs {
     #[arg(long, value_enum, default_value_t)]
     pub layout: crate::lab::Layout,
     /// local: everything on loopback; ssh: each site (old datacenter, new datacenter, DR,
-    /// application) in its own network namespace with its own sshd; needs root.
+    /// application) in its own network namespace with its own sshd; needs root. compose:
+    /// the containers of docker-compose.yml, driven with docker exec.
     #[arg(long, value_enum, default_value_t)]
     pub hosts: crate::lab::Hosts,
+    /// A compose lab's PostgreSQL major: 13, 15 (default) or 17.
+    #[arg(long, value_name = "MAJOR")]
+    pub pg: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,6 @@
 //! `migrate lab up|status|down`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::LabAction;
 use crate::exit::Exit;
@@ -10,8 +10,17 @@ use crate::ui::Ui;
 pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
     match action {
         LabAction::Up(args) => {
-            let lab = Lab::new(&args.dir.dir, args.base_port, args.layout, args.hosts)?;
+            let lab = Lab::new_with_major(
+                &args.dir.dir,
+                args.base_port,
+                args.layout,
+                args.hosts,
+                args.pg,
+            )?;
             let status = lab.up().await?;
+            for n in &status.notes {
+                ui.line(n);
+            }
             show(ui, &status);
             if !ui.json() {
                 ui.line("");
@@ -22,6 +31,20 @@ pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
                     status.pgbouncer_port
                 ));
                 ui.line(format!("spec for this lab: {}", status.spec.display()));
+            }
+            Ok(Exit::Done)
+        }
+        LabAction::Image(args) => {
+            for major in &args.pg {
+                crate::lab::compose::release_of(*major)?;
+            }
+            crate::lab::compose::engine_running().await?;
+            let context = tempfile::tempdir().context("a folder for the build context")?;
+            for major in &args.pg {
+                crate::lab::compose::write_build_context(context.path())?;
+                for n in crate::lab::compose::ensure_image(*major, context.path()).await? {
+                    ui.line(n);
+                }
             }
             Ok(Exit::Done)
         }

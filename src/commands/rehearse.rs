@@ -19,7 +19,12 @@ pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
         },
         base_port: args.base_port,
         layout: args.layout,
-        hosts: args.hosts,
+        hosts: if args.compose {
+            crate::lab::Hosts::Compose
+        } else {
+            args.hosts
+        },
+        pg_major: args.pg,
         scale_mb: args.scale,
         clients: args.clients,
         pace: std::time::Duration::from_millis(args.pace_ms),

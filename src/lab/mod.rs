@@ -13,6 +13,7 @@
 //! ```
 //! As root, servers and PgBouncer run as the `postgres` OS user (both refuse root).
 
+pub mod compose;
 pub mod debian;
 pub mod netns;
 pub mod pgbouncer;
@@ -36,6 +37,7 @@ use crate::pg::server::{find_local_bin_dir, RunState, Server, StopMode};
 use crate::pg::service::Service;
 use crate::pg::{connect, Conninfo, Endpoint, SecretRef};
 use crate::spec::Role;
+use compose::{Compose, ComposeState};
 use debian::Debian;
 use netns::Sites;
 use pgbouncer::Bouncer;
@@ -93,6 +95,9 @@ struct LabState {
     /// Each site in its own network namespace, reached over ssh.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     ssh_sites: bool,
+    /// The containers of docker-compose.yml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    compose: Option<ComposeState>,
 }
 
 /// Where the lab's servers run and how migrate reaches them.
@@ -104,6 +109,19 @@ pub enum Hosts {
     /// Each site (old datacenter, new datacenter, DR, application) in its own network
     /// namespace with its own sshd and addresses; migrate drives them over ssh (needs root).
     Ssh,
+    /// The containers of docker-compose.yml on this machine's Docker engine, driven with
+    /// `docker exec` (images of Debian's packages; `--pg` picks the major).
+    Compose,
+}
+
+impl Hosts {
+    fn word(self) -> &'static str {
+        match self {
+            Hosts::Local => "local",
+            Hosts::Ssh => "ssh",
+            Hosts::Compose => "compose",
+        }
+    }
 }
 
 /// How the lab's servers are laid out and managed.
@@ -125,6 +143,8 @@ pub struct Lab {
     pub debian: Option<Debian>,
     /// The separate sites of `--hosts ssh`; None when everything is local.
     pub sites: Option<Sites>,
+    /// The containers of `--hosts compose`.
+    pub compose: Option<Compose>,
     host: LocalHost,
 }
 
@@ -149,6 +169,9 @@ pub struct LabStatus {
     pub pgbouncer_host: String,
     pub pgbouncer_port: u16,
     pub pgbouncer_running: bool,
+    /// What bringing the lab up did beyond the usual (a compose lab's images).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Pure: `path` and every folder above it, from the root down (`/a/b` → `/`, `/a`, `/a/b`).
@@ -173,7 +196,21 @@ impl Lab {
     /// A lab in `dir` on `base_port`. An existing lab keeps its recorded port; asking for
     /// another one is refused.
     pub fn new(dir: &Path, base_port: u16, layout: Layout, hosts: Hosts) -> Result<Lab> {
+        Lab::new_with_major(dir, base_port, layout, hosts, None)
+    }
+
+    /// As [`Lab::new`]; `pg_major` picks a compose lab's PostgreSQL major (default 15).
+    pub fn new_with_major(
+        dir: &Path,
+        base_port: u16,
+        layout: Layout,
+        hosts: Hosts,
+        pg_major: Option<u32>,
+    ) -> Result<Lab> {
         let dir = absolute(dir)?;
+        if pg_major.is_some() && hosts != Hosts::Compose {
+            bail!("--pg picks the major of a compose lab's images; add --hosts compose (the other labs run this machine's PostgreSQL)");
+        }
         if base_port.checked_add(PORT_SPAN).is_none() || base_port < 1024 {
             bail!(
                 "--base-port {base_port} is out of range; choose one between 1024 and {}",
@@ -193,8 +230,9 @@ impl Lab {
             } else {
                 Layout::Plain
             };
-            if state.ssh_sites != (hosts == Hosts::Ssh) {
-                let was = if state.ssh_sites { "ssh" } else { "local" };
+            let was_hosts = state_hosts(state);
+            if was_hosts != hosts {
+                let was = was_hosts.word();
                 bail!(
                     "the lab in {} was made with --hosts {was}; pass --hosts {was} or remove the directory",
                     dir.display()
@@ -209,8 +247,43 @@ impl Lab {
                 );
             }
         }
-        if layout == Layout::Debian && hosts == Hosts::Ssh {
-            bail!("--layout debian and --hosts ssh cannot be combined yet; choose one");
+        if layout == Layout::Debian && hosts != Hosts::Local {
+            bail!(
+                "--layout debian and --hosts {} cannot be combined yet; choose one",
+                hosts.word()
+            );
+        }
+        if let (Some(state), Some(m)) = (&existing, pg_major) {
+            if let Some(c) = state.compose.as_ref().filter(|c| c.major != m) {
+                bail!(
+                    "the lab in {} runs PostgreSQL {}; pass --pg {} or remove the directory",
+                    dir.display(),
+                    c.major,
+                    c.major
+                );
+            }
+        }
+        let compose = match hosts {
+            Hosts::Compose => {
+                let major = existing
+                    .as_ref()
+                    .and_then(|s| s.compose.as_ref().map(|c| c.major))
+                    .or(pg_major)
+                    .unwrap_or(compose::DEFAULT_MAJOR);
+                Some(Compose::new(base_port, major, &dir)?)
+            }
+            _ => None,
+        };
+        if let Some(c) = &compose {
+            return Ok(Lab {
+                bin_dir: c.bin_dir(),
+                dir,
+                base_port,
+                debian: None,
+                sites: None,
+                compose,
+                host: LocalHost::new(None)?,
+            });
         }
         let bin_dir = find_local_bin_dir()?;
         let debian = match (existing.and_then(|s| s.debian), layout) {
@@ -225,6 +298,7 @@ impl Lab {
             bin_dir,
             debian,
             sites,
+            compose: None,
             host: lab_host()?,
         })
     }
@@ -239,32 +313,55 @@ impl Lab {
                 dir.display()
             )
         })?;
+        let compose = match &state.compose {
+            Some(c) => Some(Compose::new(state.base_port, c.major, &dir)?),
+            None => None,
+        };
         Ok(Lab {
             sites: state.ssh_sites.then(|| Sites::new(state.base_port, &dir)),
+            host: if compose.is_some() {
+                LocalHost::new(None)?
+            } else {
+                lab_host()?
+            },
+            compose,
             dir,
             base_port: state.base_port,
             bin_dir: state.bin_dir,
             debian: state.debian,
-            host: lab_host()?,
         })
     }
 
     pub fn port(&self, node: &str) -> u16 {
+        if self.compose.is_some() {
+            return compose::PORT;
+        }
         let n = NODES.iter().find(|n| n.name == node).expect("a lab node");
         self.base_port + n.offset
     }
     pub fn pgbouncer_port(&self) -> u16 {
+        if self.compose.is_some() {
+            return compose::PGBOUNCER_PORT;
+        }
         self.base_port + PGBOUNCER_OFFSET
     }
     pub fn node_dir(&self, node: &str) -> PathBuf {
         self.dir.join("nodes").join(node)
     }
+    /// On the node's host (in a compose lab: inside its container).
     pub fn data_dir(&self, node: &str) -> PathBuf {
+        if self.compose.is_some() {
+            return PathBuf::from(compose::DATA_DIR);
+        }
         self.node_dir(node).join("data")
     }
     /// Remove every node's data directory (the lab must be down); the bytes removed. Logs,
     /// the spec and the state directory stay.
     pub fn remove_data(&self) -> Result<u64> {
+        if self.compose.is_some() {
+            // The containers held the data; `down` removed them.
+            return Ok(0);
+        }
         let mut bytes = 0;
         for n in NODES {
             let d = self.data_dir(n.name);
@@ -277,6 +374,9 @@ impl Lab {
     }
 
     pub fn server_log(&self, node: &str) -> PathBuf {
+        if self.compose.is_some() {
+            return PathBuf::from(compose::SERVER_LOG);
+        }
         self.node_dir(node).join("server.log")
     }
     pub fn spec_path(&self) -> PathBuf {
@@ -324,15 +424,26 @@ impl Lab {
 
     /// The address a member (a node, or `pgbouncer`) answers at.
     pub fn addr(&self, member: &str) -> std::net::IpAddr {
+        if let Some(c) = &self.compose {
+            return c.addr(member).into();
+        }
         match &self.sites {
             Some(s) => s.addr(member).into(),
             None => std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 
+    /// The host a node's files and server are on, as migrate reaches it.
+    pub fn node_host(&self, node: &str) -> Arc<dyn Host> {
+        self.start_host(node)
+    }
+
     /// The host a member runs on: this machine, or its site over ssh (so that what starts
     /// runs in the site's network namespace).
     fn start_host(&self, member: &str) -> Arc<dyn Host> {
+        if let Some(c) = &self.compose {
+            return Arc::new(c.host(member));
+        }
         match &self.sites {
             Some(s) => Arc::new(s.host(member)),
             None => self.host(),
@@ -397,6 +508,9 @@ impl Lab {
 
     /// Create what is missing and start what is stopped. Running it twice is harmless.
     pub async fn up(&self) -> Result<LabStatus> {
+        if let Some(c) = &self.compose {
+            return self.up_compose(c).await;
+        }
         if let Some(s) = &self.sites {
             // The ports are the namespaces' own; only the subnet must be free.
             s.up()
@@ -420,6 +534,7 @@ impl Lab {
                 bin_dir: self.bin_dir.clone(),
                 debian: self.debian.clone(),
                 ssh_sites: self.sites.is_some(),
+                compose: None,
             },
         )?;
 
@@ -517,6 +632,9 @@ impl Lab {
     /// Stop every process the lab started (servers by their data directories, PgBouncer by
     /// its pidfile). Safe to run twice, and on a half-created lab.
     pub async fn down(&self) -> Result<()> {
+        if let Some(c) = &self.compose {
+            return c.down().await;
+        }
         self.bouncer().stop().await?;
         let mut errors = Vec::new();
         for n in NODES {
@@ -582,7 +700,11 @@ impl Lab {
             nodes,
             pgbouncer_host: self.addr(netns::BOUNCER).to_string(),
             pgbouncer_port: self.pgbouncer_port(),
-            pgbouncer_running: self.bouncer().running_pid().is_some(),
+            pgbouncer_running: match &self.compose {
+                Some(c) => c.bouncer_running(),
+                None => self.bouncer().running_pid().is_some(),
+            },
+            notes: Vec::new(),
         })
     }
 
@@ -656,6 +778,11 @@ impl Lab {
                 )
             })
             .collect();
+        self.write_passfile(&pw).await?;
+        Ok(pw)
+    }
+
+    async fn write_passfile(&self, pw: &[(String, String)]) -> Result<()> {
         let text: String = pw.iter().map(|(u, p)| format!("*:*:*:{u}:{p}\n")).collect();
         // Owned by whoever runs the lab (and so migrate): a secret file must be its user's.
         let me = format!(
@@ -665,8 +792,74 @@ impl Lab {
         );
         LocalHost::new(None)?
             .write_file(&self.passfile(), text.as_bytes(), 0o600, Some(&me))
-            .await?;
-        Ok(pw)
+            .await
+    }
+
+    /// `up` for `--hosts compose`: the files, the images, the containers; then the `app`
+    /// database on the old primary (the containers' entrypoint made the cluster and roles).
+    async fn up_compose(&self, c: &Compose) -> Result<LabStatus> {
+        make_dir(&self.dir, 0o755, &self.host)?;
+        write_state(
+            &self.dir,
+            &LabState {
+                base_port: self.base_port,
+                bin_dir: self.bin_dir.clone(),
+                debian: None,
+                ssh_sites: false,
+                compose: Some(ComposeState { major: c.major }),
+            },
+        )?;
+        let fresh = !self.passfile().exists();
+        // One password for postgres, repl and PgBouncer: the image's entrypoint sets them all.
+        let password = if fresh {
+            let pw = Alphanumeric.sample_string(&mut rand::rng(), 24);
+            self.write_passfile(&[("postgres".into(), pw.clone()), ("repl".into(), pw.clone())])
+                .await?;
+            pw
+        } else {
+            self.passwords(false).await?[0].1.clone()
+        };
+        c.write_files(&password).await?;
+        let notes = c.up().await?;
+        let old = self.endpoint("old", "postgres");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        let admin = loop {
+            match connect(&old).await {
+                Ok(conn) => break conn,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    return Err(e).context(format!(
+                        "the old primary's container ({}) did not accept connections within 180 s; see `docker logs {}`",
+                        c.container("old"),
+                        c.container("old")
+                    ))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        };
+        let has_app: bool = admin
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_database WHERE datname = 'app'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !has_app {
+            admin.batch_execute("CREATE DATABASE app").await?;
+            let app = connect(&self.endpoint("old", "app")).await?;
+            app.batch_execute(template::SAMPLE_SQL).await?;
+            app.batch_execute("CHECKPOINT").await?;
+        }
+        pgbouncer::wait_for_port(
+            self.addr(compose::BOUNCER),
+            compose::PGBOUNCER_PORT,
+            Duration::from_secs(60),
+        )
+        .await
+        .with_context(|| format!("PgBouncer's container {}", c.container(compose::BOUNCER)))?;
+        self.write_spec().await?;
+        let mut status = self.status().await?;
+        status.notes = notes;
+        Ok(status)
     }
 
     async fn set_passwords(&self, pw: &[(String, String)]) -> Result<()> {
@@ -691,9 +884,14 @@ impl Lab {
             Some(u) => format!(", run_as = {}", q(&u.name)),
             None => String::new(),
         };
-        let host_of = |member: &str| match &self.sites {
-            Some(sites) => sites.spec_host(member),
-            None => format!("{{ kind = \"local\"{run_as} }}"),
+        let host_of = |member: &str| match (&self.sites, &self.compose) {
+            (_, Some(c)) => c.spec_host(member),
+            (Some(sites), None) => sites.spec_host(member),
+            (None, None) => format!("{{ kind = \"local\"{run_as} }}"),
+        };
+        let bouncer_ini = match &self.compose {
+            Some(_) => PathBuf::from(compose::PGBOUNCER_INI),
+            None => self.bouncer().ini(),
         };
         let mut s = format!(
             "# Written by `migrate lab up`: a complete spec for the lab in {dir}.\n\
@@ -742,7 +940,7 @@ impl Lab {
             "\n[[route]]\nkind = \"pgbouncer\"\nadmin = \"host={} port={} user=postgres dbname=pgbouncer sslmode=disable\"\npassword = {{ passfile = {pass} }}\nconfig = {}\ndatabases = [\"app\", \"postgres\"]\nhost = {}\n",
             self.addr(netns::BOUNCER),
             self.pgbouncer_port(),
-            q(&self.bouncer().ini().display().to_string()),
+            q(&bouncer_ini.display().to_string()),
             host_of(netns::BOUNCER),
         ));
         LocalHost::new(None)?
@@ -760,6 +958,17 @@ fn lab_host() -> Result<LocalHost> {
         LocalHost::new(Some("postgres"))
     } else {
         LocalHost::new(None)
+    }
+}
+
+/// The kind of hosts a lab was made with.
+fn state_hosts(s: &LabState) -> Hosts {
+    if s.compose.is_some() {
+        Hosts::Compose
+    } else if s.ssh_sites {
+        Hosts::Ssh
+    } else {
+        Hosts::Local
     }
 }
 

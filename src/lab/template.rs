@@ -47,7 +47,7 @@ host    replication  all    127.0.0.1/32   scram-sha-256
 host    replication  all    ::1/128        scram-sha-256
 ";
 
-const SAMPLE_SQL: &str = "
+pub(crate) const SAMPLE_SQL: &str = "
 CREATE TABLE accounts (
     id bigint PRIMARY KEY,
     owner text NOT NULL,

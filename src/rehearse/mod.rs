@@ -32,6 +32,8 @@ pub struct Options {
     pub base_port: u16,
     pub layout: crate::lab::Layout,
     pub hosts: crate::lab::Hosts,
+    /// A compose lab's PostgreSQL major.
+    pub pg_major: Option<u32>,
     pub scale_mb: u64,
     pub clients: i32,
     /// Pause between one client's commits.
@@ -69,7 +71,13 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
             opts.dir.display()
         );
     }
-    let lab = Lab::new(&opts.dir, opts.base_port, opts.layout, opts.hosts)?;
+    let lab = Lab::new_with_major(
+        &opts.dir,
+        opts.base_port,
+        opts.layout,
+        opts.hosts,
+        opts.pg_major,
+    )?;
     let r = Rehearsal {
         opts,
         spec: lab.spec_path(),
@@ -236,6 +244,30 @@ impl Rehearsal<'_> {
         })
     }
 
+    /// SIGQUIT to the target's postmaster (an immediate shutdown: no checkpoint), waiting
+    /// until it is gone; in a compose lab, inside its container.
+    async fn crash_target(&self) -> Result<i32> {
+        match &self.lab.compose {
+            Some(c) => c.signal_postmaster(TARGET, "QUIT").await,
+            None => crash_server(&self.lab.data_dir(TARGET)).await,
+        }
+    }
+
+    /// SIGSTOP to the target's postmaster: it takes connections and answers nothing.
+    async fn freeze_target(&self) -> Result<i32> {
+        match &self.lab.compose {
+            Some(c) => c.signal_postmaster(TARGET, "STOP").await,
+            None => stop_server(&self.lab.data_dir(TARGET)),
+        }
+    }
+
+    async fn thaw_target(&self, pid: i32) -> Result<()> {
+        match &self.lab.compose {
+            Some(c) => c.signal_postmaster(TARGET, "CONT").await.map(|_| ()),
+            None => resume_server(pid),
+        }
+    }
+
     fn state_dir(&self) -> Result<PathBuf> {
         Ok(crate::spec::load(&self.spec)?.state_dir)
     }
@@ -301,7 +333,7 @@ impl Rehearsal<'_> {
             &step_started(StepId::Catchup),
         )
         .await?;
-        let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
+        let pid = self.crash_target().await?;
         (self.note)("fault: crashed the target (new) during catch-up");
         let mut f = self.fault_report(
             fault,
@@ -412,7 +444,7 @@ impl Rehearsal<'_> {
                         &step_started(StepId::Stage),
                     )
                     .await?;
-                    let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
+                    let pid = self.crash_target().await?;
                     std::fs::write(&go, "")?;
                     format!(
                         "stopped {TARGET} at once (SIGQUIT to postmaster {pid}) when `cutover` journaled the start of step stage (held there until the crash)"
@@ -427,13 +459,13 @@ impl Rehearsal<'_> {
                     )
                     .await?;
                     if fault == Fault::HangTarget {
-                        let pid = stop_server(&self.lab.data_dir(TARGET))?;
+                        let pid = self.freeze_target().await?;
                         hung = Some(pid);
                         format!(
                             "stopped {TARGET}'s postmaster with SIGSTOP (pid {pid}: it takes connections and answers nothing) as soon as `cutover` journaled step fence; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
                         )
                     } else {
-                        let pid = crash_server(&self.lab.data_dir(TARGET)).await?;
+                        let pid = self.crash_target().await?;
                         format!(
                             "stopped {TARGET} at once (SIGQUIT to postmaster {pid}) as soon as `cutover` journaled step fence; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
                         )
@@ -471,7 +503,7 @@ impl Rehearsal<'_> {
                 _ => failed_at(StepId::Hold),
             };
         if let Some(pid) = hung {
-            resume_server(pid)?;
+            self.thaw_target(pid).await?;
             f.recovery
                 .push(format!("resumed {TARGET}'s postmaster (SIGCONT)"));
         }
@@ -523,9 +555,18 @@ impl Rehearsal<'_> {
         let t = Instant::now();
         self.cutover_paused_before("cutover", StepId::Promote)
             .await?;
+        // Through the node's host: in a compose lab the file is inside old's container.
+        let old_host = self.lab.node_host("old");
         let auto = self.lab.data_dir("old").join("postgresql.auto.conf");
-        let staged = std::fs::read_to_string(&auto)?;
-        std::fs::write(&auto, format!("{staged}shared_buffers = 'not a size'\n"))?;
+        let staged = String::from_utf8(old_host.read_file(&auto).await?)?;
+        old_host
+            .write_file(
+                &auto,
+                format!("{staged}shared_buffers = 'not a size'\n").as_bytes(),
+                0o600,
+                None,
+            )
+            .await?;
         let mut f = self.fault_report(
             Fault::OldCannotFollow,
             "paused the cutover before promote (--keep-clients-held), added an invalid setting to old's postgresql.auto.conf (it cannot start), then `migrate resume`".into(),
@@ -543,7 +584,9 @@ impl Rehearsal<'_> {
             Ok(()) => "checked: new is the primary and writes through PgBouncer go on".into(),
             Err(e) => format!("writes did not go on on new: {e:#}"),
         });
-        std::fs::write(&auto, &staged)?;
+        old_host
+            .write_file(&auto, staged.as_bytes(), 0o600, None)
+            .await?;
         f.recovery
             .push("repaired old's postgresql.auto.conf, then `migrate resume`".into());
         let second = self
