@@ -19,7 +19,7 @@ primary)
         printf '%s\n' "$MIGRATE_LAB_PASSWORD" > "$pw"
         chown postgres "$pw"
         as_postgres initdb -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 \
-            --auth-local=trust --auth-host=scram-sha-256 --pwfile="$pw" --no-instructions >/dev/null
+            --auth-local=trust --auth-host=scram-sha-256 --pwfile="$pw" >/dev/null
         rm -f "$pw"
         cat /usr/local/share/migrate-lab/lab.conf >> "$PGDATA/postgresql.conf"
         printf "cluster_name = 'old'\n" >> "$PGDATA/postgresql.conf"

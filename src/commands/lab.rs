@@ -40,9 +40,15 @@ pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
             }
             crate::lab::compose::engine_running().await?;
             let context = tempfile::tempdir().context("a folder for the build context")?;
-            for major in &args.pg {
-                crate::lab::compose::write_build_context(context.path())?;
-                for n in crate::lab::compose::ensure_image(*major, context.path()).await? {
+            crate::lab::compose::write_build_context(context.path())?;
+            // Side by side: most of the time is debootstrap and apt downloading.
+            let mut builds = tokio::task::JoinSet::new();
+            for major in args.pg.clone() {
+                let dir = context.path().to_path_buf();
+                builds.spawn(async move { crate::lab::compose::ensure_image(major, &dir).await });
+            }
+            while let Some(notes) = builds.join_next().await {
+                for n in notes?? {
                     ui.line(n);
                 }
             }

@@ -250,6 +250,13 @@ impl Host for RemoteHost {
         if matches!(self.transport, Transport::Ssh { .. }) && out.code == Some(255) {
             bail!("cannot reach {}: {}", self.label, out.stderr_tail());
         }
+        // docker's own failures end with status 1 like a command's: told apart by what the
+        // client says, so a missing container is never read as "the file does not exist".
+        if matches!(self.transport, Transport::Docker { .. }) {
+            if let Some(why) = docker_failure(out.code, &String::from_utf8_lossy(&out.stderr)) {
+                bail!("cannot reach {}: {why}", self.label);
+            }
+        }
         Ok(out)
     }
 
@@ -342,9 +349,59 @@ impl Host for RemoteHost {
     }
 }
 
+/// Pure: what went wrong when `docker exec` itself failed (status 1 and the client's or the
+/// daemon's own message), with the fix; None when the command inside ran.
+pub fn docker_failure(code: Option<i32>, stderr: &str) -> Option<String> {
+    if code != Some(1) {
+        return None;
+    }
+    let said = stderr.trim();
+    if said.starts_with("Cannot connect to the Docker daemon")
+        || said.contains("Is the docker daemon running?")
+    {
+        return Some(format!(
+            "the Docker engine does not answer ({said}); start it (systemctl start docker, or dockerd) and try again"
+        ));
+    }
+    let daemon = said.strip_prefix("Error response from daemon: ")?;
+    Some(if daemon.starts_with("No such container") {
+        format!("{daemon}: the container does not exist; check the spec's container name against `docker ps -a`")
+    } else if daemon.contains("is not running") || daemon.contains("is paused") {
+        format!("{daemon}; start it (docker start <container>) and try again")
+    } else {
+        daemon.to_string()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_exec_failures_are_told_apart_from_the_commands_own() {
+        let gone = docker_failure(
+            Some(1),
+            "Error response from daemon: No such container: pg-dr",
+        );
+        assert!(gone.unwrap().contains("docker ps -a"));
+        let stopped = docker_failure(
+            Some(1),
+            "Error response from daemon: Container 1edc67 is not running",
+        );
+        assert!(stopped.unwrap().contains("docker start"));
+        let engine = docker_failure(
+            Some(1),
+            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?",
+        );
+        assert!(engine.unwrap().contains("start it"));
+        // The command's own failure: `test -e` saying no, cat's message.
+        assert_eq!(docker_failure(Some(1), ""), None);
+        assert_eq!(
+            docker_failure(Some(1), "cat: /x: No such file or directory"),
+            None
+        );
+        assert_eq!(docker_failure(Some(126), "OCI runtime exec failed"), None);
+    }
 
     #[test]
     fn ssh_argv_quotes_the_remote_command_and_ends_options() {

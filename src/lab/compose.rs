@@ -67,11 +67,7 @@ pub fn image_of(major: u32) -> String {
 /// Pure: `10.A.B` for a base port, `A` in 200..250: apart from the ssh lab's 10.100-199 and
 /// injective for ports below 50 × 256.
 pub fn net_of(base_port: u16) -> String {
-    format!(
-        "10.{}.{}",
-        200 + ((base_port >> 8) % 50),
-        base_port & 0xff
-    )
+    format!("10.{}.{}", 200 + ((base_port >> 8) % 50), base_port & 0xff)
 }
 
 /// What `lab-state.json` keeps of a compose lab.
@@ -213,6 +209,45 @@ impl Compose {
             Duration::from_secs(180),
         )
         .await
+    }
+
+    /// Why a member's container is not running (its state and the end of its log), or None
+    /// while it runs.
+    pub async fn not_running(&self, member: &str) -> Result<Option<String>> {
+        let name = self.container(member);
+        let local = LocalHost::new(None)?;
+        let out = local
+            .run(
+                &Cmd::new(["docker", "inspect", "-f", "{{.State.Status}}", &name])
+                    .timeout(Duration::from_secs(30)),
+            )
+            .await?;
+        let status = out.stdout_text().trim().to_string();
+        if out.success() && status == "running" {
+            return Ok(None);
+        }
+        let logs = local
+            .run(
+                &Cmd::new(["docker", "logs", "--tail", "5", &name])
+                    .timeout(Duration::from_secs(30)),
+            )
+            .await?;
+        let tail = [
+            logs.stdout_text(),
+            String::from_utf8_lossy(&logs.stderr).into_owned(),
+        ]
+        .join(" ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+        Ok(Some(format!(
+            "container {name} is {}: {tail}",
+            if status.is_empty() {
+                "missing"
+            } else {
+                &status
+            }
+        )))
     }
 
     /// Whether PgBouncer's container answers on its port.

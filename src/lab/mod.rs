@@ -833,7 +833,12 @@ impl Lab {
                         c.container("old")
                     ))
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                Err(e) => {
+                    if let Some(why) = c.not_running("old").await? {
+                        return Err(e).context(why);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await
+                }
             }
         };
         let has_app: bool = admin

@@ -94,6 +94,8 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
             note(&format!(
                 "warning: removing the lab's clusters from /etc/postgresql: {e:#}"
             ));
+        } else if r.lab.compose.is_some() {
+            note("the lab's containers and network are removed (the data was in them)");
         } else if result.is_ok() {
             // A rehearsal that passed leaves its logs and report, not gigabytes of clusters; a
             // failed one keeps everything for the post-mortem.
@@ -114,7 +116,10 @@ impl Rehearsal<'_> {
     async fn drive(&self) -> Result<Report> {
         let o = self.opts;
         (self.note)(&format!("lab up in {}", o.dir.display()));
-        self.lab.up().await.context("lab up")?;
+        let up = self.lab.up().await.context("lab up")?;
+        for n in &up.notes {
+            (self.note)(n);
+        }
         std::fs::create_dir_all(&self.logs)?;
         self.prepare_fault()?;
         if o.scale_mb > 0 {
