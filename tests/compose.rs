@@ -373,6 +373,11 @@ fn rehearse_on(major: &str, extra: &[&str]) -> serde_json::Value {
     let port = state["base_port"].as_u64().unwrap();
     let left = left_behind(&format!("migrate-lab-{port}"));
     assert!(left.is_empty(), "left behind: {left:?}");
+    // The servers' logs outlive their containers.
+    for node in ["old", "new", "new_replica", "dr"] {
+        let log = dir.path().join(format!("lab/logs/{node}-server.log"));
+        assert!(log.metadata().is_ok_and(|m| m.len() > 0), "{}", log.display());
+    }
     r
 }
 

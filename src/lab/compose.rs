@@ -355,13 +355,43 @@ async fn image_exists(image: &str) -> Result<bool> {
     Ok(out.success())
 }
 
+/// The label that ties an image to the build context it was made from.
+const CONTEXT_LABEL: &str = "org.migrate.lab-context";
+
+/// Pure: a digest of the build context this binary carries, so an image built from an older
+/// Dockerfile or entrypoint is rebuilt rather than used.
+pub fn context_digest() -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [DOCKERFILE, ENTRYPOINT, LAB_CONF] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `image` exists and was built from this binary's build context.
+async fn image_current(image: &str) -> Result<bool> {
+    let format = format!("{{{{index .Config.Labels \"{CONTEXT_LABEL}\"}}}}");
+    let out = LocalHost::new(None)?
+        .run(
+            &Cmd::new(["docker", "image", "inspect", "-f", &format, image])
+                .timeout(Duration::from_secs(30)),
+        )
+        .await?;
+    Ok(out.success() && out.stdout_text().trim() == context_digest())
+}
+
 /// Make `migrate-lab-pg:<major>` unless it exists: the base `debian:<release>-slim` is
 /// used if present, else pulled, else made with debootstrap and imported. What was done, for
 /// the operator. Two callers at once on one machine wait for each other (a file lock).
 pub async fn ensure_image(major: u32, context: &Path) -> Result<Vec<String>> {
     let release = release_of(major)?;
     let image = image_of(major);
-    if image_exists(&image).await? {
+    if image_current(&image).await? {
         return Ok(vec![format!("image {image}: present")]);
     }
     let lock_path = std::env::temp_dir().join(format!("migrate-lab-image-{major}.lock"));
@@ -372,7 +402,7 @@ pub async fn ensure_image(major: u32, context: &Path) -> Result<Vec<String>> {
     })
     .await?
     .map_err(|(_, e)| anyhow::anyhow!("lock {}: {e}", lock_path.display()))?;
-    if image_exists(&image).await? {
+    if image_current(&image).await? {
         return Ok(vec![format!("image {image}: present")]);
     }
     let mut notes = vec![ensure_base(release).await?];
@@ -387,6 +417,8 @@ pub async fn ensure_image(major: u32, context: &Path) -> Result<Vec<String>> {
                 format!("RELEASE={release}"),
                 "--build-arg".into(),
                 format!("MAJOR={major}"),
+                "--label".into(),
+                format!("{CONTEXT_LABEL}={}", context_digest()),
                 "-t".into(),
                 image.clone(),
                 context.display().to_string(),

@@ -87,6 +87,10 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
     };
     let result = r.drive().await;
     if !opts.keep {
+        if r.lab.compose.is_some() {
+            // The containers go with `down`: their servers' logs stay in DIR/logs.
+            r.keep_server_logs().await;
+        }
         note("lab down");
         if let Err(e) = r.lab.down().await {
             note(&format!("warning: lab down: {e:#}"));
@@ -247,6 +251,18 @@ impl Rehearsal<'_> {
                 f
             }),
         })
+    }
+
+    /// Copy each node's server log into the rehearsal's logs (`<node>-server.log`); best
+    /// effort, for the post-mortem.
+    async fn keep_server_logs(&self) {
+        for n in crate::lab::NODES {
+            let host = self.lab.node_host(n.name);
+            if let Ok(text) = host.read_file(&self.lab.server_log(n.name)).await {
+                let _ = std::fs::create_dir_all(&self.logs);
+                let _ = std::fs::write(self.logs.join(format!("{}-server.log", n.name)), text);
+            }
+        }
     }
 
     /// SIGQUIT to the target's postmaster (an immediate shutdown: no checkpoint), waiting
