@@ -175,6 +175,10 @@ pub struct RehearseArgs {
     /// The same as --hosts compose.
     #[arg(long, conflicts_with = "hosts")]
     pub compose: bool,
+    /// Also write the report as one self-contained HTML page: commits per 10 ms across each
+    /// switchover with the pause as a gap, the steps on the same axis, the certificate.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     /// A compose lab's PostgreSQL major: 13, 15 (default) or 17.
     #[arg(long, value_name = "MAJOR")]
     pub pg: Option<u32>,

@@ -376,7 +376,11 @@ fn rehearse_on(major: &str, extra: &[&str]) -> serde_json::Value {
     // The servers' logs outlive their containers.
     for node in ["old", "new", "new_replica", "dr"] {
         let log = dir.path().join(format!("lab/logs/{node}-server.log"));
-        assert!(log.metadata().is_ok_and(|m| m.len() > 0), "{}", log.display());
+        assert!(
+            log.metadata().is_ok_and(|m| m.len() > 0),
+            "{}",
+            log.display()
+        );
     }
     r
 }

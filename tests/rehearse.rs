@@ -26,9 +26,59 @@ pub fn rehearse(extra: &[&str]) -> (std::process::Output, tempfile::TempDir) {
     (out, dir)
 }
 
+/// Loads a page in headless Chromium (Debian's `chromium`): its DOM after loading, and every
+/// console message it logged.
+fn render_in_chromium(page: &std::path::Path) -> (String, Vec<String>) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium is installed (scripts/test installs it)");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let console = text(&out.stderr)
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_string)
+        .collect();
+    (text(&out.stdout), console)
+}
+
+/// The check sees a page's errors (so its silence on the report means something).
+#[test]
+fn headless_chromium_reports_a_pages_console_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("bad.html");
+    std::fs::write(
+        &page,
+        "<html><body><script>throw new Error('bad page')</script></body></html>",
+    )
+    .unwrap();
+    let (_, console) = render_in_chromium(&page);
+    assert!(
+        console.iter().any(|l| l.contains("bad page")),
+        "{console:?}"
+    );
+}
+
 #[test]
 fn a_rehearsal_reports_pauses_and_loses_no_commit() {
-    let (out, dir) = rehearse(&[]);
+    let report = tempfile::Builder::new().suffix(".html").tempfile().unwrap();
+    let path = report.path().display().to_string();
+    let (out, dir) = rehearse(&["--report", &path]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for switch in ["cutover", "rollback"] {
@@ -62,6 +112,39 @@ fn a_rehearsal_reports_pauses_and_loses_no_commit() {
     let left = migrate::files::tree_size(dir.path());
     assert!(left < 50 << 20, "the rehearsal left {left} bytes behind");
     assert!(dir.path().join("lab/logs").read_dir().unwrap().count() > 0);
+
+    // The HTML report: loads without a console message, draws both switchovers, and its
+    // commit histogram shows a gap the length of the measured pause.
+    let (dom, console) = render_in_chromium(report.path());
+    assert!(console.is_empty(), "console: {console:?}");
+    for switch in ["cutover", "rollback"] {
+        assert!(
+            dom.contains(&format!("<section id=\"{switch}\">")),
+            "{switch}"
+        );
+        let start = dom.find(&format!("id=\"timeline-{switch}\">")).unwrap();
+        let json = &dom[dom[start..].find('>').unwrap() + start + 1..];
+        let json = &json[..json.find("</script>").unwrap()];
+        let t: serde_json::Value = serde_json::from_str(json).unwrap();
+        let measured = r[switch]["write_pause_ms"].as_f64().unwrap();
+        assert!(
+            (t["pause_ms"].as_f64().unwrap() - measured).abs() < 1.0,
+            "{switch}: {} vs {measured}",
+            t["pause_ms"]
+        );
+        let bins: Vec<u32> = serde_json::from_value(t["bins"].clone()).unwrap();
+        let gap = migrate::rehearse::html::empty_run_ms(&bins);
+        assert!(
+            (gap - measured).abs() <= 2.0 * migrate::rehearse::html::BIN_MS,
+            "{switch}: the chart's gap {gap} ms, the pause {measured} ms"
+        );
+        assert!(t["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == "promote"));
+    }
+    assert!(dom.matches("<svg").count() >= 2);
 }
 
 /// Runs `rehearse --fault <name>`; checks what every fault rehearsal must show (exit 0, the

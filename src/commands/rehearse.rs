@@ -38,6 +38,13 @@ pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
     let report = rehearse::run(&opts, &note).await;
     spinner.finish();
     let report = report?;
+    if let Some(path) = &args.report {
+        let page = rehearse::html::render(&report, &report.timelines)?;
+        std::fs::write(path, page).with_context(|| format!("write {}", path.display()))?;
+        if !ui.json() {
+            ui.line(format!("report: {}", path.display()));
+        }
+    }
     if ui.json() {
         ui.emit_json(&report);
     } else {

@@ -6,6 +6,7 @@
 //! `rollback`. After each switchover every acknowledged commit is looked up on every node.
 
 pub mod fault;
+pub mod html;
 pub mod report;
 
 use std::path::PathBuf;
@@ -234,6 +235,22 @@ impl Rehearsal<'_> {
             cert("switchback"),
             back_errors,
         );
+        let ack_times: Vec<DateTime<Utc>> = report.acks.iter().map(|a| a.at).collect();
+        let mut timelines = Vec::new();
+        for (name, window, sw, c) in [
+            ("cutover", (c0, c1), &cutover, cert("cutover")),
+            ("rollback", (r0, r1), &rollback, cert("switchback")),
+        ] {
+            let steps = match &c {
+                Some(c) => self.step_times(&c.run_id),
+                None => Vec::new(),
+            };
+            if let Some(mut t) = html::timeline(name, &ack_times, window, &steps) {
+                t.switch = sw.clone();
+                t.certificate = c;
+                timelines.push(t);
+            }
+        }
         Ok(Report {
             dir: o.dir.display().to_string(),
             clients: o.clients,
@@ -245,6 +262,7 @@ impl Rehearsal<'_> {
             rollback,
             acked_total: report.acks.len(),
             missing_at_end: rollback_missing,
+            timelines,
             fault: fault.map(|(mut f, from, to)| {
                 f.write_pause_ms = longest_gap(&report.acks, from, to);
                 f.errors = errors_between(&report.errors, &report.error_times, from, to).len();
@@ -287,6 +305,27 @@ impl Rehearsal<'_> {
             Some(c) => c.signal_postmaster(TARGET, "CONT").await.map(|_| ()),
             None => resume_server(pid),
         }
+    }
+
+    /// Each finished step of a run and when it ran, from its journal (kept as
+    /// `journal-<run>.jsonl` once the next run starts); empty if it cannot be read.
+    fn step_times(&self, run_id: &str) -> Vec<(String, DateTime<Utc>, DateTime<Utc>)> {
+        let Ok(dir) = self.state_dir() else {
+            return Vec::new();
+        };
+        let loaded = [format!("journal-{run_id}.jsonl"), "journal.jsonl".into()]
+            .iter()
+            .filter_map(|f| crate::engine::replay::load_file(&dir.join(f)).ok())
+            .find(|l| l.state.run_id == run_id);
+        loaded
+            .map(|l| {
+                l.state
+                    .steps
+                    .iter()
+                    .filter_map(|s| Some((s.id.clone(), s.started_at?, s.finished_at?)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn state_dir(&self) -> Result<PathBuf> {

@@ -27,6 +27,9 @@ pub struct Report {
     pub missing_at_end: BTreeMap<String, usize>,
     /// The injected fault (`--fault`), if any, and what the tool did.
     pub fault: Option<FaultReport>,
+    /// Each switchover on a time axis, for `--report FILE.html`.
+    #[serde(skip)]
+    pub timelines: Vec<super::html::Timeline>,
 }
 
 impl Report {
