@@ -163,6 +163,7 @@ impl Sites {
         .await?;
         root.run_ok(&Cmd::new(["ip", "link", "set", &br, "up"]))
             .await?;
+        allow_forwarding(&root, &br, true).await?;
         for (i, (site, members)) in SITES.iter().enumerate() {
             let ns = self.netns(site);
             let outer = format!("mv{}{i}", self.base_port);
@@ -342,6 +343,7 @@ impl Sites {
             }
         }
         let br = self.bridge();
+        allow_forwarding(&root, &br, false).await?;
         if link_exists(&br) {
             root.run_ok(&Cmd::new(["ip", "link", "delete", &br]))
                 .await?;
@@ -357,6 +359,37 @@ pub fn subnet_of(base_port: u16) -> [u8; 2] {
         100 + ((base_port >> 8) % 100) as u8,
         (base_port & 0xff) as u8,
     ]
+}
+
+/// Let the sites talk across the bridge whatever the host's firewall says (`add`), or take
+/// that rule away again. Docker sets the FORWARD policy to DROP and loads br_netfilter, after
+/// which frames between two ports of any bridge go through iptables' FORWARD chain: without
+/// this rule the sites cannot reach each other once a Docker engine has run on the machine.
+/// Nothing to do where iptables is not installed (then no such policy was set by it).
+async fn allow_forwarding(root: &LocalHost, bridge: &str, add: bool) -> Result<()> {
+    let rule = |op: &str| {
+        Cmd::new([
+            "iptables", op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT",
+        ])
+    };
+    let present = match root.run(&rule("-C")).await {
+        Ok(out) => out.success(),
+        // No iptables here.
+        Err(_) => return Ok(()),
+    };
+    // Best effort: where the rule cannot be set, the firewall most likely does not filter
+    // bridged frames either; a lab that cannot connect then says so itself.
+    let result = if add && !present {
+        root.run_ok(&rule("-I")).await.map(|_| ())
+    } else if !add && present {
+        root.run_ok(&rule("-D")).await.map(|_| ())
+    } else {
+        Ok(())
+    };
+    if let Err(e) = result {
+        tracing::warn!("iptables rule for the lab's bridge {bridge}: {e:#}");
+    }
+    Ok(())
 }
 
 fn link_exists(name: &str) -> bool {
