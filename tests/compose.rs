@@ -209,29 +209,25 @@ async fn docker_exec_host_control_against_the_real_engine() {
         .write_file(file, b"a = 1\n", 0o640, Some("postgres"))
         .await
         .unwrap();
-    let st = as_root
-        .run_ok(&Cmd::new([
-            "stat",
-            "-c",
-            "%a %U",
-            &file.display().to_string(),
-        ]))
-        .await
-        .unwrap();
-    assert_eq!(st.stdout_text().trim(), "640 postgres");
+    let mode_and_owner = || async {
+        as_root
+            .run_ok(&Cmd::new([
+                "stat",
+                "-c",
+                "%a %U",
+                &file.display().to_string(),
+            ]))
+            .await
+            .unwrap()
+            .stdout_text()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(mode_and_owner().await, "640 postgres");
     assert_eq!(as_postgres.read_file(file).await.unwrap(), b"a = 1\n");
     as_postgres.rewrite_file(file, b"a = 2\n").await.unwrap();
-    let st = as_root
-        .run_ok(&Cmd::new([
-            "stat",
-            "-c",
-            "%a %U",
-            &file.display().to_string(),
-        ]))
-        .await
-        .unwrap();
     assert_eq!(
-        st.stdout_text().trim(),
+        mode_and_owner().await,
         "640 postgres",
         "rewrite keeps mode and owner"
     );
