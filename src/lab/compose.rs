@@ -391,6 +391,8 @@ async fn image_current(image: &str) -> Result<bool> {
 pub async fn ensure_image(major: u32, context: &Path) -> Result<Vec<String>> {
     let release = release_of(major)?;
     let image = image_of(major);
+    // Without an engine every image looks missing: say so instead of building.
+    engine_running().await?;
     if image_current(&image).await? {
         return Ok(vec![format!("image {image}: present")]);
     }
