@@ -381,14 +381,28 @@ fn rehearse_on(major: &str, extra: &[&str]) -> serde_json::Value {
     r
 }
 
+/// PostgreSQL 13, with the target stopped as soon as the cutover has fenced the old primary:
+/// the proof's time box undoes the cutover (as on the embedded lab), then it goes through.
 #[test]
-fn a_compose_rehearsal_on_postgresql_13() {
-    rehearse_on("13", &[]);
+fn a_compose_rehearsal_on_postgresql_13_undoes_a_cutover_whose_target_stops_after_the_fence() {
+    let r = rehearse_on("13", &["--fault", "stop-target-after-fence"]);
+    let f = &r["fault"];
+    assert_eq!(f["as_expected"], true, "{f:#}");
+    assert_eq!(f["errors"], 0, "{f:#}");
+    assert_eq!(f["exit_code"], 1, "{f:#}");
+    assert_eq!(f["run"]["failed_step"], "proof", "{f:#}");
+    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
 }
 
+/// PostgreSQL 17, with `migrate cutover` killed right after the promotion: `resume`
+/// finishes it.
 #[test]
-fn a_compose_rehearsal_on_postgresql_17() {
-    rehearse_on("17", &[]);
+fn a_compose_rehearsal_on_postgresql_17_resumes_a_cutover_killed_after_the_promotion() {
+    let r = rehearse_on("17", &["--fault", "crash-tool-after-promote"]);
+    let f = &r["fault"];
+    assert_eq!(f["as_expected"], true, "{f:#}");
+    assert_eq!(f["errors"], 0, "{f:#}");
+    assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
 }
 
 /// PostgreSQL 15, with the target's postmaster killed inside its container during the
