@@ -363,7 +363,14 @@ pub fn docker_failure(code: Option<i32>, stderr: &str) -> Option<String> {
             "the Docker engine does not answer ({said}); start it (systemctl start docker, or dockerd) and try again"
         ));
     }
-    let daemon = said.strip_prefix("Error response from daemon: ")?;
+    // The client's own wording varies by version: 20.10 says "Error: No such container: x",
+    // later ones "Error response from daemon: No such container: x".
+    let daemon = said
+        .strip_prefix("Error response from daemon: ")
+        .or_else(|| {
+            said.strip_prefix("Error: ")
+                .filter(|d| d.starts_with("No such container"))
+        })?;
     Some(if daemon.starts_with("No such container") {
         format!("{daemon}: the container does not exist; check the spec's container name against `docker ps -a`")
     } else if daemon.contains("is not running") || daemon.contains("is paused") {
@@ -384,6 +391,13 @@ mod tests {
             "Error response from daemon: No such container: pg-dr",
         );
         assert!(gone.unwrap().contains("docker ps -a"));
+        // docker.io 20.10's client.
+        let gone = docker_failure(Some(1), "Error: No such container: pg-dr");
+        assert!(gone.unwrap().contains("docker ps -a"));
+        assert_eq!(
+            docker_failure(Some(1), "Error: something of the command's own"),
+            None
+        );
         let stopped = docker_failure(
             Some(1),
             "Error response from daemon: Container 1edc67 is not running",
