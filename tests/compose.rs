@@ -381,14 +381,22 @@ fn rehearse_on(major: &str, extra: &[&str]) -> serde_json::Value {
     r
 }
 
+/// [`rehearse_on`] with a fault: the tool did what it must and no client saw an error
+/// through it. The fault's report.
+fn fault_on(major: &str, fault: &str) -> serde_json::Value {
+    let r = rehearse_on(major, &["--fault", fault]);
+    let f = r["fault"].clone();
+    assert_eq!(f["name"], fault, "{f:#}");
+    assert_eq!(f["as_expected"], true, "{f:#}");
+    assert_eq!(f["errors"], 0, "{f:#}");
+    f
+}
+
 /// PostgreSQL 13, with the target stopped as soon as the cutover has fenced the old primary:
 /// the proof's time box undoes the cutover (as on the embedded lab), then it goes through.
 #[test]
 fn a_compose_rehearsal_on_postgresql_13_undoes_a_cutover_whose_target_stops_after_the_fence() {
-    let r = rehearse_on("13", &["--fault", "stop-target-after-fence"]);
-    let f = &r["fault"];
-    assert_eq!(f["as_expected"], true, "{f:#}");
-    assert_eq!(f["errors"], 0, "{f:#}");
+    let f = fault_on("13", "stop-target-after-fence");
     assert_eq!(f["exit_code"], 1, "{f:#}");
     assert_eq!(f["run"]["failed_step"], "proof", "{f:#}");
     assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
@@ -398,10 +406,7 @@ fn a_compose_rehearsal_on_postgresql_13_undoes_a_cutover_whose_target_stops_afte
 /// finishes it.
 #[test]
 fn a_compose_rehearsal_on_postgresql_17_resumes_a_cutover_killed_after_the_promotion() {
-    let r = rehearse_on("17", &["--fault", "crash-tool-after-promote"]);
-    let f = &r["fault"];
-    assert_eq!(f["as_expected"], true, "{f:#}");
-    assert_eq!(f["errors"], 0, "{f:#}");
+    let f = fault_on("17", "crash-tool-after-promote");
     assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
 }
 
@@ -409,10 +414,7 @@ fn a_compose_rehearsal_on_postgresql_17_resumes_a_cutover_killed_after_the_promo
 /// catch-up: the same behaviour as on the embedded lab (tests/rehearse.rs).
 #[test]
 fn a_compose_rehearsal_on_postgresql_15_waits_for_a_target_killed_during_catch_up() {
-    let r = rehearse_on("15", &["--fault", "kill-target-during-catchup"]);
-    let f = &r["fault"];
-    assert_eq!(f["as_expected"], true, "{f:#}");
-    assert_eq!(f["errors"], 0, "{f:#}");
+    let f = fault_on("15", "kill-target-during-catchup");
     assert_eq!(f["exit_code"], 0, "{f:#}");
     assert_eq!(f["run"]["operation"], "replicate", "{f:#}");
     assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
