@@ -303,6 +303,40 @@ async fn docker_exec_host_control_against_the_real_engine() {
     );
 }
 
+/// An image built from another build context (an older Dockerfile or entrypoint) is not
+/// taken for the lab's: `ensure_image` rebuilds it.
+#[tokio::test]
+async fn an_image_from_another_build_context_is_not_current() {
+    compose::ensure_image(15, &build_context())
+        .await
+        .expect("image");
+    assert!(compose::image_current(&compose::image_of(15))
+        .await
+        .unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nLABEL org.migrate.lab-context=an-older-context\n",
+            compose::image_of(15)
+        ),
+    )
+    .unwrap();
+    let stale = format!("migrate-test-stale:{}", std::process::id());
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", &stale])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let current = compose::image_current(&stale).await.unwrap();
+    let _ = Command::new("docker").args(["rmi", &stale]).output();
+    assert!(
+        !current,
+        "a stale label passed for the current build context"
+    );
+}
+
 /// What no compose rehearsal may leave: containers, networks, volumes of its project.
 fn left_behind(project: &str) -> Vec<String> {
     let label = format!("label=com.docker.compose.project={project}");

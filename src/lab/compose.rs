@@ -374,7 +374,7 @@ pub fn context_digest() -> String {
 }
 
 /// Whether `image` exists and was built from this binary's build context.
-async fn image_current(image: &str) -> Result<bool> {
+pub async fn image_current(image: &str) -> Result<bool> {
     let format = format!("{{{{index .Config.Labels \"{CONTEXT_LABEL}\"}}}}");
     let out = LocalHost::new(None)?
         .run(

@@ -394,7 +394,7 @@ impl Lab {
     /// A node's server as the lab reaches it: locally, or over ssh in its own site (so that
     /// a start puts it in the site's network namespace).
     pub fn server(&self, node: &str) -> Server {
-        Server::new(self.start_host(node), &self.bin_dir, self.data_dir(node))
+        Server::new(self.node_host(node), &self.bin_dir, self.data_dir(node))
             .managed_by(self.service(node))
     }
 
@@ -433,14 +433,10 @@ impl Lab {
         }
     }
 
-    /// The host a node's files and server are on, as migrate reaches it.
-    pub fn node_host(&self, node: &str) -> Arc<dyn Host> {
-        self.start_host(node)
-    }
-
-    /// The host a member runs on: this machine, or its site over ssh (so that what starts
-    /// runs in the site's network namespace).
-    fn start_host(&self, member: &str) -> Arc<dyn Host> {
+    /// The host a member (a node, or `pgbouncer`) runs on, as migrate reaches it: this
+    /// machine, its site over ssh (so that what starts runs in the site's network namespace),
+    /// or its container.
+    pub fn node_host(&self, member: &str) -> Arc<dyn Host> {
         if let Some(c) = &self.compose {
             return Arc::new(c.host(member));
         }
@@ -624,7 +620,7 @@ impl Lab {
                 ],
             )
             .await?;
-        bouncer.start(&*self.start_host(netns::BOUNCER)).await?;
+        bouncer.start(&*self.node_host(netns::BOUNCER)).await?;
         self.write_spec().await?;
         self.status().await
     }
@@ -850,7 +846,15 @@ impl Lab {
             .get(0);
         if !has_app {
             admin.batch_execute("CREATE DATABASE app").await?;
-            let app = connect(&self.endpoint("old", "app")).await?;
+        }
+        // Looked at by itself, not inferred from the database: an `up` cut off between the
+        // two left `app` without its tables. The sample is one batch, so one transaction.
+        let app = connect(&self.endpoint("old", "app")).await?;
+        let has_ledger: bool = app
+            .query_one("SELECT to_regclass('public.ledger') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        if !has_ledger {
             app.batch_execute(template::SAMPLE_SQL).await?;
             app.batch_execute("CHECKPOINT").await?;
         }
