@@ -8,6 +8,7 @@ pub mod commands;
 pub mod engine;
 pub mod exit;
 pub mod files;
+pub mod ha;
 pub mod hooks;
 pub mod host;
 pub mod lab;

@@ -14,7 +14,7 @@ use crate::engine::Plan;
 use crate::spec::{Role, Spec};
 use crate::steps::member::Member;
 use crate::steps::switchover::{
-    Certificate, Direction, Fence, Followers, Hold, Others, Promote, Proof, Release, Reverse,
+    Certificate, Direction, Fence, Followers, HaPause, HaResume, Hold, Others, Promote, Proof, Release, Reverse,
     Stage, StopPrimary, VerifyPrimary, WaitForWindow,
 };
 use crate::steps::StepId;
@@ -85,6 +85,10 @@ pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Pla
             to: d.to.name().into(),
         });
     }
+    // Outside the write pause: no manager may act on the fenced, stopped primary.
+    if d.has_ha() {
+        plan.push(HaPause(d.clone()));
+    }
     plan.push(Hold {
         d: d.clone(),
         timeout: spec.cutover.hold_timeout,
@@ -118,6 +122,10 @@ pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Pla
         plan.push(Rewind(r.clone()));
         plan.push(Reclone(r.clone()));
         plan.push(Rejoin(r));
+    }
+    if d.has_ha() {
+        // After any re-sync, so repmgr registers the old primary once it streams.
+        plan.push(HaResume(d.clone()));
     }
     plan.push(Certificate {
         d,

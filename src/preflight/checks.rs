@@ -235,6 +235,7 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
     let Some(p) = facts.get(&primary.name) else {
         // Everything that does not need the primary is still reported.
         super::service::check(&mut checks, spec, &config_files(&facts)).await;
+        super::ha::check(&mut checks, spec, &clients(&facts)).await;
         routes(&mut checks, spec, false).await;
         spec_checks(&mut checks, spec);
         return checks;
@@ -417,6 +418,7 @@ pub async fn run(spec: &Spec) -> Vec<Check> {
         facts.get(&target.name).map(archiving).as_ref(),
     ));
     super::service::check(&mut checks, spec, &config_files(&facts)).await;
+    super::ha::check(&mut checks, spec, &clients(&facts)).await;
     routes(&mut checks, spec, true).await;
     spec_checks(&mut checks, spec);
     checks
@@ -437,6 +439,10 @@ async fn wal_per_hour(c: &Client) -> Option<u64> {
         (Some(b), Some(s)) if s > 60.0 => Some((b / s * 3600.0) as u64),
         _ => None,
     }
+}
+
+fn clients(facts: &BTreeMap<String, Facts>) -> BTreeMap<String, &Client> {
+    facts.iter().map(|(n, f)| (n.clone(), &f.client)).collect()
 }
 
 fn config_files(facts: &BTreeMap<String, Facts>) -> BTreeMap<String, String> {

@@ -4,6 +4,7 @@
 mod archive;
 mod bake;
 mod checks;
+mod ha;
 mod service;
 
 use serde::Serialize;

@@ -5,11 +5,13 @@
 
 pub mod local;
 mod plugin;
+mod ha;
 mod raw;
 mod route;
 mod service;
 pub mod values;
 
+pub use ha::{Ha, Patroni};
 pub use plugin::{Failover, Hook, HookTarget, Plugin};
 pub use route::{
     DnsRoute, ExecRoute, HaProxyRoute, NatHook, NatRoute, PgBouncerRoute, PowerDnsRoute, Route,
@@ -67,6 +69,8 @@ pub struct Node {
     pub replication_tls: ReplicationTls,
     /// How its server is started and stopped.
     pub service: Service,
+    /// The HA manager watching it, paused around the switchover.
+    pub ha: Option<Ha>,
 }
 
 /// `replication_tls` of a node: the stream from its upstream must be verified TLS
@@ -1114,6 +1118,7 @@ impl Validator {
                 ));
             }
             let service = self.service(&format!("{f}.service"), rn.service)?;
+            let ha = self.ha(&format!("{f}.ha"), rn.ha)?;
             let node = Node {
                 conninfo: self.conninfo(&format!("{f}.conninfo"), &rn.conninfo)?,
                 password: self.secret(&format!("{f}.password"), rn.password)?,
@@ -1128,6 +1133,7 @@ impl Validator {
                         .unwrap_or_else(|| rn.data_dir.join("migrate-server.log"))
                 }),
                 service,
+                ha,
                 data_dir: rn.data_dir,
                 bin_dir: rn.bin_dir,
                 replication_tls: match rn.replication_tls.as_deref() {

@@ -50,6 +50,8 @@ pub struct RawNode {
     pub replication_tls: Option<String>,
     /// `"pg_ctl"` or a table: see `spec/service.rs`.
     pub service: Option<toml::Value>,
+    /// A table: see `spec/ha.rs`.
+    pub ha: Option<toml::Value>,
     #[serde(default)]
     pub host: RawHost,
 }

@@ -293,7 +293,7 @@ const KINDS: &str = "kind is one of \"pgbouncer\", \"haproxy\", \"dns\", \"power
 
 impl Validator {
     /// A provider's settings, with serde's complaint turned into `route[i].<key>: …`.
-    fn settings<T: DeserializeOwned>(
+    pub(super) fn settings<T: DeserializeOwned>(
         &self,
         f: &str,
         kind: &str,
@@ -471,7 +471,7 @@ impl Validator {
 
     /// The PowerDNS API's base URL: http(s), no user:password@ (the key goes in api_key), and
     /// https unless the API is on loopback or the spec says `insecure_http = true`.
-    fn api_url(&self, field: &str, api: &str, insecure_http: bool) -> Result<(), SpecError> {
+    pub(super) fn api_url(&self, field: &str, api: &str, insecure_http: bool) -> Result<(), SpecError> {
         self.plain_text(field, api, "URL")?;
         let url = reqwest::Url::parse(api).map_err(|e| {
             self.err(
@@ -512,7 +512,7 @@ impl Validator {
         }
     }
 
-    fn absolute(&self, field: &str, p: &std::path::Path, what: &str) -> Result<(), SpecError> {
+    pub(super) fn absolute(&self, field: &str, p: &std::path::Path, what: &str) -> Result<(), SpecError> {
         if p.is_absolute() {
             Ok(())
         } else {

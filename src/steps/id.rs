@@ -39,6 +39,10 @@ pub enum StepId {
     Repoint,
     /// The gate hooks' go / no-go, before `hold`.
     Approve,
+    /// Pause the declared HA managers (repmgrd, Patroni), before `hold`.
+    HaPause,
+    /// Give them the new topology and unpause them, after `release`.
+    HaResume,
     // `migrate resync`.
     /// Read what must survive the re-sync (the node's own settings).
     Settings,
@@ -54,9 +58,11 @@ pub enum StepId {
 
 impl StepId {
     /// The ids that name no node and are not switchover steps.
-    const OTHERS: [StepId; 12] = [
+    const OTHERS: [StepId; 14] = [
         StepId::Catchup,
         StepId::Approve,
+        StepId::HaPause,
+        StepId::HaResume,
         StepId::Settings,
         StepId::Rewind,
         StepId::Reclone,
@@ -121,6 +127,8 @@ impl StepId {
             StepId::Loss => ("loss", None),
             StepId::Repoint => ("repoint", None),
             StepId::Approve => ("approve", None),
+            StepId::HaPause => ("ha_pause", None),
+            StepId::HaResume => ("ha_resume", None),
             StepId::Settings => ("settings", None),
             StepId::Rewind => ("rewind", None),
             StepId::Reclone => ("reclone", None),
@@ -194,7 +202,7 @@ mod tests {
     #[test]
     fn every_id_reads_back_as_itself() {
         let mut all: Vec<StepId> = StepId::fixed().cloned().collect();
-        assert_eq!(all.len(), 25, "every fixed id once");
+        assert_eq!(all.len(), 27, "every fixed id once");
         all.extend([
             StepId::Prepare("new".into()),
             StepId::Slot("dr".into()),
