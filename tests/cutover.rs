@@ -1384,7 +1384,7 @@ async fn cutover_and_rollback_on_debian_clusters_keep_every_acknowledged_write()
 
 /// The end of a switch test with a writer through PgBouncer: let the last commits land, then
 /// no client error, every acknowledged commit on every node, never two writable primaries.
-async fn writes_survived(
+pub(crate) async fn writes_survived(
     chain: &Chain,
     w: Writer,
     sampler: crate::support::PrimarySampler,

@@ -5,10 +5,11 @@ mod support;
 
 mod compose;
 mod conn;
-mod cutover;
+pub mod cutover;
 mod docs;
 mod engine;
 mod failover;
+mod ha;
 mod hooks;
 mod host_local;
 mod host_ssh;

@@ -138,11 +138,18 @@ mod tests {
         let after = [at("new", None), at("old", Some("new"))];
         match repmgr_after(&names(&["old"]), &after) {
             RepmgrAfter::LeavePaused { reason } => {
-                assert!(reason.contains("new primary new is not a repmgr node"), "{reason}")
+                assert!(
+                    reason.contains("new primary new is not a repmgr node"),
+                    "{reason}"
+                )
             }
             other => panic!("{other:?}"),
         }
-        let cascade = [at("new", None), at("replica", Some("new")), at("dr", Some("replica"))];
+        let cascade = [
+            at("new", None),
+            at("replica", Some("new")),
+            at("dr", Some("replica")),
+        ];
         match repmgr_after(&names(&["new", "dr"]), &cascade) {
             RepmgrAfter::LeavePaused { reason } => {
                 assert!(reason.contains("dr now streams from replica"), "{reason}")
@@ -153,7 +160,11 @@ mod tests {
 
     #[test]
     fn a_patroni_cluster_without_the_primary_follows_it_as_a_standby_cluster() {
-        let after = [at("new", None), at("old", Some("new")), at("old2", Some("old"))];
+        let after = [
+            at("new", None),
+            at("old", Some("new")),
+            at("old2", Some("old")),
+        ];
         let slot = |n: &str| format!("migrate_{n}");
         assert_eq!(
             patroni_leader(&names(&["old", "old2"]), &after, ("10.0.0.2", 5432), slot),

@@ -28,7 +28,10 @@ pub struct Member {
 pub fn parse_member(v: &Value) -> Result<Member> {
     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let (Some(role), Some(state)) = (text("role"), text("state")) else {
-        bail!("not a Patroni member's status (no role and state): {}", crate::spec::values::shown(&v.to_string(), 200));
+        bail!(
+            "not a Patroni member's status (no role and state): {}",
+            crate::spec::values::shown(&v.to_string(), 200)
+        );
     };
     Ok(Member {
         role,
@@ -60,7 +63,8 @@ pub fn resume_body(leader: &Leader) -> Value {
     let standby = match leader {
         Leader::Own => Value::Null,
         Leader::Remote { host, port, slot } => {
-            let mut s = json!({ "host": host, "port": port, "create_replica_methods": ["basebackup"] });
+            let mut s =
+                json!({ "host": host, "port": port, "create_replica_methods": ["basebackup"] });
             if let Some(slot) = slot {
                 s["primary_slot_name"] = json!(slot);
             }
@@ -155,8 +159,10 @@ mod tests {
 
     #[test]
     fn a_member_status_is_read_and_pause_defaults_to_false() {
-        let m = parse_member(&json!({"state": "running", "role": "primary", "pause": true,
-            "patroni": {"version": "3.0.2", "scope": "main", "name": "pg1"}}))
+        let m = parse_member(
+            &json!({"state": "running", "role": "primary", "pause": true,
+            "patroni": {"version": "3.0.2", "scope": "main", "name": "pg1"}}),
+        )
         .unwrap();
         assert_eq!(
             m,

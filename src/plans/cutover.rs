@@ -14,8 +14,8 @@ use crate::engine::Plan;
 use crate::spec::{Role, Spec};
 use crate::steps::member::Member;
 use crate::steps::switchover::{
-    Certificate, Direction, Fence, Followers, HaPause, HaResume, Hold, Others, Promote, Proof, Release, Reverse,
-    Stage, StopPrimary, VerifyPrimary, WaitForWindow,
+    Certificate, Direction, Fence, Followers, HaPause, HaResume, Hold, Others, Promote, Proof,
+    Release, Reverse, Stage, StopPrimary, VerifyPrimary, WaitForWindow,
 };
 use crate::steps::StepId;
 

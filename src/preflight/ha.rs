@@ -155,7 +155,14 @@ async fn patroni_seen(node: &Node) -> Option<Result<String, String>> {
     let probe = |api: Api| async move {
         api.member()
             .await
-            .map(|m| format!("{} {}{}", m.role, m.state, if m.paused { ", paused" } else { "" }))
+            .map(|m| {
+                format!(
+                    "{} {}{}",
+                    m.role,
+                    m.state,
+                    if m.paused { ", paused" } else { "" }
+                )
+            })
             .map_err(|e| format!("{e:#}"))
     };
     match &node.ha {
@@ -169,7 +176,11 @@ async fn patroni_seen(node: &Node) -> Option<Result<String, String>> {
             if host.starts_with('/') || host.is_empty() {
                 return None;
             }
-            let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.to_string()
+            };
             let cfg = crate::spec::Patroni {
                 url: format!("http://{host}:8008"),
                 cluster: String::new(),
@@ -177,7 +188,10 @@ async fn patroni_seen(node: &Node) -> Option<Result<String, String>> {
                 password: None,
                 ca_file: None,
             };
-            let api = Api::new(&cfg).ok()?.with_timeout(Duration::from_secs(2)).ok()?;
+            let api = Api::new(&cfg)
+                .ok()?
+                .with_timeout(Duration::from_secs(2))
+                .ok()?;
             probe(api).await.ok().map(Ok)
         }
     }
@@ -301,7 +315,10 @@ mod tests {
             running: true,
             ..Seen::default()
         };
-        assert_eq!(verdict("old", Some(&repmgr()), &broken).status, Status::Fail);
+        assert_eq!(
+            verdict("old", Some(&repmgr()), &broken).status,
+            Status::Fail
+        );
         let before_clone = Seen {
             running: false,
             ..broken.clone()

@@ -67,7 +67,11 @@ enum RawHa {
 const KEYS: &str = "kind = \"repmgr\" with config, or kind = \"patroni\" with url, cluster (and username, password, ca_file, insecure_http)";
 
 impl Validator {
-    pub(super) fn ha(&self, field: &str, raw: Option<toml::Value>) -> Result<Option<Ha>, SpecError> {
+    pub(super) fn ha(
+        &self,
+        field: &str,
+        raw: Option<toml::Value>,
+    ) -> Result<Option<Ha>, SpecError> {
         let Some(raw) = raw else { return Ok(None) };
         let toml::Value::Table(table) = raw else {
             return Err(self.err(
@@ -81,7 +85,11 @@ impl Validator {
             RawHa::Repmgr { config } => {
                 let f = format!("{field}.config");
                 self.plain_text(&f, &config.to_string_lossy(), "path")?;
-                self.absolute(&f, &config, "repmgr.conf on that node's host, e.g. /etc/repmgr.conf")?;
+                self.absolute(
+                    &f,
+                    &config,
+                    "repmgr.conf on that node's host, e.g. /etc/repmgr.conf",
+                )?;
                 Ha::Repmgr { config }
             }
             RawHa::Patroni {

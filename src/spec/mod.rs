@@ -3,9 +3,9 @@
 //! Every refusal is a [`SpecError`] naming the file, the field and the fix. Passwords are only
 //! accepted by reference (`{ env = "VAR" }` or `{ passfile = "PATH" }`).
 
+mod ha;
 pub mod local;
 mod plugin;
-mod ha;
 mod raw;
 mod route;
 mod service;

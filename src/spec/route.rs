@@ -471,7 +471,12 @@ impl Validator {
 
     /// The PowerDNS API's base URL: http(s), no user:password@ (the key goes in api_key), and
     /// https unless the API is on loopback or the spec says `insecure_http = true`.
-    pub(super) fn api_url(&self, field: &str, api: &str, insecure_http: bool) -> Result<(), SpecError> {
+    pub(super) fn api_url(
+        &self,
+        field: &str,
+        api: &str,
+        insecure_http: bool,
+    ) -> Result<(), SpecError> {
         self.plain_text(field, api, "URL")?;
         let url = reqwest::Url::parse(api).map_err(|e| {
             self.err(
@@ -512,7 +517,12 @@ impl Validator {
         }
     }
 
-    pub(super) fn absolute(&self, field: &str, p: &std::path::Path, what: &str) -> Result<(), SpecError> {
+    pub(super) fn absolute(
+        &self,
+        field: &str,
+        p: &std::path::Path,
+        what: &str,
+    ) -> Result<(), SpecError> {
         if p.is_absolute() {
             Ok(())
         } else {

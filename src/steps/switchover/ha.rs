@@ -153,21 +153,21 @@ async fn repmgr_status(nodes: &[(&Member, Repmgr)]) -> Result<RepmgrSeen> {
     bail!("no repmgr node answered: {}", errors.join("; "))
 }
 
+/// `service pause`/`unpause` through the first repmgr that does it, then `service status`
+/// must show every running repmgrd so. repmgr exits non-zero when it cannot reach one of its
+/// nodes (a server that is down, whose repmgrd cannot act either): the status decides.
 async fn repmgr_pause(nodes: &[(&Member, Repmgr)], pause: bool) -> Result<RepmgrSeen> {
     let deadline = Instant::now() + SETTLE;
     loop {
-        let mut last = None;
+        let mut errors = Vec::new();
         for (m, r) in nodes {
             match r.pause(m.host.as_ref(), pause).await {
                 Ok(()) => {
-                    last = None;
+                    errors.clear();
                     break;
                 }
-                Err(e) => last = Some(e),
+                Err(e) => errors.push(format!("{e:#}")),
             }
-        }
-        if let Some(e) = last {
-            return Err(e);
         }
         let seen = repmgr_status(nodes).await?;
         let wrong: Vec<&str> = seen
@@ -181,10 +181,15 @@ async fn repmgr_pause(nodes: &[(&Member, Repmgr)], pause: bool) -> Result<Repmgr
         }
         if Instant::now() > deadline {
             bail!(
-                "repmgrd on {} still {} after `repmgr service {}`",
+                "repmgrd on {} still {} after `repmgr service {}`{}",
                 wrong.join(", "),
                 if pause { "unpaused" } else { "paused" },
-                if pause { "pause" } else { "unpause" }
+                if pause { "pause" } else { "unpause" },
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", errors.join("; "))
+                }
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -236,7 +241,10 @@ async fn wait_members(
                     node: node.clone(),
                     member: m,
                 }),
-                Ok(m) => waiting.push(format!("{node} ({} {}, pause {})", m.role, m.state, m.paused)),
+                Ok(m) => waiting.push(format!(
+                    "{node} ({} {}, pause {})",
+                    m.role, m.state, m.paused
+                )),
                 Err(e) => waiting.push(format!("{node}: {e:#}")),
             }
         }
@@ -284,12 +292,89 @@ impl Step for HaPause {
             patroni: patroni_pause(&self.0, true).await?,
         })
     }
-    async fn compensate(&self, _cx: &Cx, _out: Option<HaPauseOut>) -> Result<()> {
+    /// Never fails: an HA manager left paused risks no data, and the undo must go on to
+    /// finish the abort. What could not be unpaused is reported.
+    async fn compensate(&self, cx: &Cx, _out: Option<HaPauseOut>) -> Result<()> {
         let repmgr = self.0.repmgr();
+        let mut left = Vec::new();
         if !repmgr.is_empty() {
-            repmgr_pause(&repmgr, false).await?;
+            if let Err(e) = repmgr_pause(&repmgr, false).await {
+                left.push(format!(
+                    "{e:#}; run `repmgr service unpause` once every repmgr node is up"
+                ));
+            }
         }
-        patroni_pause(&self.0, false).await.map(drop)
+        if let Err(e) = patroni_pause(&self.0, false).await {
+            left.push(format!(
+                "{e:#}; run `patronictl resume` once the cluster answers"
+            ));
+        }
+        for l in left {
+            cx.progress(&StepId::HaPause, format!("HA manager left paused: {l}"));
+        }
+        Ok(())
+    }
+}
+
+/// After the registration: every declared node's repmgrd running and unpaused. repmgrd
+/// ends itself when, during the switch, it reconnects and finds no primary it knows, and it
+/// may do so a while after the switch (after its reconnect attempts): so this converges, starting a
+/// missing daemon again by the command repmgr.conf names, until the state holds twice in a
+/// row a few seconds apart, or `SETTLE` passes (then the daemons still down are reported).
+async fn repmgrd_back(nodes: &[(&Member, Repmgr)]) -> Result<(RepmgrSeen, Vec<String>)> {
+    let deadline = Instant::now() + SETTLE;
+    let mut held = 0;
+    loop {
+        let seen = repmgr_status(nodes).await?;
+        let mut down = Vec::new();
+        let mut start_errors = Vec::new();
+        for (m, r) in nodes {
+            let running = seen.daemons.iter().any(|d| d.name == m.name() && d.running);
+            if !running {
+                down.push(m.name().to_string());
+                if let Err(e) = r.start_daemon(m.host.as_ref()).await {
+                    start_errors.push(format!("{}: {e:#}", m.name()));
+                }
+            }
+        }
+        let paused = seen.daemons.iter().any(|d| d.running && d.paused);
+        if paused {
+            // Unpausing also covers a daemon just started from a paused state file.
+            let (m, r) = &nodes[0];
+            let _ = r.pause(m.host.as_ref(), false).await;
+        }
+        held = if down.is_empty() && !paused {
+            held + 1
+        } else {
+            0
+        };
+        if held >= 2 {
+            return Ok((seen, Vec::new()));
+        }
+        if Instant::now() > deadline {
+            let mut notes = Vec::new();
+            if !down.is_empty() {
+                notes.push(format!(
+                    "repmgrd is not running on {} ({}); start it there",
+                    down.join(", "),
+                    if start_errors.is_empty() {
+                        "it ended again after `repmgr daemon start`".to_string()
+                    } else {
+                        start_errors.join("; ")
+                    }
+                ));
+            }
+            if paused {
+                notes.push("repmgrd is still paused: run `repmgr service unpause`".into());
+            }
+            return Ok((seen, notes));
+        }
+        tokio::time::sleep(Duration::from_secs(if down.is_empty() && !paused {
+            3
+        } else {
+            1
+        }))
+        .await;
     }
 }
 
@@ -324,27 +409,12 @@ impl HaResume {
             let (m, r) = by_name(node)?;
             r.register_standby(m.host.as_ref(), upstream_id).await?;
         }
-        // repmgrd ends itself when, during the switch, it finds no primary it knows; start it
-        // again by the command repmgr.conf gives for that.
-        let seen = repmgr_status(&nodes).await?;
-        for (m, r) in &nodes {
-            let running = seen
-                .daemons
-                .iter()
-                .any(|d| d.name == m.name() && d.running);
-            if !running {
-                if let Err(e) = r.start_daemon(m.host.as_ref()).await {
-                    out.notes.push(format!(
-                        "repmgrd is not running on {} and could not be started: {e:#}",
-                        m.name()
-                    ));
-                }
-            }
-        }
         // The primary's repmgr first: it speaks for the new topology.
         let mut order: Vec<(&Member, Repmgr)> = nodes.clone();
         order.sort_by_key(|(m, _)| m.name() != primary);
-        out.repmgrd = Some(repmgr_pause(&order, false).await?);
+        let (seen, notes) = repmgrd_back(&order).await?;
+        out.repmgrd = Some(seen);
+        out.notes.extend(notes);
         Ok(())
     }
 
@@ -355,8 +425,11 @@ impl HaResume {
             let leader = crate::ha::patroni_leader(
                 &names,
                 &placements,
-                (self.0.to.node.conninfo.host(), self.0.to.node.conninfo.port()),
-                |n| crate::replication::slot_name(n),
+                (
+                    self.0.to.node.conninfo.host(),
+                    self.0.to.node.conninfo.port(),
+                ),
+                crate::replication::slot_name,
             );
             let apis = members
                 .iter()

@@ -1,0 +1,335 @@
+//! HA managers: real repmgr (Debian's postgresql-15-repmgr) with repmgrd running on the old
+//! primary and the target, and Patroni's REST API (a local server speaking its documented
+//! shape: Patroni itself needs a DCS this machine does not run).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use migrate::exit::Exit;
+use migrate::lab::workload::Writer;
+use migrate::pg::connect;
+use migrate::steps::StepId;
+
+use crate::cutover::{all_nodes, writes_survived};
+use crate::replication::Chain;
+use crate::support::{assert_exit_at, output_text, text, PrimarySampler};
+
+/// repmgr on the lab's `old` and `new`: repmgr preloaded, one repmgr.conf each, old registered
+/// as primary and new as its standby, repmgrd running on both with automatic failover. The
+/// daemons are killed on drop.
+struct Repmgr {
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+fn as_postgres(argv: &[&str]) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .args(argv)
+        .output()
+        .expect("runuser")
+}
+
+impl Repmgr {
+    async fn start(chain: &Chain) -> Repmgr {
+        let lab = &chain.lab.lab;
+        let dir = lab.dir.join("repmgr");
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = PathBuf::from("/usr/lib/postgresql/15/bin");
+        assert!(
+            bin.join("repmgrd").exists(),
+            "repmgr is not installed: apt-get install postgresql-15-repmgr (scripts/test does)"
+        );
+        // The lab's pgpass is root's; repmgr runs as postgres and needs its own copy.
+        let pgpass = dir.join("pgpass");
+        std::fs::copy(lab.dir.join("pgpass"), &pgpass).unwrap();
+        for (id, node) in [(1, "old"), (2, "new")] {
+            let conf = dir.join(format!("{node}.conf"));
+            let d = dir.display();
+            std::fs::write(
+                &conf,
+                format!(
+                    "node_id={id}\nnode_name='{node}'\n\
+                     conninfo='host=127.0.0.1 port={port} user=postgres dbname=postgres passfile={d}/pgpass connect_timeout=2'\n\
+                     data_directory='{data}'\npg_bindir='{bin}'\n\
+                     failover='automatic'\n\
+                     promote_command='{bin}/repmgr standby promote -f {conf}'\n\
+                     follow_command='{bin}/repmgr standby follow -f {conf} --upstream-node-id=%n'\n\
+                     monitor_interval_secs=1\nreconnect_attempts=2\nreconnect_interval=1\n\
+                     log_file='{d}/{node}.log'\nrepmgrd_pid_file='{d}/{node}.pid'\n\
+                     repmgrd_service_start_command='{bin}/repmgrd -f {conf}'\n",
+                    port = lab.port(node),
+                    data = lab.data_dir(node).display(),
+                    bin = bin.display(),
+                    conf = conf.display(),
+                ),
+            )
+            .unwrap();
+            // repmgrd needs the library in shared memory.
+            connect(&chain.ep(node))
+                .await
+                .unwrap()
+                .batch_execute("ALTER SYSTEM SET shared_preload_libraries = 'repmgr'")
+                .await
+                .unwrap();
+            let server = lab.server(node);
+            server
+                .stop(migrate::pg::server::StopMode::Fast, Duration::from_secs(30))
+                .await
+                .unwrap();
+            server
+                .start(&lab.server_log(node), Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+        Command::new("chown")
+            .args(["-R", "postgres:postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let r = Repmgr { dir, bin };
+        r.ok(&["-f", &r.conf("old"), "primary", "register"]);
+        r.ok(&[
+            "-f",
+            &r.conf("new"),
+            "standby",
+            "register",
+            "--upstream-node-id=1",
+        ]);
+        for node in ["old", "new"] {
+            r.ok(&["-f", &r.conf(node), "daemon", "start"]);
+        }
+        r.wait_daemons(false, "repmgrd started");
+        r
+    }
+
+    fn conf(&self, node: &str) -> String {
+        self.dir.join(format!("{node}.conf")).display().to_string()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let repmgr = self.bin.join("repmgr");
+        let mut argv = vec![repmgr.to_str().unwrap()];
+        argv.extend(args);
+        let out = as_postgres(&argv);
+        assert!(
+            out.status.success(),
+            "repmgr {args:?}: {}",
+            output_text(&out)
+        );
+        text(&out.stdout)
+    }
+
+    /// (name, role, repmgrd running, paused) per node.
+    fn daemons(&self) -> Vec<(String, String, bool, bool)> {
+        self.ok(&["-f", &self.conf("old"), "service", "status", "--csv"])
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[1].into(), f[2].into(), f[4] == "1", f[6] == "1")
+            })
+            .collect()
+    }
+
+    /// Both repmgrd running, each paused or not.
+    fn wait_daemons(&self, paused: bool, ctx: &str) {
+        self.wait_daemon(&["old", "new"], paused, ctx)
+    }
+
+    /// These nodes' repmgrd running, each paused or not.
+    fn wait_daemon(&self, nodes: &[&str], paused: bool, ctx: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let d = self.daemons();
+            let ok = nodes.iter().all(|n| {
+                d.iter()
+                    .any(|(name, _, run, p)| name == n && *run && *p == paused)
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ctx}: repmgrd {d:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The last lines of each repmgrd's log, for a failure's message.
+    fn logs(&self) -> String {
+        ["old", "new"]
+            .iter()
+            .map(|n| {
+                let log =
+                    std::fs::read_to_string(self.dir.join(format!("{n}.log"))).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                format!(
+                    "{n}.log:\n{}",
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// repmgr's own view: node → (role, upstream name).
+    fn topology(&self) -> Vec<(String, String, String)> {
+        let out = self.ok(&["-f", &self.conf("old"), "cluster", "show"]);
+        out.lines()
+            .skip(2)
+            .map(|l| {
+                let f: Vec<String> = l.split('|').map(|s| s.trim().to_string()).collect();
+                (f[1].clone(), f[2].clone(), f[4].clone())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Repmgr {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("repmgrd -f {}", self.dir.display())])
+            .status();
+    }
+}
+
+fn declare_repmgr(chain: &Chain, r: &Repmgr) {
+    let mut spec = std::fs::read_to_string(&chain.spec).unwrap();
+    for node in ["old", "new"] {
+        let table = format!("[nodes.{node}]\n");
+        spec = spec.replacen(
+            &table,
+            &format!(
+                "{table}ha = {{ kind = \"repmgr\", config = \"{}\" }}\n",
+                r.conf(node)
+            ),
+            1,
+        );
+    }
+    std::fs::write(&chain.spec, spec).unwrap();
+}
+
+fn step_output(status: &serde_json::Value, id: &StepId) -> serde_json::Value {
+    status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.to_string())
+        .unwrap_or_else(|| panic!("no {id} in {status}"))["output"]
+        .clone()
+}
+
+/// repmgrd runs on old and new with automatic failover. plan refuses until the spec declares
+/// it; a cutover that aborts (the target lost after the fence) unpauses it again; the cutover
+/// pauses it before the hold (seen from repmgr itself while the run waits there), registers the
+/// new topology and unpauses it; the rollback does the same the other way. Every
+/// acknowledged commit survives and no two nodes are ever writable at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repmgrd_is_paused_around_each_switch_and_told_the_new_topology() {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let r = Repmgr::start(&chain).await;
+
+    let out = chain.run(&["plan"], None).await;
+    assert_exit_at(&out, Exit::NotReady, "plan with an undeclared repmgrd");
+    let said = output_text(&out);
+    assert!(
+        said.contains("ha:old") && said.contains("repmgrd runs"),
+        "{said}"
+    );
+    declare_repmgr(&chain, &r);
+    chain.plan_ok().await;
+
+    let w = Writer::start(
+        vec![chain.lab.lab.app_endpoint()],
+        4,
+        Duration::from_millis(5),
+    );
+    let sampler = PrimarySampler::start(all_nodes(&chain));
+
+    // An aborted cutover leaves repmgrd as it found it.
+    let wait_file = chain.lab.lab.dir.join("go-abort");
+    let run = {
+        let c = tokio::process::Command::new(crate::support::migrate_bin())
+            .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
+            .env("MIGRATE_WAIT_AT", format!("{}:before", StepId::Stop))
+            .env("MIGRATE_WAIT_FILE", &wait_file)
+            .output();
+        tokio::spawn(c)
+    };
+    chain
+        .wait_for_step("cutover", &StepId::Fence, "succeeded")
+        .await;
+    r.wait_daemons(true, "paused while the cutover fences");
+    chain.kill_server("new").await;
+    std::fs::write(&wait_file, "").unwrap();
+    let out = run.await.unwrap().unwrap();
+    assert_exit_at(&out, Exit::NotReady, "cutover without its target");
+    // new's server is down: its repmgrd can be neither asked nor unpaused, and the abort
+    // says so rather than failing.
+    r.wait_daemon(&["old"], false, "unpaused after the abort");
+    let said = output_text(&out);
+    assert!(said.contains("undone ha_pause"), "{said}");
+    let lab = &chain.lab.lab;
+    lab.server("new")
+        .start(&lab.server_log("new"), Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // The cutover: paused at the hold, then the new topology.
+    let wait_file = chain.lab.lab.dir.join("go-cutover");
+    let run = {
+        let c = tokio::process::Command::new(crate::support::migrate_bin())
+            .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
+            .env("MIGRATE_WAIT_AT", format!("{}:before", StepId::Hold))
+            .env("MIGRATE_WAIT_FILE", &wait_file)
+            .output();
+        tokio::spawn(c)
+    };
+    chain
+        .wait_for_step("cutover", &StepId::HaPause, "succeeded")
+        .await;
+    r.wait_daemons(true, "paused before the hold");
+    std::fs::write(&wait_file, "").unwrap();
+    let out = run.await.unwrap().unwrap();
+    assert_exit_at(&out, Exit::Done, "cutover with repmgr");
+    let status: serde_json::Value =
+        serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
+    let paused = step_output(&status, &StepId::HaPause);
+    assert!(
+        paused["repmgr"]["daemons"]
+            .as_array()
+            .is_some_and(|d| d.len() == 2 && d.iter().all(|x| x["paused"] == true)),
+        "ha_pause journals both repmgrd paused: {paused}"
+    );
+    assert_eq!(
+        step_output(&status, &StepId::HaResume)["repmgr"]["decision"],
+        "register"
+    );
+    r.wait_daemons(false, "unpaused after the cutover");
+    assert_eq!(
+        r.topology(),
+        [
+            ("old".into(), "standby".into(), "new".into()),
+            ("new".into(), "primary".into(), String::new())
+        ],
+        "repmgr knows the new topology"
+    );
+
+    let out = chain.run(&["rollback", "--yes"], None).await;
+    assert_exit_at(&out, Exit::Done, "rollback with repmgr");
+    r.wait_daemons(false, "unpaused after the rollback");
+    assert_eq!(
+        r.topology(),
+        [
+            ("old".into(), "primary".into(), String::new()),
+            ("new".into(), "standby".into(), "old".into())
+        ],
+        "repmgr knows the topology after the rollback"
+    );
+    writes_survived(&chain, w, sampler, "cutover and rollback under repmgrd").await;
+}
