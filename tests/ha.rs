@@ -252,22 +252,17 @@ async fn repmgrd_is_paused_around_each_switch_and_told_the_new_topology() {
     let sampler = PrimarySampler::start(all_nodes(&chain));
 
     // An aborted cutover leaves repmgrd as it found it.
-    let wait_file = chain.lab.lab.dir.join("go-abort");
-    let run = {
-        let c = tokio::process::Command::new(crate::support::migrate_bin())
-            .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
-            .env("MIGRATE_WAIT_AT", format!("{}:before", StepId::Stop))
-            .env("MIGRATE_WAIT_FILE", &wait_file)
-            .output();
-        tokio::spawn(c)
-    };
-    chain
-        .wait_for_step("cutover", &StepId::Fence, "succeeded")
-        .await;
-    r.wait_daemons(true, "paused while the cutover fences");
-    chain.kill_server("new").await;
-    std::fs::write(&wait_file, "").unwrap();
-    let out = run.await.unwrap().unwrap();
+    let out = run_stopped_before(
+        &chain,
+        &["cutover", "--yes", "--force-window"],
+        &StepId::Stop,
+        &StepId::Fence,
+        async || {
+            r.wait_daemons(true, "paused while the cutover fences");
+            chain.kill_server("new").await;
+        },
+    )
+    .await;
     assert_exit_at(&out, Exit::NotReady, "cutover without its target");
     // new's server is down: its repmgrd can be neither asked nor unpaused, and the abort
     // says so rather than failing.
@@ -280,22 +275,15 @@ async fn repmgrd_is_paused_around_each_switch_and_told_the_new_topology() {
         .await
         .unwrap();
 
-    // The cutover: paused at the hold, then the new topology.
-    let wait_file = chain.lab.lab.dir.join("go-cutover");
-    let run = {
-        let c = tokio::process::Command::new(crate::support::migrate_bin())
-            .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
-            .env("MIGRATE_WAIT_AT", format!("{}:before", StepId::Hold))
-            .env("MIGRATE_WAIT_FILE", &wait_file)
-            .output();
-        tokio::spawn(c)
-    };
-    chain
-        .wait_for_step("cutover", &StepId::HaPause, "succeeded")
-        .await;
-    r.wait_daemons(true, "paused before the hold");
-    std::fs::write(&wait_file, "").unwrap();
-    let out = run.await.unwrap().unwrap();
+    // The cutover: paused before the hold, then the new topology.
+    let out = run_stopped_before(
+        &chain,
+        &["cutover", "--yes", "--force-window"],
+        &StepId::Hold,
+        &StepId::HaPause,
+        async || r.wait_daemons(true, "paused before the hold"),
+    )
+    .await;
     assert_exit_at(&out, Exit::Done, "cutover with repmgr");
     let status: serde_json::Value =
         serde_json::from_slice(&chain.run(&["status", "--json"], None).await.stdout).unwrap();
@@ -332,4 +320,146 @@ async fn repmgrd_is_paused_around_each_switch_and_told_the_new_topology() {
         "repmgr knows the topology after the rollback"
     );
     writes_survived(&chain, w, sampler, "cutover and rollback under repmgrd").await;
+}
+
+/// Run `args` with the binary against the chain's spec, stopped before `step` starts until
+/// `check` has looked at the world.
+async fn run_stopped_before(
+    chain: &Chain,
+    args: &[&str],
+    step: &StepId,
+    wait_for: &StepId,
+    check: impl AsyncFnOnce(),
+) -> std::process::Output {
+    let wait_file = chain
+        .lab
+        .lab
+        .dir
+        .join(format!("go-{step}-{}", rand_suffix()));
+    let run = tokio::spawn(
+        tokio::process::Command::new(crate::support::migrate_bin())
+            .args(args)
+            .args(["-f", chain.spec()])
+            .env("MIGRATE_WAIT_AT", format!("{step}:before"))
+            .env("MIGRATE_WAIT_FILE", &wait_file)
+            .output(),
+    );
+    chain.wait_for_step(args[0], wait_for, "succeeded").await;
+    check().await;
+    std::fs::write(&wait_file, "").unwrap();
+    run.await.unwrap().unwrap()
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Patroni manages the old primary (its REST API, a local server of the documented shape).
+/// A wrong REST password makes the pause fail and the cutover abort with nothing changed; with
+/// the right one the cutover pauses the cluster (every member reports it before the hold),
+/// then makes it a standby cluster of the new primary through the slot the old primary
+/// streams from, and unpauses it; the rollback pauses it again and makes it lead again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patroni_is_paused_around_each_switch_and_follows_the_new_primary() {
+    let chain = Chain::new().await;
+    let fake = crate::support::patroni::FakePatroni::start(
+        "main",
+        "old",
+        "primary",
+        Some(("admin", "s3cret-api")),
+    );
+    let secret = chain.lab.lab.dir.join("patroni-password");
+    std::fs::write(&secret, "wrong").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let spec = std::fs::read_to_string(&chain.spec).unwrap().replacen(
+        "[nodes.old]\n",
+        &format!(
+            "[nodes.old]\nha = {{ kind = \"patroni\", url = \"{}\", cluster = \"main\", username = \"admin\", password = {{ file = \"{}\" }} }}\n",
+            fake.url(),
+            secret.display()
+        ),
+        1,
+    );
+    std::fs::write(&chain.spec, spec).unwrap();
+    chain.replicate_ok().await;
+    let out = chain.run(&["plan"], None).await;
+    assert_exit_at(&out, Exit::Done, "plan with a declared Patroni");
+    assert!(
+        output_text(&out).contains("Patroni member old: primary running"),
+        "{}",
+        output_text(&out)
+    );
+
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], None)
+        .await;
+    assert_exit_at(
+        &out,
+        Exit::NotReady,
+        "cutover with a wrong Patroni password",
+    );
+    let said = output_text(&out);
+    assert!(said.contains("401"), "{said}");
+    assert!(
+        !said.contains("wrong"),
+        "the password is never shown: {said}"
+    );
+    assert!(fake.patches().is_empty(), "{:?}", fake.patches());
+    assert!(
+        !migrate::pg::sql::in_recovery(&connect(&chain.ep("old")).await.unwrap())
+            .await
+            .unwrap(),
+        "old still serves"
+    );
+
+    std::fs::write(&secret, "s3cret-api").unwrap();
+    let w = Writer::start(
+        vec![chain.lab.lab.app_endpoint()],
+        4,
+        Duration::from_millis(5),
+    );
+    let sampler = PrimarySampler::start(all_nodes(&chain));
+    let out = run_stopped_before(
+        &chain,
+        &["cutover", "--yes", "--force-window"],
+        &StepId::Hold,
+        &StepId::HaPause,
+        async || {
+            assert!(
+                fake.shows_paused(),
+                "Patroni reports the pause before the hold"
+            )
+        },
+    )
+    .await;
+    assert_exit_at(&out, Exit::Done, "cutover with Patroni");
+    assert_eq!(
+        fake.patches(),
+        [
+            serde_json::json!({"pause": true}),
+            serde_json::json!({"standby_cluster": {"host": "127.0.0.1", "port": chain.lab.lab.port("new"),
+                "primary_slot_name": migrate::replication::slot_name("old"),
+                "create_replica_methods": ["basebackup"]}, "pause": false}),
+        ]
+    );
+    assert!(
+        !fake.shows_paused() || {
+            std::thread::sleep(Duration::from_secs(2));
+            !fake.shows_paused()
+        }
+    );
+
+    let out = chain.run(&["rollback", "--yes"], None).await;
+    assert_exit_at(&out, Exit::Done, "rollback with Patroni");
+    assert_eq!(
+        fake.patches()[2..],
+        [
+            serde_json::json!({"pause": true}),
+            serde_json::json!({"standby_cluster": null, "pause": false}),
+        ]
+    );
+    writes_survived(&chain, w, sampler, "cutover and rollback under Patroni").await;
 }

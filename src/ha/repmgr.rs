@@ -55,15 +55,43 @@ pub fn parse_status(csv: &str) -> Result<Vec<Repmgrd>> {
         .collect()
 }
 
-/// Pure: `node_id` from a repmgr.conf (`node_id=2`, `node_id = 2`, comments with `#`).
-pub fn node_id(conf: &str) -> Option<u32> {
+/// Pure: a setting of a repmgr.conf (`key=value`, `key = 'value'`, comments with `#`).
+pub fn setting(conf: &str, key: &str) -> Option<String> {
     conf.lines().find_map(|line| {
-        let line = line.split('#').next()?.trim();
-        let (key, value) = line.split_once('=')?;
-        (key.trim() == "node_id")
-            .then(|| value.trim().trim_matches('\'').parse().ok())
-            .flatten()
+        let line = line.trim_start();
+        if line.starts_with('#') {
+            return None;
+        }
+        let (k, value) = line.split_once('=')?;
+        if k.trim() != key {
+            return None;
+        }
+        let value = value.trim();
+        Some(match value.strip_prefix('\'') {
+            // Quoted: up to the closing quote ('' is a quote inside).
+            Some(rest) => {
+                let mut out = String::new();
+                let mut chars = rest.chars().peekable();
+                while let Some(c) = chars.next() {
+                    if c == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    out.push(c);
+                }
+                out
+            }
+            None => value.split('#').next().unwrap_or("").trim().to_string(),
+        })
     })
+}
+
+/// Pure: `node_id` from a repmgr.conf.
+pub fn node_id(conf: &str) -> Option<u32> {
+    setting(conf, "node_id")?.parse().ok()
 }
 
 /// The `repmgr` program for a node: its `bin_dir`'s (Debian installs it there), else `PATH`'s.
@@ -112,12 +140,17 @@ impl Repmgr {
         self.run(host, &["service", verb]).await.map(drop)
     }
 
-    pub async fn node_id(&self, host: &dyn Host) -> Result<u32> {
+    /// The configuration file's text.
+    pub async fn conf(&self, host: &dyn Host) -> Result<String> {
         let text = host
             .read_file(&self.config)
             .await
             .with_context(|| format!("read {} on {}", self.config.display(), self.node))?;
-        node_id(&String::from_utf8_lossy(&text)).with_context(|| {
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    }
+
+    pub async fn node_id(&self, host: &dyn Host) -> Result<u32> {
+        node_id(&self.conf(host).await?).with_context(|| {
             format!(
                 "{} on {} has no node_id = N",
                 self.config.display(),
@@ -142,10 +175,51 @@ impl Repmgr {
     }
 
     /// `daemon start`: repmgrd by the command repmgr.conf names
-    /// (`repmgrd_service_start_command`); repmgrd ends itself when it finds no primary, which
-    /// it does while the switchover changes who is primary.
+    /// (`repmgrd_service_start_command`).
     pub async fn start_daemon(&self, host: &dyn Host) -> Result<()> {
         self.run(host, &["daemon", "start"]).await.map(drop)
+    }
+
+    /// Bring back a repmgrd that `service status` does not see. Two cases: it ended itself
+    /// (during the switch it reconnected, found no primary it knew, and exited), or it still
+    /// runs but its server restarted, which forgets the daemon's registration (repmgrd does
+    /// not register again when it reconnects). The second is stopped (SIGTERM, by the pid
+    /// file repmgr.conf names) and both are started by `daemon start` — only when repmgr.conf
+    /// names a start command, else nothing is stopped and the error says why.
+    pub async fn restart_daemon(&self, host: &dyn Host) -> Result<()> {
+        let conf = self.conf(host).await?;
+        if setting(&conf, "repmgrd_service_start_command").is_none() {
+            bail!(
+                "{} names no repmgrd_service_start_command, so migrate cannot start repmgrd there",
+                self.config.display()
+            );
+        }
+        if let Some(pid_file) = setting(&conf, "repmgrd_pid_file") {
+            let pid = host
+                .read_file(Path::new(&pid_file))
+                .await
+                .ok()
+                .and_then(|t| String::from_utf8_lossy(&t).trim().parse::<u32>().ok());
+            if let Some(pid) = pid {
+                let alive = |sig: &'static str| {
+                    Cmd::new(["kill", sig, &pid.to_string()]).timeout(Duration::from_secs(5))
+                };
+                if host.run(&alive("-0")).await.is_ok_and(|o| o.success()) {
+                    host.run_ok(&alive("-TERM")).await?;
+                    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+                    while host.run(&alive("-0")).await.is_ok_and(|o| o.success()) {
+                        if std::time::Instant::now() > deadline {
+                            bail!(
+                                "repmgrd (pid {pid}) on {} did not stop within 15 s of SIGTERM",
+                                self.node
+                            );
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+        self.start_daemon(host).await
     }
 }
 
@@ -182,6 +256,17 @@ mod tests {
         assert!(parse_status(" ID | Name | Role\n").is_err());
         assert!(parse_status("1,old,primary,1,yes,1,0,100,0,x").is_err());
         assert!(parse_status("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn settings_are_read_quoted_or_not() {
+        let conf = "# repmgrd_pid_file='/x'\nrepmgrd_pid_file = '/run/repmgr/it''s.pid'\nlog_level=INFO # comment\n";
+        assert_eq!(
+            setting(conf, "repmgrd_pid_file").as_deref(),
+            Some("/run/repmgr/it's.pid")
+        );
+        assert_eq!(setting(conf, "log_level").as_deref(), Some("INFO"));
+        assert_eq!(setting(conf, "repmgrd_service_start_command"), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! binary, and an sshd on a loopback port.
 
 pub mod crash;
+pub mod patroni;
 pub mod sshd;
 pub mod traffic;
 

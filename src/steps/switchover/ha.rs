@@ -316,11 +316,12 @@ impl Step for HaPause {
     }
 }
 
-/// After the registration: every declared node's repmgrd running and unpaused. repmgrd
-/// ends itself when, during the switch, it reconnects and finds no primary it knows, and it
-/// may do so a while after the switch (after its reconnect attempts): so this converges, starting a
-/// missing daemon again by the command repmgr.conf names, until the state holds twice in a
-/// row a few seconds apart, or `SETTLE` passes (then the daemons still down are reported).
+/// After the registration: every declared node's repmgrd running and unpaused, as
+/// `service status` sees it. A repmgrd may end itself a while after the switch (once its
+/// reconnect attempts find no primary it knows), or run unseen by its restarted server
+/// (`Repmgr::restart_daemon`): so this converges, bringing such a daemon back, until the
+/// state holds twice in a row a few seconds apart, or `SETTLE` passes (then what is still
+/// wrong is reported).
 async fn repmgrd_back(nodes: &[(&Member, Repmgr)]) -> Result<(RepmgrSeen, Vec<String>)> {
     let deadline = Instant::now() + SETTLE;
     let mut held = 0;
@@ -332,7 +333,7 @@ async fn repmgrd_back(nodes: &[(&Member, Repmgr)]) -> Result<(RepmgrSeen, Vec<St
             let running = seen.daemons.iter().any(|d| d.name == m.name() && d.running);
             if !running {
                 down.push(m.name().to_string());
-                if let Err(e) = r.start_daemon(m.host.as_ref()).await {
+                if let Err(e) = r.restart_daemon(m.host.as_ref()).await {
                     start_errors.push(format!("{}: {e:#}", m.name()));
                 }
             }
