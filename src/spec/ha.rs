@@ -80,7 +80,7 @@ impl Validator {
                 format!("write ha = {{ {KEYS} }}"),
             ));
         };
-        let raw: RawHa = self.settings(field, "ha", table, KEYS)?;
+        let raw: RawHa = self.settings(field, "an HA manager", table, KEYS)?;
         Ok(Some(match raw {
             RawHa::Repmgr { config } => {
                 let f = format!("{field}.config");
@@ -100,7 +100,12 @@ impl Validator {
                 ca_file,
                 insecure_http,
             } => {
-                self.api_url(&format!("{field}.url"), &url, insecure_http)?;
+                self.api_url(
+                    &format!("{field}.url"),
+                    &url,
+                    insecure_http,
+                    ("password", "password"),
+                )?;
                 if !super::service::cluster_name_ok(&cluster) {
                     return Err(self.err(
                         format!("{field}.cluster"),

@@ -48,6 +48,12 @@ pub fn files(spec: &Spec) -> Vec<LocalFile> {
         secret(format!("{f}.password"), &n.password, &mut push);
         conninfo_files(&format!("{f}.conninfo"), &n.conninfo, &mut push);
         host_files(&format!("{f}.host"), &n.host, &mut push);
+        if let Some(super::Ha::Patroni(p)) = &n.ha {
+            secret(format!("{f}.ha.password"), &p.password, &mut push);
+            if let Some(ca) = &p.ca_file {
+                push(format!("{f}.ha.ca_file"), ca.clone(), FileKind::Trust);
+            }
+        }
     }
     for (i, h) in spec.hooks.iter().enumerate() {
         if let super::HookTarget::Command(c) = &h.target {
@@ -168,6 +174,10 @@ pub fn remember_secrets(spec: &Spec) {
     let mut refs: Vec<SecretRef> = Vec::new();
     refs.extend(spec.replication.password.clone());
     refs.extend(spec.nodes.iter().filter_map(|n| n.password.clone()));
+    refs.extend(spec.nodes.iter().filter_map(|n| match &n.ha {
+        Some(super::Ha::Patroni(p)) => p.password.clone(),
+        _ => None,
+    }));
     if let Some(fence) = &spec.failover.fence {
         refs.extend(fence.env.iter().map(|v| SecretRef::Env(v.clone())));
     }

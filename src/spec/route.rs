@@ -296,13 +296,14 @@ impl Validator {
     pub(super) fn settings<T: DeserializeOwned>(
         &self,
         f: &str,
-        kind: &str,
+        what: &str,
         table: toml::Table,
         keys: &str,
     ) -> Result<T, SpecError> {
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
-            let msg = e.inner().to_string();
+            // toml's messages may run over lines ("… \nin `kind`"): one line on the terminal.
+            let msg = e.inner().to_string().trim().replace('\n', " ");
             let missing = msg
                 .strip_prefix("missing field `")
                 .and_then(|r| r.split('`').next())
@@ -316,7 +317,7 @@ impl Validator {
             self.err(
                 field,
                 msg.trim(),
-                format!("a {kind} route takes {keys} (see the README's spec reference)"),
+                format!("{what} takes {keys} (see the README's spec reference)"),
             )
         })
     }
@@ -469,13 +470,15 @@ impl Validator {
             })
     }
 
-    /// The PowerDNS API's base URL: http(s), no user:password@ (the key goes in api_key), and
-    /// https unless the API is on loopback or the spec says `insecure_http = true`.
+    /// An HTTP API's base URL (PowerDNS, Patroni): http(s), no user:password@ (`secret` says
+    /// where the secret goes instead), and https unless the API is on loopback or the spec
+    /// says `insecure_http = true`.
     pub(super) fn api_url(
         &self,
         field: &str,
         api: &str,
         insecure_http: bool,
+        (secret, key): (&str, &str),
     ) -> Result<(), SpecError> {
         self.plain_text(field, api, "URL")?;
         let url = reqwest::Url::parse(api).map_err(|e| {
@@ -489,7 +492,7 @@ impl Validator {
             return Err(self.err(
                 field,
                 "the URL carries a user name or password; secrets are not allowed inline",
-                "remove user:password@ from api and give the key as api_key = { env = \"VAR\" } or { file = \"PATH\" }",
+                format!("remove user:password@ from the URL and give the {secret} as {key} = {{ env = \"VAR\" }} or {{ file = \"PATH\" }}"),
             ));
         }
         if url.port() == Some(0) {
@@ -510,7 +513,7 @@ impl Validator {
             "http" if loopback || insecure_http => Ok(()),
             "http" => Err(self.err(
                 field,
-                "plain http to a remote API would send the API key unencrypted",
+                format!("plain http to a remote API would send the {secret} unencrypted"),
                 "use https:// (with ca_file for a private CA), or set insecure_http = true if the network is trusted",
             )),
             other => Err(self.err(field, format!("{other}:// is not http(s)"), "write the API's base URL, e.g. \"https://10.0.0.53:8081\"")),
@@ -555,7 +558,7 @@ impl Validator {
                 Ok(Route::None)
             }
             "pgbouncer" => {
-                let raw: RawPgBouncer = self.settings(f, "pgbouncer", r.settings, "admin (conninfo of the admin console), password, config (pgbouncer.ini path), databases, host")?;
+                let raw: RawPgBouncer = self.settings(f, "a pgbouncer route", r.settings, "admin (conninfo of the admin console), password, config (pgbouncer.ini path), databases, host")?;
                 if raw.databases.is_empty() {
                     return Err(self.err(
                         format!("{f}.databases"),
@@ -583,7 +586,7 @@ impl Validator {
                 })))
             }
             "haproxy" => {
-                let raw: RawHaProxy = self.settings(f, "haproxy", r.settings, "socket (the admin stats socket), backend, server, config (haproxy.cfg), connect, password, host, targets")?;
+                let raw: RawHaProxy = self.settings(f, "a haproxy route", r.settings, "socket (the admin stats socket), backend, server, config (haproxy.cfg), connect, password, host, targets")?;
                 self.absolute(
                     &format!("{f}.socket"),
                     &raw.socket,
@@ -620,7 +623,7 @@ impl Validator {
                 })))
             }
             "dns" => {
-                let raw: RawDns = self.settings(f, "dns", r.settings, "server (ip:port), zone, name, ttl, key_file (a BIND TSIG key file), connect, password, targets")?;
+                let raw: RawDns = self.settings(f, "a dns route", r.settings, "server (ip:port), zone, name, ttl, key_file (a BIND TSIG key file), connect, password, targets")?;
                 Ok(Route::Dns(Box::new(DnsRoute {
                     server: self.socket_addr(&format!("{f}.server"), &raw.server, 53)?,
                     zone: self.fqdn(&format!("{f}.zone"), &raw.zone)?,
@@ -632,8 +635,13 @@ impl Validator {
                 })))
             }
             "powerdns" => {
-                let raw: RawPowerDns = self.settings(f, "powerdns", r.settings, "api (base URL), server_id, zone, name, ttl, api_key, dns_server (ip:port), connect, password, targets")?;
-                self.api_url(&format!("{f}.api"), &raw.api, raw.insecure_http)?;
+                let raw: RawPowerDns = self.settings(f, "a powerdns route", r.settings, "api (base URL), server_id, zone, name, ttl, api_key, dns_server (ip:port), connect, password, targets")?;
+                self.api_url(
+                    &format!("{f}.api"),
+                    &raw.api,
+                    raw.insecure_http,
+                    ("API key", "api_key"),
+                )?;
                 if let Some(sid) = &raw.server_id {
                     if !super::values::plain_identifier(sid) {
                         return Err(self.err(
@@ -662,7 +670,7 @@ impl Validator {
                 })))
             }
             "nat" => {
-                let raw: RawNat = self.settings(f, "nat", r.settings, "listen (the ip:port clients use), table, hook (prerouting|output), connect, password, host, targets")?;
+                let raw: RawNat = self.settings(f, "a nat route", r.settings, "listen (the ip:port clients use), table, hook (prerouting|output), connect, password, host, targets")?;
                 let hook = match raw.hook.as_deref() {
                     None | Some("prerouting") => NatHook::Prerouting,
                     Some("output") => NatHook::Output,
@@ -704,7 +712,7 @@ impl Validator {
                 })))
             }
             "exec" => {
-                let raw: RawExec = self.settings(f, "exec", r.settings, "name, command, timeout, config (a table handed to the plugin), connect, password, targets")?;
+                let raw: RawExec = self.settings(f, "a exec route", r.settings, "name, command, timeout, config (a table handed to the plugin), connect, password, targets")?;
                 if raw.name.is_empty()
                     || !raw
                         .name
