@@ -452,8 +452,16 @@ async fn patroni_is_paused_around_each_switch_and_follows_the_new_primary() {
         }
     );
 
-    let out = chain.run(&["rollback", "--yes"], None).await;
-    assert_exit_at(&out, Exit::Done, "rollback with Patroni");
+    // The tool killed just before it hands Patroni the topology back: `resume` does it.
+    let at = format!("{}:before", StepId::HaResume);
+    let out = chain.run(&["rollback", "--yes"], Some(&at)).await;
+    crate::support::crash::assert_killed(&out, &at);
+    assert!(
+        fake.shows_paused(),
+        "still paused while the run waits for resume"
+    );
+    let out = chain.run(&["resume"], None).await;
+    assert_exit_at(&out, Exit::Done, "rollback with Patroni, resumed");
     assert_eq!(
         fake.patches()[2..],
         [
