@@ -213,6 +213,16 @@ fn declare_repmgr(chain: &Chain, r: &Repmgr) {
     std::fs::write(&chain.spec, spec).unwrap();
 }
 
+/// Writes through PgBouncer, and a watch that no two nodes are ever writable at once.
+fn writer_and_sampler(chain: &Chain) -> (Writer, PrimarySampler) {
+    let w = Writer::start(
+        vec![chain.lab.lab.app_endpoint()],
+        4,
+        Duration::from_millis(5),
+    );
+    (w, PrimarySampler::start(all_nodes(chain)))
+}
+
 fn step_output(status: &serde_json::Value, id: &StepId) -> serde_json::Value {
     status["steps"]
         .as_array()
@@ -244,12 +254,7 @@ async fn repmgrd_is_paused_around_each_switch_and_told_the_new_topology() {
     declare_repmgr(&chain, &r);
     chain.plan_ok().await;
 
-    let w = Writer::start(
-        vec![chain.lab.lab.app_endpoint()],
-        4,
-        Duration::from_millis(5),
-    );
-    let sampler = PrimarySampler::start(all_nodes(&chain));
+    let (w, sampler) = writer_and_sampler(&chain);
 
     // An aborted cutover leaves repmgrd as it found it.
     let out = run_stopped_before(
@@ -416,12 +421,7 @@ async fn patroni_is_paused_around_each_switch_and_follows_the_new_primary() {
     );
 
     std::fs::write(&secret, "s3cret-api").unwrap();
-    let w = Writer::start(
-        vec![chain.lab.lab.app_endpoint()],
-        4,
-        Duration::from_millis(5),
-    );
-    let sampler = PrimarySampler::start(all_nodes(&chain));
+    let (w, sampler) = writer_and_sampler(&chain);
     let out = run_stopped_before(
         &chain,
         &["cutover", "--yes", "--force-window"],
