@@ -197,14 +197,9 @@ async fn patroni_seen(node: &Node) -> Option<Result<String, String>> {
     }
 }
 
-async fn gather(node: &Node, client: Option<&Client>) -> Seen {
-    let mut seen = Seen {
-        running: client.is_some(),
-        ..Seen::default()
-    };
-    if let Some(c) = client {
-        sql_seen(c, &mut seen).await;
-    }
+/// What the node's host and HA API show (no database call: run for every node at once).
+async fn host_seen(node: &Node) -> Seen {
+    let mut seen = Seen::default();
     let host = node.host.open();
     if let Ok(host) = &host {
         let ps = Cmd::new(["ps", "-eo", "comm="]).timeout(PROBE);
@@ -253,8 +248,31 @@ pub async fn check(
     spec: &Spec,
     clients: &std::collections::BTreeMap<String, &Client>,
 ) {
-    for node in &spec.nodes {
-        let seen = gather(node, clients.get(&node.name).copied()).await;
+    // Every node's host at once: an undeclared node's REST probe may wait out its limit.
+    let mut probes = tokio::task::JoinSet::new();
+    for (i, node) in spec.nodes.iter().enumerate() {
+        let node = node.clone();
+        probes.spawn(async move { (i, host_seen(&node).await) });
+    }
+    let mut seen: Vec<Option<Seen>> = vec![None; spec.nodes.len()];
+    while let Some(done) = probes.join_next().await {
+        if let Ok((i, s)) = done {
+            seen[i] = Some(s);
+        }
+    }
+    for (node, seen) in spec.nodes.iter().zip(seen) {
+        let Some(mut seen) = seen else {
+            checks.push(Check::fail(
+                format!("ha:{}", node.name),
+                format!("could not look for an HA manager on {}", node.name),
+                "run plan again",
+            ));
+            continue;
+        };
+        if let Some(c) = clients.get(&node.name) {
+            seen.running = true;
+            sql_seen(c, &mut seen).await;
+        }
         checks.push(verdict(&node.name, node.ha.as_ref(), &seen));
     }
 }
