@@ -259,6 +259,7 @@ async fn repmgrd_is_paused_around_each_switch_and_told_the_new_topology() {
     // An aborted cutover leaves repmgrd as it found it.
     let out = run_stopped_before(
         &chain,
+        "cutover",
         &["cutover", "--yes", "--force-window"],
         &StepId::Stop,
         &StepId::Fence,
@@ -283,6 +284,7 @@ async fn repmgrd_is_paused_around_each_switch_and_told_the_new_topology() {
     // The cutover: paused before the hold, then the new topology.
     let out = run_stopped_before(
         &chain,
+        "cutover",
         &["cutover", "--yes", "--force-window"],
         &StepId::Hold,
         &StepId::HaPause,
@@ -327,10 +329,11 @@ async fn repmgrd_is_paused_around_each_switch_and_told_the_new_topology() {
     writes_survived(&chain, w, sampler, "cutover and rollback under repmgrd").await;
 }
 
-/// Run `args` with the binary against the chain's spec, stopped before `step` starts until
-/// `check` has looked at the world.
+/// Run `args` with the binary against the chain's spec (a run of `operation`), stopped
+/// before `step` starts until `check` has looked at the world.
 async fn run_stopped_before(
     chain: &Chain,
+    operation: &str,
     args: &[&str],
     step: &StepId,
     wait_for: &StepId,
@@ -349,7 +352,7 @@ async fn run_stopped_before(
             .env("MIGRATE_WAIT_FILE", &wait_file)
             .output(),
     );
-    chain.wait_for_step(args[0], wait_for, "succeeded").await;
+    chain.wait_for_step(operation, wait_for, "succeeded").await;
     check().await;
     std::fs::write(&wait_file, "").unwrap();
     run.await.unwrap().unwrap()
@@ -364,7 +367,8 @@ fn rand_suffix() -> u64 {
 
 /// Patroni manages the old primary (its REST API, a local server of the documented shape).
 /// A wrong REST password makes the pause fail and the cutover abort with nothing changed; with
-/// the right one the cutover pauses the cluster (every member reports it before the hold),
+/// the right one the cutover (killed right after the pause and resumed) pauses the cluster
+/// (every member reports it before the hold),
 /// then makes it a standby cluster of the new primary through the slot the old primary
 /// streams from, and unpauses it; the rollback pauses it again and makes it lead again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,7 +381,7 @@ async fn patroni_is_paused_around_each_switch_and_follows_the_new_primary() {
         Some(("admin", "s3cret-api")),
     );
     let secret = chain.lab.lab.dir.join("patroni-password");
-    std::fs::write(&secret, "wrong").unwrap();
+    std::fs::write(&secret, "not-the-api-password-7Q").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let spec = std::fs::read_to_string(&chain.spec).unwrap().replacen(
         "[nodes.old]\n",
@@ -409,7 +413,7 @@ async fn patroni_is_paused_around_each_switch_and_follows_the_new_primary() {
     let said = output_text(&out);
     assert!(said.contains("401"), "{said}");
     assert!(
-        !said.contains("wrong"),
+        !said.contains("not-the-api-password-7Q"),
         "the password is never shown: {said}"
     );
     assert!(fake.patches().is_empty(), "{:?}", fake.patches());
@@ -422,9 +426,16 @@ async fn patroni_is_paused_around_each_switch_and_follows_the_new_primary() {
 
     std::fs::write(&secret, "s3cret-api").unwrap();
     let (w, sampler) = writer_and_sampler(&chain);
+    // Killed right after pausing, before the pause is journaled: `resume` pauses again.
+    let at = format!("{}:after", StepId::HaPause);
+    let out = chain
+        .run(&["cutover", "--yes", "--force-window"], Some(&at))
+        .await;
+    crate::support::crash::assert_killed(&out, &at);
     let out = run_stopped_before(
         &chain,
-        &["cutover", "--yes", "--force-window"],
+        "cutover",
+        &["resume"],
         &StepId::Hold,
         &StepId::HaPause,
         async || {
@@ -435,10 +446,11 @@ async fn patroni_is_paused_around_each_switch_and_follows_the_new_primary() {
         },
     )
     .await;
-    assert_exit_at(&out, Exit::Done, "cutover with Patroni");
+    assert_exit_at(&out, Exit::Done, "cutover with Patroni, resumed");
     assert_eq!(
         fake.patches(),
         [
+            serde_json::json!({"pause": true}),
             serde_json::json!({"pause": true}),
             serde_json::json!({"standby_cluster": {"host": "127.0.0.1", "port": chain.lab.lab.port("new"),
                 "primary_slot_name": migrate::replication::slot_name("old"),
@@ -446,10 +458,8 @@ async fn patroni_is_paused_around_each_switch_and_follows_the_new_primary() {
         ]
     );
     assert!(
-        !fake.shows_paused() || {
-            std::thread::sleep(Duration::from_secs(2));
-            !fake.shows_paused()
-        }
+        !fake.shows_paused(),
+        "ha_resume waited for the member to resume"
     );
 
     // The tool killed just before it hands Patroni the topology back: `resume` does it.
@@ -463,7 +473,7 @@ async fn patroni_is_paused_around_each_switch_and_follows_the_new_primary() {
     let out = chain.run(&["resume"], None).await;
     assert_exit_at(&out, Exit::Done, "rollback with Patroni, resumed");
     assert_eq!(
-        fake.patches()[2..],
+        fake.patches()[3..],
         [
             serde_json::json!({"pause": true}),
             serde_json::json!({"standby_cluster": null, "pause": false}),

@@ -113,28 +113,25 @@ pub fn verdict(node: &str, declared: Option<&Ha>, seen: &Seen) -> Check {
 
 const PROBE: Duration = Duration::from_secs(5);
 
+/// Separate calls, so that a failing `repmgrd_is_running()` (the extension without its
+/// library) still leaves the preload seen, which warns, rather than nothing, which passes.
 async fn sql_seen(client: &Client, seen: &mut Seen) {
-    let q = async {
-        let r = client
-            .query_one(
-                "SELECT current_setting('shared_preload_libraries'), EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'repmgr')",
-                &[],
-            )
-            .await?;
-        let preload: String = r.get(0);
-        let running = if r.get::<_, bool>(1) {
-            client
-                .query_one("SELECT repmgr.repmgrd_is_running()", &[])
-                .await?
-                .get::<_, Option<bool>>(0)
-        } else {
-            None
-        };
-        anyhow::Ok((preload, running))
+    let first = client.query_one(
+        "SELECT current_setting('shared_preload_libraries'), EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'repmgr')",
+        &[],
+    );
+    let Ok(Ok(r)) = tokio::time::timeout(PROBE, first).await else {
+        return;
     };
-    if let Ok(Ok((preload, running))) = tokio::time::timeout(PROBE, q).await {
-        seen.repmgr_preloaded = preload.split(',').any(|l| l.trim() == "repmgr");
-        seen.repmgrd_running = running;
+    seen.repmgr_preloaded = r
+        .get::<_, String>(0)
+        .split(',')
+        .any(|l| l.trim() == "repmgr");
+    if r.get::<_, bool>(1) {
+        let running = client.query_one("SELECT repmgr.repmgrd_is_running()", &[]);
+        if let Ok(Ok(r)) = tokio::time::timeout(PROBE, running).await {
+            seen.repmgrd_running = r.get::<_, Option<bool>>(0);
+        }
     }
 }
 

@@ -29,6 +29,9 @@ use crate::steps::member::Member;
 /// loop, `loop_wait` = 10 s by default) or to come back after it.
 const SETTLE: Duration = Duration::from_secs(40);
 
+/// How long a repmgrd migrate started is given to show up in `service status`.
+const START_GRACE: Duration = Duration::from_secs(10);
+
 impl Direction {
     /// Every node, the switchover's two first.
     fn members(&self) -> impl Iterator<Item = &Member> {
@@ -325,6 +328,9 @@ impl Step for HaPause {
 async fn repmgrd_back(nodes: &[(&Member, Repmgr)]) -> Result<(RepmgrSeen, Vec<String>)> {
     let deadline = Instant::now() + SETTLE;
     let mut held = 0;
+    // A daemon just started needs a moment to register with its server: until then it is
+    // left alone, or the next round would stop it again as "running unseen".
+    let mut started: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let seen = repmgr_status(nodes).await?;
         let mut down = Vec::new();
@@ -333,6 +339,13 @@ async fn repmgrd_back(nodes: &[(&Member, Repmgr)]) -> Result<(RepmgrSeen, Vec<St
             let running = seen.daemons.iter().any(|d| d.name == m.name() && d.running);
             if !running {
                 down.push(m.name().to_string());
+                if started
+                    .get(m.name())
+                    .is_some_and(|t| t.elapsed() < START_GRACE)
+                {
+                    continue;
+                }
+                started.insert(m.name().to_string(), Instant::now());
                 if let Err(e) = r.restart_daemon(m.host.as_ref()).await {
                     start_errors.push(format!("{}: {e:#}", m.name()));
                 }
@@ -456,7 +469,7 @@ impl Step for HaResume {
         Description {
             host: self.0.ha_hosts(),
             action: format!(
-                "repmgr: `primary register --force` on {}, `standby register --force` under its upstream on every other repmgr node, `daemon start` where repmgrd ended, `service unpause`; Patroni: PATCH /config {{\"standby_cluster\": …, \"pause\": false}} (a cluster without {} follows it as a standby cluster)",
+                "repmgr: `primary register --force` on {}, `standby register --force` under its upstream on every other repmgr node, `daemon start` where repmgrd ended or runs unseen by its restarted server, `service unpause`; Patroni: PATCH /config {{\"standby_cluster\": …, \"pause\": false}} (a cluster without {} follows it as a standby cluster)",
                 self.0.to.name(),
                 self.0.to.name()
             ),
