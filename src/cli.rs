@@ -188,6 +188,8 @@ pub struct RehearseArgs {
     /// kill-target-during-stage, promote-target-externally.
     #[arg(long, value_name = "NAME", value_parser = crate::rehearse::fault::Fault::parse)]
     pub fault: Option<crate::rehearse::fault::Fault>,
+    #[command(flatten)]
+    pub wan: WanArgs,
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +241,70 @@ pub enum LabAction {
     /// Build the compose lab's image for each major (migrate-lab-pg:<major>) unless present:
     /// the Debian base image is pulled, or made with debootstrap where it cannot be.
     Image(LabImageArgs),
+    /// Cut or restore the link between two places of the lab of separate hosts (bastion,
+    /// olddc, newdc, dr, app), as a WAN outage would; `show` prints the links' state.
+    Link(LabLinkArgs),
+    /// Hold the packets of an NFQUEUE for a while (the WAN links' latency; run by `lab up`).
+    #[command(hide = true)]
+    Delayer(DelayerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabLinkArgs {
+    #[command(flatten)]
+    pub dir: LabDir,
+    #[arg(value_enum)]
+    pub action: LinkAction,
+    /// The two places the link joins (none for `show`).
+    #[arg(value_name = "PLACE", num_args = 0..=2)]
+    pub places: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LinkAction {
+    Cut,
+    Restore,
+    Show,
+}
+
+#[derive(Debug, Args)]
+pub struct DelayerArgs {
+    #[arg(long)]
+    pub queue: u16,
+    #[arg(long)]
+    pub delay_us: u64,
+    #[arg(long)]
+    pub ready: PathBuf,
+}
+
+/// The WAN between the ssh lab's places.
+#[derive(Debug, Args, Clone, Default)]
+pub struct WanArgs {
+    /// With --hosts ssh: round-trip time added to every link between two places (the
+    /// bastion, the old datacenter, the new one, DR, the application's site), e.g. 30ms.
+    #[arg(long, value_name = "DURATION", value_parser = crate::lab::wan::parse_rtt)]
+    pub rtt: Option<std::time::Duration>,
+    /// With --hosts ssh: each place's uplink rate, e.g. 100mbit.
+    #[arg(long, value_name = "RATE", value_parser = crate::lab::wan::parse_bandwidth)]
+    pub bandwidth: Option<String>,
+    /// With --hosts ssh: packets lost at random on every link, e.g. 0.5%.
+    #[arg(long, value_name = "PERCENT", value_parser = crate::lab::wan::parse_loss)]
+    pub loss: Option<f64>,
+}
+
+impl WanArgs {
+    /// The WAN these flags ask for; None when none is given (a lab keeps its own).
+    pub fn wan(&self) -> Option<crate::lab::wan::Wan> {
+        if self.rtt.is_none() && self.bandwidth.is_none() && self.loss.is_none() {
+            return None;
+        }
+        Some(crate::lab::wan::Wan {
+            rtt_us: self.rtt.map_or(0, |d| d.as_micros() as u64),
+            bandwidth: self.bandwidth.clone(),
+            loss_pct: self.loss.unwrap_or(0.0),
+            cuts: Vec::new(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -268,6 +334,8 @@ pub struct LabArgs {
     /// A compose lab's PostgreSQL major: 13, 15 (default) or 17.
     #[arg(long, value_name = "MAJOR")]
     pub pg: Option<u32>,
+    #[command(flatten)]
+    pub wan: WanArgs,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 
-use crate::cli::LabAction;
+use crate::cli::{LabAction, LinkAction};
 use crate::exit::Exit;
 use crate::lab::{Lab, LabStatus};
 use crate::ui::Ui;
@@ -17,9 +17,16 @@ pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
                 args.hosts,
                 args.pg,
             )?;
+            if args.wan.wan().is_some() && args.hosts != crate::lab::Hosts::Ssh {
+                anyhow::bail!("--rtt, --bandwidth and --loss shape the links between the sites of --hosts ssh; add --hosts ssh");
+            }
             let status = lab.up().await?;
             for n in &status.notes {
                 ui.line(n);
+            }
+            if let Some(w) = args.wan.wan() {
+                lab.shape(&w).await?;
+                ui.line(describe(&w));
             }
             show(ui, &status);
             if !ui.json() {
@@ -54,6 +61,34 @@ pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
             }
             Ok(Exit::Done)
         }
+        LabAction::Link(args) => {
+            let lab = Lab::open(&args.dir.dir)?;
+            let w = match (args.action, args.places.as_slice()) {
+                (LinkAction::Show, []) => lab.wan()?,
+                (LinkAction::Cut | LinkAction::Restore, [a, b]) => {
+                    lab.set_link(a, b, args.action == LinkAction::Cut).await?
+                }
+                (LinkAction::Show, _) => anyhow::bail!("`lab link show` takes no place"),
+                _ => anyhow::bail!(
+                    "name the link's two places: {}",
+                    crate::lab::wan::PLACES.join(", ")
+                ),
+            };
+            if ui.json() {
+                ui.emit_json(&w);
+            } else {
+                ui.line(describe(&w));
+            }
+            Ok(Exit::Done)
+        }
+        LabAction::Delayer(a) => {
+            crate::lab::wan::delay_packets(
+                a.queue,
+                std::time::Duration::from_micros(a.delay_us),
+                &a.ready,
+            )?;
+            Ok(Exit::Done)
+        }
         LabAction::Status(d) => {
             let status = Lab::open(&d.dir)?.status().await?;
             show(ui, &status);
@@ -79,6 +114,24 @@ pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
             Ok(Exit::Done)
         }
     }
+}
+
+/// One line on the WAN in force.
+fn describe(w: &crate::lab::wan::Wan) -> String {
+    let mut parts = vec![format!("rtt {} ms", w.rtt_us as f64 / 1000.0)];
+    if let Some(b) = &w.bandwidth {
+        parts.push(format!("uplinks {b}"));
+    }
+    if w.loss_pct > 0.0 {
+        parts.push(format!("loss {}%", w.loss_pct));
+    }
+    let cuts: Vec<String> = w.cuts.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+    parts.push(if cuts.is_empty() {
+        "no link cut".into()
+    } else {
+        format!("cut: {}", cuts.join(", "))
+    });
+    format!("WAN between the lab's places: {}", parts.join(", "))
 }
 
 fn show(ui: &Ui, s: &LabStatus) {

@@ -31,6 +31,7 @@ pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
         keep: args.keep,
         exe: std::env::current_exe().context("find this binary")?,
         fault: args.fault,
+        wan: args.wan.wan(),
     };
     let started = Instant::now();
     let spinner = ui.spinner();

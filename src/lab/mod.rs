@@ -19,6 +19,7 @@ pub mod netns;
 pub mod pgbouncer;
 pub mod ports;
 pub mod template;
+pub mod wan;
 pub mod workload;
 
 use std::os::unix::fs::PermissionsExt;
@@ -512,6 +513,11 @@ impl Lab {
             s.up()
                 .await
                 .context("the lab's sites (network namespaces and sshd)")?;
+            // A lab brought up again keeps its WAN (its delayers may have gone).
+            let w = s.shaper().current()?;
+            if w.shapes() {
+                self.shape(&w).await?;
+            }
         } else {
             self.check_ports().await?;
         }
@@ -623,6 +629,34 @@ impl Lab {
         bouncer.start(&*self.node_host(netns::BOUNCER)).await?;
         self.write_spec().await?;
         self.status().await
+    }
+
+    /// Put a WAN between the places of the lab of separate hosts (replacing the one in
+    /// force, cuts included).
+    pub async fn shape(&self, wan: &wan::Wan) -> Result<()> {
+        let s = self.sites.as_ref().context(
+            "WAN links (--rtt, --bandwidth, --loss, cut links) need the lab of separate hosts: --hosts ssh",
+        )?;
+        s.shaper()
+            .apply(wan, &wan::delayer_binary()?)
+            .await
+            .context("the WAN links between the lab's places")
+    }
+
+    /// The WAN in force (nothing shaped outside the ssh lab).
+    pub fn wan(&self) -> Result<wan::Wan> {
+        match &self.sites {
+            Some(s) => s.shaper().current(),
+            None => Ok(wan::Wan::default()),
+        }
+    }
+
+    /// Cut (`cut = true`) or restore the link between two places; the rest of the WAN stays.
+    pub async fn set_link(&self, a: &str, b: &str, cut: bool) -> Result<wan::Wan> {
+        let mut w = self.wan()?;
+        w.set_cut(a, b, cut)?;
+        self.shape(&w).await?;
+        Ok(w)
     }
 
     /// Stop every process the lab started (servers by their data directories, PgBouncer by

@@ -26,6 +26,7 @@ use anyhow::{bail, Context, Result};
 use crate::host::local::LocalHost;
 use crate::host::remote::RemoteHost;
 use crate::host::{Cmd, Host};
+use crate::lab::wan::{Place, Shaper};
 
 /// The sites and who lives there.
 pub const SITES: [(&str, &[&str]); 4] = [
@@ -298,9 +299,38 @@ impl Sites {
         Ok(())
     }
 
+    /// The WAN between the places: the bastion and each site, each with its uplink and
+    /// addresses.
+    pub fn shaper(&self) -> Shaper {
+        let mut places = vec![Place {
+            name: "bastion",
+            prefix: Vec::new(),
+            dev: self.bridge(),
+            addrs: vec![self.bastion()],
+        }];
+        for (i, (site, members)) in SITES.iter().enumerate() {
+            places.push(Place {
+                name: site,
+                prefix: ["ip", "netns", "exec"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([self.netns(site)])
+                    .collect(),
+                dev: format!("mvp{}{i}", self.base_port),
+                addrs: members.iter().map(|m| self.addr(m)).collect(),
+            });
+        }
+        Shaper {
+            dir: self.dir.clone(),
+            queue: self.base_port,
+            places,
+        }
+    }
+
     /// Stop the sshds and remove the namespaces and the bridge. Safe to run twice.
     pub async fn down(&self) -> Result<()> {
         let root = LocalHost::new(None)?;
+        self.shaper().remove().await?;
         for (i, (site, _)) in SITES.iter().enumerate() {
             if let Some(pid) = std::fs::read_to_string(self.pidfile(site))
                 .ok()

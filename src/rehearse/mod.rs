@@ -44,6 +44,8 @@ pub struct Options {
     pub exe: PathBuf,
     /// A fault to inject during the run.
     pub fault: Option<Fault>,
+    /// The WAN between the ssh lab's places.
+    pub wan: Option<crate::lab::wan::Wan>,
 }
 
 /// The lab's target node, which the faults hit.
@@ -124,6 +126,13 @@ impl Rehearsal<'_> {
         let up = self.lab.up().await.context("lab up")?;
         for n in &up.notes {
             (self.note)(n);
+        }
+        if let Some(w) = &o.wan {
+            (self.note)(&format!(
+                "WAN: {} ms round trip on every link between places",
+                w.rtt_us as f64 / 1000.0
+            ));
+            self.lab.shape(w).await?;
         }
         std::fs::create_dir_all(&self.logs)?;
         self.prepare_fault()?;
