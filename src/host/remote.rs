@@ -236,9 +236,18 @@ impl Host for RemoteHost {
         if let Some(s) = socket {
             super::mux::ensure(s).await;
         }
+        let started = std::time::Instant::now();
         let mut out = run_process(&wrapped, None)
             .await
             .with_context(|| format!("on {}", self.label))?;
+        // What each remote command costs (MIGRATE_LOG=migrate::host=debug): the pause is
+        // counted in round trips.
+        tracing::debug!(
+            host = %self.label,
+            ms = started.elapsed().as_millis() as u64,
+            "ran {}",
+            argv.iter().take(3).map(String::as_str).collect::<Vec<_>>().join(" ")
+        );
         if let Some(s) = socket {
             if super::mux::stale(&out.stderr) {
                 // It ran over a direct connection; the next command gets a new master.

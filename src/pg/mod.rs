@@ -7,6 +7,7 @@ pub mod lsn;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod session;
 pub mod sql;
 pub mod tls;
 
@@ -14,3 +15,4 @@ pub use conn::{connect, Endpoint};
 pub use conninfo::Conninfo;
 pub use lsn::Lsn;
 pub use secret::{Secret, SecretRef};
+pub use session::{session, Session};

@@ -11,7 +11,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::Router;
 use crate::host::Host;
-use crate::pg::{connect, Endpoint};
+use crate::pg::{session, Endpoint, Session};
 use crate::spec::{Node, PgBouncerRoute};
 
 pub struct PgBouncer {
@@ -33,8 +33,10 @@ impl PgBouncer {
         )
     }
 
-    async fn console(&self) -> Result<Client> {
-        connect(&self.endpoint("pgbouncer"))
+    /// The admin console, kept open between steps (inside the pause each new connection
+    /// costs its set-up's round trips); see [`crate::pg::session`].
+    async fn console(&self) -> Result<Session> {
+        session(&self.endpoint("pgbouncer"))
             .await
             .context("connect to the PgBouncer admin console")
     }
@@ -305,6 +307,7 @@ impl Router for PgBouncer {
                 }
             }
         }
+        c.keep();
         Ok(())
     }
 
@@ -318,7 +321,9 @@ impl Router for PgBouncer {
                 }
             }
         }
-        self.restore_wait_timeout(&c).await
+        self.restore_wait_timeout(&c).await?;
+        c.keep();
+        Ok(())
     }
 
     async fn point(&self, _from: &Node, to: &Node) -> Result<Value> {
@@ -355,16 +360,19 @@ impl Router for PgBouncer {
                 .await?;
         }
         let c = self.console().await?;
-        c.simple_query("RELOAD").await.map_err(|e| {
+        // RELOAD and the console's own view after it, sent back to back (one round trip; the
+        // console answers them in order).
+        let (reloaded, databases) =
+            tokio::join!(c.simple_query("RELOAD"), Self::rows(&c, "SHOW DATABASES"));
+        reloaded.map_err(|e| {
             anyhow!(
                 "PgBouncer RELOAD: {}",
                 crate::pg::conn::error_chain_text(&e)
             )
         })?;
         self.stretch_wait_timeout(&c).await?;
-        // The console's own view after the reload.
         let mut seen = serde_json::Map::new();
-        for row in Self::rows(&c, "SHOW DATABASES").await? {
+        for row in databases? {
             let get = |k: &str| {
                 row.iter()
                     .find(|(n, _)| n == k)
@@ -382,6 +390,7 @@ impl Router for PgBouncer {
                 seen.insert(name, json!({ "host": get("host"), "port": get("port") }));
             }
         }
+        c.keep();
         Ok(Value::Object(seen))
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
-use crate::pg::{connect, sql};
+use crate::pg::{connect, session, sql};
 use crate::steps::id::StepId;
 
 pub struct Fence(pub Direction);
@@ -31,7 +31,7 @@ impl Step for Fence {
         Description {
             host: self.0.from.host_label(),
             action: "ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf(); \
-                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' (except migrate's own); CHECKPOINT"
+                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' (except migrate's own); SELECT pg_switch_wal(); CHECKPOINT"
                 .into(),
             proof: "the settings are reloaded; no client backend remains".into(),
             undo: "ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()".into(),
@@ -46,29 +46,47 @@ impl Step for Fence {
                 let fenced_at = Utc::now();
                 // The target's timeline, read while its walreceiver still runs: once the primary is
                 // down there is no receiver row, and a standby's control file lags (P6). Journaled
-                // here, before the stop, so a resumed run has it too.
-                let to_timeline = match connect(&self.0.to.endpoint()).await {
-                    Ok(c) => sql::walreceiver(&c)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|(_, tli)| i64::from(tli)),
-                    Err(_) => None,
+                // here, before the stop, so a resumed run has it too. Read beside the fence, not
+                // before it: both are round trips inside the write pause.
+                let timeline = async {
+                    let c = session(&self.0.to.endpoint()).await.ok()?;
+                    let tli = sql::walreceiver(&c).await.ok().flatten();
+                    c.keep();
+                    tli.map(|(_, tli)| i64::from(tli))
                 };
-                let c = connect(&self.0.from.endpoint()).await?;
-                c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
-                    .await?;
-                c.batch_execute("SELECT pg_reload_conf()").await?;
-                let sessions_ended: i64 = c
-                    .query_one(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-                        AND coalesce(application_name, '') NOT LIKE 'migrate%'",
-                        &[],
-                    )
-                    .await?
-                    .get(0);
-                c.batch_execute("CHECKPOINT").await?;
+                let fence = async {
+                    let c = session(&self.0.from.endpoint()).await?;
+                    // Sent back to back (the driver pipelines requests on one connection) and
+                    // run in this order; ALTER SYSTEM cannot share one multi-statement query.
+                    let (set, reload, ended) = tokio::join!(
+                        c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on"),
+                        c.batch_execute("SELECT pg_reload_conf()"),
+                        sql::one(
+                            &c,
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                          WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                            AND coalesce(application_name, '') NOT LIKE 'migrate%'",
+                        ),
+                    );
+                    set?;
+                    reload?;
+                    let sessions_ended: i64 = ended?.get(0);
+                    // A fresh WAL segment before the checkpoint: a standby streams from the
+                    // start of the segment that holds its start point, so the old primary,
+                    // started as the new one's standby in `reverse`, would otherwise fetch
+                    // up to 16 MB twice (old timeline, then new) inside the pause; across a
+                    // 30 ms WAN that was most of a second.
+                    let (switched, checkpoint) = tokio::join!(
+                        c.batch_execute("SELECT pg_switch_wal()"),
+                        c.batch_execute("CHECKPOINT")
+                    );
+                    switched?;
+                    checkpoint?;
+                    c.keep();
+                    anyhow::Ok(sessions_ended)
+                };
+                let (to_timeline, sessions_ended) = tokio::join!(timeline, fence);
+                let sessions_ended = sessions_ended?;
                 Ok(FenceOut {
                     fenced_at,
                     sessions_ended,

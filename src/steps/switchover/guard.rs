@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::host::Cmd;
 use crate::pg::server::RunState;
-use crate::pg::{connect, sql};
+use crate::pg::{session, sql};
 use crate::steps::member::Member;
 
 /// How long a node may take to answer the question.
@@ -57,8 +57,10 @@ pub fn down_as(state: &str, standby_signal: bool) -> Writable {
 /// Ask `m`.
 pub async fn writable(m: &Member) -> Writable {
     let answer = tokio::time::timeout(ASK, async {
-        let c = connect(&m.endpoint()).await?;
-        sql::in_recovery(&c).await
+        let c = session(&m.endpoint()).await?;
+        let r = sql::in_recovery(&c).await?;
+        c.keep();
+        anyhow::Ok(r)
     })
     .await;
     match answer {
@@ -131,14 +133,33 @@ async fn down(m: &Member, why: String) -> Writable {
     }
 }
 
+async fn ask_all(others: &[&Member]) -> Vec<Writable> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, m) in others.iter().enumerate() {
+        let m = (*m).clone();
+        set.spawn(async move { (i, writable(&m).await) });
+    }
+    let mut out: Vec<Option<Writable>> = others.iter().map(|_| None).collect();
+    while let Some(done) = set.join_next().await {
+        if let Ok((i, w)) = done {
+            out[i] = Some(w);
+        }
+    }
+    out.into_iter()
+        .map(|w| w.unwrap_or_else(|| Writable::Unknown("the check itself failed".into())))
+        .collect()
+}
+
 /// `Err` with the situation when any of `others` is, or may be, writable.
 pub async fn none_writable(
     others: &[&Member],
     before: &str,
     if_silent: IfSilent,
 ) -> Result<(), String> {
-    for m in others {
-        match writable(m).await {
+    // Asked all at once: each answer is a round trip inside the write pause.
+    let answers = ask_all(others).await;
+    for (m, w) in others.iter().zip(answers) {
+        match w {
             Writable::No(_) => {}
             Writable::Silent(_) if if_silent == IfSilent::Accept => {}
             Writable::Yes => {

@@ -71,6 +71,13 @@ impl Step for Hold {
         Kind::Reversible
     }
     async fn apply(&self, _: &Cx) -> Result<HoldOut> {
+        // The connections the steps inside the pause use, opened now, outside it: across a
+        // WAN each new one costs three round trips.
+        crate::pg::session::warm(
+            &[self.d.from.endpoint(), self.d.to.endpoint()],
+            Duration::from_secs(5),
+        )
+        .await;
         let held_at = Utc::now();
         let mut previous = Vec::new();
         for r in self.d.routers()? {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::guard::{self, IfSilent, Writable};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Probe, Step};
-use crate::pg::{connect, sql};
+use crate::pg::{session, sql};
 use crate::steps::id::StepId;
 
 /// How long a promotion request may go unanswered before it is sent again (P13).
@@ -76,20 +76,23 @@ impl Step for Promote {
     /// promoted by this very step before a crash), and the old primary must not be writable.
     async fn probe(&self, cx: &Cx) -> Result<Probe<PromoteOut>> {
         let (from, to) = (self.d.from.name(), self.d.to.name());
-        if let Writable::Yes = guard::writable(&self.d.to).await {
+        let before = format!("promoting {to}");
+        // Both asked at once: this runs inside the write pause.
+        let (target, checked) = tokio::join!(guard::writable(&self.d.to), async {
+            match self.others {
+                Others::Staged => {
+                    guard::none_writable(&[&self.d.demoted()], &before, IfSilent::Refuse).await
+                }
+                Others::Failover => crate::steps::failover::before_promotion(&self.d, cx).await,
+            }
+        });
+        if let Writable::Yes = target {
             if !cx.in_doubt() {
                 return Ok(Probe::Unsafe(format!(
                     "{to} is already a writable primary although this run has not promoted it (promoted from outside: an HA manager, an operator?); {from} is staged as its standby and stays down; find out which node clients wrote to before anything else"
                 )));
             }
         }
-        let before = format!("promoting {to}");
-        let checked = match self.others {
-            Others::Staged => {
-                guard::none_writable(&[&self.d.demoted()], &before, IfSilent::Refuse).await
-            }
-            Others::Failover => crate::steps::failover::before_promotion(&self.d, cx).await,
-        };
         if let Err(why) = checked {
             return Ok(Probe::Unsafe(format!("{why}; nothing was promoted")));
         }
@@ -99,7 +102,7 @@ impl Step for Promote {
         let t = Instant::now();
         let c = self
             .d
-            .bounded("connect to the target", connect(&self.d.to.endpoint()))
+            .bounded("connect to the target", session(&self.d.to.endpoint()))
             .await?;
         let mut signals = 0;
         let mut last_signal = None::<Instant>;
@@ -141,13 +144,14 @@ impl Step for Promote {
         let r = self
             .d
             .bounded("read the new timeline", async {
-                Ok(c.query_one(
+                sql::one(
+                    &c,
                     "SELECT pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text",
-                    &[],
                 )
-                .await?)
+                .await
             })
             .await?;
+        c.keep();
         let walfile: String = r.get(0);
         let timeline = i64::from_str_radix(walfile.get(..8).unwrap_or_default(), 16)
             .with_context(|| format!("timeline from WAL file name {walfile:?}"))?;

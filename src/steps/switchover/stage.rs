@@ -15,7 +15,7 @@ use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::host::{Cmd, FileWrite};
 use crate::pg::server::RunState;
-use crate::pg::{connect, sql};
+use crate::pg::{connect, session, sql};
 use crate::steps::id::StepId;
 use crate::steps::member::PASSFILE;
 
@@ -157,8 +157,6 @@ impl Step for Stage {
                     ),
                 }
             }
-            let c = connect(&self.0.to.endpoint()).await?;
-            sql::create_physical_slot(&c, &m.slot()).await?;
             // A missing file is an empty one; a file that cannot be read is an error: staging
             // over it would lose the old primary's ALTER SYSTEM settings, and the undo would
             // "restore" an empty backup.
@@ -176,7 +174,17 @@ impl Step for Stage {
                 files.push(FileWrite::new(self.backup(cx), current.clone(), 0o600));
             }
             files.extend(m.standby_files(&current, crate::steps::member::Port::Keep)?);
-            m.host.write_files(&files).await?;
+            // The slot on the target and the files on the old primary's host at the same
+            // time: two hosts, two round trips that need not wait for each other.
+            let slot = async {
+                let c = session(&self.0.to.endpoint()).await?;
+                sql::create_physical_slot(&c, &m.slot()).await?;
+                c.keep();
+                anyhow::Ok(())
+            };
+            let (slot, written) = tokio::join!(slot, m.host.write_files(&files));
+            slot?;
+            written?;
             Ok(StageOut {
                 slot: m.slot(),
                 on: self.0.to.name().to_string(),
