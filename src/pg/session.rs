@@ -93,7 +93,8 @@ pub async fn session(ep: &Endpoint) -> Result<Session> {
 /// stretch; an endpoint that cannot be reached is left for the step that needs it to report.
 pub async fn warm(endpoints: &[Endpoint], limit: std::time::Duration) {
     let mut opened = tokio::task::JoinSet::new();
-    for ep in endpoints.iter().cloned() {
+    for ep in endpoints {
+        let ep = ep.clone();
         opened.spawn(async move {
             if let Ok(Ok(s)) = tokio::time::timeout(limit, session(&ep)).await {
                 if let Ok(Ok(_)) = tokio::time::timeout(limit, s.simple_query("")).await {
