@@ -185,7 +185,9 @@ pub struct RehearseArgs {
     /// Inject a fault and report what the tool did: kill-target-during-catchup,
     /// stop-target-after-fence, crash-tool-after-promote, route-failure,
     /// idle-in-transaction-client, hang-target, restart-old-after-proof, old-cannot-follow,
-    /// kill-target-during-stage, promote-target-externally.
+    /// kill-target-during-stage, promote-target-externally; with --hosts ssh, a WAN link cut:
+    /// cut-link-during-catchup, cut-link-before-proof, cut-tool-from-old-dc,
+    /// cut-link-after-promote.
     #[arg(long, value_name = "NAME", value_parser = crate::rehearse::fault::Fault::parse)]
     pub fault: Option<crate::rehearse::fault::Fault>,
     #[command(flatten)]

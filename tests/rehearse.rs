@@ -151,7 +151,13 @@ fn a_rehearsal_reports_pauses_and_loses_no_commit() {
 /// tool did as expected, no client error, every acknowledged commit on every node after the
 /// cutover, after the rollback and at the end), and returns the fault's report.
 fn rehearse_fault(name: &str) -> serde_json::Value {
-    let (out, _dir) = rehearse(&["--fault", name]);
+    rehearse_fault_with(name, &[])
+}
+
+fn rehearse_fault_with(name: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--fault", name];
+    args.extend_from_slice(extra);
+    let (out, _dir) = rehearse(&args);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", crate::support::output_text(&out)));
     assert_eq!(out.status.code(), Some(0), "{r:#}\n{}", text(&out.stderr));
@@ -346,4 +352,81 @@ fn an_unknown_fault_is_refused_before_anything_starts() {
         "{err}"
     );
     assert!(!dir.path().join("lab").exists(), "no lab was made");
+}
+
+/// The WAN faults play on the lab of separate hosts, its link between the old and the new
+/// datacenter (or between the bastion and the old one) cut by dropping every packet at both
+/// ends, with a 10 ms round trip on every link.
+fn wan_fault(name: &str) -> serde_json::Value {
+    rehearse_fault_with(name, &["--hosts", "ssh", "--rtt", "10ms"])
+}
+
+#[test]
+fn a_link_cut_during_catch_up_is_waited_for_and_its_wal_retained() {
+    let f = wan_fault("cut-link-during-catchup");
+    assert_eq!(f["run"]["operation"], "replicate", "{f:#}");
+    assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
+    let recovery = f["recovery"].to_string();
+    assert!(
+        recovery.contains("still waiting at the catch-up gate"),
+        "{f:#}"
+    );
+    assert!(
+        recovery.contains("may be cut"),
+        "the hop is reported down: {f:#}"
+    );
+    assert!(recovery.contains("retained by the slots"), "{f:#}");
+}
+
+#[test]
+fn a_link_cut_before_the_proof_makes_the_time_box_undo_the_cutover() {
+    let f = wan_fault("cut-link-before-proof");
+    assert_eq!(f["exit_code"], 1, "{f:#}");
+    // The old primary's fast shutdown waits for the standby to confirm its last WAL: the
+    // stop's time box runs out first (or the proof's, had the shutdown finished).
+    let failed = f["run"]["failed_step"].as_str().unwrap().to_string();
+    assert!(
+        [StepId::Stop, StepId::Proof]
+            .map(|s| s.to_string())
+            .contains(&failed),
+        "{f:#}"
+    );
+    assert!(
+        f["write_pause_ms"].as_f64().unwrap() < 40_000.0,
+        "clients are not held for the walsender's minute: {f:#}"
+    );
+    assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
+    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
+    assert_eq!(
+        undone(&f),
+        [StepId::Stop, StepId::Fence, StepId::Hold].map(|s| s.to_string()),
+        "{f:#}"
+    );
+}
+
+#[test]
+fn a_tool_cut_from_the_old_datacenter_promotes_nothing() {
+    let f = wan_fault("cut-tool-from-old-dc");
+    assert_ne!(f["exit_code"], 0, "{f:#}");
+    assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
+    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
+    assert!(undone(&f).contains(&StepId::Hold.to_string()), "{f:#}");
+}
+
+#[test]
+fn a_link_cut_after_the_promotion_still_releases_clients_and_resume_completes() {
+    let f = wan_fault("cut-link-after-promote");
+    assert_eq!(f["exit_code"], 3, "{f:#}");
+    assert_eq!(
+        f["run"]["point_of_no_return"],
+        StepId::Promote.to_string(),
+        "{f:#}"
+    );
+    assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
+    assert!(
+        f["recovery"]
+            .to_string()
+            .contains("writes through PgBouncer go on"),
+        "{f:#}"
+    );
 }

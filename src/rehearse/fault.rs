@@ -48,10 +48,25 @@ pub enum Fault {
     /// primary as a primary; it stops for the operator with one primary. Played last, after
     /// the measured cutover and rollback, because what follows is the operator's call.
     PromoteTargetExternally,
+    /// The link between the old and the new datacenter is cut while `replicate` waits for
+    /// the chain to catch up (ssh lab): the gate waits, the monitor says why, `status` shows
+    /// the WAL the slot retains; restored, the run finishes.
+    CutLinkDuringCatchup,
+    /// The same link is cut right after the fence: the target never receives the old
+    /// primary's last WAL, the proof's time box aborts and undoes the cutover.
+    CutLinkBeforeProof,
+    /// The tool loses the old datacenter right after the hold: nothing can be proven, so
+    /// nothing is promoted; the run aborts or stops for the operator, and once the link is
+    /// back `resume` finishes the undo.
+    CutToolFromOldDc,
+    /// The link between the datacenters is cut right after the promotion: the old primary
+    /// cannot follow; routing and release complete from the tool's side, `reverse` reports,
+    /// and once the link is back `resume` completes the run.
+    CutLinkAfterPromote,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 14] = [
         Fault::KillTargetDuringCatchup,
         Fault::StopTargetAfterFence,
         Fault::CrashToolAfterPromote,
@@ -62,7 +77,22 @@ impl Fault {
         Fault::OldCannotFollow,
         Fault::KillTargetDuringStage,
         Fault::PromoteTargetExternally,
+        Fault::CutLinkDuringCatchup,
+        Fault::CutLinkBeforeProof,
+        Fault::CutToolFromOldDc,
+        Fault::CutLinkAfterPromote,
     ];
+
+    /// The WAN link a fault cuts (two places of the ssh lab), if it is one of those.
+    pub fn cut_link(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Fault::CutLinkDuringCatchup
+            | Fault::CutLinkBeforeProof
+            | Fault::CutLinkAfterPromote => Some(("olddc", "newdc")),
+            Fault::CutToolFromOldDc => Some(("bastion", "olddc")),
+            _ => None,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -76,6 +106,10 @@ impl Fault {
             Fault::OldCannotFollow => "old-cannot-follow",
             Fault::KillTargetDuringStage => "kill-target-during-stage",
             Fault::PromoteTargetExternally => "promote-target-externally",
+            Fault::CutLinkDuringCatchup => "cut-link-during-catchup",
+            Fault::CutLinkBeforeProof => "cut-link-before-proof",
+            Fault::CutToolFromOldDc => "cut-tool-from-old-dc",
+            Fault::CutLinkAfterPromote => "cut-link-after-promote",
         }
     }
 
@@ -131,6 +165,26 @@ impl Fault {
                 "`resume` refuses to promote a target that is already a primary and stops for \
                  the operator (exit 3); `rollback` refuses to restart the old primary beside \
                  it; at no instant do two nodes take writes"
+            }
+            Fault::CutLinkDuringCatchup => {
+                "replicate keeps waiting at the catch-up gate while the link is cut (the hop \
+                 reported down), `status` shows the WAL the old primary's slot retains, and \
+                 replicate finishes once the link is restored"
+            }
+            Fault::CutLinkBeforeProof => {
+                "the time box runs out (the stop, whose shutdown waits for the standby to \
+                 confirm the last WAL, or the proof), the cutover is undone (old primary \
+                 restarted, unfenced, clients released) and nothing is promoted"
+            }
+            Fault::CutToolFromOldDc => {
+                "nothing is promoted: the cutover aborts or stops for the operator naming what \
+                 it cannot reach; once the link is back `migrate resume` finishes the undo and \
+                 the old primary takes writes again"
+            }
+            Fault::CutLinkAfterPromote => {
+                "clients are released to the new primary, `reverse` reports that the old \
+                 primary does not follow, the run stops (exit 3) naming it; once the link is \
+                 back `resume` completes the run"
             }
         }
     }

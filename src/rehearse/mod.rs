@@ -55,6 +55,8 @@ const FAULT_PROOF_TIMEOUT_S: u64 = 10;
 const FAULT_HOLD_TIMEOUT_S: u64 = 2;
 /// How long a crashed target stays down.
 const CRASH_DOWNTIME_S: u64 = 3;
+/// How long a WAN link stays cut during catch-up.
+const CUT_S: u64 = 6;
 
 /// Progress notes for the UI layer (the library never prints).
 pub type Notes<'a> = &'a (dyn Fn(&str) + Sync);
@@ -68,6 +70,14 @@ struct Rehearsal<'a> {
 }
 
 pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
+    if let Some(f) = opts.fault {
+        if f.cut_link().is_some() && opts.hosts != crate::lab::Hosts::Ssh {
+            bail!(
+                "--fault {} cuts a WAN link between the sites of the lab of separate hosts: add --hosts ssh",
+                f.name()
+            );
+        }
+    }
     if opts.dir.join("lab-state.json").exists() {
         bail!(
             "{} holds a lab already; give an empty or new directory (--dir)",
@@ -145,8 +155,8 @@ impl Rehearsal<'_> {
         let mut fault: Option<(FaultReport, DateTime<Utc>, DateTime<Utc>)> = None;
 
         let t = Instant::now();
-        if o.fault == Some(Fault::KillTargetDuringCatchup) {
-            fault = Some(self.replicate_with_target_crash().await?);
+        if let Some(f @ (Fault::KillTargetDuringCatchup | Fault::CutLinkDuringCatchup)) = o.fault {
+            fault = Some(self.replicate_with_fault(f).await?);
         } else {
             self.replicate().await?;
         }
@@ -167,10 +177,17 @@ impl Rehearsal<'_> {
                 | Fault::IdleInTransactionClient
                 | Fault::HangTarget
                 | Fault::RestartOldAfterProof
-                | Fault::KillTargetDuringStage),
+                | Fault::KillTargetDuringStage
+                | Fault::CutLinkBeforeProof
+                | Fault::CutToolFromOldDc),
             ) => {
                 fault = Some(self.aborted_cutover(f, &writer).await?);
                 self.cutover().await?
+            }
+            Some(Fault::CutLinkAfterPromote) => {
+                let (report, c0, c1, ms) = self.cutover_cut_after_promote(&writer).await?;
+                fault = Some((report, c0, c1));
+                (c0, c1, ms)
             }
             Some(Fault::OldCannotFollow) => {
                 let (report, c0, c1, ms) = self.cutover_old_cannot_follow(&writer).await?;
@@ -364,7 +381,12 @@ impl Rehearsal<'_> {
             }),
             // A shorter time box than the lab's 30 s: the same path, a quicker rehearsal.
             Some(
-                Fault::StopTargetAfterFence | Fault::HangTarget | Fault::KillTargetDuringStage,
+                Fault::StopTargetAfterFence
+                | Fault::HangTarget
+                | Fault::KillTargetDuringStage
+                | Fault::CutLinkBeforeProof
+                | Fault::CutToolFromOldDc
+                | Fault::CutLinkAfterPromote,
             ) => edit(&|t| {
                 let from = format!("proof_timeout = \"{}s\"", crate::lab::PROOF_TIMEOUT_S);
                 if !t.contains(&from) {
@@ -383,15 +405,15 @@ impl Rehearsal<'_> {
         }
     }
 
-    /// `replicate`, with the target crashed as soon as the catch-up step begins and started
-    /// again a few seconds later.
-    async fn replicate_with_target_crash(
+    /// `replicate`, with the target crashed (or the link to it cut) as soon as the catch-up
+    /// step begins, and started again (restored) a few seconds later.
+    async fn replicate_with_fault(
         &self,
+        fault: Fault,
     ) -> Result<(FaultReport, DateTime<Utc>, DateTime<Utc>)> {
-        let fault = Fault::KillTargetDuringCatchup;
         let from = Utc::now();
         let state_dir = self.state_dir()?;
-        (self.note)("replicate, with the target crashed during catch-up");
+        (self.note)(&format!("replicate, with fault {}", fault.name()));
         let mut child = self
             .command("replicate", &["replicate", "--yes"], &[])
             .await?;
@@ -402,36 +424,87 @@ impl Rehearsal<'_> {
             &step_started(StepId::Catchup),
         )
         .await?;
-        let pid = self.crash_target().await?;
-        (self.note)("fault: crashed the target (new) during catch-up");
-        let mut f = self.fault_report(
-            fault,
-            format!(
-                "crashed {TARGET} (SIGQUIT to postmaster {pid}: immediate shutdown, no checkpoint) as `replicate` began step catchup"
-            ),
-        );
-        tokio::time::sleep(Duration::from_secs(CRASH_DOWNTIME_S)).await;
+        let mut f = match fault.cut_link() {
+            Some((a, b)) => {
+                self.lab.set_link(a, b, true).await?;
+                (self.note)(&format!("fault: cut the link {a}-{b} during catch-up"));
+                self.fault_report(
+                    fault,
+                    format!("cut the link between {a} and {b} (every packet dropped at both ends) as `replicate` began step catchup"),
+                )
+            }
+            None => {
+                let pid = self.crash_target().await?;
+                (self.note)("fault: crashed the target (new) during catch-up");
+                self.fault_report(
+                    fault,
+                    format!(
+                        "crashed {TARGET} (SIGQUIT to postmaster {pid}: immediate shutdown, no checkpoint) as `replicate` began step catchup"
+                    ),
+                )
+            }
+        };
+        let outage = if fault.cut_link().is_some() {
+            CUT_S
+        } else {
+            CRASH_DOWNTIME_S
+        };
+        tokio::time::sleep(Duration::from_secs(outage)).await;
         let waited = child.try_wait()?.is_none();
         f.recovery.push(format!(
-            "after {CRASH_DOWNTIME_S} s `replicate` was {}",
+            "after {outage} s `replicate` was {}",
             if waited {
                 "still waiting at the catch-up gate"
             } else {
                 "no longer running"
             }
         ));
-        self.lab
-            .server(TARGET)
-            .start(&self.lab.server_log(TARGET), Duration::from_secs(120))
-            .await
-            .context("start the crashed target again")?;
-        f.recovery.push(format!(
-            "started {TARGET} again (crash recovery, then streaming)"
-        ));
+        let mut seen = true;
+        if let Some((a, b)) = fault.cut_link() {
+            // What an operator sees meanwhile: the hop down with its reason (the gate's
+            // progress in replicate's output) and the WAL retained for the target.
+            let said = std::fs::read_to_string(self.log("replicate")).unwrap_or_default();
+            let down = said
+                .lines()
+                .rev()
+                .find(|l| l.contains("may be cut"))
+                .map(str::to_string);
+            let status = self
+                .command("status-during-cut", &["status", "--json"], &[])
+                .await?
+                .wait()
+                .await?;
+            let text = std::fs::read_to_string(self.log("status-during-cut")).unwrap_or_default();
+            let retained = retained_bytes(&text);
+            f.recovery.push(match &down {
+                Some(l) => format!("the gate said: {}", l.trim()),
+                None => "the gate never reported the hop down".into(),
+            });
+            f.recovery.push(match retained {
+                Some(b) => format!(
+                    "`migrate status` ({status}) showed {} of WAL retained by the slots",
+                    crate::units::format_bytes(b)
+                ),
+                None => format!("`migrate status` ({status}) showed no retained WAL"),
+            });
+            seen = down.is_some() && status.success() && retained.is_some_and(|b| b > 0);
+            self.lab.set_link(a, b, false).await?;
+            f.recovery.push(format!("restored the link {a}-{b}"));
+        } else {
+            self.lab
+                .server(TARGET)
+                .start(&self.lab.server_log(TARGET), Duration::from_secs(120))
+                .await
+                .context("start the crashed target again")?;
+            f.recovery.push(format!(
+                "started {TARGET} again (crash recovery, then streaming)"
+            ));
+        }
         let status = child.wait().await?;
         f.exit_code = status.code();
         f.run = RunSummary::read(&state_dir)?;
-        f.as_expected = waited && status.success() && f.run.outcome == Some(Outcome::Completed);
+        f.as_expected =
+            waited && seen && status.success() && f.run.outcome == Some(Outcome::Completed);
         if !status.success() {
             f.recovery.push("`migrate resume`".into());
             self.step("resume", &["resume"]).await?;
@@ -540,6 +613,25 @@ impl Rehearsal<'_> {
                         )
                     }
                 }
+                Fault::CutLinkBeforeProof | Fault::CutToolFromOldDc => {
+                    let (a, b) = fault.cut_link().unwrap_or_default();
+                    let (after, instant) = if fault == Fault::CutLinkBeforeProof {
+                        (StepId::Fence, "it fenced")
+                    } else {
+                        (StepId::Hold, "it held the clients")
+                    };
+                    self.wait_for_instant(
+                        &mut child,
+                        "cutover-fault",
+                        instant,
+                        &step_succeeded(after.clone()),
+                    )
+                    .await?;
+                    self.lab.set_link(a, b, true).await?;
+                    format!(
+                        "cut the link between {a} and {b} (every packet dropped at both ends) as soon as `cutover` journaled step {after}; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
+                    )
+                }
                 Fault::IdleInTransactionClient => format!(
                     "a client through PgBouncer (application rehearsal-idle-client) holds a transaction open (BEGIN; INSERT; no COMMIT) as the cutover begins; hold_timeout {FAULT_HOLD_TIMEOUT_S} s"
                 ),
@@ -550,6 +642,24 @@ impl Rehearsal<'_> {
         let mut f = self.fault_report(fault, injected);
         f.exit_code = status.code();
         f.run = RunSummary::read(&state_dir)?;
+        // What the interrupted run said, before anything repairs it.
+        let stopped_with = f.run.clone();
+        if let Some((a, b)) = fault.cut_link() {
+            self.lab.set_link(a, b, false).await?;
+            f.recovery.push(format!("restored the link {a}-{b}"));
+            if f.run.outcome.is_none() {
+                // Stopped for the operator (an undo that could not reach the old primary):
+                // with the link back, the operator resumes the undo.
+                let resumed = self
+                    .command("resume-undo", &["resume"], &[])
+                    .await?
+                    .wait()
+                    .await?;
+                f.recovery
+                    .push(format!("`migrate resume` ({resumed}) to finish the undo"));
+                f.run = RunSummary::read(&state_dir)?;
+            }
+        }
         let undone = |step: StepId| f.run.undone.contains(&step.to_string());
         let failed_at = |step: StepId| f.run.failed_step == Some(step.to_string());
         let named_idle = f
@@ -563,6 +673,16 @@ impl Rehearsal<'_> {
             && match fault {
                 Fault::StopTargetAfterFence | Fault::HangTarget => {
                     failed_at(StepId::Proof) && undone(StepId::Fence) && undone(StepId::Stop)
+                }
+                Fault::CutLinkBeforeProof => {
+                    (failed_at(StepId::Stop) || failed_at(StepId::Proof))
+                        && undone(StepId::Fence)
+                        && undone(StepId::Stop)
+                }
+                // Whatever step found the old primary out of reach, nothing was promoted and
+                // everything done was undone.
+                Fault::CutToolFromOldDc => {
+                    stopped_with.point_of_no_return.is_none() && undone(StepId::Fence)
                 }
                 Fault::RestartOldAfterProof => failed_at(StepId::Stage) && undone(StepId::Fence),
                 Fault::KillTargetDuringStage => {
@@ -672,6 +792,80 @@ impl Rehearsal<'_> {
         if !second.success() {
             bail!(
                 "`migrate resume` after the repair failed ({second}); see {}",
+                self.log("resume").display()
+            );
+        }
+        Ok((f, c0, Utc::now(), t.elapsed().as_millis() as u64))
+    }
+
+    /// A cutover whose datacenters lose each other right after the promotion: the old primary
+    /// cannot stream from the new one, yet clients must be released to the new primary and
+    /// the run stop naming it; with the link back `resume` completes the run.
+    async fn cutover_cut_after_promote(
+        &self,
+        writer: &Writer,
+    ) -> Result<(FaultReport, DateTime<Utc>, DateTime<Utc>, u64)> {
+        let fault = Fault::CutLinkAfterPromote;
+        let (a, b) = fault.cut_link().unwrap_or_default();
+        let state_dir = self.state_dir()?;
+        (self.note)(&format!("cutover, with fault {}", fault.name()));
+        let c0 = Utc::now();
+        let t = Instant::now();
+        let mut child = self
+            .command("cutover", &["cutover", "--yes", "--force-window"], &[])
+            .await?;
+        self.wait_for_instant(
+            &mut child,
+            "cutover",
+            "it promoted",
+            &step_succeeded(StepId::Promote),
+        )
+        .await?;
+        self.lab.set_link(a, b, true).await?;
+        let mut f = self.fault_report(
+            fault,
+            format!("cut the link between {a} and {b} (every packet dropped at both ends) as soon as `cutover` journaled step promote; proof_timeout {FAULT_PROOF_TIMEOUT_S} s bounds the wait for the old primary"),
+        );
+        let first = child.wait().await?;
+        f.exit_code = first.code();
+        let log = std::fs::read_to_string(self.log("cutover")).unwrap_or_default();
+        let named = log.contains("NO ROLLBACK PATH");
+        let released = self.takes_writes_again("new", writer).await;
+        f.recovery.push(match &released {
+            Ok(()) => "checked: new is the primary and writes through PgBouncer go on".into(),
+            Err(e) => format!("writes did not go on on new: {e:#}"),
+        });
+        self.lab.set_link(a, b, false).await?;
+        f.recovery.push(format!("restored the link {a}-{b}"));
+        // The old primary's walreceiver may still be in a connection attempt made while the
+        // link was down (it gives up after connect_timeout and tries again 5 s later): an
+        // operator resumes again when `resume` still finds it not streaming.
+        let mut second = self
+            .command("resume", &["resume"], &[])
+            .await?
+            .wait()
+            .await?;
+        f.recovery.push(format!("`migrate resume`: {second}"));
+        for _ in 0..2 {
+            if second.code() != Some(3) {
+                break;
+            }
+            second = self
+                .command("resume", &["resume"], &[])
+                .await?
+                .wait()
+                .await?;
+            f.recovery.push(format!("`migrate resume` again: {second}"));
+        }
+        f.run = RunSummary::read(&state_dir)?;
+        f.as_expected = first.code() == Some(3)
+            && named
+            && released.is_ok()
+            && second.success()
+            && f.run.outcome == Some(Outcome::Completed);
+        if !second.success() {
+            bail!(
+                "`migrate resume` after the link came back failed ({second}); see {}",
                 self.log("resume").display()
             );
         }
@@ -1007,6 +1201,35 @@ fn errors_between(
 }
 
 /// Wait until `ep` (a standby) has replayed `lsn`.
+/// The WAL retained by slots in `migrate status --json`'s output: the largest
+/// `retained_bytes` anywhere in it (None: no JSON, or no such field).
+pub fn retained_bytes(text: &str) -> Option<u64> {
+    fn walk(v: &serde_json::Value, best: &mut Option<u64>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    if k == "retained_bytes" {
+                        if let Some(b) = x.as_u64() {
+                            *best = Some(best.map_or(b, |c| c.max(b)));
+                        }
+                    }
+                    walk(x, best);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, best)),
+            _ => {}
+        }
+    }
+    let start = text.find('{')?;
+    let v: serde_json::Value = serde_json::Deserializer::from_str(&text[start..])
+        .into_iter()
+        .next()?
+        .ok()?;
+    let mut best = None;
+    walk(&v, &mut best);
+    best
+}
+
 pub async fn wait_replayed(ep: &Endpoint, lsn: Lsn, limit: Duration) -> Result<()> {
     let t = Instant::now();
     loop {

@@ -166,15 +166,43 @@ pub async fn sample_hop(hop: &Hop) -> HopSample {
             hop.upstream.name, hop.node.name
         ));
     };
+    let receive_behind_bytes = upstream_lsn.bytes_after(flush);
+    let reply_age_ms: Option<i64> = row.get(3);
+    if let Some(reason) = stalled(receive_behind_bytes, reply_age_ms) {
+        return down(format!(
+            "{} {reason} from {}: the link between them may be cut",
+            hop.node.name, hop.upstream.name
+        ));
+    }
     HopSample {
         upstream: hop.upstream.name.clone(),
         node: hop.node.name.clone(),
         state: HopState::Streaming {
-            receive_behind_bytes: upstream_lsn.bytes_after(flush),
+            receive_behind_bytes,
             replay_behind_bytes: upstream_lsn.bytes_after(replay),
-            reply_age_ms: row.get(3),
+            reply_age_ms,
         },
     }
+}
+
+/// How long a standby may leave WAL waiting unconfirmed before its hop counts as down.
+pub const STALL: Duration = Duration::from_secs(1);
+
+/// Pure: whether a hop that `pg_stat_replication` still shows as streaming has in fact
+/// stalled. A standby confirms each write it receives at once, so WAL waiting (`behind` > 0)
+/// with its last reply older than [`STALL`] means nothing arrives: a cut link keeps the row
+/// "streaming" until `wal_sender_timeout` (a minute), with a stale position. An idle hop has
+/// nothing waiting and is never stalled, however old its reply (replies then come every
+/// `wal_receiver_status_interval`).
+pub fn stalled(behind: u64, reply_age_ms: Option<i64>) -> Option<String> {
+    let age = reply_age_ms?;
+    (behind > 0 && age > STALL.as_millis() as i64).then(|| {
+        format!(
+            "has confirmed nothing for {:.1} s while {} wait",
+            age as f64 / 1000.0,
+            crate::units::format_bytes(behind)
+        )
+    })
 }
 
 fn first_line(s: &str) -> String {
@@ -215,5 +243,21 @@ pub async fn sample_chain(primary: &Endpoint, hops: &[Hop]) -> ChainSample {
         primary_lsn,
         hops: samples,
         nodes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hop_with_wal_waiting_and_no_recent_reply_has_stalled() {
+        assert!(stalled(8192, Some(4_000)).unwrap().contains("4.0 s"));
+        // Idle: nothing waits, the reply may be old.
+        assert_eq!(stalled(0, Some(9_000)), None);
+        // Busy and confirming.
+        assert_eq!(stalled(1 << 20, Some(20)), None);
+        // No reply yet: not judged.
+        assert_eq!(stalled(8192, None), None);
     }
 }

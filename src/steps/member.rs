@@ -33,6 +33,9 @@ const INHERITED: &[&str] = &[
     "channel_binding",
 ];
 
+/// A standby's `connect_timeout` to its upstream unless the upstream's conninfo sets one.
+pub const STREAM_CONNECT_TIMEOUT_S: &str = "5";
+
 /// Whether a standby's settings set its `port`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Port {
@@ -147,6 +150,12 @@ impl Member {
         }
         c.set("user", &self.repl_user);
         c.set("application_name", &self.node.name);
+        // Without a limit the walreceiver's connection attempt across a cut link waits out
+        // the kernel's SYN retries (over two minutes) and goes on waiting after the link is
+        // back; with one it gives up and tries again (wal_retrieve_retry_interval, 5 s).
+        if c.get("connect_timeout").is_none() {
+            c.set("connect_timeout", STREAM_CONNECT_TIMEOUT_S);
+        }
         if let Some(p) = passfile {
             c.set("passfile", p);
         }

@@ -13,7 +13,7 @@ use super::stop::take_fresh_control;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::host::Cmd;
-use crate::pg::{session, sql, Lsn};
+use crate::pg::{connect, sql, Lsn};
 use crate::steps::id::StepId;
 use crate::steps::member::Member;
 
@@ -137,14 +137,16 @@ pub(crate) fn parse_controldata(text: &str, node: &str) -> Result<Control> {
 
 /// The target's received and replayed positions, timeline and recovery state.
 async fn position(to: &Member) -> Result<Position> {
-    let c = session(&to.endpoint()).await?;
+    // A new connection each time, not a kept one: the postmaster must fork a backend for it,
+    // which shows the target alive as a whole (a frozen postmaster still has its old backends
+    // and walreceiver answering, and would then never carry out the promotion).
+    let c = connect(&to.endpoint()).await?;
     let r = sql::one(
         &c,
         "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, timeline_id::bigint, pg_is_in_recovery()
            FROM pg_control_checkpoint()",
     )
     .await?;
-    c.keep();
     let lsn = |i: usize| {
         r.get::<_, Option<String>>(i)
             .and_then(|s| s.parse::<Lsn>().ok())

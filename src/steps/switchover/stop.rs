@@ -21,6 +21,12 @@ pub struct StopPrimary(pub Direction);
 /// How long an undo waits for an interrupted shutdown to finish before restarting the server.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(120);
 
+/// How long an undo lets an interrupted fast shutdown go on before it stops the server at
+/// once. A fast shutdown waits for every walsender to have its last WAL confirmed: with the
+/// link to the standby cut that is `wal_sender_timeout` (a minute) while clients are held.
+/// An immediate stop loses nothing committed (crash recovery replays the WAL at the start).
+const FAST_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StopOut {
     /// When the stop returned; `None` when a resumed run found the server already down.
@@ -108,7 +114,17 @@ impl Step for StopPrimary {
             && matches!(guard::writable(&self.0.from).await, Writable::Silent(_))
         {
             let deadline = std::time::Instant::now() + SHUTDOWN_WAIT;
+            let grace = std::time::Instant::now() + FAST_SHUTDOWN_GRACE;
+            let mut immediate = false;
             while server.state().await? == RunState::Running {
+                if !immediate && std::time::Instant::now() > grace {
+                    immediate = true;
+                    // Best effort: where it fails, the wait below still bounds the undo.
+                    let _ = server
+                        .stop(StopMode::Immediate, Duration::from_secs(30))
+                        .await;
+                    continue;
+                }
                 if std::time::Instant::now() > deadline {
                     bail!(
                         "{} neither answers nor finishes shutting down within {SHUTDOWN_WAIT:?}; see its log {}",
