@@ -192,6 +192,9 @@ pub struct RehearseArgs {
     pub fault: Option<crate::rehearse::fault::Fault>,
     #[command(flatten)]
     pub wan: WanArgs,
+    /// Clone the standbys from a pgBackRest repository the lab makes (see `lab up`).
+    #[arg(long)]
+    pub pgbackrest: bool,
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +341,10 @@ pub struct LabArgs {
     pub pg: Option<u32>,
     #[command(flatten)]
     pub wan: WanArgs,
+    /// Also make a pgBackRest repository (stanza `lab`, WAL archived from the old primary, one
+    /// full backup) and clone the standbys from it (`[clone] method = "pgbackrest"`).
+    #[arg(long)]
+    pub pgbackrest: bool,
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,7 @@ mod host_ssh;
 mod hostile;
 mod journal_compat;
 mod lab;
+mod pgbackrest;
 mod plan;
 mod rehearse;
 pub mod replication;

@@ -28,6 +28,14 @@ pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
                 lab.shape(&w).await?;
                 ui.line(describe(&w));
             }
+            if args.pgbackrest {
+                lab.seed_pgbackrest().await?;
+                ui.line(format!(
+                    "pgBackRest repository: stanza {} in {} (the spec clones from it)",
+                    crate::lab::pgbackrest::STANZA,
+                    crate::lab::pgbackrest::config_path(&lab).display()
+                ));
+            }
             show(ui, &status);
             if !ui.json() {
                 ui.line("");

@@ -32,6 +32,7 @@ pub async fn run(args: &RehearseArgs, ui: &Ui) -> Result<Exit> {
         exe: std::env::current_exe().context("find this binary")?,
         fault: args.fault,
         wan: args.wan.wan(),
+        pgbackrest: args.pgbackrest,
     };
     let started = Instant::now();
     let spinner = ui.spinner();

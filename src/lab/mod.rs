@@ -16,6 +16,7 @@
 pub mod compose;
 pub mod debian;
 pub mod netns;
+pub mod pgbackrest;
 pub mod pgbouncer;
 pub mod ports;
 pub mod template;
@@ -986,9 +987,19 @@ impl Lab {
             q(&bouncer_ini.display().to_string()),
             host_of(netns::BOUNCER),
         ));
+        if let Some(clone) = pgbackrest::clone_table(self) {
+            s.push_str(&clone);
+        }
         LocalHost::new(None)?
             .write_file(&self.spec_path(), s.as_bytes(), 0o644, None)
             .await
+    }
+
+    /// A pgBackRest repository with a full backup of the old primary, and the lab's spec
+    /// cloning from it (see [`pgbackrest`]).
+    pub async fn seed_pgbackrest(&self) -> Result<()> {
+        pgbackrest::seed(self).await?;
+        self.write_spec().await
     }
 }
 

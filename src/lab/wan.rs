@@ -427,6 +427,12 @@ fn stop_pid_file(pid_file: &Path) {
 /// the test harness that runs (cargo puts tests in target/<profile>/deps, binaries one up).
 pub fn delayer_binary() -> Result<PathBuf> {
     let me = std::env::current_exe().context("find this program")?;
+    // A binary replaced while it runs (a rebuild) reads as "<path> (deleted)": its successor
+    // at the same path runs the delayers as well.
+    let me = match me.to_str().and_then(|t| t.strip_suffix(" (deleted)")) {
+        Some(t) => PathBuf::from(t),
+        None => me,
+    };
     if me.file_name().is_some_and(|n| n == "migrate") {
         return Ok(me);
     }

@@ -556,6 +556,22 @@ fn tls_verdict(n: &crate::spec::Node, up: &crate::spec::Node) -> Check {
 
 /// Every route: reachable, authenticated, and pointing at the old primary now. With the
 /// primary down, what each route points at now (nothing can be connected through).
+/// The most plan waits for one route to answer. A PgBouncer left holding its clients (an
+/// interrupted cutover) takes the connection and answers the query only after RESUME.
+const ROUTE_CHECK_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn bounded_route<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(ROUTE_CHECK_LIMIT, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no answer within {ROUTE_CHECK_LIMIT:?} (a pooler still holding its clients after an interrupted run answers nothing until it is released: see `migrate status`)"
+            ))
+        })
+}
+
 async fn routes(checks: &mut Vec<Check>, spec: &Spec, primary_up: bool) {
     let primary = spec.primary();
     match crate::route::open(&spec.routes) {
@@ -563,7 +579,7 @@ async fn routes(checks: &mut Vec<Check>, spec: &Spec, primary_up: bool) {
             for (i, r) in routers.iter().enumerate() {
                 let id = format!("route:{i}");
                 if !primary_up {
-                    match r.current().await {
+                    match bounded_route(r.current()).await {
                         Ok(v) => checks.push(Check::pass(
                             id,
                             format!("{} is reachable; now: {v}", r.describe()),
@@ -576,7 +592,7 @@ async fn routes(checks: &mut Vec<Check>, spec: &Spec, primary_up: bool) {
                     }
                     continue;
                 }
-                match r.verify(primary).await {
+                match bounded_route(r.verify(primary)).await {
                     Ok(_) => checks.push(Check::pass(id, format!("{} reaches {} as a writable primary", r.describe(), primary.name))),
                     Err(e) => checks.push(Check::fail(
                         id,

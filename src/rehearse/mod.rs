@@ -46,6 +46,8 @@ pub struct Options {
     pub fault: Option<Fault>,
     /// The WAN between the ssh lab's places.
     pub wan: Option<crate::lab::wan::Wan>,
+    /// Clone from a pgBackRest repository the lab makes.
+    pub pgbackrest: bool,
 }
 
 /// The lab's target node, which the faults hit.
@@ -145,11 +147,16 @@ impl Rehearsal<'_> {
             self.lab.shape(w).await?;
         }
         std::fs::create_dir_all(&self.logs)?;
-        self.prepare_fault()?;
         if o.scale_mb > 0 {
             (self.note)(&format!("grow app to about {} MB", o.scale_mb));
             grow_app(&self.lab.endpoint("old", "app"), o.scale_mb).await?;
         }
+        if o.pgbackrest {
+            (self.note)("pgBackRest repository: WAL archiving on old, a full backup");
+            self.lab.seed_pgbackrest().await?;
+        }
+        // After anything that rewrites the lab's spec.
+        self.prepare_fault()?;
         (self.note)(&format!("writer: {} clients through PgBouncer", o.clients));
         let writer = Writer::start(vec![self.lab.app_endpoint()], o.clients, o.pace);
         let mut fault: Option<(FaultReport, DateTime<Utc>, DateTime<Utc>)> = None;
@@ -649,14 +656,17 @@ impl Rehearsal<'_> {
             f.recovery.push(format!("restored the link {a}-{b}"));
             if f.run.outcome.is_none() {
                 // Stopped for the operator (an undo that could not reach the old primary):
-                // with the link back, the operator resumes the undo.
-                let resumed = self
-                    .command("resume-undo", &["resume"], &[])
-                    .await?
-                    .wait()
-                    .await?;
+                // with the link back, the operator finishes it as the error says: `rollback`
+                // for a run that was rolling back, else `resume`.
+                let log = std::fs::read_to_string(self.log("cutover-fault")).unwrap_or_default();
+                let (name, args): (&str, &[&str]) = if log.contains("migrate rollback") {
+                    ("rollback-undo", &["rollback", "--yes"])
+                } else {
+                    ("resume-undo", &["resume"])
+                };
+                let done = self.command(name, args, &[]).await?.wait().await?;
                 f.recovery
-                    .push(format!("`migrate resume` ({resumed}) to finish the undo"));
+                    .push(format!("`migrate {}` ({done}) to finish the undo", args[0]));
                 f.run = RunSummary::read(&state_dir)?;
             }
         }

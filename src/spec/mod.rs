@@ -155,12 +155,53 @@ pub fn parse_retention(text: &str) -> Result<Retention, String> {
 }
 
 /// `[clone]`: how a standby's base backup crosses the link.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CloneSettings {
     /// pg_basebackup `--max-rate`, in bytes per second (32 kB/s to 1 GB/s).
     pub max_rate: Option<u64>,
     /// Server-side compression (PostgreSQL 15+), decompressed by pg_basebackup.
     pub compress: Compress,
+    /// Where the copy comes from.
+    pub method: CloneMethod,
+}
+
+/// Where a standby's copy comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CloneMethod {
+    /// A base backup streamed from the node's upstream.
+    #[default]
+    PgBasebackup,
+    /// `pgbackrest restore --type=standby` from the operator's repository: the upstream is
+    /// not read for the bulk copy; the standby then fetches the WAL since the backup with
+    /// the `restore_command` pgBackRest writes, and streams from its slot.
+    PgBackRest {
+        stanza: String,
+        /// `--config` on the cloned node's host; None: pgBackRest's default.
+        config: Option<std::path::PathBuf>,
+    },
+}
+
+impl CloneMethod {
+    /// `pgbackrest … restore` into `data_dir`; `delta` resumes an interrupted restore (it keeps
+    /// and checks what is there, copying only what is missing or differs).
+    pub fn pgbackrest_restore(&self, data_dir: &Path, delta: bool) -> Option<Vec<String>> {
+        let CloneMethod::PgBackRest { stanza, config } = self else {
+            return None;
+        };
+        let mut argv = vec!["pgbackrest".to_string()];
+        if let Some(c) = config {
+            argv.push(format!("--config={}", c.display()));
+        }
+        argv.push(format!("--stanza={stanza}"));
+        argv.push(format!("--pg1-path={}", data_dir.display()));
+        argv.push("--type=standby".into());
+        if delta {
+            argv.push("--delta".into());
+        }
+        argv.push("restore".into());
+        Some(argv)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -874,7 +915,82 @@ impl Validator {
                 "use \"none\", \"zstd\", \"lz4\" or \"gzip\" (compressed by the server, PostgreSQL 15+)",
             )),
         };
-        Ok(CloneSettings { max_rate, compress })
+        let method = match raw.method.as_deref() {
+            None | Some("pg_basebackup") => {
+                for (field, given) in [
+                    ("clone.stanza", raw.stanza.is_some()),
+                    ("clone.config", raw.config.is_some()),
+                ] {
+                    if given {
+                        return Err(self.err(
+                            field,
+                            "only pgBackRest reads it".to_string(),
+                            "add method = \"pgbackrest\", or remove it",
+                        ));
+                    }
+                }
+                CloneMethod::PgBasebackup
+            }
+            Some("pgbackrest") => {
+                for (field, given) in [
+                    ("clone.max_rate", max_rate.is_some()),
+                    ("clone.compress", compress != Compress::None),
+                ] {
+                    if given {
+                        return Err(self.err(
+                            field,
+                            "applies to pg_basebackup, not to a pgBackRest restore".to_string(),
+                            "remove it; pgBackRest's own settings (process-max, compress-type) go in its configuration",
+                        ));
+                    }
+                }
+                let Some(stanza) = raw.stanza else {
+                    return Err(self.err(
+                        "clone.stanza",
+                        "missing: a pgBackRest restore needs the repository's stanza".to_string(),
+                        "add stanza = \"<the stanza your backups of the old primary are in>\"",
+                    ));
+                };
+                if stanza.is_empty()
+                    || !stanza
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                {
+                    return Err(self.err(
+                        "clone.stanza",
+                        format!("{stanza:?} is not a stanza name"),
+                        "use letters, digits, '_', '-' and '.' only",
+                    ));
+                }
+                if let Some(c) = raw
+                    .config
+                    .as_ref()
+                    .filter(|c| !c.is_absolute() || c.to_str().is_none_or(|t| t.contains('\n')))
+                {
+                    return Err(self.err(
+                        "clone.config",
+                        format!("{} is not an absolute path", c.display()),
+                        "give the pgBackRest configuration's absolute path on the cloned node's host",
+                    ));
+                }
+                CloneMethod::PgBackRest {
+                    stanza,
+                    config: raw.config,
+                }
+            }
+            Some(other) => {
+                return Err(self.err(
+                    "clone.method",
+                    format!("{other:?} is not a clone method"),
+                    "use \"pg_basebackup\" (the default) or \"pgbackrest\"",
+                ))
+            }
+        };
+        Ok(CloneSettings {
+            max_rate,
+            compress,
+            method,
+        })
     }
 
     fn bake(&self, raw: raw::RawBake) -> Result<Bake, SpecError> {

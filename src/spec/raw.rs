@@ -110,6 +110,9 @@ pub struct RawCutover {
 pub struct RawClone {
     pub max_rate: Option<String>,
     pub compress: Option<String>,
+    pub method: Option<String>,
+    pub stanza: Option<String>,
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// `[bake]`: the days between the cutover and `complete`.

@@ -16,6 +16,7 @@ use crate::pg::server::{RunState, StopMode};
 use crate::pg::{connect, sql, Endpoint};
 use crate::replication::gate::{catch_up_gate, Decision};
 use crate::replication::lag::{sample_chain, sample_hop, ChainSample, Hop, HopState};
+use crate::spec::CloneMethod;
 use crate::units::format_bytes;
 
 const MARKER: &str = "migrate-clone.json";
@@ -354,8 +355,9 @@ impl Clone {
         Ok(())
     }
 
-    /// A pg_basebackup from an interrupted attempt may still write into the directory (on a
-    /// remote host nothing kills it when we die): stop it before cleaning.
+    /// A pg_basebackup or restore from an interrupted attempt may still write into the
+    /// directory (on a remote host nothing kills it when we die): stop it before cleaning or
+    /// resuming.
     async fn kill_stray_backup(&self) -> Result<()> {
         let escaped: String = self
             .data()
@@ -368,7 +370,10 @@ impl Clone {
                 }
             })
             .collect();
-        let pattern = format!("pg_basebackup.* -D {escaped}( |$)");
+        // Either copier: pg_basebackup, or a pgBackRest restore (and its worker processes,
+        // which carry the same --pg1-path).
+        let pattern =
+            format!("(pg_basebackup.* -D {escaped}|pgbackrest.* --pg1-path={escaped})( |$)");
         // SIGKILL lands when the process's current system call returns: a pg_basebackup in its
         // final fsync of a large directory on a busy disk can take many seconds. Wait up to 60 s.
         let script = "u=$(id -u); pkill -KILL -u \"$u\" -f -- \"$1\"; i=0; while pgrep -u \"$u\" -f -- \"$1\" >/dev/null; do \
@@ -380,7 +385,7 @@ impl Clone {
             .await?;
         if !out.success() {
             bail!(
-                "a pg_basebackup into {} on {} does not stop; stop it by hand and retry",
+                "a pg_basebackup or pgBackRest restore into {} on {} does not stop; stop it by hand and retry",
                 self.data(),
                 self.0.host.describe()
             );
@@ -492,6 +497,23 @@ impl Step for Clone {
             .replication_conninfo(None)
             .map(|c| c.to_libpq_string())
             .unwrap_or_default();
+        if let Some(argv) = self
+            .0
+            .clone_settings
+            .method
+            .pgbackrest_restore(&self.0.node.data_dir, false)
+        {
+            return Description {
+                host: self.0.host_label(),
+                action: format!(
+                    "{} (an interrupted restore is resumed with --delta); then primary_conninfo, primary_slot_name, port and cluster_name in postgresql.auto.conf (pgBackRest's restore_command kept: the WAL since the backup comes from the repository, the rest streams through slot {})",
+                    argv.join(" "),
+                    self.0.slot()
+                ),
+                proof: format!("{MARKER} written in the data directory after a complete restore"),
+                undo: format!("stop the server and remove {} (only if this run created its contents)", self.data()),
+            };
+        }
         Description {
             host: self.0.host_label(),
             action: format!(
@@ -529,10 +551,20 @@ impl Step for Clone {
         };
         let id = self.id();
         let server = self.0.server()?;
-        if !matches!(
+        let data = &self.0.node.data_dir;
+        let leftovers = !matches!(
             self.0.dir_state().await?,
             DirState::Absent | DirState::Empty
-        ) {
+        );
+        // pgBackRest keeps its manifest in the directory until a restore is done: one that
+        // was interrupted is resumed with --delta (what is there is checked, not copied again).
+        let resume_restore = leftovers
+            && matches!(self.0.clone_settings.method, CloneMethod::PgBackRest { .. })
+            && self.0.host.exists(&data.join("backup.manifest")).await?;
+        if resume_restore {
+            cx.progress(&id, "resuming the interrupted pgBackRest restore (--delta)");
+            self.kill_stray_backup().await?;
+        } else if leftovers {
             cx.progress(&id, "removing what an interrupted clone left");
             self.clean(existed).await?;
         }
@@ -561,13 +593,33 @@ impl Step for Clone {
                 }
             })
         };
-        let backup = basebackup_cmd(&self.0, &server, &conninfo);
-        let result = self.0.run_with_replication_password(backup, true).await;
+        let result = match self
+            .0
+            .clone_settings
+            .method
+            .pgbackrest_restore(data, resume_restore)
+        {
+            // Read from the repository, as the node's host user: the upstream is not asked.
+            Some(argv) => self
+                .0
+                .host
+                .run_ok(&Cmd::new(argv).timeout(Duration::from_secs(24 * 3600)))
+                .await
+                .map(|_| ())
+                .context("clone with a pgBackRest restore"),
+            None => {
+                let backup = basebackup_cmd(&self.0, &server, &conninfo);
+                self.0
+                    .run_with_replication_password(backup, true)
+                    .await
+                    .map(|_| ())
+                    .context("clone with pg_basebackup")
+            }
+        };
         monitor.abort();
-        result.context("clone with pg_basebackup")?;
+        result?;
         let secs = started.elapsed().as_secs_f64();
 
-        let data = &self.0.node.data_dir;
         let copied = self
             .0
             .host

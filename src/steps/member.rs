@@ -74,7 +74,7 @@ impl Member {
             repl_user: spec.replication.user.clone(),
             repl_password: spec.replication.password.clone(),
             host,
-            clone_settings: spec.clone,
+            clone_settings: spec.clone.clone(),
         })
     }
 
