@@ -531,8 +531,9 @@ impl Runner {
                 self.state.run_id
             )));
         }
-        match self.undo(0, Outcome::RolledBack).await {
-            Ok(()) => Ok(Outcome::RolledBack),
+        let (floor, outcome) = self.state.rollback_floor();
+        match self.undo(floor, outcome).await {
+            Ok(()) => Ok(outcome),
             Err(e) => Err(self.error(Stop::OperatorNeeded(Next::Rollback), format!("{e:#}"))),
         }
     }

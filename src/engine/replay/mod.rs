@@ -81,6 +81,31 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// Pure: where an operator's rollback stops, and what it finishes the run as. Finishing an
+    /// automatic abort that stopped halfway (an undo that could not reach a server, after which
+    /// the run says "run `migrate rollback` again") undoes what the abort would have, never the
+    /// first `keep` steps the abort keeps (a cutover's chain: hours of cloning across a WAN); a
+    /// rollback asked for afresh undoes every step.
+    pub fn rollback_floor(&self) -> (usize, Outcome) {
+        let state = self;
+        let undone = |s: &&StepState| {
+            matches!(
+                s.status,
+                StepStatus::Compensating | StepStatus::Compensated | StepStatus::CompensationFailed
+            )
+        };
+        let keep = state.keep.min(state.steps.len());
+        let aborting = state.phase == Phase::RollingBack
+            && keep > 0
+            && !state.steps[..keep].iter().any(|s| undone(&s))
+            && state.steps[keep..].iter().any(|s| undone(&s));
+        if aborting {
+            (keep, Outcome::Aborted)
+        } else {
+            (0, Outcome::RolledBack)
+        }
+    }
+
     pub fn step(&self, id: &str) -> Option<&StepState> {
         self.steps.iter().find(|s| s.id == id)
     }

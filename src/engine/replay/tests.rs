@@ -368,3 +368,45 @@ fn an_abort_keeps_the_kept_steps_and_undoes_the_rest() {
     assert_eq!(s.undone(), vec!["b"]);
     assert_eq!(s.failure(), Some(("b", "boom")));
 }
+
+/// An abort keeps the first `keep` steps; when its undo stopped halfway, the operator's
+/// `rollback` finishes that abort and keeps them too. A rollback asked for afresh, or one
+/// that already reached the kept steps, undoes everything.
+#[test]
+fn a_rollback_that_finishes_an_abort_keeps_what_the_abort_keeps() {
+    let keeping = |events: Vec<E>| {
+        let mut recs = records(events);
+        if let E::Header { keep, .. } = &mut recs[0].event {
+            *keep = 2;
+        }
+        replay(&recs).unwrap()
+    };
+    // look, a kept; b failed; its undo failed: the abort stopped for the operator.
+    let stopped_abort = vec![
+        start("look"),
+        ok("look"),
+        start("a"),
+        ok("a"),
+        start("b"),
+        fail("b"),
+        comp("b"),
+        E::CompensationFailed {
+            step: "b".into(),
+            error: "unreachable".into(),
+        },
+    ];
+    assert_eq!(
+        keeping(stopped_abort.clone()).rollback_floor(),
+        (2, Outcome::Aborted)
+    );
+    // A run stopped in its forward pass (nothing undone yet): a rollback undoes all.
+    assert_eq!(
+        keeping(forward_to_promote()).rollback_floor(),
+        (0, Outcome::RolledBack)
+    );
+    // Without kept steps there is nothing to spare.
+    assert_eq!(
+        replay(&records(stopped_abort)).unwrap().rollback_floor(),
+        (0, Outcome::RolledBack)
+    );
+}
