@@ -185,6 +185,18 @@ fn rehearse_fault_with(name: &str, extra: &[&str]) -> serde_json::Value {
     f
 }
 
+/// Aborted before the point of no return, with the stop, the fence and the hold undone.
+#[track_caller]
+fn assert_undone_before_the_promotion(f: &serde_json::Value) {
+    assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
+    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
+    assert_eq!(
+        undone(f),
+        [StepId::Stop, StepId::Fence, StepId::Hold].map(|s| s.to_string()),
+        "{f:#}"
+    );
+}
+
 fn undone(f: &serde_json::Value) -> Vec<String> {
     f["run"]["undone"]
         .as_array()
@@ -221,13 +233,7 @@ fn a_target_stopped_after_the_fence_makes_the_time_box_undo_the_cutover() {
             .contains("no proof within 10s"),
         "{f:#}"
     );
-    assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
-    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
-    assert_eq!(
-        undone(&f),
-        [StepId::Stop, StepId::Fence, StepId::Hold].map(|s| s.to_string()),
-        "{f:#}"
-    );
+    assert_undone_before_the_promotion(&f);
 }
 
 #[test]
@@ -279,13 +285,7 @@ fn a_hung_target_after_the_fence_makes_the_time_box_undo_the_cutover() {
     let f = rehearse_fault("hang-target");
     assert_eq!(f["exit_code"], 1, "{f:#}");
     assert_eq!(f["run"]["failed_step"], StepId::Proof.to_string(), "{f:#}");
-    assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
-    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
-    assert_eq!(
-        undone(&f),
-        [StepId::Stop, StepId::Fence, StepId::Hold].map(|s| s.to_string()),
-        "{f:#}"
-    );
+    assert_undone_before_the_promotion(&f);
 }
 
 #[test]
@@ -395,13 +395,7 @@ fn a_link_cut_before_the_proof_makes_the_time_box_undo_the_cutover() {
         f["write_pause_ms"].as_f64().unwrap() < 40_000.0,
         "clients are not held for the walsender's minute: {f:#}"
     );
-    assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
-    assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
-    assert_eq!(
-        undone(&f),
-        [StepId::Stop, StepId::Fence, StepId::Hold].map(|s| s.to_string()),
-        "{f:#}"
-    );
+    assert_undone_before_the_promotion(&f);
 }
 
 #[test]

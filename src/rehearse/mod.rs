@@ -748,7 +748,6 @@ impl Rehearsal<'_> {
         &self,
         writer: &Writer,
     ) -> Result<(FaultReport, DateTime<Utc>, DateTime<Utc>, u64)> {
-        let state_dir = self.state_dir()?;
         (self.note)("cutover, with the old primary unable to follow the new one");
         let c0 = Utc::now();
         let t = Instant::now();
@@ -788,23 +787,8 @@ impl Rehearsal<'_> {
             .await?;
         f.recovery
             .push("repaired old's postgresql.auto.conf, then `migrate resume`".into());
-        let second = self
-            .command("resume", &["resume"], &[])
-            .await?
-            .wait()
+        self.resume_to_completion(&mut f, first, named && released.is_ok(), 1, "the repair")
             .await?;
-        f.run = RunSummary::read(&state_dir)?;
-        f.as_expected = first.code() == Some(3)
-            && named
-            && released.is_ok()
-            && second.success()
-            && f.run.outcome == Some(Outcome::Completed);
-        if !second.success() {
-            bail!(
-                "`migrate resume` after the repair failed ({second}); see {}",
-                self.log("resume").display()
-            );
-        }
         Ok((f, c0, Utc::now(), t.elapsed().as_millis() as u64))
     }
 
@@ -817,7 +801,6 @@ impl Rehearsal<'_> {
     ) -> Result<(FaultReport, DateTime<Utc>, DateTime<Utc>, u64)> {
         let fault = Fault::CutLinkAfterPromote;
         let (a, b) = fault.cut_link().unwrap_or_default();
-        let state_dir = self.state_dir()?;
         (self.note)(&format!("cutover, with fault {}", fault.name()));
         let c0 = Utc::now();
         let t = Instant::now();
@@ -850,36 +833,58 @@ impl Rehearsal<'_> {
         // The old primary's walreceiver may still be in a connection attempt made while the
         // link was down (it gives up after connect_timeout and tries again 5 s later): an
         // operator resumes again when `resume` still finds it not streaming.
-        let mut second = self
-            .command("resume", &["resume"], &[])
-            .await?
-            .wait()
-            .await?;
-        f.recovery.push(format!("`migrate resume`: {second}"));
-        for _ in 0..2 {
-            if second.code() != Some(3) {
-                break;
-            }
-            second = self
+        self.resume_to_completion(
+            &mut f,
+            first,
+            named && released.is_ok(),
+            3,
+            "the link came back",
+        )
+        .await?;
+        Ok((f, c0, Utc::now(), t.elapsed().as_millis() as u64))
+    }
+
+    /// After a cutover that stopped past the promotion (`first`: exit 3 expected) and its
+    /// repair: `resume`, run again while it still stops for the operator (up to `tries`), must
+    /// complete the run. Sets `as_expected` (with `seen`: what the fault had to show).
+    async fn resume_to_completion(
+        &self,
+        f: &mut FaultReport,
+        first: std::process::ExitStatus,
+        seen: bool,
+        tries: usize,
+        after: &str,
+    ) -> Result<()> {
+        let mut last = None;
+        for i in 0..tries.max(1) {
+            let st = self
                 .command("resume", &["resume"], &[])
                 .await?
                 .wait()
                 .await?;
-            f.recovery.push(format!("`migrate resume` again: {second}"));
+            f.recovery.push(format!(
+                "`migrate resume`{}: {st}",
+                if i > 0 { " again" } else { "" }
+            ));
+            let stopped_again = st.code() == Some(3);
+            last = Some(st);
+            if !stopped_again {
+                break;
+            }
         }
-        f.run = RunSummary::read(&state_dir)?;
+        let second = last.context("resume ran")?;
+        f.run = RunSummary::read(&self.state_dir()?)?;
         f.as_expected = first.code() == Some(3)
-            && named
-            && released.is_ok()
+            && seen
             && second.success()
             && f.run.outcome == Some(Outcome::Completed);
         if !second.success() {
             bail!(
-                "`migrate resume` after the link came back failed ({second}); see {}",
+                "`migrate resume` after {after} failed ({second}); see {}",
                 self.log("resume").display()
             );
         }
-        Ok((f, c0, Utc::now(), t.elapsed().as_millis() as u64))
+        Ok(())
     }
 
     /// Run a command that must end with `code`.

@@ -100,25 +100,25 @@ impl PgBouncer {
 
     /// `SHOW CONFIG`'s value of one setting.
     async fn setting(c: &Client, key: &str) -> Result<Option<String>> {
-        Ok(Self::rows(c, "SHOW CONFIG")
-            .await?
-            .into_iter()
-            .find_map(|row| {
-                let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-                (get("key").as_deref() == Some(key))
-                    .then(|| get("value"))
-                    .flatten()
-            }))
+        Ok(config_value(Self::rows(c, "SHOW CONFIG").await?, key))
     }
 
     /// Held clients are disconnected after `query_wait_timeout`: raise it above the cutover's
     /// pause budget while they are held (0 means no limit). A `RELOAD` resets it, so this runs
     /// again after the repoint.
     async fn stretch_wait_timeout(&self, c: &Client) -> Result<()> {
+        let config = Self::rows(c, "SHOW CONFIG").await?;
+        self.stretch_wait_timeout_from(c, config).await
+    }
+
+    /// The same, from `SHOW CONFIG` rows already read.
+    async fn stretch_wait_timeout_from(
+        &self,
+        c: &Client,
+        config: Vec<Vec<(String, String)>>,
+    ) -> Result<()> {
         let budget = self.cfg.pause_budget.as_secs();
-        let now = Self::setting(c, "query_wait_timeout")
-            .await?
-            .and_then(|v| seconds(&v));
+        let now = config_value(config, "query_wait_timeout").and_then(|v| seconds(&v));
         if now.is_some_and(|s| s != 0 && s < budget) {
             set_wait_timeout(c, budget + 1).await?;
         }
@@ -139,6 +139,16 @@ impl PgBouncer {
         }
         Ok(())
     }
+}
+
+/// Pure: one setting's value among `SHOW CONFIG`'s rows.
+fn config_value(rows: Vec<Vec<(String, String)>>, key: &str) -> Option<String> {
+    rows.into_iter().find_map(|row| {
+        let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        (get("key").as_deref() == Some(key))
+            .then(|| get("value"))
+            .flatten()
+    })
 }
 
 async fn set_wait_timeout(c: &Client, seconds: u64) -> Result<()> {
@@ -293,6 +303,9 @@ impl Router for PgBouncer {
         let c = self.console().await?;
         self.check_pool_mode(&c).await?;
         self.stretch_wait_timeout(&c).await?;
+        // One database after the other, not pipelined: PgBouncer leaves a second command
+        // that arrived while a PAUSE waited unread until more input comes (measured: the
+        // hold then never completes).
         for db in &self.cfg.databases {
             match c.simple_query(&format!("PAUSE {db}")).await {
                 Ok(_) => {}
@@ -362,15 +375,18 @@ impl Router for PgBouncer {
         let c = self.console().await?;
         // RELOAD and the console's own view after it, sent back to back (one round trip; the
         // console answers them in order).
-        let (reloaded, databases) =
-            tokio::join!(c.simple_query("RELOAD"), Self::rows(&c, "SHOW DATABASES"));
+        let (reloaded, databases, config) = tokio::join!(
+            c.simple_query("RELOAD"),
+            Self::rows(&c, "SHOW DATABASES"),
+            Self::rows(&c, "SHOW CONFIG")
+        );
         reloaded.map_err(|e| {
             anyhow!(
                 "PgBouncer RELOAD: {}",
                 crate::pg::conn::error_chain_text(&e)
             )
         })?;
-        self.stretch_wait_timeout(&c).await?;
+        self.stretch_wait_timeout_from(&c, config?).await?;
         let mut seen = serde_json::Map::new();
         for row in databases? {
             let get = |k: &str| {

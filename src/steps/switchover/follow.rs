@@ -141,15 +141,22 @@ async fn follow_state(
         }
         Ok(slot.as_ref().expect("connected"))
     }
-    let receiver = sql::walreceiver(kept(node, &m.endpoint()).await?)
-        .await
-        .inspect_err(|_| *node = None)?;
+    // Both sides at once (each a round trip across the WAN, inside the write pause).
+    let (receiver, row) = tokio::join!(
+        async {
+            let c = kept(node, &m.endpoint()).await?;
+            sql::walreceiver(c).await
+        },
+        async {
+            let c = kept(up, &upstream.endpoint()).await?;
+            sql::replication_state(c, m.name()).await
+        }
+    );
+    let receiver = receiver.inspect_err(|_| *node = None)?;
+    let row = row.inspect_err(|_| *up = None)?;
     if receiver.is_none() {
         return Ok((None, None));
     }
-    let row = sql::replication_state(kept(up, &upstream.endpoint()).await?, m.name())
-        .await
-        .inspect_err(|_| *up = None)?;
     Ok((receiver, row))
 }
 
