@@ -192,3 +192,125 @@ fn lab_up_in_a_folder_the_server_user_cannot_enter_is_refused_naming_it() {
         "a node was made anyway"
     );
 }
+
+/// Microseconds a TCP connection from inside `netns` (None: the bastion, this namespace) to
+/// `addr:22` takes to open (every site's sshd listens on its members' addresses), or None
+/// when it does not open within a second.
+fn connect_us(netns: Option<&str>, addr: std::net::Ipv4Addr) -> Option<u64> {
+    let script = format!(
+        "s=$(date +%s%N); timeout 1 bash -c 'exec 3<>/dev/tcp/{addr}/22' || exit 1; e=$(date +%s%N); echo $(( (e - s) / 1000 ))"
+    );
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "bash", "-c", &script]);
+            c
+        }
+        None => {
+            let mut c = Command::new("bash");
+            c.args(["-c", &script]);
+            c
+        }
+    };
+    let out = c.output().expect("bash");
+    out.status
+        .success()
+        .then(|| text(&out.stdout).trim().parse().ok())
+        .flatten()
+}
+
+/// The WAN of the lab of separate hosts, measured from outside migrate: a round trip between
+/// two places takes the RTT asked for, two members of one place talk undelayed, a place's
+/// uplink carries no more than its rate, and a cut link passes nothing until restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ssh_labs_wan_delays_caps_and_cuts_links_between_places() {
+    let t = crate::support::TestLab::up_with(migrate::lab::Layout::Plain, migrate::lab::Hosts::Ssh)
+        .await;
+    let lab = &t.lab;
+    let sites = lab.sites.as_ref().expect("the ssh lab");
+    lab.shape(&migrate::lab::wan::Wan {
+        rtt_us: 40_000,
+        bandwidth: Some("8mbit".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let old = sites.addr("old");
+    let newdc = sites.netns("newdc");
+    // The least of three: a connection is one round trip (SYN out, SYN-ACK back).
+    let least = |ns: Option<&str>, to| {
+        (0..3)
+            .map(|_| connect_us(ns, to).expect("the link is up"))
+            .min()
+            .unwrap()
+    };
+    let across = least(None, old);
+    assert!(
+        (40_000..60_000).contains(&across),
+        "bastion -> old datacenter: {across} µs for a 40 ms round trip"
+    );
+    let inside = least(Some(&newdc), sites.addr("new_replica"));
+    assert!(
+        inside < 10_000,
+        "new -> new_replica (one site): {inside} µs"
+    );
+    let between = least(Some(&newdc), old);
+    assert!(
+        (40_000..60_000).contains(&between),
+        "new datacenter -> old datacenter: {between} µs"
+    );
+
+    // 2 MB from the old datacenter to the bastion at 8 Mbit/s: about 2 s, never faster.
+    let listener = TcpListener::bind((sites.bastion(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bastion = sites.bastion();
+    let olddc = sites.netns("olddc");
+    let send = std::thread::spawn(move || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &olddc,
+                "bash",
+                "-c",
+                &format!("head -c 2000000 /dev/zero > /dev/tcp/{bastion}/{port}"),
+            ])
+            .status()
+            .unwrap()
+    });
+    let (mut conn, _) = listener.accept().unwrap();
+    let started = std::time::Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = std::io::Read::read(&mut conn, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert!(send.join().unwrap().success());
+    assert_eq!(got, 2_000_000);
+    let rate = got as f64 / secs;
+    assert!(
+        (500_000.0..1_100_000.0).contains(&rate),
+        "old datacenter's uplink at 8 Mbit/s (1 MB/s): {rate:.0} B/s"
+    );
+
+    // A cut passes nothing, in either direction, until it is restored.
+    lab.set_link("bastion", "olddc", true).await.unwrap();
+    assert_eq!(
+        connect_us(None, old),
+        None,
+        "bastion -> old with the link cut"
+    );
+    assert!(
+        connect_us(Some(&newdc), old).is_some(),
+        "other links stay up"
+    );
+    let w = lab.set_link("olddc", "bastion", false).await.unwrap();
+    assert!(w.cuts.is_empty(), "{w:?}");
+    assert!(connect_us(None, old).is_some(), "restored");
+    lab.down().await.unwrap();
+}
