@@ -358,7 +358,14 @@ fn an_unknown_fault_is_refused_before_anything_starts() {
 /// datacenter (or between the bastion and the old one) cut by dropping every packet at both
 /// ends, with a 10 ms round trip on every link.
 fn wan_fault(name: &str) -> serde_json::Value {
-    rehearse_fault_with(name, &["--hosts", "ssh", "--rtt", "10ms"])
+    let f = rehearse_fault_with(name, &["--hosts", "ssh", "--rtt", "10ms"]);
+    assert!(
+        f["recovery"]
+            .to_string()
+            .contains("at most 1 writable node(s) at once"),
+        "never two primaries: {f:#}"
+    );
+    f
 }
 
 #[test]

@@ -159,6 +159,16 @@ impl Rehearsal<'_> {
         self.prepare_fault()?;
         (self.note)(&format!("writer: {} clients through PgBouncer", o.clients));
         let writer = Writer::start(vec![self.lab.app_endpoint()], o.clients, o.pace);
+        // A WAN fault is also watched for two primaries: every node asked every 50 ms from the
+        // bastion (a node the bastion cannot reach counts as not writable there).
+        let wan_sampler = o.fault.filter(|f| f.cut_link().is_some()).map(|_| {
+            WritableSampler::start(
+                crate::lab::NODES
+                    .iter()
+                    .map(|n| self.lab.endpoint(n.name, "postgres"))
+                    .collect(),
+            )
+        });
         let mut fault: Option<(FaultReport, DateTime<Utc>, DateTime<Utc>)> = None;
 
         let t = Instant::now();
@@ -225,6 +235,15 @@ impl Rehearsal<'_> {
             fault = Some(self.target_promoted_externally().await?);
         }
 
+        if let Some(sampler) = wan_sampler {
+            let most = sampler.stop().await;
+            if let Some((f, _, _)) = fault.as_mut() {
+                f.recovery.push(format!(
+                    "sampled every 50 ms from the bastion through the whole run: at most {most} writable node(s) at once"
+                ));
+                f.as_expected &= most <= 1;
+            }
+        }
         let certs = self.certificates()?;
         let cert = |op: &str| certs.iter().rev().find(|c| c.operation == op).cloned();
         let cut_errors: Vec<String> = errors_between(&report.errors, &report.error_times, c0, c1);
