@@ -193,26 +193,26 @@ fn lab_up_in_a_folder_the_server_user_cannot_enter_is_refused_naming_it() {
     );
 }
 
-/// Microseconds a TCP connection from inside `netns` (None: the bastion, this namespace) to
-/// `addr:22` takes to open (every site's sshd listens on its members' addresses), or None
-/// when it does not open within a second.
+/// The fastest of five TCP connections from inside `netns` (None: the bastion, this
+/// namespace) to `addr:22` (every site's sshd listens on its members' addresses), in µs, timed
+/// inside one process (no process start in the measure), or None when one does not open
+/// within a second.
 fn connect_us(netns: Option<&str>, addr: std::net::Ipv4Addr) -> Option<u64> {
-    let script = format!(
-        "s=$(date +%s%N); timeout 1 bash -c 'exec 3<>/dev/tcp/{addr}/22' || exit 1; e=$(date +%s%N); echo $(( (e - s) / 1000 ))"
-    );
-    let mut c = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "bash", "-c", &script]);
-            c
-        }
-        None => {
-            let mut c = Command::new("bash");
-            c.args(["-c", &script]);
-            c
-        }
+    let script = "import socket, sys, time\nbest = 1e9\nfor _ in range(5):\n    t = time.perf_counter()\n    s = socket.create_connection((sys.argv[1], 22), timeout=1)\n    best = min(best, time.perf_counter() - t)\n    s.close()\nprint(int(best * 1e6))\n";
+    let mut argv: Vec<String> = match netns {
+        Some(ns) => ["ip", "netns", "exec", ns].map(String::from).to_vec(),
+        None => Vec::new(),
     };
-    let out = c.output().expect("bash");
+    argv.extend([
+        "python3".into(),
+        "-c".into(),
+        script.into(),
+        addr.to_string(),
+    ]);
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect("python3");
     out.status
         .success()
         .then(|| text(&out.stdout).trim().parse().ok())
@@ -237,26 +237,21 @@ async fn the_ssh_labs_wan_delays_caps_and_cuts_links_between_places() {
     .unwrap();
     let old = sites.addr("old");
     let newdc = sites.netns("newdc");
-    // The least of three: a connection is one round trip (SYN out, SYN-ACK back).
-    let least = |ns: Option<&str>, to| {
-        (0..3)
-            .map(|_| connect_us(ns, to).expect("the link is up"))
-            .min()
-            .unwrap()
-    };
-    let across = least(None, old);
+    // A connection is one round trip (SYN out, SYN-ACK back). Lower bounds are the point (the
+    // delay is there); upper bounds leave room for a loaded machine.
+    let across = connect_us(None, old).expect("the link is up");
     assert!(
-        (40_000..60_000).contains(&across),
+        (40_000..150_000).contains(&across),
         "bastion -> old datacenter: {across} µs for a 40 ms round trip"
     );
-    let inside = least(Some(&newdc), sites.addr("new_replica"));
+    let inside = connect_us(Some(&newdc), sites.addr("new_replica")).expect("up");
     assert!(
-        inside < 10_000,
-        "new -> new_replica (one site): {inside} µs"
+        inside < 20_000,
+        "new -> new_replica (one site): {inside} µs, not delayed"
     );
-    let between = least(Some(&newdc), old);
+    let between = connect_us(Some(&newdc), old).expect("the link is up");
     assert!(
-        (40_000..60_000).contains(&between),
+        (40_000..150_000).contains(&between),
         "new datacenter -> old datacenter: {between} µs"
     );
 
@@ -294,7 +289,7 @@ async fn the_ssh_labs_wan_delays_caps_and_cuts_links_between_places() {
     assert_eq!(got, 2_000_000);
     let rate = got as f64 / secs;
     assert!(
-        (500_000.0..1_100_000.0).contains(&rate),
+        (250_000.0..1_100_000.0).contains(&rate),
         "old datacenter's uplink at 8 Mbit/s (1 MB/s): {rate:.0} B/s"
     );
 
