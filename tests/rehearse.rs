@@ -185,6 +185,18 @@ fn rehearse_fault_with(name: &str, extra: &[&str]) -> serde_json::Value {
     f
 }
 
+/// Stopped for the operator (exit 3) past the promotion, then completed by `resume`.
+#[track_caller]
+fn assert_stopped_past_the_promotion_then_completed(f: &serde_json::Value) {
+    assert_eq!(f["exit_code"], 3, "{f:#}");
+    assert_eq!(
+        f["run"]["point_of_no_return"],
+        StepId::Promote.to_string(),
+        "{f:#}"
+    );
+    assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
+}
+
 /// Aborted before the point of no return, with the stop, the fence and the hold undone.
 #[track_caller]
 fn assert_undone_before_the_promotion(f: &serde_json::Value) {
@@ -333,13 +345,7 @@ fn a_target_promoted_from_outside_is_neither_promoted_again_nor_doubled() {
 #[test]
 fn an_old_primary_that_cannot_follow_releases_clients_and_is_repaired() {
     let f = rehearse_fault("old-cannot-follow");
-    assert_eq!(f["exit_code"], 3, "{f:#}");
-    assert_eq!(
-        f["run"]["point_of_no_return"],
-        StepId::Promote.to_string(),
-        "{f:#}"
-    );
-    assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
+    assert_stopped_past_the_promotion_then_completed(&f);
 }
 
 #[test]
@@ -417,13 +423,7 @@ fn a_tool_cut_from_the_old_datacenter_promotes_nothing() {
 #[test]
 fn a_link_cut_after_the_promotion_still_releases_clients_and_resume_completes() {
     let f = wan_fault("cut-link-after-promote");
-    assert_eq!(f["exit_code"], 3, "{f:#}");
-    assert_eq!(
-        f["run"]["point_of_no_return"],
-        StepId::Promote.to_string(),
-        "{f:#}"
-    );
-    assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
+    assert_stopped_past_the_promotion_then_completed(&f);
     assert!(
         f["recovery"]
             .to_string()

@@ -48,10 +48,6 @@ pub struct Wan {
 }
 
 impl Wan {
-    pub fn rtt(&self) -> Duration {
-        Duration::from_micros(self.rtt_us)
-    }
-
     /// Whether anything is shaped at all (a lab without WAN flags has no chain, no delayer).
     pub fn shapes(&self) -> bool {
         self.rtt_us > 0 || self.bandwidth.is_some() || self.loss_pct > 0.0 || !self.cuts.is_empty()
