@@ -121,21 +121,14 @@ pub async fn sample_hop(hop: &Hop) -> HopSample {
             ))
         }
     };
-    let row = with_timeout(async {
-        let upstream_lsn = lsn_of(&up, UPSTREAM_LSN).await?;
-        let row = up
-            .query_opt(
-                "SELECT state, flush_lsn::text, replay_lsn::text,
-                        (extract(epoch FROM clock_timestamp() - reply_time) * 1000)::bigint
-                   FROM pg_stat_replication WHERE application_name = $1 ORDER BY backend_start DESC LIMIT 1",
-                &[&hop.application_name],
-            )
-            .await?;
-        Ok((upstream_lsn, row))
-    })
-    .await;
-    let (upstream_lsn, row) = match row {
-        Ok(v) => v,
+    let first = match read_walsender(&up, &hop.application_name).await {
+        Ok(Some(w)) => w,
+        Ok(None) => {
+            return down(format!(
+                "{} is not connected to {}",
+                hop.node.name, hop.upstream.name
+            ))
+        }
         Err(e) => {
             return down(format!(
                 "cannot read pg_stat_replication on {}: {e:#}",
@@ -143,54 +136,123 @@ pub async fn sample_hop(hop: &Hop) -> HopSample {
             ))
         }
     };
-    let Some(row) = row else {
+    if first.state != "streaming" {
         return down(format!(
-            "{} is not connected to {}",
-            hop.node.name, hop.upstream.name
-        ));
-    };
-    let state: String = row.get(0);
-    if state != "streaming" {
-        return down(format!(
-            "{} reports the connection from {} as {state}",
-            hop.upstream.name, hop.node.name
+            "{} reports the connection from {} as {}",
+            hop.upstream.name, hop.node.name, first.state
         ));
     }
-    let parse = |i: usize| {
-        row.get::<_, Option<String>>(i)
-            .and_then(|s| s.parse::<Lsn>().ok())
-    };
-    let (Some(upstream_lsn), Some(flush), Some(replay)) = (upstream_lsn, parse(1), parse(2)) else {
+    let mut look = first;
+    if let Some(reason) = look.stall() {
+        // A quiet hop's last reply is old by nature; WAL sent a moment ago shows as sent and
+        // unconfirmed until the reply comes back. Look once more before calling it cut.
+        tokio::time::sleep(STALL_SECOND_LOOK).await;
+        match read_walsender(&up, &hop.application_name).await {
+            Ok(Some(again)) if !again.confirmed_since(&look) => {
+                return down(format!(
+                    "{} {reason} from {}: the link between them may be cut",
+                    hop.node.name, hop.upstream.name
+                ))
+            }
+            Ok(Some(again)) => look = again,
+            _ => {
+                return down(format!(
+                    "{} {reason} from {}: the link between them may be cut",
+                    hop.node.name, hop.upstream.name
+                ))
+            }
+        }
+    }
+    let (Some(upstream_lsn), Some(flush), Some(replay)) =
+        (look.upstream_lsn, look.flush, look.replay)
+    else {
         return down(format!(
             "{} reports no positions for {} yet",
             hop.upstream.name, hop.node.name
         ));
     };
-    let receive_behind_bytes = upstream_lsn.bytes_after(flush);
-    let reply_age_ms: Option<i64> = row.get(3);
-    if let Some(reason) = stalled(receive_behind_bytes, reply_age_ms) {
-        return down(format!(
-            "{} {reason} from {}: the link between them may be cut",
-            hop.node.name, hop.upstream.name
-        ));
-    }
     HopSample {
         upstream: hop.upstream.name.clone(),
         node: hop.node.name.clone(),
         state: HopState::Streaming {
-            receive_behind_bytes,
+            receive_behind_bytes: upstream_lsn.bytes_after(flush),
             replay_behind_bytes: upstream_lsn.bytes_after(replay),
-            reply_age_ms,
+            reply_age_ms: look.reply_age_ms,
         },
     }
 }
+
+/// One look at a standby's walsender on its upstream.
+struct WalSender {
+    state: String,
+    /// The upstream's own position: current on a primary, last received on a standby.
+    upstream_lsn: Option<Lsn>,
+    sent: Option<Lsn>,
+    flush: Option<Lsn>,
+    replay: Option<Lsn>,
+    reply_age_ms: Option<i64>,
+}
+
+impl WalSender {
+    /// Judged on what the walsender has sent, not on the upstream's current position: WAL
+    /// written but not yet flushed there (a quiet primary's background records) is not sent
+    /// and draws no reply, which once made a healthy hop look cut.
+    fn stall(&self) -> Option<String> {
+        let unconfirmed = match (self.sent, self.flush) {
+            (Some(sent), Some(flush)) => sent.bytes_after(flush),
+            _ => 0,
+        };
+        stalled(unconfirmed, self.reply_age_ms)
+    }
+
+    /// Whether the standby confirmed what `before` had sent, or replied since.
+    fn confirmed_since(&self, before: &WalSender) -> bool {
+        let caught_up = matches!((self.flush, before.sent), (Some(f), Some(s)) if f >= s);
+        let replied = matches!((self.reply_age_ms, before.reply_age_ms), (Some(now), Some(then)) if now < then);
+        caught_up || replied
+    }
+}
+
+async fn read_walsender(up: &Client, application_name: &str) -> anyhow::Result<Option<WalSender>> {
+    with_timeout(async {
+        let upstream_lsn = lsn_of(up, UPSTREAM_LSN).await?;
+        let row = up
+            .query_opt(
+                "SELECT state, sent_lsn::text, flush_lsn::text, replay_lsn::text,
+                        (extract(epoch FROM clock_timestamp() - reply_time) * 1000)::bigint
+                   FROM pg_stat_replication WHERE application_name = $1 ORDER BY backend_start DESC LIMIT 1",
+                &[&application_name],
+            )
+            .await?;
+        Ok(row.map(|row| {
+            let lsn = |i: usize| {
+                row.get::<_, Option<String>>(i)
+                    .and_then(|s| s.parse::<Lsn>().ok())
+            };
+            WalSender {
+                state: row.get(0),
+                upstream_lsn,
+                sent: lsn(1),
+                flush: lsn(2),
+                replay: lsn(3),
+                reply_age_ms: row.get(4),
+            }
+        }))
+    })
+    .await
+}
+
+/// How long to wait before the second look at a hop that seems stalled: well past a round
+/// trip on any WAN, well inside [`STALL`].
+const STALL_SECOND_LOOK: Duration = Duration::from_millis(400);
 
 /// How long a standby may leave WAL waiting unconfirmed before its hop counts as down.
 pub const STALL: Duration = Duration::from_secs(1);
 
 /// Pure: whether a hop that `pg_stat_replication` still shows as streaming has in fact
-/// stalled. A standby confirms each write it receives at once, so WAL waiting (`behind` > 0)
-/// with its last reply older than [`STALL`] means nothing arrives: a cut link keeps the row
+/// stalled. A standby confirms each write it receives at once, so WAL sent and unconfirmed
+/// (`behind` > 0: `sent_lsn` past `flush_lsn`) with its last reply older than [`STALL`] means
+/// nothing arrives: a cut link keeps the row
 /// "streaming" until `wal_sender_timeout` (a minute), with a stale position. An idle hop has
 /// nothing waiting and is never stalled, however old its reply (replies then come every
 /// `wal_receiver_status_interval`).
@@ -198,7 +260,7 @@ pub fn stalled(behind: u64, reply_age_ms: Option<i64>) -> Option<String> {
     let age = reply_age_ms?;
     (behind > 0 && age > STALL.as_millis() as i64).then(|| {
         format!(
-            "has confirmed nothing for {:.1} s while {} wait",
+            "has confirmed nothing for {:.1} s of {} sent",
             age as f64 / 1000.0,
             crate::units::format_bytes(behind)
         )
@@ -259,5 +321,31 @@ mod tests {
         assert_eq!(stalled(1 << 20, Some(20)), None);
         // No reply yet: not judged.
         assert_eq!(stalled(8192, None), None);
+    }
+
+    fn look(sent: u64, flush: u64, reply_age_ms: i64) -> WalSender {
+        WalSender {
+            state: "streaming".into(),
+            upstream_lsn: Some(Lsn(sent)),
+            sent: Some(Lsn(sent)),
+            flush: Some(Lsn(flush)),
+            replay: Some(Lsn(flush)),
+            reply_age_ms: Some(reply_age_ms),
+        }
+    }
+
+    #[test]
+    fn a_quiet_hop_just_sent_wal_is_cleared_by_the_second_look() {
+        // WAL written but not sent yet (upstream ahead of sent) is never a stall.
+        let mut quiet = look(100, 100, 9_000);
+        quiet.upstream_lsn = Some(Lsn(196));
+        assert_eq!(quiet.stall(), None);
+        let first = look(200, 100, 9_000);
+        assert!(first.stall().is_some());
+        // The reply came: confirmed up to what was sent, or a fresher reply.
+        assert!(look(200, 200, 20).confirmed_since(&first));
+        assert!(look(300, 150, 50).confirmed_since(&first));
+        // A cut link: nothing confirmed, the reply only older.
+        assert!(!look(300, 100, 9_400).confirmed_since(&first));
     }
 }
