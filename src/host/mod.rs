@@ -10,6 +10,7 @@ pub mod local;
 pub mod mux;
 pub mod quote;
 pub mod remote;
+pub mod shell;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -98,7 +98,12 @@ pub fn client_options(socket: &Path) -> Vec<String> {
 /// one (unless a start failed recently). Returns whether a master is believed to be up.
 pub async fn ensure(socket: &Path) -> bool {
     if socket.exists() {
-        return true;
+        // A master killed outright leaves its socket behind: then start a new one (a kept
+        // shell would otherwise connect directly, for good, without saying so).
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return true;
+        }
+        forget(socket);
     }
     let (prefix, dest) = {
         let guard = registry().lock().unwrap_or_else(|e| e.into_inner());
@@ -186,6 +191,8 @@ pub fn without_chatter(stderr: &[u8]) -> Vec<u8> {
 /// Called when a command ends; a killed process leaves masters that end by themselves after
 /// [`PERSIST`] seconds.
 pub fn close_all() {
+    // The kept shells first: each holds a session on its master.
+    super::shell::close_all();
     let taken = registry().lock().unwrap_or_else(|e| e.into_inner()).take();
     let Some(r) = taken else { return };
     for e in r.masters.values().filter(|e| e.socket.exists()) {

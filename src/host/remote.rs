@@ -233,10 +233,35 @@ impl Host for RemoteHost {
             Transport::Ssh { socket, .. } => socket.as_deref(),
             Transport::Docker { .. } => None,
         };
+        let mut master = false;
         if let Some(s) = socket {
-            super::mux::ensure(s).await;
+            master = super::mux::ensure(s).await;
         }
         let started = std::time::Instant::now();
+        if let (Some(s), true) = (
+            socket,
+            master && super::shell::fits(cmd) && socket.is_some_and(super::shell::usable),
+        ) {
+            let shell = self.wrap(&["perl".into(), "-e".into(), super::shell::AGENT.into()]);
+            match super::shell::run(s, &shell, &shell_join(&argv), cmd).await {
+                Ok(out) => {
+                    tracing::debug!(
+                        host = %self.label,
+                        ms = started.elapsed().as_millis() as u64,
+                        "ran (kept shell) {}",
+                        argv.iter().take(3).map(String::as_str).collect::<Vec<_>>().join(" ")
+                    );
+                    return Ok(out);
+                }
+                Err(super::shell::Failed::NoAnswer(e)) => {
+                    return Err(e.context(format!("cannot reach {}", self.label)))
+                }
+                // Nothing ran: a session of its own, as without a master.
+                Err(super::shell::Failed::NotSent(e)) => {
+                    tracing::debug!(host = %self.label, "kept shell unusable: {e:#}");
+                }
+            }
+        }
         let mut out = run_process(&wrapped, None)
             .await
             .with_context(|| format!("on {}", self.label))?;
@@ -274,7 +299,10 @@ impl Host for RemoteHost {
             socket: Some(s), ..
         } = &self.transport
         {
-            super::mux::ensure(s).await;
+            if super::mux::ensure(s).await {
+                let shell = self.wrap(&["perl".into(), "-e".into(), super::shell::AGENT.into()]);
+                super::shell::open(s, &shell);
+            }
         }
     }
 
