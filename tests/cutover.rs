@@ -227,9 +227,13 @@ async fn crash_matrix(steps: &[StepId]) {
             .await;
         assert_killed(&out, &format!("{at} (cutover)"));
         if point.step == StepId::Promote.to_string() && point.when == "before" {
-            // Crashed between staging and promotion: a restart by hand brings the old
-            // primary up as a standby, never as a second primary.
+            // Crashed between staging and promotion: `stage` started the old primary as a
+            // standby; a restart by hand (a DBA, a service manager) brings it up as a standby
+            // again, never as a second primary.
             let old = chain.lab.lab.server("old");
+            old.stop(migrate::pg::server::StopMode::Fast, Duration::from_secs(60))
+                .await
+                .unwrap();
             old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
                 .await
                 .unwrap();

@@ -55,23 +55,42 @@ sync -- "$dir" 2>/dev/null || sync
 /// on stdin, one base64 line per file (never on the command line, which any user of the host
 /// can read in `ps`: a passfile is among them). `read` and `printf` are shell builtins, so
 /// the contents reach no other process's argv either. Each file is written as WRITE_SCRIPT
-/// writes one.
+/// writes one, but the fsyncs are batched (one `sync` for the new files, one for their
+/// folders) and a 0600 file needs no chmod (mktemp makes it so): each process costs a
+/// millisecond or two, and `stage` writes three files inside the pause. The lists are kept
+/// in numbered variables and "$@", never split on spaces.
 const WRITE_MANY_SCRIPT: &str = r#"set -e
 umask 077
-tmp=
-trap 'if [ -n "$tmp" ]; then rm -f -- "$tmp"; fi' EXIT
-while [ $# -ge 2 ]; do
-  dest=$1; mode=$2; shift 2
+n=0
+cleanup() { k=1; while [ $k -le $n ]; do eval "t=\$tmp_$k"; [ -z "$t" ] || rm -f -- "$t"; k=$((k + 1)); done; }
+trap cleanup EXIT
+dir_of() { case $1 in */*) dir=${1%/*}; [ -n "$dir" ] || dir=/ ;; *) dir=. ;; esac; }
+i=1
+while [ $i -lt $# ]; do
+  eval "dest=\${$i}; mode=\${$((i + 1))}"
   IFS= read -r data || [ -n "$data" ]
-  dir=$(dirname -- "$dest")
+  dir_of "$dest"
   tmp=$(mktemp "$dir/.migrate-tmp.XXXXXXXXXX")
-  printf '%s' "$data" | base64 -d > "$tmp"
-  chmod "$mode" "$tmp"
-  sync -- "$tmp" 2>/dev/null || sync
-  mv -f -- "$tmp" "$dest"
-  tmp=
-  sync -- "$dir" 2>/dev/null || sync
+  n=$((n + 1)); eval "dest_$n=\$dest; tmp_$n=\$tmp"
+  if [ -n "$data" ]; then printf '%s' "$data" | base64 -d > "$tmp"; fi
+  [ "$mode" = 600 ] || chmod "$mode" "$tmp"
+  i=$((i + 2))
 done
+set --
+k=1; while [ $k -le $n ]; do eval "set -- \"\$@\" \"\$tmp_$k\""; k=$((k + 1)); done
+[ $# -eq 0 ] || sync -- "$@" 2>/dev/null || sync
+set --
+k=1
+while [ $k -le $n ]; do
+  eval "dest=\$dest_$k; tmp=\$tmp_$k"
+  mv -f -- "$tmp" "$dest"
+  eval "tmp_$k="
+  dir_of "$dest"
+  seen=0; for d in "$@"; do [ "$d" != "$dir" ] || seen=1; done
+  [ $seen = 1 ] || set -- "$@" "$dir"
+  k=$((k + 1))
+done
+[ $# -eq 0 ] || sync -- "$@" 2>/dev/null || sync
 "#;
 
 /// Above this much content a batch goes file by file (on stdin), not on the command line.

@@ -323,12 +323,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_request_is_one_line_of_base64_fields() {
+    fn a_request_is_one_line_of_hex_fields() {
         let cmd = Cmd::new(["cat"])
             .stdin(b"a b\nc".to_vec())
             .output_limit(100);
         let line = String::from_utf8(request("cat 'x'", &cmd)).unwrap();
-        assert_eq!(line, "6361742027782027 6120620a63 60 100\n");
+        assert_eq!(line, "63617420277827 6120620a63 60 100\n");
         // No stdin is a dash (an empty field would shift the others).
         let line = request(
             "true",

@@ -230,6 +230,23 @@ impl ConnectError {
     }
 }
 
+/// Pure: whether a driver error says the server is on its way up (SQLSTATE 57P03 while it
+/// starts or before it reaches a consistent state), as opposed to shutting down: such a
+/// server will answer in a moment, and what it is can then be asked.
+pub fn starting_up(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW
+            && (d.message().contains("starting up") || d.message().contains("not yet accepting"))
+    })
+}
+
+/// [`starting_up`] for an error from [`connect`].
+pub fn is_starting_up(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<ConnectError>())
+        .any(|c| starting_up(c.driver()))
+}
+
 /// Turn a driver error into a message with a hint for the usual causes.
 fn explain(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
     ConnectError {

@@ -1,5 +1,5 @@
-//! `fence`, the soft fence: read-only by default, client sessions ended, a checkpoint so the
-//! shutdown checkpoint is short. Not the guarantee (P1): stopping the server is.
+//! `fence`, the soft fence: read-only by default, client sessions ended, a fresh WAL segment.
+//! Not the guarantee (P1): stopping the server is.
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
@@ -31,7 +31,7 @@ impl Step for Fence {
         Description {
             host: self.0.from.host_label(),
             action: "ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf(); \
-                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' (except migrate's own); SELECT pg_switch_wal(); CHECKPOINT"
+                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' (except migrate's own); SELECT pg_switch_wal()"
                 .into(),
             proof: "the settings are reloaded; no client backend remains".into(),
             undo: "ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()".into(),
@@ -71,17 +71,13 @@ impl Step for Fence {
                     set?;
                     reload?;
                     let sessions_ended: i64 = ended?.get(0);
-                    // A fresh WAL segment before the checkpoint: a standby streams from the
-                    // start of the segment that holds its start point, so the old primary,
-                    // started as the new one's standby in `reverse`, would otherwise fetch
-                    // up to 16 MB twice (old timeline, then new) inside the pause; across a
-                    // 30 ms WAN that was most of a second.
-                    let (switched, checkpoint) = tokio::join!(
-                        c.batch_execute("SELECT pg_switch_wal()"),
-                        c.batch_execute("CHECKPOINT")
-                    );
-                    switched?;
-                    checkpoint?;
+                    // A fresh WAL segment for the shutdown checkpoint: a standby streams from
+                    // the start of the segment that holds its start point, so the old primary,
+                    // started as the new one's standby, would otherwise fetch up to 16 MB
+                    // twice (old timeline, then new) inside the pause; across a 30 ms WAN that
+                    // was most of a second. No CHECKPOINT here: `hold` ran one before clients
+                    // were held, and the shutdown's own finds little left to write.
+                    c.batch_execute("SELECT pg_switch_wal()").await?;
                     c.keep();
                     anyhow::Ok(sessions_ended)
                 };

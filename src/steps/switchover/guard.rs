@@ -54,15 +54,42 @@ pub fn down_as(state: &str, standby_signal: bool) -> Writable {
     }
 }
 
-/// Ask `m`.
+/// How long a node that says it is starting up is waited for (`stage` starts the old primary
+/// as a standby just before the promotion's check asks it).
+const STARTING: Duration = Duration::from_secs(15);
+
+/// Ask `m`. A server on its way up is asked again until it answers (within [`STARTING`]):
+/// whether it comes up writable is what matters, and "silent" would refuse a standby that
+/// needs a moment.
 pub async fn writable(m: &Member) -> Writable {
-    let answer = tokio::time::timeout(ASK, async {
-        let c = session(&m.endpoint()).await?;
-        let r = sql::in_recovery(&c).await?;
-        c.keep();
-        anyhow::Ok(r)
-    })
-    .await;
+    ask(m, true).await
+}
+
+/// Ask `m`; with `wait_starting`, a server on its way up is asked again until it answers.
+async fn ask(m: &Member, wait_starting: bool) -> Writable {
+    let deadline = tokio::time::Instant::now()
+        + if wait_starting {
+            STARTING
+        } else {
+            Duration::ZERO
+        };
+    let answer = loop {
+        let answer = tokio::time::timeout(ASK, async {
+            let c = session(&m.endpoint()).await?;
+            let r = sql::in_recovery(&c).await?;
+            c.keep();
+            anyhow::Ok(r)
+        })
+        .await;
+        match &answer {
+            Ok(Err(e))
+                if crate::pg::conn::is_starting_up(e) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => break answer,
+        }
+    };
     match answer {
         Ok(Ok(false)) => Writable::Yes,
         Ok(Ok(true)) => Writable::No("answers in recovery".into()),
@@ -150,6 +177,43 @@ async fn ask_all(others: &[&Member]) -> Vec<Writable> {
         .collect()
 }
 
+/// Pure: whether what a staged old primary showed lets the promotion go on. `started_here`:
+/// this process found it stopped after writing its standby.signal and started it itself, so
+/// whatever runs there began with the signal in place and comes up a standby; one still on its
+/// way up (silent: its pid file is there, it takes no connection yet) is accepted then, and
+/// only then.
+pub fn staged_is_safe(w: &Writable, started_here: bool) -> bool {
+    match w {
+        Writable::No(_) => true,
+        Writable::Silent(_) => started_here,
+        Writable::Yes | Writable::Unknown(_) => false,
+    }
+}
+
+/// Before a switchover's promotion: `Err` with the situation unless the staged old primary is
+/// shown not writable ([`staged_is_safe`]). One look, not waiting for a server that is
+/// starting when this process started it (its start overlaps the promotion).
+pub async fn staged_not_writable(
+    m: &Member,
+    started_here: bool,
+    before: &str,
+) -> Result<(), String> {
+    let w = ask(m, !started_here).await;
+    if staged_is_safe(&w, started_here) {
+        return Ok(());
+    }
+    match w {
+        Writable::Yes => Err(format!(
+            "{} answers as a writable primary, so {before} would make two primaries",
+            m.name()
+        )),
+        Writable::Silent(why) | Writable::Unknown(why) | Writable::No(why) => Err(format!(
+            "{} cannot be shown not writable ({why}), so {before} could make two primaries",
+            m.name()
+        )),
+    }
+}
+
 /// `Err` with the situation when any of `others` is, or may be, writable.
 pub async fn none_writable(
     others: &[&Member],
@@ -200,6 +264,16 @@ mod tests {
             down_as("shut down in recovery", false),
             Writable::Unknown(_)
         ));
+    }
+
+    #[test]
+    fn a_staged_node_still_starting_is_safe_only_when_this_run_started_it() {
+        let silent = Writable::Silent("starting".into());
+        assert!(staged_is_safe(&silent, true));
+        assert!(!staged_is_safe(&silent, false));
+        assert!(staged_is_safe(&Writable::No("in recovery".into()), false));
+        assert!(!staged_is_safe(&Writable::Yes, true));
+        assert!(!staged_is_safe(&Writable::Unknown("host".into()), true));
     }
 
     const CONTROL: &str = "pg_control version number:            1300\nDatabase cluster state:               shut down\nLatest checkpoint location:           0/3000028\nLatest checkpoint's TimeLineID:       1\n";

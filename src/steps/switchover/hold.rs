@@ -15,6 +15,9 @@ use crate::pg::connect;
 use crate::spec::HoldPolicy;
 use crate::steps::id::StepId;
 
+/// The most the checkpoint before the hold may take.
+const PRE_CHECKPOINT: Duration = Duration::from_secs(300);
+
 pub struct Hold {
     pub d: Direction,
     /// How long holding may take (PgBouncer's PAUSE waits for every open transaction).
@@ -77,6 +80,16 @@ impl Step for Hold {
             &[self.d.from.endpoint(), self.d.to.endpoint()],
             Duration::from_secs(5),
         )
+        .await;
+        // A checkpoint now, before clients are held: the shutdown checkpoint inside the pause
+        // then finds little to write (on a busy primary its dirty buffers were most of `stop`).
+        // Best effort and bounded: it only moves work out of the pause.
+        let _ = tokio::time::timeout(PRE_CHECKPOINT, async {
+            let c = crate::pg::session(&self.d.from.endpoint()).await?;
+            c.batch_execute("CHECKPOINT").await?;
+            c.keep();
+            anyhow::Ok(())
+        })
         .await;
         let held_at = Utc::now();
         let mut previous = Vec::new();

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::guard::{self, IfSilent, Writable};
+use super::guard::{self, Writable};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Probe, Step};
 use crate::pg::{session, sql};
@@ -81,7 +81,9 @@ impl Step for Promote {
         let (target, checked) = tokio::join!(guard::writable(&self.d.to), async {
             match self.others {
                 Others::Staged => {
-                    guard::none_writable(&[&self.d.demoted()], &before, IfSilent::Refuse).await
+                    let old = self.d.demoted();
+                    let started_here = super::stage::launched_here(&cx.run_id, old.name());
+                    guard::staged_not_writable(&old, started_here, &before).await
                 }
                 Others::Failover => crate::steps::failover::before_promotion(&self.d, cx).await,
             }
