@@ -62,25 +62,9 @@ const STARTING: Duration = Duration::from_secs(15);
 /// whether it comes up writable is what matters, and "silent" would refuse a standby that
 /// needs a moment.
 pub async fn writable(m: &Member) -> Writable {
-    ask(m, true).await
-}
-
-/// Ask `m`; with `wait_starting`, a server on its way up is asked again until it answers.
-async fn ask(m: &Member, wait_starting: bool) -> Writable {
-    let deadline = tokio::time::Instant::now()
-        + if wait_starting {
-            STARTING
-        } else {
-            Duration::ZERO
-        };
+    let deadline = tokio::time::Instant::now() + STARTING;
     let answer = loop {
-        let answer = tokio::time::timeout(ASK, async {
-            let c = session(&m.endpoint()).await?;
-            let r = sql::in_recovery(&c).await?;
-            c.keep();
-            anyhow::Ok(r)
-        })
-        .await;
+        let answer = in_recovery(m).await;
         match &answer {
             Ok(Err(e))
                 if crate::pg::conn::is_starting_up(e) && tokio::time::Instant::now() < deadline =>
@@ -95,6 +79,32 @@ async fn ask(m: &Member, wait_starting: bool) -> Writable {
         Ok(Ok(true)) => Writable::No("answers in recovery".into()),
         Ok(Err(e)) => down(m, format!("{e:#}")).await,
         Err(_) => down(m, format!("no answer within {ASK:?}")).await,
+    }
+}
+
+/// `pg_is_in_recovery()` on `m`, within [`ASK`].
+async fn in_recovery(m: &Member) -> Result<anyhow::Result<bool>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(ASK, async {
+        let c = session(&m.endpoint()).await?;
+        let r = sql::in_recovery(&c).await?;
+        c.keep();
+        anyhow::Ok(r)
+    })
+    .await
+}
+
+/// Ask `m` once over SQL, without looking at its host when it does not answer (then
+/// `Silent`): for a server this process has just started as a standby.
+async fn ask_sql_only(m: &Member) -> Writable {
+    let answer = in_recovery(m).await;
+    match answer {
+        Ok(Ok(false)) => Writable::Yes,
+        Ok(Ok(true)) => Writable::No("answers in recovery".into()),
+        Ok(Err(e)) => Writable::Silent(format!(
+            "not answering yet: {}",
+            format!("{e:#}").lines().next().unwrap_or_default()
+        )),
+        Err(_) => Writable::Silent(format!("no answer within {ASK:?}")),
     }
 }
 
@@ -191,14 +201,19 @@ pub fn staged_is_safe(w: &Writable, started_here: bool) -> bool {
 }
 
 /// Before a switchover's promotion: `Err` with the situation unless the staged old primary is
-/// shown not writable ([`staged_is_safe`]). One look, not waiting for a server that is
-/// starting when this process started it (its start overlaps the promotion).
+/// shown not writable ([`staged_is_safe`]). When this process started it, one SQL look (its
+/// start overlaps the promotion; only an answer as a primary refuses); otherwise the full
+/// question, waiting for a server on its way up and looking at the host of a silent one.
 pub async fn staged_not_writable(
     m: &Member,
     started_here: bool,
     before: &str,
 ) -> Result<(), String> {
-    let w = ask(m, !started_here).await;
+    let w = if started_here {
+        ask_sql_only(m).await
+    } else {
+        writable(m).await
+    };
     if staged_is_safe(&w, started_here) {
         return Ok(());
     }
