@@ -770,10 +770,12 @@ async fn a_target_promoted_from_outside_stops_the_run_with_one_primary() {
         "{}",
         text(&out.stderr)
     );
+    // `stage` started it as the target's standby; the refused undo left it one (never
+    // restarted as a primary).
     assert_ne!(
-        chain.lab.lab.server("old").state().await.unwrap(),
-        migrate::pg::server::RunState::Running,
-        "old was restarted beside the promoted target"
+        in_recovery(&chain, "old").await,
+        Some(false),
+        "old was restarted as a primary beside the promoted target"
     );
     sampler
         .assert_never_two("target promoted from outside")

@@ -91,7 +91,7 @@ impl Step for Promote {
         if let Writable::Yes = target {
             if !cx.in_doubt() {
                 return Ok(Probe::Unsafe(format!(
-                    "{to} is already a writable primary although this run has not promoted it (promoted from outside: an HA manager, an operator?); {from} is staged as its standby and stays down; find out which node clients wrote to before anything else"
+                    "{to} is already a writable primary although this run has not promoted it (promoted from outside: an HA manager, an operator?); {from} is staged as its standby and is never started as a primary; find out which node clients wrote to before anything else"
                 )));
             }
         }
