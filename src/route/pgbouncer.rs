@@ -326,8 +326,18 @@ impl Router for PgBouncer {
 
     async fn release(&self) -> Result<()> {
         let c = self.console().await?;
-        for db in &self.cfg.databases {
-            if let Err(e) = c.simple_query(&format!("RESUME {db}")).await {
+        // Every RESUME sent back to back (one round trip): unlike PAUSE, RESUME never waits,
+        // so the console answers each in turn.
+        let client: &Client = &c;
+        let sent = futures_util::future::join_all(
+            self.cfg
+                .databases
+                .iter()
+                .map(|db| async move { (db, client.simple_query(&format!("RESUME {db}")).await) }),
+        )
+        .await;
+        for (db, done) in sent {
+            if let Err(e) = done {
                 let text = crate::pg::conn::error_chain_text(&e);
                 if !text.contains("not paused") {
                     bail!("PgBouncer RESUME {db}: {text}");

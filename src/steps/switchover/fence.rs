@@ -58,7 +58,14 @@ impl Step for Fence {
                     let c = session(&self.0.from.endpoint()).await?;
                     // Sent back to back (the driver pipelines requests on one connection) and
                     // run in this order; ALTER SYSTEM cannot share one multi-statement query.
-                    let (set, reload, ended) = tokio::join!(
+                    //
+                    // Last, a fresh WAL segment for the shutdown checkpoint: a standby streams
+                    // from the start of the segment that holds its start point, so the old
+                    // primary, started as the new one's standby, would otherwise fetch up to
+                    // 16 MB twice (old timeline, then new) inside the pause; across a 30 ms WAN
+                    // that was most of a second. No CHECKPOINT here: `hold` ran one before
+                    // clients were held, and the shutdown's own finds little left to write.
+                    let (set, reload, ended, switched) = tokio::join!(
                         c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on"),
                         c.batch_execute("SELECT pg_reload_conf()"),
                         sql::one(
@@ -67,17 +74,12 @@ impl Step for Fence {
                           WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
                             AND coalesce(application_name, '') NOT LIKE 'migrate%'",
                         ),
+                        c.batch_execute("SELECT pg_switch_wal()"),
                     );
                     set?;
                     reload?;
+                    switched?;
                     let sessions_ended: i64 = ended?.get(0);
-                    // A fresh WAL segment for the shutdown checkpoint: a standby streams from
-                    // the start of the segment that holds its start point, so the old primary,
-                    // started as the new one's standby, would otherwise fetch up to 16 MB
-                    // twice (old timeline, then new) inside the pause; across a 30 ms WAN that
-                    // was most of a second. No CHECKPOINT here: `hold` ran one before clients
-                    // were held, and the shutdown's own finds little left to write.
-                    c.batch_execute("SELECT pg_switch_wal()").await?;
                     c.keep();
                     anyhow::Ok(sessions_ended)
                 };

@@ -12,6 +12,12 @@ use crate::engine::{Cx, Description, Kind, Probe, Step};
 use crate::pg::{session, sql};
 use crate::steps::id::StepId;
 
+/// Whether the target left recovery, and then its current WAL file and position. The WAL
+/// functions are only called outside recovery (they fail during it): a CASE, not a WHERE.
+const PROMOTED_YET: &str = "SELECT pg_is_in_recovery(),
+        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END,
+        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END";
+
 /// How long a promotion request may go unanswered before it is sent again (P13).
 const PROMOTE_RESIGNAL: Duration = Duration::from_millis(250);
 
@@ -110,19 +116,33 @@ impl Step for Promote {
         let mut last_signal = None::<Instant>;
         // pg_promote(wait => true) checks every 100 ms, inside the write pause; this polls every
         // 5 ms. A request that lands just as the walreceiver lost the stopped primary can sit
-        // out wal_retrieve_retry_interval (P13), so an unanswered request is repeated.
-        while self
-            .d
-            .bounded("pg_is_in_recovery() on the target", sql::in_recovery(&c))
-            .await?
-        {
-            if last_signal.is_none_or(|at| at.elapsed() >= PROMOTE_RESIGNAL) {
-                let sent = self
-                    .d
-                    .bounded("pg_promote() on the target", async {
-                        Ok(c.batch_execute("SELECT pg_promote(false)").await)
-                    })
-                    .await?;
+        // out wal_retrieve_retry_interval (P13), so an unanswered request is repeated. The
+        // poll reads the new timeline in the same query once recovery has ended (one round
+        // trip less): the control file shows it only after the asynchronous end-of-recovery
+        // checkpoint (P6); the current WAL file's name has it now.
+        let (walfile, lsn) = loop {
+            // The request (when due) and the poll go out together on the one connection, which
+            // runs them in order: the first poll does not wait a round trip for the request.
+            let signal = last_signal.is_none_or(|at| at.elapsed() >= PROMOTE_RESIGNAL);
+            let (sent, polled) = self
+                .d
+                .bounded(
+                    "pg_promote() and pg_is_in_recovery() on the target",
+                    async {
+                        Ok(tokio::join!(
+                            async {
+                                if signal {
+                                    Some(c.batch_execute("SELECT pg_promote(false)").await)
+                                } else {
+                                    None
+                                }
+                            },
+                            sql::one(&c, PROMOTED_YET)
+                        ))
+                    },
+                )
+                .await?;
+            if let Some(sent) = sent {
                 if let Err(e) = sent {
                     if !already_promoted(&e) {
                         return Err(e.into());
@@ -130,6 +150,14 @@ impl Step for Promote {
                 }
                 signals += 1;
                 last_signal = Some(Instant::now());
+            }
+            let r = polled?;
+            if let (false, Some(walfile), Some(lsn)) = (
+                r.get::<_, bool>(0),
+                r.get::<_, Option<String>>(1),
+                r.get::<_, Option<String>>(2),
+            ) {
+                break (walfile, lsn);
             }
             if t.elapsed() > self.timeout {
                 bail!(
@@ -139,27 +167,14 @@ impl Step for Promote {
                 );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        };
         let promote_ms = t.elapsed().as_millis() as u64;
-        // The control file shows the new timeline only after the asynchronous end-of-recovery
-        // checkpoint (P6); the current WAL file's name has it now.
-        let r = self
-            .d
-            .bounded("read the new timeline", async {
-                sql::one(
-                    &c,
-                    "SELECT pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text",
-                )
-                .await
-            })
-            .await?;
         c.keep();
-        let walfile: String = r.get(0);
         let timeline = i64::from_str_radix(walfile.get(..8).unwrap_or_default(), 16)
             .with_context(|| format!("timeline from WAL file name {walfile:?}"))?;
         Ok(PromoteOut {
             timeline,
-            lsn: r.get(1),
+            lsn,
             promote_ms,
             signals,
         })
