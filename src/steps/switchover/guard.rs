@@ -63,22 +63,27 @@ const STARTING: Duration = Duration::from_secs(15);
 /// needs a moment.
 pub async fn writable(m: &Member) -> Writable {
     let deadline = tokio::time::Instant::now() + STARTING;
-    let answer = loop {
-        let answer = in_recovery(m).await;
-        match &answer {
-            Ok(Err(e))
-                if crate::pg::conn::is_starting_up(e) && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+    loop {
+        let why = match in_recovery(m).await {
+            Ok(Ok(false)) => return Writable::Yes,
+            Ok(Ok(true)) => return Writable::No("answers in recovery".into()),
+            Ok(Err(e)) if crate::pg::conn::is_starting_up(&e) => {
+                if tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                format!("{e:#}")
             }
-            _ => break answer,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => format!("no answer within {ASK:?}"),
+        };
+        // Not answering: its host says what it is. A postmaster still starting (its sockets
+        // not open yet: connections refused) is asked again; one stopping is not waited for.
+        let (w, starting) = down(m, why).await;
+        if !(starting && tokio::time::Instant::now() < deadline) {
+            return w;
         }
-    };
-    match answer {
-        Ok(Ok(false)) => Writable::Yes,
-        Ok(Ok(true)) => Writable::No("answers in recovery".into()),
-        Ok(Err(e)) => down(m, format!("{e:#}")).await,
-        Err(_) => down(m, format!("no answer within {ASK:?}")).await,
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -109,13 +114,15 @@ async fn ask_sql_only(m: &Member) -> Writable {
 }
 
 /// `sh -c` script for a node that does not answer: $1 pg_controldata, $2 the data directory,
-/// then the status command. Prints `state=<code>`, `dir=0|1`, `signal=0|1`, then the control
-/// file in the C locale. One round trip: before a promotion this runs inside the write pause,
+/// then the status command. Prints `state=<code>`, `dir=0|1`, `signal=0|1`, `pm=<the
+/// postmaster's status line in postmaster.pid: starting, stopping, ready, standby>`, then the
+/// control file in the C locale. One round trip: before a promotion this runs inside the write pause,
 /// where three separate calls over ssh cost 40-60 ms.
 const LOOK_DOWN: &str = r#"ctl=$1; data=$2; shift 2
 "$@" >/dev/null 2>&1; echo "state=$?"
 if [ -d "$data" ]; then echo dir=1; else echo dir=0; fi
 if [ -e "$data/standby.signal" ]; then echo signal=1; else echo signal=0; fi
+echo "pm=$(sed -n 8p "$data/postmaster.pid" 2>/dev/null)"
 LC_ALL=C "$ctl" -D "$data" 2>&1"#;
 
 /// Pure: what LOOK_DOWN's output says about a node that did not answer (`why`).
@@ -127,12 +134,16 @@ fn read_down(text: &str, node: &str, why: &str) -> Writable {
             .and_then(|l| l.strip_prefix(key))
             .map(str::to_string)
     };
-    let (Some(code), Some(dir), Some(signal)) = (field("state="), field("dir="), field("signal="))
-    else {
+    let (Some(code), Some(dir), Some(signal), Some(_pm)) = (
+        field("state="),
+        field("dir="),
+        field("signal="),
+        field("pm="),
+    ) else {
         let said = text.lines().next().unwrap_or_default();
         return Writable::Unknown(format!("{why}; its host did not say what runs ({said:?})"));
     };
-    let control: String = text.lines().skip(3).collect::<Vec<_>>().join("\n");
+    let control: String = text.lines().skip(4).collect::<Vec<_>>().join("\n");
     match RunState::from_status(code.parse().ok()) {
         Some(RunState::Running) => {
             Writable::Silent(format!("its server runs but does not answer ({why})"))
@@ -148,11 +159,28 @@ fn read_down(text: &str, node: &str, why: &str) -> Writable {
     }
 }
 
-async fn down(m: &Member, why: String) -> Writable {
+/// Pure: whether LOOK_DOWN's output shows a server on its way up (it runs, and its postmaster
+/// says "starting": it takes no connection yet, or refuses them before its sockets are open).
+fn still_starting(text: &str) -> bool {
+    let mut lines = text.lines();
+    lines.next() == Some("state=0")
+        && lines
+            .nth(2)
+            .and_then(|l| l.strip_prefix("pm="))
+            .is_some_and(|pm| pm.trim() == "starting")
+}
+
+/// What a node that did not answer is (LOOK_DOWN), and whether it is still starting.
+async fn down(m: &Member, why: String) -> (Writable, bool) {
     let why = why.lines().next().unwrap_or_default().to_string();
     let server = match m.server() {
         Ok(s) => s,
-        Err(e) => return Writable::Unknown(format!("{why}; and its server: {e:#}")),
+        Err(e) => {
+            return (
+                Writable::Unknown(format!("{why}; and its server: {e:#}")),
+                false,
+            )
+        }
     };
     let mut argv = vec![
         "sh".to_string(),
@@ -164,9 +192,15 @@ async fn down(m: &Member, why: String) -> Writable {
     ];
     argv.extend(server.status_argv());
     match tokio::time::timeout(ASK, m.host.run(&Cmd::new(argv).timeout(ASK))).await {
-        Ok(Ok(out)) => read_down(&out.stdout_text(), m.name(), &why),
-        Ok(Err(e)) => Writable::Unknown(format!("{why}; its host: {e:#}")),
-        Err(_) => Writable::Unknown(format!("{why}; its host did not answer")),
+        Ok(Ok(out)) => {
+            let text = out.stdout_text();
+            (read_down(&text, m.name(), &why), still_starting(&text))
+        }
+        Ok(Err(e)) => (Writable::Unknown(format!("{why}; its host: {e:#}")), false),
+        Err(_) => (
+            Writable::Unknown(format!("{why}; its host did not answer")),
+            false,
+        ),
     }
 }
 
@@ -282,6 +316,16 @@ mod tests {
     }
 
     #[test]
+    fn a_postmaster_still_starting_is_told_from_one_stopping() {
+        assert!(still_starting("state=0\ndir=1\nsignal=1\npm=starting\n"));
+        assert!(!still_starting("state=0\ndir=1\nsignal=1\npm=stopping\n"));
+        assert!(!still_starting("state=0\ndir=1\nsignal=1\npm=ready   \n"));
+        // Not running: whatever an old pid file says.
+        assert!(!still_starting("state=3\ndir=1\nsignal=1\npm=starting\n"));
+        assert!(!still_starting("ssh: connect refused"));
+    }
+
+    #[test]
     fn a_staged_node_still_starting_is_safe_only_when_this_run_started_it() {
         let silent = Writable::Silent("starting".into());
         assert!(staged_is_safe(&silent, true));
@@ -295,37 +339,37 @@ mod tests {
 
     #[test]
     fn one_look_at_a_silent_node_says_what_it_is() {
-        let staged = format!("state=3\ndir=1\nsignal=1\n{CONTROL}");
+        let staged = format!("state=3\ndir=1\nsignal=1\npm=\n{CONTROL}");
         assert!(matches!(
             read_down(&staged, "old", "refused"),
             Writable::No(_)
         ));
-        let unstaged = format!("state=3\ndir=1\nsignal=0\n{CONTROL}");
+        let unstaged = format!("state=3\ndir=1\nsignal=0\npm=\n{CONTROL}");
         assert!(matches!(
             read_down(&unstaged, "old", "refused"),
             Writable::Unknown(_)
         ));
         assert!(matches!(
-            read_down("state=0\ndir=1\nsignal=1\n", "old", "timeout"),
+            read_down("state=0\ndir=1\nsignal=1\npm=\n", "old", "timeout"),
             Writable::Silent(_)
         ));
         assert!(matches!(
-            read_down("state=4\ndir=0\nsignal=0\n", "old", "refused"),
+            read_down("state=4\ndir=0\nsignal=0\npm=\n", "old", "refused"),
             Writable::No(_)
         ));
         // pg_ctlcluster's exit 1 on a removed cluster, and on one that is there.
         assert!(matches!(
-            read_down("state=1\ndir=0\nsignal=0\n", "old", "refused"),
+            read_down("state=1\ndir=0\nsignal=0\npm=\n", "old", "refused"),
             Writable::No(_)
         ));
         assert!(matches!(
-            read_down("state=1\ndir=1\nsignal=1\n", "old", "refused"),
+            read_down("state=1\ndir=1\nsignal=1\npm=\n", "old", "refused"),
             Writable::Unknown(_)
         ));
         // Stopped, but the control file cannot be read: not shown safe.
         assert!(matches!(
             read_down(
-                "state=3\ndir=1\nsignal=1\npg_controldata: could not open",
+                "state=3\ndir=1\nsignal=1\npm=\npg_controldata: could not open",
                 "old",
                 "refused"
             ),
