@@ -159,15 +159,17 @@ fn read_down(text: &str, node: &str, why: &str) -> Writable {
     }
 }
 
-/// Pure: whether LOOK_DOWN's output shows a server on its way up (it runs, and its postmaster
-/// says "starting": it takes no connection yet, or refuses them before its sockets are open).
+/// Pure: whether LOOK_DOWN's output shows a server on its way up: it runs, and its postmaster
+/// says "starting", or has not written its status line yet (the first moments of a start,
+/// when connections are refused before its sockets open). A postmaster shutting down says
+/// "stopping"; one that runs says "ready" or "standby".
 fn still_starting(text: &str) -> bool {
     let mut lines = text.lines();
     lines.next() == Some("state=0")
         && lines
             .nth(2)
             .and_then(|l| l.strip_prefix("pm="))
-            .is_some_and(|pm| pm.trim() == "starting")
+            .is_some_and(|pm| matches!(pm.trim(), "" | "starting"))
 }
 
 /// What a node that did not answer is (LOOK_DOWN), and whether it is still starting.
@@ -320,6 +322,9 @@ mod tests {
         assert!(still_starting("state=0\ndir=1\nsignal=1\npm=starting\n"));
         assert!(!still_starting("state=0\ndir=1\nsignal=1\npm=stopping\n"));
         assert!(!still_starting("state=0\ndir=1\nsignal=1\npm=ready   \n"));
+        assert!(!still_starting("state=0\ndir=1\nsignal=1\npm=standby \n"));
+        // The pid file without its status line yet: the first moments of a start.
+        assert!(still_starting("state=0\ndir=1\nsignal=1\npm=\n"));
         // Not running: whatever an old pid file says.
         assert!(!still_starting("state=3\ndir=1\nsignal=1\npm=starting\n"));
         assert!(!still_starting("ssh: connect refused"));
