@@ -22,6 +22,9 @@ use crate::steps::member::PASSFILE;
 
 pub struct Stage(pub Direction);
 
+/// Whether `stage` starts the old primary as a standby (see the comment where it would).
+const START_IN_STAGE: bool = false;
+
 /// How long `stage` waits for the old primary it started to answer. Past it the promotion's
 /// guard decides (a server running and silent is refused: the run aborts).
 const STARTING: Duration = Duration::from_secs(15);
@@ -235,24 +238,21 @@ impl Step for Stage {
             let (slot, written) = tokio::join!(slot, m.host.write_files(&files));
             slot?;
             written?;
-            // Started now, as a standby of the target (standby.signal is in place before the
-            // start, so it comes up read-only; the promotion's guard asks it). It streams from
-            // the target before the promotion and follows the new timeline on the same
-            // connection when the target is promoted (a cascading standby follows its
-            // upstream's promotion): `reverse` then waits for no start, connection or
-            // authentication inside the pause.
-            // Not waited for when this call started it: it was stopped after standby.signal
-            // was in place, so it comes up a standby, and its start overlaps the promotion.
-            // One that ran already (a resumed attempt, a start by hand) is waited for until
-            // it answers, for the promotion's guard to ask it.
-            match m.server()?.launch(&m.node.log_file).await? {
-                Launched::Started => {
-                    LAUNCHED
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert((cx.run_id.clone(), m.name().to_string()));
+            // Starting the old primary here, as a standby of the still-standby target (so that
+            // it follows the promotion on its stream and `reverse` only waits), is switched off:
+            // two fresh-clone CI runs met an old primary, started here just before the tool was
+            // killed, that ran and refused connections after `resume` (not reproduced locally;
+            // see the closing note of 2026-12-06). `reverse` starts it after the promotion.
+            if START_IN_STAGE {
+                match m.server()?.launch(&m.node.log_file).await? {
+                    Launched::Started => {
+                        LAUNCHED
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert((cx.run_id.clone(), m.name().to_string()));
+                    }
+                    Launched::WasRunning => until_answering(&m, STARTING).await,
                 }
-                Launched::WasRunning => until_answering(&m, STARTING).await,
             }
             Ok(StageOut {
                 slot: m.slot(),
