@@ -227,10 +227,12 @@ async fn crash_matrix(steps: &[StepId]) {
             .await;
         assert_killed(&out, &format!("{at} (cutover)"));
         if point.step == StepId::Promote.to_string() && point.when == "before" {
-            // Crashed between staging and promotion: `stage` started the old primary as a
-            // standby; a restart by hand (a DBA, a service manager) brings it up as a standby
-            // again, never as a second primary.
-            restart_staged_old_by_hand(&chain).await;
+            // Crashed between staging and promotion: a restart by hand brings the old
+            // primary up as a standby, never as a second primary.
+            let old = chain.lab.lab.server("old");
+            old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
+                .await
+                .unwrap();
             let c = connect(&chain.ep("old")).await.unwrap();
             assert!(
                 c.query_one("SELECT pg_is_in_recovery()", &[])
@@ -613,7 +615,10 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
     assert_eq!(st(StepId::Stage), "succeeded");
     assert_eq!(st(StepId::Promote), "pending");
     // Paused with the old primary staged: a restart by hand makes it a standby.
-    restart_staged_old_by_hand(&chain).await;
+    let old = chain.lab.lab.server("old");
+    old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(
         in_recovery(&chain, "old").await,
         Some(true),
@@ -622,26 +627,6 @@ async fn pause_before_stops_cleanly_and_confirmation_is_required() {
     let out = chain.run(&["resume"], None).await;
     crate::support::assert_exit(&out, Exit::Done);
     assert_topology(&chain, "new", "resumed after a pause").await;
-}
-
-/// Restart the staged old primary by hand, as a DBA or a service manager would: `stage` started
-/// it as a standby (its start may still be under way when the run stopped right after), so it
-/// is stopped and started again.
-async fn restart_staged_old_by_hand(chain: &Chain) {
-    let old = chain.lab.lab.server("old");
-    if old.state().await.unwrap() == migrate::pg::server::RunState::Running {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while in_recovery(chain, "old").await.is_none() {
-            assert!(Instant::now() < deadline, "old never came up after stage");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    old.stop(migrate::pg::server::StopMode::Fast, Duration::from_secs(60))
-        .await
-        .unwrap();
-    old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
-        .await
-        .unwrap();
 }
 
 /// A new client through PgBouncer commits within 10 s: clients are not held.
@@ -781,12 +766,10 @@ async fn a_target_promoted_from_outside_stops_the_run_with_one_primary() {
         "{}",
         text(&out.stderr)
     );
-    // `stage` started it as the target's standby; the refused undo left it one (never
-    // restarted as a primary).
     assert_ne!(
-        in_recovery(&chain, "old").await,
-        Some(false),
-        "old was restarted as a primary beside the promoted target"
+        chain.lab.lab.server("old").state().await.unwrap(),
+        migrate::pg::server::RunState::Running,
+        "old was restarted beside the promoted target"
     );
     sampler
         .assert_never_two("target promoted from outside")

@@ -819,7 +819,7 @@ async fn no_fence_is_the_operators_word_for_an_unreachable_lost_primary() {
 }
 
 /// With `resync = "auto"`, an old primary that wrote on its own before it rejoined (started as
-/// a primary by hand while the cutover was paused before the promotion) is found diverged by
+/// a primary by hand while the cutover was paused after the promotion) is found diverged by
 /// `reverse` at once (not after its time limit), clients are released to the new primary, and the cutover rewinds
 /// it: it ends streaming from new, the rollback path in place, its own writes gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -834,32 +834,17 @@ async fn a_cutover_with_resync_auto_rewinds_an_old_primary_that_diverged() {
                 "--yes",
                 "--force-window",
                 "--pause-before",
-                "promote",
+                "reverse",
                 "--keep-clients-held",
             ],
             None,
         )
         .await;
-    assert_exit_at(&out, Exit::OperatorNeeded, "cutover paused before promote");
-    // old, staged as new's standby (and started as one by `stage`, still on the old timeline),
-    // is stopped, started as a primary by hand and written to: it diverges from the timeline
-    // the promotion will start.
+    assert_exit_at(&out, Exit::OperatorNeeded, "cutover paused before reverse");
+    // old, staged as new's standby, is started as a primary by hand and written to.
     let data = chain.lab.lab.data_dir("old");
-    let old = chain.lab.lab.server("old");
-    if old.state().await.unwrap() == migrate::pg::server::RunState::Running {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while in_recovery(&chain, "old").await.is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "old never came up after stage"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    old.stop(migrate::pg::server::StopMode::Fast, Duration::from_secs(60))
-        .await
-        .unwrap();
     std::fs::remove_file(data.join("standby.signal")).unwrap();
+    let old = chain.lab.lab.server("old");
     old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
         .await
         .unwrap();

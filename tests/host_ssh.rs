@@ -323,3 +323,69 @@ async fn a_rewrite_over_ssh_keeps_mode_and_owner_in_one_call() {
     assert!(format!("{err:#}").contains("absent.ini"), "{err:#}");
     assert!(!missing.exists());
 }
+
+/// Quick commands go through the host's kept remote shell (one Perl agent per master), which
+/// bounds each command on the far side: a command past its time limit is killed there with
+/// everything it started (a session of its own would only lose its local ssh client and leave
+/// the remote process running), and the shell keeps serving afterwards. Exit status, stdout,
+/// stderr and stdin pass through it byte for byte.
+#[tokio::test]
+async fn the_kept_remote_shell_bounds_commands_on_the_far_side() {
+    let sshd = Sshd::start();
+    let host = sshd.host();
+    host.prepare().await;
+    let dir = sshd.dir.path().join("shell");
+    std::fs::create_dir(&dir).unwrap();
+    let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    std::os::unix::fs::chown(&dir, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    let pidfile = dir.join("pid");
+
+    let out = host
+        .run(
+            &Cmd::new([
+                "sh",
+                "-c",
+                "printf 'out \\001'; printf err >&2; cat; exit 7",
+            ])
+            .stdin(b"in\n\0bytes".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(7));
+    assert_eq!(out.stdout, b"out \x01in\n\0bytes");
+    assert_eq!(out.stderr, b"err");
+
+    let started = std::time::Instant::now();
+    let err = host
+        .run(
+            &Cmd::new([
+                "sh".to_string(),
+                "-c".into(),
+                format!("echo $$ > {}; exec sleep 60", pidfile.display()),
+            ])
+            .timeout(std::time::Duration::from_secs(1)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("did not finish within"),
+        "{err:#}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < gone,
+            "the remote command {pid} outlived its time limit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = host.run_ok(&Cmd::new(["echo", "after"])).await.unwrap();
+    assert_eq!(out.stdout_text(), "after\n");
+    migrate::host::mux::close_all();
+}

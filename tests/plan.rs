@@ -40,13 +40,7 @@ async fn restart_old_with(chain: &Chain, settings: &[(&str, &str)]) {
             .unwrap();
     }
     drop(c);
-    let old = chain.lab.lab.server("old");
-    old.stop(migrate::pg::server::StopMode::Fast, Duration::from_secs(60))
-        .await
-        .unwrap();
-    old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
-        .await
-        .unwrap();
+    chain.restart_server("old").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -339,7 +339,7 @@ fn a_target_promoted_from_outside_is_neither_promoted_again_nor_doubled() {
     let recovery = f["recovery"].to_string();
     assert!(recovery.contains("already a writable primary"), "{f:#}");
     assert!(recovery.contains("at most 1 node"), "{f:#}");
-    assert!(recovery.contains("old is not a primary"), "{f:#}");
+    assert!(recovery.contains("old stays down"), "{f:#}");
 }
 
 #[test]

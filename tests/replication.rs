@@ -115,6 +115,19 @@ impl Chain {
             .unwrap();
     }
 
+    /// Restart a node's server by hand (fast stop, then start), as a DBA would.
+    pub async fn restart_server(&self, node: &str) {
+        let server = self.lab.lab.server(node);
+        server
+            .stop(migrate::pg::server::StopMode::Fast, Duration::from_secs(60))
+            .await
+            .unwrap();
+        server
+            .start(&self.lab.lab.server_log(node), Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+
     pub async fn plan_ok(&self) {
         let out = self.run(&["plan"], None).await;
         crate::support::assert_exit_at(&out, Exit::Done, "plan");

@@ -20,15 +20,6 @@ pub enum RunState {
 
 pub use super::service::StopMode;
 
-/// What [`Server::launch`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Launched {
-    /// No postmaster ran: it was started now.
-    Started,
-    /// A postmaster ran already; nothing was done.
-    WasRunning,
-}
-
 #[derive(Debug, Clone)]
 pub struct Server {
     pub host: Arc<dyn Host>,
@@ -133,12 +124,6 @@ impl Server {
     /// round trip to the host: for callers that wait for a stronger condition themselves (a
     /// standby streaming, inside the write pause), sooner than `pg_ctl`'s 100 ms polling.
     pub async fn launch_unless_running(&self, log: &Path) -> Result<()> {
-        self.launch(log).await.map(|_| ())
-    }
-
-    /// [`Self::launch_unless_running`], saying whether it started the server or found one
-    /// running.
-    pub async fn launch(&self, log: &Path) -> Result<Launched> {
         let mut argv = vec![
             "sh".to_string(),
             "-c".into(),
@@ -160,11 +145,7 @@ impl Server {
                 log.display()
             );
         }
-        Ok(if out.stdout_text().starts_with("running") {
-            Launched::WasRunning
-        } else {
-            Launched::Started
-        })
+        Ok(())
     }
 
     /// Stop and wait. Stopping a stopped server is not an error.
@@ -245,8 +226,7 @@ impl RunState {
 const LAUNCH_UNLESS_RUNNING: &str = r#"data=$1; shift
 pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
 alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
-if [ -n "$pid" ] && alive "$pid"; then echo running; exit 0; fi
-echo launched
+if [ -n "$pid" ] && alive "$pid"; then exit 0; fi
 exec "$@""#;
 
 /// `sh -c` script: $1 data directory, $2 how many 10 ms waits at most, $3 pg_controldata to

@@ -54,9 +54,9 @@ pub fn down_as(state: &str, standby_signal: bool) -> Writable {
     }
 }
 
-/// How long a node that says it is starting up is waited for (`stage` starts the old primary
-/// as a standby just before the promotion's check asks it).
-const STARTING: Duration = Duration::from_secs(15);
+/// How long a node that is starting up is waited for: as long as one question may take, so a
+/// check inside the write pause waits no longer than it did before it waited for starts.
+const STARTING: Duration = ASK;
 
 /// Ask `m`. A server on its way up is asked again until it answers (within [`STARTING`]):
 /// whether it comes up writable is what matters, and "silent" would refuse a standby that
@@ -96,21 +96,6 @@ async fn in_recovery(m: &Member) -> Result<anyhow::Result<bool>, tokio::time::er
         anyhow::Ok(r)
     })
     .await
-}
-
-/// Ask `m` once over SQL, without looking at its host when it does not answer (then
-/// `Silent`): for a server this process has just started as a standby.
-async fn ask_sql_only(m: &Member) -> Writable {
-    let answer = in_recovery(m).await;
-    match answer {
-        Ok(Ok(false)) => Writable::Yes,
-        Ok(Ok(true)) => Writable::No("answers in recovery".into()),
-        Ok(Err(e)) => Writable::Silent(format!(
-            "not answering yet: {}",
-            format!("{e:#}").lines().next().unwrap_or_default()
-        )),
-        Err(_) => Writable::Silent(format!("no answer within {ASK:?}")),
-    }
 }
 
 /// `sh -c` script for a node that does not answer: $1 pg_controldata, $2 the data directory,
@@ -223,48 +208,6 @@ async fn ask_all(others: &[&Member]) -> Vec<Writable> {
         .collect()
 }
 
-/// Pure: whether what a staged old primary showed lets the promotion go on. `started_here`:
-/// this process found it stopped after writing its standby.signal and started it itself, so
-/// whatever runs there began with the signal in place and comes up a standby; one still on its
-/// way up (silent: its pid file is there, it takes no connection yet) is accepted then, and
-/// only then.
-pub fn staged_is_safe(w: &Writable, started_here: bool) -> bool {
-    match w {
-        Writable::No(_) => true,
-        Writable::Silent(_) => started_here,
-        Writable::Yes | Writable::Unknown(_) => false,
-    }
-}
-
-/// Before a switchover's promotion: `Err` with the situation unless the staged old primary is
-/// shown not writable ([`staged_is_safe`]). When this process started it, one SQL look (its
-/// start overlaps the promotion; only an answer as a primary refuses); otherwise the full
-/// question, waiting for a server on its way up and looking at the host of a silent one.
-pub async fn staged_not_writable(
-    m: &Member,
-    started_here: bool,
-    before: &str,
-) -> Result<(), String> {
-    let w = if started_here {
-        ask_sql_only(m).await
-    } else {
-        writable(m).await
-    };
-    if staged_is_safe(&w, started_here) {
-        return Ok(());
-    }
-    match w {
-        Writable::Yes => Err(format!(
-            "{} answers as a writable primary, so {before} would make two primaries",
-            m.name()
-        )),
-        Writable::Silent(why) | Writable::Unknown(why) | Writable::No(why) => Err(format!(
-            "{} cannot be shown not writable ({why}), so {before} could make two primaries",
-            m.name()
-        )),
-    }
-}
-
 /// `Err` with the situation when any of `others` is, or may be, writable.
 pub async fn none_writable(
     others: &[&Member],
@@ -328,16 +271,6 @@ mod tests {
         // Not running: whatever an old pid file says.
         assert!(!still_starting("state=3\ndir=1\nsignal=1\npm=starting\n"));
         assert!(!still_starting("ssh: connect refused"));
-    }
-
-    #[test]
-    fn a_staged_node_still_starting_is_safe_only_when_this_run_started_it() {
-        let silent = Writable::Silent("starting".into());
-        assert!(staged_is_safe(&silent, true));
-        assert!(!staged_is_safe(&silent, false));
-        assert!(staged_is_safe(&Writable::No("in recovery".into()), false));
-        assert!(!staged_is_safe(&Writable::Yes, true));
-        assert!(!staged_is_safe(&Writable::Unknown("host".into()), true));
     }
 
     const CONTROL: &str = "pg_control version number:            1300\nDatabase cluster state:               shut down\nLatest checkpoint location:           0/3000028\nLatest checkpoint's TimeLineID:       1\n";

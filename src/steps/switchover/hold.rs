@@ -83,14 +83,19 @@ impl Step for Hold {
         .await;
         // A checkpoint now, before clients are held: the shutdown checkpoint inside the pause
         // then finds little to write (on a busy primary its dirty buffers were most of `stop`).
-        // Best effort and bounded: it only moves work out of the pause.
-        let _ = tokio::time::timeout(PRE_CHECKPOINT, async {
-            let c = crate::pg::session(&self.d.from.endpoint()).await?;
-            c.batch_execute("CHECKPOINT").await?;
-            c.keep();
-            anyhow::Ok(())
-        })
-        .await;
+        // Best effort and bounded: it only moves work out of the pause. Reaching the server is
+        // bounded like the kept connections above (an unreachable old primary is for the
+        // fence to report), the checkpoint itself by PRE_CHECKPOINT.
+        let from = self.d.from.endpoint();
+        if let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_secs(5), crate::pg::session(&from)).await
+        {
+            if let Ok(Ok(())) =
+                tokio::time::timeout(PRE_CHECKPOINT, c.batch_execute("CHECKPOINT")).await
+            {
+                c.keep();
+            }
+        }
         let held_at = Utc::now();
         let mut previous = Vec::new();
         for r in self.d.routers()? {

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::guard::{self, Writable};
+use super::guard::{self, IfSilent, Writable};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Probe, Step};
 use crate::pg::{session, sql};
@@ -87,9 +87,7 @@ impl Step for Promote {
         let (target, checked) = tokio::join!(guard::writable(&self.d.to), async {
             match self.others {
                 Others::Staged => {
-                    let old = self.d.demoted();
-                    let started_here = super::stage::launched_here(&cx.run_id, old.name());
-                    guard::staged_not_writable(&old, started_here, &before).await
+                    guard::none_writable(&[&self.d.demoted()], &before, IfSilent::Refuse).await
                 }
                 Others::Failover => crate::steps::failover::before_promotion(&self.d, cx).await,
             }
@@ -97,7 +95,7 @@ impl Step for Promote {
         if let Writable::Yes = target {
             if !cx.in_doubt() {
                 return Ok(Probe::Unsafe(format!(
-                    "{to} is already a writable primary although this run has not promoted it (promoted from outside: an HA manager, an operator?); {from} is staged as its standby and is never started as a primary; find out which node clients wrote to before anything else"
+                    "{to} is already a writable primary although this run has not promoted it (promoted from outside: an HA manager, an operator?); {from} is staged as its standby and stays down; find out which node clients wrote to before anything else"
                 )));
             }
         }

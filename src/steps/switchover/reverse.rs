@@ -55,13 +55,10 @@ pub(super) async fn follow(
     cx: &Cx,
 ) -> Result<()> {
     let m = d.demoted();
-    // Started by this process's `stage` already (as a standby of the target, before the
-    // promotion): nothing to ask its host. Otherwise not `pg_ctl start -w`: streaming, waited
-    // for below, is the stronger proof, and it comes sooner than pg_ctl's 100 ms polling
-    // notices the server is up. (A server already running, after a resume, is left as it is.)
-    if !super::stage::take_launched(&cx.run_id, m.name()) {
-        m.server()?.launch_unless_running(&m.node.log_file).await?;
-    }
+    // Not `pg_ctl start -w`: streaming, waited for below, is the stronger proof, and it
+    // comes sooner than pg_ctl's 100 ms polling notices the server is up. (A server already
+    // running, after a resume, is left as it is.)
+    m.server()?.launch_unless_running(&m.node.log_file).await?;
     wait_following_unless_diverged(&m, &d.to, tli, limit, fork, cx, &StepId::Reverse).await
 }
 

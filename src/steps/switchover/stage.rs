@@ -2,9 +2,7 @@
 //! (standby.signal, primary_conninfo, slot), so that no restart can ever bring it up as a
 //! second primary.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
@@ -15,39 +13,12 @@ use super::guard::{self, IfSilent, Writable};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::host::{Cmd, FileWrite};
-use crate::pg::server::{Launched, RunState, StopMode};
+use crate::pg::server::{RunState, StopMode};
 use crate::pg::{connect, session, sql};
 use crate::steps::id::StepId;
 use crate::steps::member::PASSFILE;
 
 pub struct Stage(pub Direction);
-
-/// Whether `stage` starts the old primary as a standby (see the comment where it would).
-const START_IN_STAGE: bool = false;
-
-/// How long `stage` waits for the old primary it started to answer. Past it the promotion's
-/// guard decides (a server running and silent is refused: the run aborts).
-const STARTING: Duration = Duration::from_secs(15);
-
-/// Wait until `m`, just started, answers (its listener comes up a moment after its pid file,
-/// which is what a status command sees): the promotion's guard must find it answering in
-/// recovery, not "running but silent". Bounded; the guard judges whatever comes out.
-async fn until_answering(m: &crate::steps::member::Member, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        let asked = tokio::time::timeout(Duration::from_secs(2), async {
-            let c = session(&m.endpoint()).await?;
-            sql::in_recovery(&c).await?;
-            c.keep();
-            anyhow::Ok(())
-        })
-        .await;
-        if let Ok(Ok(())) = asked {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// How long the undo lets the old primary, started as a standby, take to stop.
 const STANDBY_STOP: Duration = Duration::from_secs(60);
@@ -61,28 +32,6 @@ pub struct StageOut {
     pub slot: String,
     /// The node that holds it (the new primary).
     pub on: String,
-}
-
-/// Old primaries this process started as standbys in `stage`, by run and node: `reverse` then
-/// need not ask their host again (a round trip inside the pause). Not journaled: a resumed
-/// run's `reverse` starts the server itself if it is not running.
-static LAUNCHED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
-
-/// Whether this process's `stage` started `node` as a standby in `run_id`.
-pub(super) fn launched_here(run_id: &str, node: &str) -> bool {
-    LAUNCHED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(&(run_id.to_string(), node.to_string()))
-}
-
-/// [`launched_here`], answered once (a later look, the certificate's, checks the server
-/// again).
-pub(super) fn take_launched(run_id: &str, node: &str) -> bool {
-    LAUNCHED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&(run_id.to_string(), node.to_string()))
 }
 
 /// What stage reads on the old primary's host, in one remote call: whether the server runs,
@@ -185,8 +134,8 @@ impl Step for Stage {
                 slot = m.slot(),
                 ci = m.replication_conninfo(Some(&m.node.data_dir.join(PASSFILE).display().to_string())).map(|c| c.to_string()).unwrap_or_default(),
             ),
-            proof: format!("standby.signal exists on the stopped node; then it is started as a standby of {}", self.0.to.name()),
-            undo: "stop it, restore postgresql.auto.conf, remove standby.signal, drop the slot".into(),
+            proof: "standby.signal exists on the stopped node".into(),
+            undo: "stop it if it runs as a standby, restore postgresql.auto.conf, remove standby.signal, drop the slot".into(),
         }
     }
     fn kind(&self) -> Kind {
@@ -238,22 +187,6 @@ impl Step for Stage {
             let (slot, written) = tokio::join!(slot, m.host.write_files(&files));
             slot?;
             written?;
-            // Starting the old primary here, as a standby of the still-standby target (so that
-            // it follows the promotion on its stream and `reverse` only waits), is switched off:
-            // two fresh-clone CI runs met an old primary, started here just before the tool was
-            // killed, that ran and refused connections after `resume` (not reproduced locally;
-            // see the closing note of 2026-12-06). `reverse` starts it after the promotion.
-            if START_IN_STAGE {
-                match m.server()?.launch(&m.node.log_file).await? {
-                    Launched::Started => {
-                        LAUNCHED
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert((cx.run_id.clone(), m.name().to_string()));
-                    }
-                    Launched::WasRunning => until_answering(&m, STARTING).await,
-                }
-            }
             Ok(StageOut {
                 slot: m.slot(),
                 on: self.0.to.name().to_string(),
@@ -273,10 +206,11 @@ impl Step for Stage {
                     bail!("{why}; {} stays staged as its standby", self.0.from.name());
                 }
                 let m = &self.0.from;
-                // Started by the stage as a standby: stopped before its standby.signal goes,
-                // so that the stop's undo starts it as the primary again (a running standby
-                // would stay one). A server that answers as a primary (started by hand) is
-                // left as it is.
+                // Started meanwhile (by hand, a service manager): with standby.signal in
+                // place it came up a standby; it is stopped before its standby.signal goes, so
+                // that the stop's undo starts it as the primary again (a running standby
+                // would stay one, and clients would be released to a read-only server). A
+                // server that answers as a primary is left as it is.
                 if let Writable::No(_) = guard::writable(m).await {
                     let server = m.server()?;
                     if server.state().await? == RunState::Running {
