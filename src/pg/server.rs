@@ -124,18 +124,33 @@ impl Server {
     /// round trip to the host: for callers that wait for a stronger condition themselves (a
     /// standby streaming, inside the write pause), sooner than `pg_ctl`'s 100 ms polling.
     pub async fn launch_unless_running(&self, log: &Path) -> Result<()> {
+        self.launch_unless_running_with(log, None).await
+    }
+
+    /// [`Self::launch_unless_running`], first placing a timeline history file in `pg_wal`
+    /// (when it starts the server and the file is not there yet), in the same round trip.
+    pub async fn launch_unless_running_with(
+        &self,
+        log: &Path,
+        history: Option<&TimelineHistory>,
+    ) -> Result<()> {
         let mut argv = vec![
             "sh".to_string(),
             "-c".into(),
             LAUNCH_UNLESS_RUNNING.into(),
             "migrate-launch".into(),
             self.data(),
+            history.map(|h| h.file_name()).unwrap_or_default(),
         ];
         argv.extend(
             self.service
                 .launch_argv(&self.tool("pg_ctl"), &self.data_dir, log),
         );
-        let out = self.host.run(&Cmd::new(argv)).await?;
+        let mut cmd = Cmd::new(argv);
+        if let Some(h) = history {
+            cmd = cmd.stdin(h.text.clone().into_bytes());
+        }
+        let out = self.host.run(&cmd).await?;
         if !out.success() {
             bail!(
                 "on {}: starting the server in {} failed: {}; server log {}",
@@ -221,13 +236,57 @@ impl RunState {
     }
 }
 
-/// `sh -c` script: $1 data directory, then the command that starts the server; run only when
-/// no postmaster runs there (the same test as STOP_AND_WAIT's).
-const LAUNCH_UNLESS_RUNNING: &str = r#"data=$1; shift
+/// `sh -c` script: $1 data directory, $2 a timeline history file to place in `pg_wal` from
+/// stdin (empty: none; an existing one is kept), then the command that starts the server; run
+/// only when no postmaster runs there (the same test as STOP_AND_WAIT's). The file is written
+/// beside its place and renamed, as the walreceiver itself would write it.
+const LAUNCH_UNLESS_RUNNING: &str = r#"data=$1; history=$2; shift 2
 pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
 alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
 if [ -n "$pid" ] && alive "$pid"; then exit 0; fi
+if [ -n "$history" ] && [ ! -e "$data/pg_wal/$history" ]; then
+  cat > "$data/pg_wal/$history.migrate" && mv -f "$data/pg_wal/$history.migrate" "$data/pg_wal/$history" || exit 1
+fi
 exec "$@""#;
+
+/// A timeline's history file, as the new primary wrote it at its promotion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineHistory {
+    pub timeline: u32,
+    pub text: String,
+}
+
+impl TimelineHistory {
+    /// Pure: a history file's text for `timeline`, if it reads like one: one line per earlier
+    /// timeline, `<parent tli> <switch LSN> <reason>`, tab-separated, the last parent being
+    /// `timeline - 1` or less. Anything else is not placed in a data directory.
+    pub fn parse(timeline: u32, text: &str) -> Option<TimelineHistory> {
+        let mut last = 0u32;
+        let mut lines = 0;
+        for line in text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        {
+            let mut f = line.split('\t');
+            let tli: u32 = f.next()?.trim().parse().ok()?;
+            f.next()?.trim().parse::<crate::pg::Lsn>().ok()?;
+            if tli <= last || tli >= timeline {
+                return None;
+            }
+            last = tli;
+            lines += 1;
+        }
+        (lines > 0 && text.len() <= 64 * 1024).then(|| TimelineHistory {
+            timeline,
+            text: text.to_string(),
+        })
+    }
+
+    /// `00000002.history`.
+    pub fn file_name(&self) -> String {
+        format!("{:08X}.history", self.timeline)
+    }
+}
 
 /// `sh -c` script: $1 data directory, $2 how many 10 ms waits at most, $3 pg_controldata to
 /// run once stopped (empty: none), then the command that asks the server to stop. No
@@ -287,5 +346,32 @@ pub fn find_local_bin_dir() -> Result<PathBuf> {
         None => bail!(
             "no PostgreSQL server binaries found; install the server package (e.g. postgresql-15) or set PG_BIN"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TimelineHistory;
+
+    #[test]
+    fn a_history_file_is_taken_only_when_it_reads_like_one() {
+        let two = "1\t0/A100AC8\tno recovery target specified\n";
+        let h = TimelineHistory::parse(2, two).unwrap();
+        assert_eq!(h.file_name(), "00000002.history");
+        assert_eq!(h.text, two);
+        let three = "1\t0/A100AC8\tno recovery target specified\n\n2\t0/B011208\tno recovery target specified\n";
+        assert_eq!(
+            TimelineHistory::parse(3, three).unwrap().file_name(),
+            "00000003.history"
+        );
+        for bad in [
+            "",
+            "1\tnot-an-lsn\treason\n",
+            "2\t0/A100AC8\treason\n", // a parent not before the timeline itself
+            "1\t0/A\tr\n1\t0/B\tr\n", // parents not ascending
+            "<html>proxy error</html>\n", // anything else
+        ] {
+            assert_eq!(TimelineHistory::parse(2, bad), None, "{bad:?}");
+        }
     }
 }

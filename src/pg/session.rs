@@ -105,3 +105,51 @@ pub async fn warm(endpoints: &[Endpoint], limit: std::time::Duration) {
     }
     while opened.join_next().await.is_some() {}
 }
+
+/// A new connection being opened in the background, and when it was asked for.
+type Spare = (std::time::Instant, tokio::task::JoinHandle<Result<Client>>);
+
+fn spares() -> &'static Mutex<HashMap<String, Spare>> {
+    static S: OnceLock<Mutex<HashMap<String, Spare>>> = OnceLock::new();
+    S.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// How old a spare may be when it is taken: it stands for "the server forked a backend just
+/// now", so one from long ago is dropped for a new connection.
+const SPARE_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Start opening a new connection to `ep` now, for a later [`fresh`] call: a check that must
+/// see the server fork a backend (not a kept connection) then skips the set-up's round trips
+/// when it comes, if the opening ran beside other work.
+pub fn open_spare(ep: &Endpoint) {
+    let ep_owned = ep.clone();
+    let task = tokio::spawn(async move { connect(&ep_owned).await });
+    let old = spares()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key(ep), (std::time::Instant::now(), task));
+    if let Some((_, t)) = old {
+        t.abort();
+    }
+}
+
+/// A new connection to `ep`: the spare opened by [`open_spare`] when there is a recent one that
+/// succeeded, else one opened now. Never a kept connection.
+pub async fn fresh(ep: &Endpoint) -> Result<Client> {
+    let spare = spares()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&key(ep));
+    if let Some((asked, task)) = spare {
+        if asked.elapsed() <= SPARE_FRESH {
+            if let Ok(Ok(c)) = task.await {
+                if !c.is_closed() {
+                    return Ok(c);
+                }
+            }
+        } else {
+            task.abort();
+        }
+    }
+    connect(ep).await
+}

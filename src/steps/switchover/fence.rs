@@ -1,4 +1,4 @@
-//! `fence`, the soft fence: read-only by default, client sessions ended, a fresh WAL segment.
+//! `fence`, the soft fence: read-only by default, client sessions ended.
 //! Not the guarantee (P1): stopping the server is.
 
 use anyhow::{Context, Result};
@@ -31,7 +31,7 @@ impl Step for Fence {
         Description {
             host: self.0.from.host_label(),
             action: "ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf(); \
-                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' (except migrate's own); SELECT pg_switch_wal()"
+                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' (except migrate's own)"
                 .into(),
             proof: "the settings are reloaded; no client backend remains".into(),
             undo: "ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()".into(),
@@ -58,14 +58,9 @@ impl Step for Fence {
                     let c = session(&self.0.from.endpoint()).await?;
                     // Sent back to back (the driver pipelines requests on one connection) and
                     // run in this order; ALTER SYSTEM cannot share one multi-statement query.
-                    //
-                    // Last, a fresh WAL segment for the shutdown checkpoint: a standby streams
-                    // from the start of the segment that holds its start point, so the old
-                    // primary, started as the new one's standby, would otherwise fetch up to
-                    // 16 MB twice (old timeline, then new) inside the pause; across a 30 ms WAN
-                    // that was most of a second. No CHECKPOINT here: `hold` ran one before
-                    // clients were held, and the shutdown's own finds little left to write.
-                    let (set, reload, ended, switched) = tokio::join!(
+                    // No CHECKPOINT and no WAL switch here: `hold` ran both before clients were
+                    // held (see there why), so the shutdown finds little left to write or ship.
+                    let (set, reload, ended) = tokio::join!(
                         c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on"),
                         c.batch_execute("SELECT pg_reload_conf()"),
                         sql::one(
@@ -74,11 +69,9 @@ impl Step for Fence {
                           WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
                             AND coalesce(application_name, '') NOT LIKE 'migrate%'",
                         ),
-                        c.batch_execute("SELECT pg_switch_wal()"),
                     );
                     set?;
                     reload?;
-                    switched?;
                     let sessions_ended: i64 = ended?.get(0);
                     c.keep();
                     anyhow::Ok(sessions_ended)

@@ -13,6 +13,7 @@ pub mod followers;
 pub mod guard;
 pub mod ha;
 pub mod hold;
+mod memo;
 pub mod promote;
 pub mod proof;
 pub mod release;

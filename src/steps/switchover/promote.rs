@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::guard::{self, IfSilent, Writable};
+use super::memo::Memo;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Probe, Step};
 use crate::pg::{session, sql};
@@ -14,9 +15,19 @@ use crate::steps::id::StepId;
 
 /// Whether the target left recovery, and then its current WAL file and position. The WAL
 /// functions are only called outside recovery (they fail during it): a CASE, not a WHERE.
+/// Then, where this role may read files in the data directory, the new timeline's history
+/// file, written before recovery ended (for `reverse`, see there); NULL where it may not.
 const PROMOTED_YET: &str = "SELECT pg_is_in_recovery(),
         CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END,
-        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END";
+        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+        CASE WHEN pg_is_in_recovery()
+               OR NOT has_function_privilege('pg_read_file(text, bigint, bigint, boolean)', 'EXECUTE')
+             THEN NULL
+             ELSE pg_read_file('pg_wal/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || '.history', 0, 65536, true) END";
+
+/// The new timeline's history file as the promotion wrote it, for the old primary's start in
+/// `reverse` by this same process (see [`super::memo`]), by run and by the node it is for.
+pub(super) static NEW_HISTORY: Memo = Memo::new();
 
 /// How long a promotion request may go unanswered before it is sent again (P13).
 const PROMOTE_RESIGNAL: Duration = Duration::from_millis(250);
@@ -104,7 +115,7 @@ impl Step for Promote {
         }
         Ok(Probe::NotDone)
     }
-    async fn apply(&self, _: &Cx) -> Result<PromoteOut> {
+    async fn apply(&self, cx: &Cx) -> Result<PromoteOut> {
         let t = Instant::now();
         let c = self
             .d
@@ -118,7 +129,7 @@ impl Step for Promote {
         // poll reads the new timeline in the same query once recovery has ended (one round
         // trip less): the control file shows it only after the asynchronous end-of-recovery
         // checkpoint (P6); the current WAL file's name has it now.
-        let (walfile, lsn) = loop {
+        let (walfile, lsn, history) = loop {
             // The request (when due) and the poll go out together on the one connection, which
             // runs them in order: the first poll does not wait a round trip for the request.
             let signal = last_signal.is_none_or(|at| at.elapsed() >= PROMOTE_RESIGNAL);
@@ -155,7 +166,7 @@ impl Step for Promote {
                 r.get::<_, Option<String>>(1),
                 r.get::<_, Option<String>>(2),
             ) {
-                break (walfile, lsn);
+                break (walfile, lsn, r.get::<_, Option<String>>(3));
             }
             if t.elapsed() > self.timeout {
                 bail!(
@@ -170,6 +181,9 @@ impl Step for Promote {
         c.keep();
         let timeline = i64::from_str_radix(walfile.get(..8).unwrap_or_default(), 16)
             .with_context(|| format!("timeline from WAL file name {walfile:?}"))?;
+        if let Some(text) = history {
+            NEW_HISTORY.remember(&cx.run_id, self.d.from.name(), text);
+        }
         Ok(PromoteOut {
             timeline,
             lsn,

@@ -9,11 +9,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::fence::FenceOut;
-use super::stop::take_fresh_control;
+use super::stop::FRESH_CONTROL;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::host::Cmd;
-use crate::pg::{connect, sql, Lsn};
+use crate::pg::{sql, Lsn};
 use crate::steps::id::StepId;
 use crate::steps::member::Member;
 
@@ -139,8 +139,9 @@ pub(crate) fn parse_controldata(text: &str, node: &str) -> Result<Control> {
 async fn position(to: &Member) -> Result<Position> {
     // A new connection each time, not a kept one: the postmaster must fork a backend for it,
     // which shows the target alive as a whole (a frozen postmaster still has its old backends
-    // and walreceiver answering, and would then never carry out the promotion).
-    let c = connect(&to.endpoint()).await?;
+    // and walreceiver answering, and would then never carry out the promotion). The first is
+    // the one `stop` began opening beside the shutdown, inside the pause.
+    let c = crate::pg::session::fresh(&to.endpoint()).await?;
     let r = sql::one(
         &c,
         "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, timeline_id::bigint, pg_is_in_recovery()
@@ -188,7 +189,7 @@ impl Step for Proof {
             .and_then(|f| f.to_timeline);
         let (from, to) = (self.d.from.name(), self.d.to.name());
         // Read by the stop's own call when this process stopped it; else read now.
-        let ctl = match take_fresh_control(&cx.run_id, from) {
+        let ctl = match FRESH_CONTROL.take(&cx.run_id, from) {
             Some(text) => parse_controldata(&text, from)?,
             None => controldata(&self.d.from).await?,
         };

@@ -1,8 +1,6 @@
 //! `stop`, the hard fence: a clean fast shutdown, which waits for connected standbys to receive
 //! everything, shutdown checkpoint included.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -11,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::guard::{self, IfSilent, Writable};
+use super::memo::Memo;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Probe, Step};
 use crate::pg::server::{RunState, StopMode};
@@ -35,26 +34,10 @@ pub struct StopOut {
 }
 
 /// `pg_controldata` of a server this process just stopped, read by the stop's own call, by
-/// run and node. Deliberately not journaled: only the process that stopped the server may
-/// skip reading it again. A resumed run reads it afresh, because between a crash and the
-/// resume the server may have been started by hand, written to and stopped again, and a
-/// stale checkpoint would "prove" a target that lacks those writes.
-static FRESH_CONTROL: Mutex<BTreeMap<(String, String), String>> = Mutex::new(BTreeMap::new());
-
-fn remember_fresh_control(run_id: &str, node: &str, text: String) {
-    FRESH_CONTROL
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert((run_id.to_string(), node.to_string()), text);
-}
-
-/// The control file this process's stop read for `node` in `run_id`, once.
-pub(super) fn take_fresh_control(run_id: &str, node: &str) -> Option<String> {
-    FRESH_CONTROL
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&(run_id.to_string(), node.to_string()))
-}
+/// run and node. Not journaled (see [`Memo`]): between a crash and the resume the server may
+/// have been started by hand, written to and stopped again, and a stale checkpoint would
+/// "prove" a target that lacks those writes.
+pub(super) static FRESH_CONTROL: Memo = Memo::new();
 
 #[async_trait]
 impl Step for StopPrimary {
@@ -89,6 +72,9 @@ impl Step for StopPrimary {
         // checkpoint, so a stop longer than the proof's time box is a hang, not work. On the
         // limit the abort (compensate) waits for the shutdown to end, then restarts.
         let limit = self.0.limit;
+        // The proof's new connection to the target, opened beside the shutdown: across a WAN
+        // its set-up (TCP, then SCRAM) is three round trips the proof no longer waits for.
+        crate::pg::session::open_spare(&self.0.to.endpoint());
         let control = self
             .0
             .bounded(
@@ -100,7 +86,7 @@ impl Step for StopPrimary {
             )
             .await?;
         if let Some(text) = control {
-            remember_fresh_control(&cx.run_id, self.0.from.name(), text);
+            FRESH_CONTROL.remember(&cx.run_id, self.0.from.name(), text);
         }
         Ok(StopOut {
             stopped_at: Some(Utc::now()),
@@ -147,21 +133,5 @@ impl Step for StopPrimary {
                 .await?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Only the text this process read, for that run and node, and only once: a second proof
-    /// (or another run) reads the control file itself.
-    #[test]
-    fn a_fresh_control_file_serves_one_proof_of_its_own_run_and_node() {
-        remember_fresh_control("run-a", "old", "Database cluster state: shut down".into());
-        assert_eq!(take_fresh_control("run-b", "old"), None);
-        assert_eq!(take_fresh_control("run-a", "new"), None);
-        assert!(take_fresh_control("run-a", "old").is_some());
-        assert_eq!(take_fresh_control("run-a", "old"), None);
     }
 }

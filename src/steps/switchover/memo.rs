@@ -1,0 +1,46 @@
+//! What one step of this process hands the next inside the write pause, by run and node,
+//! deliberately not journaled: only the process that saw it happen may skip looking again. A
+//! resumed run looks afresh (between a crash and the resume anything may have been done by
+//! hand).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+pub(super) struct Memo(Mutex<BTreeMap<(String, String), String>>);
+
+impl Memo {
+    pub(super) const fn new() -> Memo {
+        Memo(Mutex::new(BTreeMap::new()))
+    }
+
+    pub(super) fn remember(&self, run_id: &str, node: &str, text: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((run_id.to_string(), node.to_string()), text);
+    }
+
+    /// What was remembered for `node` in `run_id`, once.
+    pub(super) fn take(&self, run_id: &str, node: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(run_id.to_string(), node.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the text this process remembered, for that run and node, and only once.
+    #[test]
+    fn a_memo_serves_one_reader_of_its_own_run_and_node() {
+        let m = Memo::new();
+        m.remember("run-a", "old", "Database cluster state: shut down".into());
+        assert_eq!(m.take("run-b", "old"), None);
+        assert_eq!(m.take("run-a", "new"), None);
+        assert!(m.take("run-a", "old").is_some());
+        assert_eq!(m.take("run-a", "old"), None);
+    }
+}
