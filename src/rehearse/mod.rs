@@ -584,6 +584,24 @@ impl Rehearsal<'_> {
                 status,
                 "paused the cutover before stage (--keep-clients-held), started old by hand with pg_ctl start (it comes up as a primary), then `migrate resume`".to_string(),
             )
+        } else if let (Some((a, b)), Some(before)) = (fault.cut_link(), cut_before(fault)) {
+            // Cut while the cutover waits before that step (its clients held), then resumed:
+            // cut "as soon as the run journaled" the step before, a quick cutover outran the
+            // cut (the stop and the proof were done, and the target rightly promoted).
+            self.cutover_paused_before("cutover-fault-paused", before.clone())
+                .await?;
+            self.lab.set_link(a, b, true).await?;
+            let status = self
+                .command("cutover-fault", &["resume"], &[])
+                .await?
+                .wait()
+                .await?;
+            (
+                status,
+                format!(
+                    "paused the cutover before {before} (--keep-clients-held), cut the link between {a} and {b} (every packet dropped at both ends), then `migrate resume`; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
+                ),
+            )
         } else {
             let go = self.lab.dir.join("go-stage");
             let _ = std::fs::remove_file(&go);
@@ -638,25 +656,6 @@ impl Rehearsal<'_> {
                             "stopped {TARGET} at once (SIGQUIT to postmaster {pid}) as soon as `cutover` journaled step fence; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
                         )
                     }
-                }
-                Fault::CutLinkBeforeProof | Fault::CutToolFromOldDc => {
-                    let (a, b) = fault.cut_link().unwrap_or_default();
-                    let (after, instant) = if fault == Fault::CutLinkBeforeProof {
-                        (StepId::Fence, "it fenced")
-                    } else {
-                        (StepId::Hold, "it held the clients")
-                    };
-                    self.wait_for_instant(
-                        &mut child,
-                        "cutover-fault",
-                        instant,
-                        &step_succeeded(after.clone()),
-                    )
-                    .await?;
-                    self.lab.set_link(a, b, true).await?;
-                    format!(
-                        "cut the link between {a} and {b} (every packet dropped at both ends) as soon as `cutover` journaled step {after}; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
-                    )
                 }
                 Fault::IdleInTransactionClient => format!(
                     "a client through PgBouncer (application rehearsal-idle-client) holds a transaction open (BEGIN; INSERT; no COMMIT) as the cutover begins; hold_timeout {FAULT_HOLD_TIMEOUT_S} s"
@@ -1304,6 +1303,16 @@ pub fn default_dir() -> Result<PathBuf> {
     bail!("no free rehearsal directory under {}", base.display())
 }
 
+/// Pure: the step a link-cut fault's cutover is paused before, for the cut to be in place
+/// when it goes on (`None`: a fault that cuts at another moment, or none).
+fn cut_before(fault: Fault) -> Option<StepId> {
+    match fault {
+        Fault::CutLinkBeforeProof => Some(StepId::Stop),
+        Fault::CutToolFromOldDc => Some(StepId::Fence),
+        _ => None,
+    }
+}
+
 /// Samples the nodes' `pg_is_in_recovery()` every 50 ms until stopped; the most nodes seen
 /// answering as writable primaries in one sample.
 struct WritableSampler {
@@ -1318,19 +1327,20 @@ impl WritableSampler {
         let task = tokio::spawn(async move {
             let mut most = 0;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut writable = 0;
-                for ep in &nodes {
-                    let answer = tokio::time::timeout(Duration::from_secs(2), async {
+                // Every node asked at the same moment: asked one after the other, an old
+                // primary's last answer before its stop and the new one's first after its
+                // promotion could fall into one sample (a node out of reach waits 2 s).
+                let answers = futures_util::future::join_all(nodes.iter().map(|ep| {
+                    tokio::time::timeout(Duration::from_secs(2), async {
                         let c = connect(ep).await.ok()?;
                         c.query_one("SELECT pg_is_in_recovery()", &[]).await.ok()
                     })
-                    .await;
-                    if let Ok(Some(r)) = answer {
-                        if !r.get::<_, bool>(0) {
-                            writable += 1;
-                        }
-                    }
-                }
+                }))
+                .await;
+                let writable = answers
+                    .into_iter()
+                    .filter(|a| matches!(a, Ok(Some(r)) if !r.get::<_, bool>(0)))
+                    .count();
                 most = most.max(writable);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -156,17 +156,23 @@ impl PrimarySampler {
         let task = tokio::spawn(async move {
             let mut worst = (0, Vec::new());
             while !flag.load(Ordering::SeqCst) {
-                let mut writable = Vec::new();
-                for ep in &nodes {
+                // Every node asked at the same moment (one after the other, the old primary's
+                // last answer before its stop and the new one's first after its promotion
+                // could fall into one sample).
+                let answers = futures_util::future::join_all(nodes.iter().map(|ep| async move {
                     let answer = tokio::time::timeout(std::time::Duration::from_secs(1), async {
                         let c = migrate::pg::connect(ep).await?;
                         migrate::pg::sql::in_recovery(&c).await
                     })
                     .await;
-                    if let Ok(Ok(false)) = answer {
-                        writable.push(ep.name.clone());
-                    }
-                }
+                    (ep.name.clone(), matches!(answer, Ok(Ok(false))))
+                }))
+                .await;
+                let writable: Vec<String> = answers
+                    .into_iter()
+                    .filter(|(_, w)| *w)
+                    .map(|(name, _)| name)
+                    .collect();
                 if writable.len() > worst.0 {
                     worst = (writable.len(), writable);
                 }

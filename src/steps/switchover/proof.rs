@@ -13,7 +13,7 @@ use super::stop::FRESH_CONTROL;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::host::Cmd;
-use crate::pg::{sql, Lsn};
+use crate::pg::{connect, sql, Lsn};
 use crate::steps::id::StepId;
 use crate::steps::member::Member;
 
@@ -139,9 +139,11 @@ pub(crate) fn parse_controldata(text: &str, node: &str) -> Result<Control> {
 async fn position(to: &Member) -> Result<Position> {
     // A new connection each time, not a kept one: the postmaster must fork a backend for it,
     // which shows the target alive as a whole (a frozen postmaster still has its old backends
-    // and walreceiver answering, and would then never carry out the promotion). The first is
-    // the one `stop` began opening beside the shutdown, inside the pause.
-    let c = crate::pg::session::fresh(&to.endpoint()).await?;
+    // and walreceiver answering, and would then never carry out the promotion). Not opened
+    // ahead, beside the stop, although that would save its set-up's round trips across a
+    // WAN: a postmaster frozen after that opening would pass (the hang-target rehearsal
+    // freezes it right after the fence, and was then promoted into a hang).
+    let c = connect(&to.endpoint()).await?;
     let r = sql::one(
         &c,
         "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, timeline_id::bigint, pg_is_in_recovery()

@@ -72,9 +72,6 @@ impl Step for StopPrimary {
         // checkpoint, so a stop longer than the proof's time box is a hang, not work. On the
         // limit the abort (compensate) waits for the shutdown to end, then restarts.
         let limit = self.0.limit;
-        // The proof's new connection to the target, opened beside the shutdown: across a WAN
-        // its set-up (TCP, then SCRAM) is three round trips the proof no longer waits for.
-        crate::pg::session::open_spare(&self.0.to.endpoint());
         let control = self
             .0
             .bounded(
