@@ -13,9 +13,10 @@ use super::stop::FRESH_CONTROL;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::host::Cmd;
-use crate::pg::{connect, sql, Lsn};
+use crate::pg::{connect, session, sql, Lsn};
 use crate::steps::id::StepId;
 use crate::steps::member::Member;
+use tokio_postgres::Client;
 
 pub struct Proof {
     pub d: Direction,
@@ -135,17 +136,10 @@ pub(crate) fn parse_controldata(text: &str, node: &str) -> Result<Control> {
     })
 }
 
-/// The target's received and replayed positions, timeline and recovery state.
-async fn position(to: &Member) -> Result<Position> {
-    // A new connection each time, not a kept one: the postmaster must fork a backend for it,
-    // which shows the target alive as a whole (a frozen postmaster still has its old backends
-    // and walreceiver answering, and would then never carry out the promotion). Not opened
-    // ahead, beside the stop, although that would save its set-up's round trips across a
-    // WAN: a postmaster frozen after that opening would pass (the hang-target rehearsal
-    // freezes it right after the fence, and was then promoted into a hang).
-    let c = connect(&to.endpoint()).await?;
+/// The target's received and replayed positions, timeline and recovery state, on `c`.
+async fn position_on(c: &Client) -> Result<Position> {
     let r = sql::one(
-        &c,
+        c,
         "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, timeline_id::bigint, pg_is_in_recovery()
            FROM pg_control_checkpoint()",
     )
@@ -160,6 +154,38 @@ async fn position(to: &Member) -> Result<Position> {
         timeline: r.get(2),
         in_recovery: r.get(3),
     })
+}
+
+/// One sample of the target. The first opens a new connection, not only a kept one: the
+/// postmaster must fork a backend for it, which shows the target alive as a whole (a frozen
+/// postmaster still has its old backends and walreceiver answering, and would then never
+/// carry out the promotion). Its set-up (TCP, then SCRAM: three round trips across a WAN)
+/// runs beside the sample on the kept connection, which is taken when both came; later
+/// samples ask the new connection. It is opened here, at the moment of the proof, not ahead
+/// beside the stop: a postmaster frozen after that opening would pass (the hang-target
+/// rehearsal freezes it right after the fence, and was then promoted into a hang).
+async fn position(to: &Member, fresh: &mut Option<Client>) -> Result<Position> {
+    if let Some(c) = fresh.take().filter(|c| !c.is_closed()) {
+        let at = position_on(&c).await;
+        if at.is_ok() {
+            *fresh = Some(c);
+        }
+        return at;
+    }
+    let ep = to.endpoint();
+    let (opened, kept) = tokio::join!(connect(&ep), async {
+        let s = session(&ep).await?;
+        let at = position_on(&s).await?;
+        s.keep();
+        anyhow::Ok(at)
+    });
+    let c = opened?;
+    let at = match kept {
+        Ok(at) => at,
+        Err(_) => position_on(&c).await?,
+    };
+    *fresh = Some(c);
+    Ok(at)
 }
 
 #[async_trait]
@@ -196,6 +222,7 @@ impl Step for Proof {
             None => controldata(&self.d.from).await?,
         };
         let mut last: Option<Position>;
+        let mut fresh: Option<Client> = None;
         loop {
             // The target may be briefly unreachable; that is "not yet", until the time box.
             // A hung target (frozen host, cut link) must not outlast the time box either.
@@ -203,7 +230,7 @@ impl Step for Proof {
                 .timeout
                 .saturating_sub(t.elapsed())
                 .max(Duration::from_millis(200));
-            let sample = match tokio::time::timeout(left, position(&self.d.to)).await {
+            let sample = match tokio::time::timeout(left, position(&self.d.to, &mut fresh)).await {
                 Ok(r) => r,
                 Err(_) => Err(anyhow!("no answer within {left:?}")),
             };
