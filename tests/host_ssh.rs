@@ -322,6 +322,30 @@ async fn a_rewrite_over_ssh_keeps_mode_and_owner_in_one_call() {
     let err = host.rewrite_file(&missing, b"x").await.unwrap_err();
     assert!(format!("{err:#}").contains("absent.ini"), "{err:#}");
     assert!(!missing.exists());
+
+    // Compare-and-swap: written only while the file still holds what was read before.
+    let read_before = b"[databases]\napp = host=10.0.0.2\n";
+    assert!(host
+        .rewrite_file_if(&file, read_before, b"[databases]\napp = host=10.0.0.3\n")
+        .await
+        .unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "[databases]\napp = host=10.0.0.3\n"
+    );
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    // Changed meanwhile (by the operator): not written, and said so.
+    assert!(!host
+        .rewrite_file_if(&file, read_before, b"[databases]\napp = host=10.0.0.4\n")
+        .await
+        .unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "[databases]\napp = host=10.0.0.3\n"
+    );
 }
 
 /// Quick commands go through the host's kept remote shell (one Perl agent per master), which

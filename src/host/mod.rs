@@ -139,6 +139,17 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         self.write_file(path, contents, mode, Some(&owner)).await
     }
 
+    /// [`Host::rewrite_file`], only if the file still holds `expected` (read earlier, before
+    /// a time-critical stretch): `Ok(false)`, and nothing written, when it changed meanwhile.
+    /// A remote host checks and writes in one round trip.
+    async fn rewrite_file_if(&self, path: &Path, expected: &[u8], contents: &[u8]) -> Result<bool> {
+        if self.read_file(path).await? != expected {
+            return Ok(false);
+        }
+        self.rewrite_file(path, contents).await?;
+        Ok(true)
+    }
+
     /// Run and require exit status 0; the error names the host, the command and its stderr.
     async fn run_ok(&self, cmd: &Cmd) -> Result<Output> {
         let out = self.run(cmd).await?;

@@ -369,6 +369,38 @@ impl Host for RemoteHost {
         self.run_ok(&cmd).await.map(|_| ())
     }
 
+    async fn rewrite_file_if(&self, path: &Path, expected: &[u8], contents: &[u8]) -> Result<bool> {
+        use sha2::Digest;
+        let want = hex::encode(sha2::Sha256::digest(expected));
+        // The file's digest compared on the host, then the same write as `rewrite_file`: one
+        // round trip. Exit 3 says it changed; a host without sha256sum fails the script, and
+        // the caller's error path reads the file again.
+        let script = format!(
+            "set -e\nhave=$(sha256sum < \"$1\")\n[ \"${{have%% *}}\" = \"$2\" ] || exit 3\nmode=$(stat -L -c %a -- \"$1\")\nowner=$(stat -L -c %u:%g -- \"$1\")\nset -- \"$1\" \"$mode\" \"$owner\"\n{WRITE_SCRIPT}"
+        );
+        let cmd = Cmd::new([
+            "sh".to_string(),
+            "-c".into(),
+            script,
+            "migrate-rewrite-if".into(),
+            path.display().to_string(),
+            want,
+        ])
+        .stdin(contents.to_vec());
+        let out = self.run(&cmd).await?;
+        match out.code {
+            Some(0) => Ok(true),
+            Some(3) => Ok(false),
+            _ => bail!(
+                "on {}: rewriting {} failed ({}): {}",
+                self.label,
+                path.display(),
+                out.status_text(),
+                out.stderr_tail()
+            ),
+        }
+    }
+
     async fn write_files(&self, files: &[FileWrite]) -> Result<()> {
         if files.iter().map(|f| f.contents.len()).sum::<usize>() > BATCH_MAX {
             for f in files {

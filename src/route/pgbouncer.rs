@@ -65,7 +65,53 @@ impl PgBouncer {
 
     async fn ini(&self) -> Result<String> {
         let bytes = self.host.read_file(&self.cfg.config).await?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        self.remember_ini(&bytes);
+        Ok(text)
+    }
+
+    /// Where this process keeps the last pgbouncer.ini it read from this host and path.
+    fn ini_key(&self) -> (String, std::path::PathBuf) {
+        (self.host.describe(), self.cfg.config.clone())
+    }
+
+    fn remember_ini(&self, bytes: &[u8]) {
+        seen_ini()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.ini_key(), bytes.to_vec());
+    }
+
+    /// The pgbouncer.ini read before (by `hold`, before clients were held), taken: used once,
+    /// with a compare-and-swap write.
+    fn take_seen_ini(&self) -> Option<Vec<u8>> {
+        seen_ini()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.ini_key())
+    }
+
+    /// The repointed file written: from the text read before the hold when it is still what
+    /// the file holds (one round trip inside the pause), else read again and rewritten.
+    async fn write_repointed(&self, repoint: impl Fn(&str) -> String) -> Result<()> {
+        if let Some(seen) = self.take_seen_ini() {
+            let out = repoint(&String::from_utf8_lossy(&seen));
+            if let Ok(true) = self
+                .host
+                .rewrite_file_if(&self.cfg.config, &seen, out.as_bytes())
+                .await
+            {
+                return Ok(());
+            }
+        }
+        let ini = self.ini().await?;
+        let out = repoint(&ini);
+        if out != ini {
+            self.host
+                .rewrite_file(&self.cfg.config, out.as_bytes())
+                .await?;
+        }
+        Ok(())
     }
 
     /// The `[databases]` entries we manage: name → its connection string.
@@ -187,6 +233,45 @@ fn ini_setting(ini: &str, section: &str, key: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Pure: pgbouncer.ini with the `[databases]` entries of `databases` pointed at `host` and
+/// `port`; every other line as it was.
+pub fn repoint_ini(ini: &str, databases: &[String], host: &str, port: &str) -> String {
+    let mut in_dbs = false;
+    let mut out = String::new();
+    for line in ini.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_dbs = t == "[databases]";
+        }
+        let managed = in_dbs
+            && t.split_once('=')
+                .is_some_and(|(k, _)| databases.iter().any(|d| d == k.trim()));
+        match t.split_once('=') {
+            Some((k, v)) if managed => {
+                out.push_str(&format!(
+                    "{} = {}\n",
+                    k.trim(),
+                    repoint_entry(v.trim(), host, port)
+                ));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// What this process last read of each PgBouncer's config file, by host and path.
+fn seen_ini(
+) -> &'static std::sync::Mutex<std::collections::HashMap<(String, std::path::PathBuf), Vec<u8>>> {
+    static S: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<(String, std::path::PathBuf), Vec<u8>>>,
+    > = std::sync::OnceLock::new();
+    S.get_or_init(Default::default)
 }
 
 /// A `[databases]` value with only its `host=` and `port=` values replaced (added when
@@ -350,38 +435,12 @@ impl Router for PgBouncer {
     }
 
     async fn point(&self, _from: &Node, to: &Node) -> Result<Value> {
-        let ini = self.ini().await?;
         let (host, port) = (
             to.conninfo.host().to_string(),
             to.conninfo.port().to_string(),
         );
-        let mut in_dbs = false;
-        let mut out = String::new();
-        for line in ini.lines() {
-            let t = line.trim();
-            if t.starts_with('[') {
-                in_dbs = t == "[databases]";
-            }
-            let managed = in_dbs
-                && t.split_once('=')
-                    .is_some_and(|(k, _)| self.cfg.databases.iter().any(|d| d == k.trim()));
-            if managed {
-                let (k, v) = t.split_once('=').expect("checked");
-                out.push_str(&format!(
-                    "{} = {}\n",
-                    k.trim(),
-                    repoint_entry(v.trim(), &host, &port)
-                ));
-            } else {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        if out != ini {
-            self.host
-                .rewrite_file(&self.cfg.config, out.as_bytes())
-                .await?;
-        }
+        self.write_repointed(|ini| repoint_ini(ini, &self.cfg.databases, &host, &port))
+            .await?;
         let c = self.console().await?;
         // RELOAD and the console's own view after it, sent back to back (one round trip; the
         // console answers them in order).
@@ -438,7 +497,7 @@ impl Router for PgBouncer {
 
 #[cfg(test)]
 mod tests {
-    use super::{entry_host_port, repoint_entry};
+    use super::{entry_host_port, repoint_entry, repoint_ini};
 
     #[test]
     fn host_and_port_are_read_among_pgbouncer_keys() {
@@ -466,6 +525,16 @@ mod tests {
         assert_eq!(
             repoint_entry("host = old  dbname=app", "new", "2"),
             "host=new dbname=app port=2"
+        );
+    }
+
+    #[test]
+    fn only_the_managed_databases_entries_are_repointed() {
+        let ini = "[databases]\napp = host=a port=1 dbname=app\nother = host=a port=1\n; app = host=a\n[pgbouncer]\nlisten_port = 6432\napp = host=a\n";
+        let dbs = vec!["app".to_string()];
+        assert_eq!(
+            repoint_ini(ini, &dbs, "b", "2"),
+            "[databases]\napp = host=b port=2 dbname=app\nother = host=a port=1\n; app = host=a\n[pgbouncer]\nlisten_port = 6432\napp = host=a\n"
         );
     }
 }
