@@ -265,12 +265,11 @@ pub fn repoint_ini(ini: &str, databases: &[String], host: &str, port: &str) -> S
     out
 }
 
-/// What this process last read of each PgBouncer's config file, by host and path.
-fn seen_ini(
-) -> &'static std::sync::Mutex<std::collections::HashMap<(String, std::path::PathBuf), Vec<u8>>> {
-    static S: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<(String, std::path::PathBuf), Vec<u8>>>,
-    > = std::sync::OnceLock::new();
+/// What this process last read of each PgBouncer's config file, by (host, path).
+type SeenIni = std::collections::HashMap<(String, std::path::PathBuf), Vec<u8>>;
+
+fn seen_ini() -> &'static std::sync::Mutex<SeenIni> {
+    static S: std::sync::OnceLock<std::sync::Mutex<SeenIni>> = std::sync::OnceLock::new();
     S.get_or_init(Default::default)
 }
 
