@@ -141,16 +141,13 @@ impl Server {
             "migrate-launch".into(),
             self.data(),
             history.map(|h| h.file_name()).unwrap_or_default(),
+            history.map(|h| h.text.clone()).unwrap_or_default(),
         ];
         argv.extend(
             self.service
                 .launch_argv(&self.tool("pg_ctl"), &self.data_dir, log),
         );
-        let mut cmd = Cmd::new(argv);
-        if let Some(h) = history {
-            cmd = cmd.stdin(h.text.clone().into_bytes());
-        }
-        let out = self.host.run(&cmd).await?;
+        let out = self.host.run(&Cmd::new(argv)).await?;
         if !out.success() {
             bail!(
                 "on {}: starting the server in {} failed: {}; server log {}",
@@ -236,16 +233,19 @@ impl RunState {
     }
 }
 
-/// `sh -c` script: $1 data directory, $2 a timeline history file to place in `pg_wal` from
-/// stdin (empty: none; an existing one is kept), then the command that starts the server; run
-/// only when no postmaster runs there (the same test as STOP_AND_WAIT's). The file is written
-/// beside its place and renamed, as the walreceiver itself would write it.
-const LAUNCH_UNLESS_RUNNING: &str = r#"data=$1; history=$2; shift 2
+/// `sh -c` script: $1 data directory, $2 the name of a timeline history file to place in
+/// `pg_wal` and $3 its text (empty: none; an existing one is kept), then the command that
+/// starts the server; run only when no postmaster runs there (the same test as
+/// STOP_AND_WAIT's). The file is written beside its place and renamed, as the walreceiver
+/// itself would write it. Its text comes as an argument, not on stdin: a caller killed while
+/// sending stdin would leave a short file, and a server that reads a wrong history for the
+/// new timeline never follows it (positions and timelines only: nothing secret in `ps`).
+const LAUNCH_UNLESS_RUNNING: &str = r#"data=$1; history=$2; text=$3; shift 3
 pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
 alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
 if [ -n "$pid" ] && alive "$pid"; then exit 0; fi
-if [ -n "$history" ] && [ ! -e "$data/pg_wal/$history" ]; then
-  cat > "$data/pg_wal/$history.migrate" && mv -f "$data/pg_wal/$history.migrate" "$data/pg_wal/$history" || exit 1
+if [ -n "$history" ] && [ -n "$text" ] && [ ! -e "$data/pg_wal/$history" ]; then
+  printf '%s' "$text" > "$data/pg_wal/$history.migrate" && mv -f "$data/pg_wal/$history.migrate" "$data/pg_wal/$history" || exit 1
 fi
 exec "$@""#;
 
