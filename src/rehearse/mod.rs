@@ -1313,6 +1313,23 @@ fn cut_before(fault: Fault) -> Option<StepId> {
     }
 }
 
+/// How close (ms, server clock) two answers of "writable" must be to count as at once.
+const AT_ONCE_MS: f64 = 50.0;
+
+/// Pure: the most answers (their server times, ms) that fall within `window` of each other.
+fn most_at_once(mut at: Vec<f64>, window: f64) -> usize {
+    at.sort_by(|a, b| a.total_cmp(b));
+    let mut most = 0;
+    let mut first = 0;
+    for last in 0..at.len() {
+        while at[last] - at[first] > window {
+            first += 1;
+        }
+        most = most.max(last - first + 1);
+    }
+    most
+}
+
 /// Samples the nodes' `pg_is_in_recovery()` every 50 ms until stopped; the most nodes seen
 /// answering as writable primaries in one sample.
 struct WritableSampler {
@@ -1327,21 +1344,32 @@ impl WritableSampler {
         let task = tokio::spawn(async move {
             let mut most = 0;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                // Every node asked at the same moment: asked one after the other, an old
-                // primary's last answer before its stop and the new one's first after its
-                // promotion could fall into one sample (a node out of reach waits 2 s).
+                // Every node asked at the same moment, each answer stamped with the server's
+                // clock (one clock: the lab's places are namespaces of this machine). Nodes
+                // count as writable at once only when their answers are that close: on a busy
+                // machine one connection of a round can come seconds after another, and an
+                // old primary's last answer before its stop and the new one's first after its
+                // promotion then fell into one round.
                 let answers = futures_util::future::join_all(nodes.iter().map(|ep| {
                     tokio::time::timeout(Duration::from_secs(2), async {
                         let c = connect(ep).await.ok()?;
-                        c.query_one("SELECT pg_is_in_recovery()", &[]).await.ok()
+                        c.query_one(
+                            "SELECT pg_is_in_recovery(), (extract(epoch FROM clock_timestamp()) * 1000)::float8",
+                            &[],
+                        )
+                        .await
+                        .ok()
                     })
                 }))
                 .await;
-                let writable = answers
+                let writable_at: Vec<f64> = answers
                     .into_iter()
-                    .filter(|a| matches!(a, Ok(Some(r)) if !r.get::<_, bool>(0)))
-                    .count();
-                most = most.max(writable);
+                    .filter_map(|a| match a {
+                        Ok(Some(r)) if !r.get::<_, bool>(0) => Some(r.get::<_, f64>(1)),
+                        _ => None,
+                    })
+                    .collect();
+                most = most.max(most_at_once(writable_at, AT_ONCE_MS));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             most
@@ -1352,5 +1380,22 @@ impl WritableSampler {
     async fn stop(self) -> usize {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.task.await.unwrap_or(usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::most_at_once;
+
+    #[test]
+    fn writable_answers_count_together_only_when_close_in_time() {
+        assert_eq!(most_at_once(vec![], 50.0), 0);
+        assert_eq!(most_at_once(vec![1000.0], 50.0), 1);
+        // Two primaries answering within the window: a split brain.
+        assert_eq!(most_at_once(vec![1000.0, 1030.0], 50.0), 2);
+        // The old primary's last answer and the new one's first, 400 ms apart: one at a time.
+        assert_eq!(most_at_once(vec![1400.0, 1000.0], 50.0), 1);
+        assert_eq!(most_at_once(vec![1000.0, 1040.0, 1090.0, 1095.0], 50.0), 2);
+        assert_eq!(most_at_once(vec![1045.0, 1000.0, 1020.0], 50.0), 3);
     }
 }
