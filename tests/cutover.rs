@@ -108,6 +108,18 @@ async fn cutover_then_rollback_keeps_every_acknowledged_write() {
         .await;
     crate::support::assert_exit_at(&out, Exit::Done, "cutover");
     assert_topology(&chain, "new", "after cutover").await;
+    // The old primary knew the new timeline before it started as a standby (reverse placed
+    // the history file the promotion read): it never streamed the old timeline's last
+    // segment from the new primary, nor fetched the history file itself.
+    let log = std::fs::read_to_string(chain.lab.lab.server_log("old")).unwrap();
+    let streamed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("started streaming WAL") || l.contains("fetching timeline history"))
+        .collect();
+    assert!(
+        !streamed.is_empty() && streamed.iter().all(|l| l.contains("on timeline 2")),
+        "the old primary streams only the new timeline: {streamed:?}"
+    );
     let at_cutover = w.acked();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(

@@ -51,6 +51,30 @@ trap - EXIT
 sync -- "$dir" 2>/dev/null || sync
 "#;
 
+/// `rewrite_file(_if)` on a remote host: the mode and owner read and the file written in one
+/// call, contents on stdin. With `sha256`, first the file's digest is compared on the host
+/// (exit 3 when it changed since it was read; a host without sha256sum fails the script and
+/// the caller reads the file again).
+fn rewrite_cmd(path: &Path, sha256: Option<&str>, contents: &[u8]) -> Cmd {
+    let guard = if sha256.is_some() {
+        "have=$(sha256sum < \"$1\")\n[ \"${have%% *}\" = \"$2\" ] || exit 3\n"
+    } else {
+        ""
+    };
+    let script = format!(
+        "set -e\n{guard}mode=$(stat -L -c %a -- \"$1\")\nowner=$(stat -L -c %u:%g -- \"$1\")\nset -- \"$1\" \"$mode\" \"$owner\"\n{WRITE_SCRIPT}"
+    );
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        script,
+        "migrate-rewrite".into(),
+        path.display().to_string(),
+    ];
+    argv.extend(sha256.map(str::to_string));
+    Cmd::new(argv).stdin(contents.to_vec())
+}
+
 /// `write_files` on a remote host: arguments in pairs (destination, octal mode); the contents
 /// on stdin, one base64 line per file (never on the command line, which any user of the host
 /// can read in `ps`: a passfile is among them). `read` and `printf` are shell builtins, so
@@ -355,39 +379,15 @@ impl Host for RemoteHost {
     /// One round trip: the mode and owner are read in the same call that writes (a route's
     /// config edit is inside the write pause).
     async fn rewrite_file(&self, path: &Path, contents: &[u8]) -> Result<()> {
-        let script = format!(
-            "set -e\nmode=$(stat -L -c %a -- \"$1\")\nowner=$(stat -L -c %u:%g -- \"$1\")\nset -- \"$1\" \"$mode\" \"$owner\"\n{WRITE_SCRIPT}"
-        );
-        let cmd = Cmd::new([
-            "sh".to_string(),
-            "-c".into(),
-            script,
-            "migrate-rewrite".into(),
-            path.display().to_string(),
-        ])
-        .stdin(contents.to_vec());
-        self.run_ok(&cmd).await.map(|_| ())
+        self.run_ok(&rewrite_cmd(path, None, contents))
+            .await
+            .map(|_| ())
     }
 
     async fn rewrite_file_if(&self, path: &Path, expected: &[u8], contents: &[u8]) -> Result<bool> {
         use sha2::Digest;
         let want = hex::encode(sha2::Sha256::digest(expected));
-        // The file's digest compared on the host, then the same write as `rewrite_file`: one
-        // round trip. Exit 3 says it changed; a host without sha256sum fails the script, and
-        // the caller's error path reads the file again.
-        let script = format!(
-            "set -e\nhave=$(sha256sum < \"$1\")\n[ \"${{have%% *}}\" = \"$2\" ] || exit 3\nmode=$(stat -L -c %a -- \"$1\")\nowner=$(stat -L -c %u:%g -- \"$1\")\nset -- \"$1\" \"$mode\" \"$owner\"\n{WRITE_SCRIPT}"
-        );
-        let cmd = Cmd::new([
-            "sh".to_string(),
-            "-c".into(),
-            script,
-            "migrate-rewrite-if".into(),
-            path.display().to_string(),
-            want,
-        ])
-        .stdin(contents.to_vec());
-        let out = self.run(&cmd).await?;
+        let out = self.run(&rewrite_cmd(path, Some(&want), contents)).await?;
         match out.code {
             Some(0) => Ok(true),
             Some(3) => Ok(false),

@@ -20,6 +20,13 @@ pub async fn one(c: &Client, sql: &str) -> Result<Row> {
     }
 }
 
+/// The LSN in the first column of a one-row query (`…::text`); NULL is `None`, as is text that
+/// is no LSN.
+pub async fn lsn(c: &Client, sql: &str) -> Result<Option<super::Lsn>> {
+    let v: Option<String> = one(c, sql).await?.get(0);
+    Ok(v.and_then(|s| s.parse().ok()))
+}
+
 /// The row of a query without parameters that returns at most one, in one round trip.
 pub async fn opt(c: &Client, sql: &str) -> Result<Option<Row>> {
     let mut rows = c.query_typed(sql, &[]).await?;

@@ -67,11 +67,6 @@ async fn with_timeout<T>(
         .map_err(|_| anyhow::anyhow!("no answer within 5 s"))?
 }
 
-async fn lsn_of(c: &Client, sql: &str) -> anyhow::Result<Option<Lsn>> {
-    let v: Option<String> = c.query_one(sql, &[]).await?.get(0);
-    Ok(v.and_then(|s| s.parse().ok()))
-}
-
 /// The upstream's own WAL position: current on a primary, last received on a standby.
 const UPSTREAM_LSN: &str = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END)::text";
 
@@ -215,7 +210,7 @@ impl WalSender {
 
 async fn read_walsender(up: &Client, application_name: &str) -> anyhow::Result<Option<WalSender>> {
     with_timeout(async {
-        let upstream_lsn = lsn_of(up, UPSTREAM_LSN).await?;
+        let upstream_lsn = crate::pg::sql::lsn(up, UPSTREAM_LSN).await?;
         let row = up
             .query_opt(
                 "SELECT state, sent_lsn::text, flush_lsn::text, replay_lsn::text,
@@ -274,7 +269,7 @@ fn first_line(s: &str) -> String {
 /// Sample every hop, and every node's replay position against the primary's current position.
 pub async fn sample_chain(primary: &Endpoint, hops: &[Hop]) -> ChainSample {
     let primary_lsn = match with_timeout(connect(primary)).await {
-        Ok(c) => lsn_of(&c, "SELECT pg_current_wal_lsn()::text")
+        Ok(c) => crate::pg::sql::lsn(&c, "SELECT pg_current_wal_lsn()::text")
             .await
             .ok()
             .flatten(),
@@ -285,7 +280,7 @@ pub async fn sample_chain(primary: &Endpoint, hops: &[Hop]) -> ChainSample {
     for hop in hops {
         samples.push(sample_hop(hop).await);
         let replay = match with_timeout(connect(&hop.node)).await {
-            Ok(c) => lsn_of(&c, "SELECT pg_last_wal_replay_lsn()::text")
+            Ok(c) => crate::pg::sql::lsn(&c, "SELECT pg_last_wal_replay_lsn()::text")
                 .await
                 .ok()
                 .flatten(),

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
-use crate::pg::connect;
+use crate::pg::{connect, sql};
 use crate::spec::HoldPolicy;
 use crate::steps::id::StepId;
 
@@ -179,30 +179,25 @@ impl Step for Hold {
 /// byte. The wait ends when the target has received up to the flush position read right after
 /// the switch (the next segment's start, or later).
 async fn switch_wal_and_ship(d: &Direction) {
+    // The flush position after the switch, read by the same statement.
     let switched = async {
         let c = crate::pg::session(&d.from.endpoint()).await?;
-        let row = crate::pg::sql::one(
+        let until = sql::lsn(
             &c,
-            "SELECT pg_switch_wal()::text, pg_current_wal_flush_lsn()::text",
+            "SELECT pg_current_wal_flush_lsn()::text FROM (SELECT pg_switch_wal()) AS switched",
         )
         .await?;
         c.keep();
-        let flushed: String = row.get(1);
-        flushed
-            .parse::<crate::pg::Lsn>()
-            .map_err(|e| anyhow::anyhow!(e))
+        anyhow::Ok(until)
     };
-    let Ok(Ok(until)) = tokio::time::timeout(REACH, switched).await else {
+    let Ok(Ok(Some(until))) = tokio::time::timeout(REACH, switched).await else {
         return;
     };
     let shipped = async {
         loop {
             let received = async {
                 let c = crate::pg::session(&d.to.endpoint()).await?;
-                let lsn = crate::pg::sql::one(&c, "SELECT pg_last_wal_receive_lsn()::text")
-                    .await?
-                    .get::<_, Option<String>>(0)
-                    .and_then(|s| s.parse::<crate::pg::Lsn>().ok());
+                let lsn = sql::lsn(&c, "SELECT pg_last_wal_receive_lsn()::text").await?;
                 c.keep();
                 anyhow::Ok(lsn)
             };
