@@ -584,13 +584,27 @@ impl Rehearsal<'_> {
                 status,
                 "paused the cutover before stage (--keep-clients-held), started old by hand with pg_ctl start (it comes up as a primary), then `migrate resume`".to_string(),
             )
-        } else if let (Some((a, b)), Some(before)) = (fault.cut_link(), cut_before(fault)) {
-            // Cut while the cutover waits before that step (its clients held), then resumed:
-            // cut "as soon as the run journaled" the step before, a quick cutover outran the
-            // cut (the stop and the proof were done, and the target rightly promoted).
+        } else if let Some(before) = paused_before(fault) {
+            // Injected while the cutover waits before that step (its clients held), then
+            // resumed: injected "as soon as the run journaled" the step before, a quick
+            // cutover outran it (the stop and the proof were done before the fault landed).
             self.cutover_paused_before("cutover-fault-paused", before.clone())
                 .await?;
-            self.lab.set_link(a, b, true).await?;
+            let what = match fault.cut_link() {
+                Some((a, b)) => {
+                    self.lab.set_link(a, b, true).await?;
+                    format!("cut the link between {a} and {b} (every packet dropped at both ends)")
+                }
+                None if fault == Fault::HangTarget => {
+                    let pid = self.freeze_target().await?;
+                    hung = Some(pid);
+                    format!("stopped {TARGET}'s postmaster with SIGSTOP (pid {pid}: it takes connections and answers nothing)")
+                }
+                None => {
+                    let pid = self.crash_target().await?;
+                    format!("stopped {TARGET} at once (SIGQUIT to postmaster {pid})")
+                }
+            };
             let status = self
                 .command("cutover-fault", &["resume"], &[])
                 .await?
@@ -599,7 +613,7 @@ impl Rehearsal<'_> {
             (
                 status,
                 format!(
-                    "paused the cutover before {before} (--keep-clients-held), cut the link between {a} and {b} (every packet dropped at both ends), then `migrate resume`; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
+                    "paused the cutover before {before} (--keep-clients-held), {what}, then `migrate resume`; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
                 ),
             )
         } else {
@@ -635,27 +649,6 @@ impl Rehearsal<'_> {
                     format!(
                         "stopped {TARGET} at once (SIGQUIT to postmaster {pid}) when `cutover` journaled the start of step stage (held there until the crash)"
                     )
-                }
-                Fault::StopTargetAfterFence | Fault::HangTarget => {
-                    self.wait_for_instant(
-                        &mut child,
-                        "cutover-fault",
-                        "it fenced",
-                        &step_succeeded(StepId::Fence),
-                    )
-                    .await?;
-                    if fault == Fault::HangTarget {
-                        let pid = self.freeze_target().await?;
-                        hung = Some(pid);
-                        format!(
-                            "stopped {TARGET}'s postmaster with SIGSTOP (pid {pid}: it takes connections and answers nothing) as soon as `cutover` journaled step fence; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
-                        )
-                    } else {
-                        let pid = self.crash_target().await?;
-                        format!(
-                            "stopped {TARGET} at once (SIGQUIT to postmaster {pid}) as soon as `cutover` journaled step fence; proof_timeout {FAULT_PROOF_TIMEOUT_S} s"
-                        )
-                    }
                 }
                 Fault::IdleInTransactionClient => format!(
                     "a client through PgBouncer (application rehearsal-idle-client) holds a transaction open (BEGIN; INSERT; no COMMIT) as the cutover begins; hold_timeout {FAULT_HOLD_TIMEOUT_S} s"
@@ -1303,11 +1296,13 @@ pub fn default_dir() -> Result<PathBuf> {
     bail!("no free rehearsal directory under {}", base.display())
 }
 
-/// Pure: the step a link-cut fault's cutover is paused before, for the cut to be in place
-/// when it goes on (`None`: a fault that cuts at another moment, or none).
-fn cut_before(fault: Fault) -> Option<StepId> {
+/// Pure: the step a fault's cutover is paused before, for the fault to be in place when it
+/// goes on (`None`: a fault injected at another moment, or none).
+fn paused_before(fault: Fault) -> Option<StepId> {
     match fault {
-        Fault::CutLinkBeforeProof => Some(StepId::Stop),
+        Fault::StopTargetAfterFence | Fault::HangTarget | Fault::CutLinkBeforeProof => {
+            Some(StepId::Stop)
+        }
         Fault::CutToolFromOldDc => Some(StepId::Fence),
         _ => None,
     }
