@@ -125,9 +125,9 @@ fn show(ui: &Ui, r: &Report) {
         "proof",
         "stage",
         "promote",
-        "reverse",
         "route",
         "release",
+        "reverse",
         "followers",
     ] {
         rows.push(row(&format!("  {k}"), &phase(k)));

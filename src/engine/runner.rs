@@ -87,26 +87,53 @@ impl Plan {
 
     /// Make this plan the one a journal recorded: the same steps, or (a journal of an older
     /// version, whose `cutover` ran its chain as a run of its own) the same steps as this plan's
-    /// tail, whose head is then dropped. `false` when they differ otherwise.
+    /// tail, whose head is then dropped; and in the order the journal planned them (an older
+    /// version ran `reverse` before the release): a run goes on as it was planned. `false`
+    /// when they differ otherwise.
     fn fit(&mut self, recorded: &[PlannedStep]) -> bool {
         let Some(skip) = self.steps.len().checked_sub(recorded.len()) else {
             return false;
         };
-        let same = self.steps[skip..]
-            .iter()
-            .zip(recorded)
-            .all(|(s, r)| s.id() == r.id && s.kind().resumes(r.kind));
-        if same && skip > 0 {
-            self.steps.drain(..skip);
-            self.on_failure = match self.on_failure {
-                OnFailure::Abort { keep } => OnFailure::Abort {
-                    keep: keep.saturating_sub(skip),
-                },
-                OnFailure::Stop => OnFailure::Stop,
-            };
-        }
-        same
+        let keep = self.keep().saturating_sub(skip);
+        let Some(order) = recorded_order(&self.planned()[skip..], recorded, keep) else {
+            return false;
+        };
+        let mut tail: Vec<Option<Box<dyn DynStep>>> = self.steps.drain(skip..).map(Some).collect();
+        self.steps = order
+            .into_iter()
+            .map(|i| tail[i].take().expect("recorded_order is a permutation"))
+            .collect();
+        self.on_failure = match self.on_failure {
+            OnFailure::Abort { .. } => OnFailure::Abort { keep },
+            OnFailure::Stop => OnFailure::Stop,
+        };
+        true
     }
+}
+
+/// Pure: for each recorded step, the index of the same step (id, and a kind that resumes it)
+/// among `planned`; `None` unless the two are the same steps, and the first `keep` (the part
+/// a failure does not undo) in the same places.
+fn recorded_order(
+    planned: &[PlannedStep],
+    recorded: &[PlannedStep],
+    keep: usize,
+) -> Option<Vec<usize>> {
+    if planned.len() != recorded.len() {
+        return None;
+    }
+    let mut used = vec![false; planned.len()];
+    let mut order = Vec::with_capacity(recorded.len());
+    for (at, r) in recorded.iter().enumerate() {
+        let i = (0..planned.len())
+            .find(|&i| !used[i] && planned[i].id == r.id && planned[i].kind.resumes(r.kind))?;
+        if (at < keep || i < keep) && i != at {
+            return None;
+        }
+        used[i] = true;
+        order.push(i);
+    }
+    Some(order)
 }
 
 /// What the runner needs to know about the invocation, for messages and the journal.
@@ -498,6 +525,7 @@ impl Runner {
         let t0 = Instant::now();
         let result = self.plan.steps[i].apply(&cx).await;
         let elapsed_ms = Some(t0.elapsed().as_millis() as u64);
+        tracing::debug!(step = %id, ms = elapsed_ms, ok = result.is_ok(), "step applied");
         match result {
             Ok(output) => {
                 failpoint::point(id, "after").await;
@@ -576,6 +604,35 @@ fn short(hash: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_run_goes_on_in_the_order_its_journal_planned() {
+        use super::recorded_order;
+        let steps = |ids: &[&str]| -> Vec<PlannedStep> {
+            ids.iter()
+                .map(|id| PlannedStep {
+                    id: id.to_string(),
+                    kind: Kind::Reversible,
+                })
+                .collect()
+        };
+        let today = steps(&["hold", "promote", "route", "release", "reverse"]);
+        let older = steps(&["hold", "promote", "reverse", "route", "release"]);
+        assert_eq!(recorded_order(&today, &today, 1), Some(vec![0, 1, 2, 3, 4]));
+        assert_eq!(recorded_order(&today, &older, 1), Some(vec![0, 1, 4, 2, 3]));
+        // Not the same steps.
+        let other = steps(&["hold", "promote", "reverse", "route", "verify"]);
+        assert_eq!(recorded_order(&today, &other, 1), None);
+        assert_eq!(recorded_order(&today, &older[..4], 1), None);
+        // The part a failure does not undo stays where it was.
+        let moved = steps(&["promote", "hold", "route", "release", "reverse"]);
+        assert_eq!(recorded_order(&today, &moved, 2), None);
+        assert!(recorded_order(&today, &moved, 0).is_some());
+        // A kind that does not resume the recorded one.
+        let mut kinds = today.clone();
+        kinds[4].kind = Kind::NothingToUndo;
+        assert_eq!(recorded_order(&kinds, &older, 1), None);
+    }
+
     use std::path::Path;
     use std::sync::{Arc, Mutex};
 

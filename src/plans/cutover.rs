@@ -106,9 +106,14 @@ pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Pla
         timeout: spec.cutover.promote_timeout,
         others: Others::Staged,
     });
-    plan.push(Reverse(d.clone()));
     plan.push(VerifyPrimary(d.clone()));
     plan.push(Release(d.clone()));
+    // After the release, outside the write pause: the rollback path is in place before the
+    // first write lands on the new primary (stage's slot there keeps every byte from the
+    // fork, the old primary can only ever start as its standby), and its proof, the old
+    // primary streaming on the new timeline, needs no client held. Inside the pause it cost
+    // the old primary's start and its first stream: 330-920 ms at 30 ms RTT (issue 19).
+    plan.push(Reverse(d.clone()));
     plan.push(Followers(d.clone()));
     if spec.cutover.resync == crate::spec::ResyncMode::Auto {
         // After the release: an old primary that cannot follow is re-synced before the

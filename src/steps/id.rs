@@ -90,16 +90,16 @@ impl StepId {
         StepId::Proof,
         StepId::Stage,
         StepId::Promote,
-        StepId::Reverse,
         StepId::Route,
         StepId::Release,
+        StepId::Reverse,
         StepId::Followers,
         StepId::Certificate,
     ];
 
     /// The steps inside the write pause, in order: from holding the clients to releasing them.
     pub fn pause() -> &'static [StepId] {
-        &Self::SWITCHOVER[2..11]
+        &Self::SWITCHOVER[2..10]
     }
 
     /// The name, and the node for the per-node steps.

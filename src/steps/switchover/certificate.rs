@@ -83,7 +83,7 @@ impl CertificateDoc {
         let promote: PromoteOut = cx.get(&StepId::Promote)?;
         let mut phases_ms: BTreeMap<StepId, Option<u64>> = StepId::pause()
             .iter()
-            .chain([&StepId::Followers])
+            .chain([&StepId::Reverse, &StepId::Followers])
             .map(|id| (id.clone(), cx.elapsed_ms(id)))
             .collect();
         phases_ms.insert(StepId::Release, Some(release.until_released_ms));

@@ -105,8 +105,9 @@ impl Step for Reverse {
     }
     async fn apply(&self, cx: &Cx) -> Result<ReverseOut> {
         let tli = new_timeline(cx)?;
-        // Inside the write pause: bounded by the switchover's limit, and cut short when the old
-        // primary has diverged (it replayed past the point where the new timeline begins).
+        // After the release: bounded by the switchover's limit all the same (a cut link must
+        // not keep the run from its certificate), and cut short when the old primary has
+        // diverged (it replayed past the point where the new timeline begins).
         let fork = cx
             .find::<super::proof::ProofOut>(&StepId::Proof)?
             .map(|p| p.replay_lsn);
