@@ -62,6 +62,16 @@ impl Drop for Session {
     }
 }
 
+/// Whether this process keeps an open connection to `ep` (asking it then costs one round
+/// trip and no connection set-up).
+pub fn is_open(ep: &Endpoint) -> bool {
+    cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key(ep))
+        .is_some_and(|c| !c.is_closed())
+}
+
 /// The kept connection to `ep`, or a new one.
 pub async fn session(ep: &Endpoint) -> Result<Session> {
     let key = key(ep);

@@ -93,7 +93,8 @@ impl PgBouncer {
 
     /// The repointed file written: from the text read before the hold when it is still what
     /// the file holds (one round trip inside the pause), else read again and rewritten.
-    async fn write_repointed(&self, repoint: impl Fn(&str) -> String) -> Result<()> {
+    /// Returns the text the file now holds.
+    async fn write_repointed(&self, repoint: impl Fn(&str) -> String) -> Result<String> {
         if let Some(seen) = self.take_seen_ini() {
             let out = repoint(&String::from_utf8_lossy(&seen));
             if let Ok(true) = self
@@ -101,7 +102,8 @@ impl PgBouncer {
                 .rewrite_file_if(&self.cfg.config, &seen, out.as_bytes())
                 .await
             {
-                return Ok(());
+                self.remember_ini(out.as_bytes());
+                return Ok(out);
             }
         }
         let ini = self.ini().await?;
@@ -110,8 +112,22 @@ impl PgBouncer {
             self.host
                 .rewrite_file(&self.cfg.config, out.as_bytes())
                 .await?;
+            self.remember_ini(out.as_bytes());
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// pgbouncer.ini as this process last read or wrote it, else read now.
+    async fn last_ini(&self) -> Result<String> {
+        let known = seen_ini()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.ini_key())
+            .cloned();
+        match known {
+            Some(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            None => self.ini().await,
+        }
     }
 
     /// The `[databases]` entries we manage: name → its connection string.
@@ -144,11 +160,6 @@ impl PgBouncer {
         Ok(())
     }
 
-    /// `SHOW CONFIG`'s value of one setting.
-    async fn setting(c: &Client, key: &str) -> Result<Option<String>> {
-        Ok(config_value(Self::rows(c, "SHOW CONFIG").await?, key))
-    }
-
     /// Held clients are disconnected after `query_wait_timeout`: raise it above the cutover's
     /// pause budget while they are held (0 means no limit). A `RELOAD` resets it, so this runs
     /// again after the repoint.
@@ -163,28 +174,33 @@ impl PgBouncer {
         c: &Client,
         config: Vec<Vec<(String, String)>>,
     ) -> Result<()> {
-        let budget = self.cfg.pause_budget.as_secs();
         let now = config_value(config, "query_wait_timeout").and_then(|v| seconds(&v));
-        if now.is_some_and(|s| s != 0 && s < budget) {
-            set_wait_timeout(c, budget + 1).await?;
+        if let Some(s) = stretch_to(now, self.cfg.pause_budget.as_secs()) {
+            set_wait_timeout(c, s).await?;
         }
         Ok(())
     }
 
-    /// Back to pgbouncer.ini's `query_wait_timeout` (default 120 s) after the release.
-    async fn restore_wait_timeout(&self, c: &Client) -> Result<()> {
-        let ini = self.ini().await?;
-        let configured = ini_setting(&ini, "pgbouncer", "query_wait_timeout")
+    /// pgbouncer.ini's `query_wait_timeout` (default 120 s), to go back to after the release.
+    async fn configured_wait_timeout(&self) -> Result<u64> {
+        let ini = self.last_ini().await?;
+        Ok(ini_setting(&ini, "pgbouncer", "query_wait_timeout")
             .and_then(|v| seconds(&v))
-            .unwrap_or(120);
-        let now = Self::setting(c, "query_wait_timeout")
-            .await?
-            .and_then(|v| seconds(&v));
-        if now.is_some_and(|s| s != configured) {
-            set_wait_timeout(c, configured).await?;
-        }
-        Ok(())
+            .unwrap_or(120))
     }
+}
+
+/// Pure: the `query_wait_timeout` to set so that held clients outlast `budget` seconds, from
+/// the value in force (`None`: unknown, left alone; 0: no limit).
+fn stretch_to(now: Option<u64>, budget: u64) -> Option<u64> {
+    now.filter(|&s| s != 0 && s < budget).map(|_| budget + 1)
+}
+
+/// Pure: the same after a RELOAD of `ini` (PgBouncer's default is 120 s).
+fn stretched_wait(ini: &str, budget: u64) -> Option<u64> {
+    let configured =
+        ini_setting(ini, "pgbouncer", "query_wait_timeout").map_or(Some(120), |v| seconds(&v));
+    stretch_to(configured, budget)
 }
 
 /// Pure: one setting's value among `SHOW CONFIG`'s rows.
@@ -409,17 +425,19 @@ impl Router for PgBouncer {
     }
 
     async fn release(&self) -> Result<()> {
+        let configured = self.configured_wait_timeout().await?;
         let c = self.console().await?;
-        // Every RESUME sent back to back (one round trip): unlike PAUSE, RESUME never waits,
-        // so the console answers each in turn.
+        // Every RESUME, then the held clients' wait limit back to the configured one, sent
+        // back to back (one round trip): unlike PAUSE, RESUME never waits, so the console
+        // answers each in turn.
         let client: &Client = &c;
-        let sent = futures_util::future::join_all(
-            self.cfg
-                .databases
-                .iter()
-                .map(|db| async move { (db, client.simple_query(&format!("RESUME {db}")).await) }),
-        )
-        .await;
+        let (sent, restored) =
+            tokio::join!(
+                futures_util::future::join_all(self.cfg.databases.iter().map(|db| async move {
+                    (db, client.simple_query(&format!("RESUME {db}")).await)
+                })),
+                set_wait_timeout(client, configured)
+            );
         for (db, done) in sent {
             if let Err(e) = done {
                 let text = crate::pg::conn::error_chain_text(&e);
@@ -428,7 +446,7 @@ impl Router for PgBouncer {
                 }
             }
         }
-        self.restore_wait_timeout(&c).await?;
+        restored?;
         c.keep();
         Ok(())
     }
@@ -438,15 +456,23 @@ impl Router for PgBouncer {
             to.conninfo.host().to_string(),
             to.conninfo.port().to_string(),
         );
-        self.write_repointed(|ini| repoint_ini(ini, &self.cfg.databases, &host, &port))
+        let ini = self
+            .write_repointed(|ini| repoint_ini(ini, &self.cfg.databases, &host, &port))
             .await?;
         let c = self.console().await?;
-        // RELOAD and the console's own view after it, sent back to back (one round trip; the
-        // console answers them in order).
-        let (reloaded, databases, config) = tokio::join!(
+        // RELOAD, the held clients' wait limit it resets stretched again (from the file just
+        // written), and the console's own view after both, sent back to back: one round trip,
+        // the console answers them in order.
+        let stretch = async {
+            match stretched_wait(&ini, self.cfg.pause_budget.as_secs()) {
+                Some(seconds) => set_wait_timeout(&c, seconds).await,
+                None => Ok(()),
+            }
+        };
+        let (reloaded, stretched, databases) = tokio::join!(
             c.simple_query("RELOAD"),
-            Self::rows(&c, "SHOW DATABASES"),
-            Self::rows(&c, "SHOW CONFIG")
+            stretch,
+            Self::rows(&c, "SHOW DATABASES")
         );
         reloaded.map_err(|e| {
             anyhow!(
@@ -454,7 +480,7 @@ impl Router for PgBouncer {
                 crate::pg::conn::error_chain_text(&e)
             )
         })?;
-        self.stretch_wait_timeout_from(&c, config?).await?;
+        stretched?;
         let mut seen = serde_json::Map::new();
         for row in databases? {
             let get = |k: &str| {
@@ -496,7 +522,24 @@ impl Router for PgBouncer {
 
 #[cfg(test)]
 mod tests {
-    use super::{entry_host_port, repoint_entry, repoint_ini};
+    use super::{entry_host_port, repoint_entry, repoint_ini, stretch_to, stretched_wait};
+
+    #[test]
+    fn held_clients_outlast_the_budget_after_a_reload() {
+        assert_eq!(stretch_to(Some(120), 200), Some(201));
+        assert_eq!(stretch_to(Some(300), 200), None);
+        assert_eq!(stretch_to(Some(0), 200), None, "0 is no limit");
+        assert_eq!(stretch_to(None, 200), None);
+        let ini = "[databases]\napp = host=a\n[pgbouncer]\nquery_wait_timeout = 30\n";
+        assert_eq!(stretched_wait(ini, 200), Some(201));
+        assert_eq!(
+            stretched_wait("[pgbouncer]\nlisten_port = 1\n", 200),
+            Some(201)
+        );
+        assert_eq!(stretched_wait("[pgbouncer]\nlisten_port = 1\n", 100), None);
+        let unlimited = "[pgbouncer]\nquery_wait_timeout = 0\n";
+        assert_eq!(stretched_wait(unlimited, 200), None);
+    }
 
     #[test]
     fn host_and_port_are_read_among_pgbouncer_keys() {

@@ -63,8 +63,18 @@ const STARTING: Duration = ASK;
 /// needs a moment.
 pub async fn writable(m: &Member) -> Writable {
     let deadline = tokio::time::Instant::now() + STARTING;
+    // A node this process holds no open connection to is likely down (the stopped old primary
+    // before the promotion): its host is asked at the same time as the node, one round trip
+    // instead of two inside the pause, and its answer used only if the node gives none (a
+    // node that answers is not kept waiting for its host).
+    let mut ahead = (!crate::pg::session::is_open(&m.endpoint())).then(|| {
+        let m = m.clone();
+        tokio::spawn(async move { look(&m).await })
+    });
     loop {
-        let why = match in_recovery(m).await {
+        let asked = in_recovery(m).await;
+        let looked = ahead.take();
+        let why = match asked {
             Ok(Ok(false)) => return Writable::Yes,
             Ok(Ok(true)) => return Writable::No("answers in recovery".into()),
             Ok(Err(e)) if crate::pg::conn::is_starting_up(&e) => {
@@ -79,7 +89,13 @@ pub async fn writable(m: &Member) -> Writable {
         };
         // Not answering: its host says what it is. A postmaster still starting (its sockets
         // not open yet: connections refused) is asked again; one stopping is not waited for.
-        let (w, starting) = down(m, why).await;
+        let looked = match looked {
+            Some(looking) => looking
+                .await
+                .unwrap_or_else(|e| Err(format!("its host: {e}"))),
+            None => look(m).await,
+        };
+        let (w, starting) = down(m, &why, looked);
         if !(starting && tokio::time::Instant::now() < deadline) {
             return w;
         }
@@ -157,18 +173,9 @@ fn still_starting(text: &str) -> bool {
             .is_some_and(|pm| matches!(pm.trim(), "" | "starting"))
 }
 
-/// What a node that did not answer is (LOOK_DOWN), and whether it is still starting.
-async fn down(m: &Member, why: String) -> (Writable, bool) {
-    let why = why.lines().next().unwrap_or_default().to_string();
-    let server = match m.server() {
-        Ok(s) => s,
-        Err(e) => {
-            return (
-                Writable::Unknown(format!("{why}; and its server: {e:#}")),
-                false,
-            )
-        }
-    };
+/// LOOK_DOWN's output on `m`'s host, or why there is none.
+async fn look(m: &Member) -> Result<String, String> {
+    let server = m.server().map_err(|e| format!("its server: {e:#}"))?;
     let mut argv = vec![
         "sh".to_string(),
         "-c".into(),
@@ -179,15 +186,19 @@ async fn down(m: &Member, why: String) -> (Writable, bool) {
     ];
     argv.extend(server.status_argv());
     match tokio::time::timeout(ASK, m.host.run(&Cmd::new(argv).timeout(ASK))).await {
-        Ok(Ok(out)) => {
-            let text = out.stdout_text();
-            (read_down(&text, m.name(), &why), still_starting(&text))
-        }
-        Ok(Err(e)) => (Writable::Unknown(format!("{why}; its host: {e:#}")), false),
-        Err(_) => (
-            Writable::Unknown(format!("{why}; its host did not answer")),
-            false,
-        ),
+        Ok(Ok(out)) => Ok(out.stdout_text()),
+        Ok(Err(e)) => Err(format!("its host: {e:#}")),
+        Err(_) => Err("its host did not answer".into()),
+    }
+}
+
+/// What a node that did not answer (`why`) is, from what its host said, and whether it is
+/// still starting.
+fn down(m: &Member, why: &str, looked: Result<String, String>) -> (Writable, bool) {
+    let why = why.lines().next().unwrap_or_default();
+    match looked {
+        Ok(text) => (read_down(&text, m.name(), why), still_starting(&text)),
+        Err(e) => (Writable::Unknown(format!("{why}; {e}")), false),
     }
 }
 

@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-pub(super) struct Memo(Mutex<BTreeMap<(String, String), String>>);
+pub(super) struct Memo<T = String>(Mutex<BTreeMap<(String, String), T>>);
 
-impl Memo {
-    pub(super) const fn new() -> Memo {
+impl<T> Memo<T> {
+    pub(super) const fn new() -> Memo<T> {
         Memo(Mutex::new(BTreeMap::new()))
     }
 
-    pub(super) fn remember(&self, run_id: &str, node: &str, text: String) {
+    pub(super) fn remember(&self, run_id: &str, node: &str, text: T) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -21,7 +21,7 @@ impl Memo {
     }
 
     /// What was remembered for `node` in `run_id`, once.
-    pub(super) fn take(&self, run_id: &str, node: &str) -> Option<String> {
+    pub(super) fn take(&self, run_id: &str, node: &str) -> Option<T> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -36,7 +36,7 @@ mod tests {
     /// Only the text this process remembered, for that run and node, and only once.
     #[test]
     fn a_memo_serves_one_reader_of_its_own_run_and_node() {
-        let m = Memo::new();
+        let m: Memo = Memo::new();
         m.remember("run-a", "old", "Database cluster state: shut down".into());
         assert_eq!(m.take("run-b", "old"), None);
         assert_eq!(m.take("run-a", "new"), None);

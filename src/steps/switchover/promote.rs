@@ -25,6 +25,18 @@ const PROMOTED_YET: &str = "SELECT pg_is_in_recovery(),
              THEN NULL
              ELSE pg_read_file('pg_wal/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || '.history', 0, 65536, true) END";
 
+/// Wait on the server, in 5 ms steps and at most until the next request is due, while the
+/// target is still in recovery: sent between the request and the poll, it spares the poll's
+/// round trip across a WAN when the promotion takes longer than the request's (locally it
+/// only replaces the client's 5 ms polling). `pg_is_in_recovery()` and `pg_sleep()` are
+/// volatile, so each step asks again.
+const UNTIL_PROMOTED: &str = "WITH RECURSIVE step(n) AS (
+        SELECT 0
+        UNION ALL
+        SELECT n + 1 FROM step
+         WHERE n < 48 AND pg_is_in_recovery() AND pg_sleep(0.005) IS NOT NULL)
+      SELECT count(*) FROM step";
+
 /// The new timeline's history file as the promotion wrote it, for the old primary's start in
 /// `reverse` by this same process (see [`super::memo`]), by run and by the node it is for.
 pub(super) static NEW_HISTORY: Memo = Memo::new();
@@ -138,7 +150,7 @@ impl Step for Promote {
                 .bounded(
                     "pg_promote() and pg_is_in_recovery() on the target",
                     async {
-                        Ok(tokio::join!(
+                        let (sent, _, polled) = tokio::join!(
                             async {
                                 if signal {
                                     Some(c.batch_execute("SELECT pg_promote(false)").await)
@@ -146,8 +158,10 @@ impl Step for Promote {
                                     None
                                 }
                             },
+                            c.batch_execute(UNTIL_PROMOTED),
                             sql::one(&c, PROMOTED_YET)
-                        ))
+                        );
+                        Ok((sent, polled))
                     },
                 )
                 .await?;

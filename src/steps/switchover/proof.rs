@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::fence::FenceOut;
+use super::memo::Memo;
 use super::stop::FRESH_CONTROL;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
@@ -156,15 +157,38 @@ async fn position_on(c: &Client) -> Result<Position> {
     })
 }
 
-/// One sample of the target. The first opens a new connection, not only a kept one: the
-/// postmaster must fork a backend for it, which shows the target alive as a whole (a frozen
+/// A new connection to the target, opened by `stop` as the old primary's shutdown begins,
+/// for the proof's first sample (see [`open_ahead`]), by run and target.
+type Ahead = tokio::task::JoinHandle<Result<Client>>;
+static AHEAD: Memo<Ahead> = Memo::new();
+
+/// Open the new connection the proof needs while the old primary stops (clients are held
+/// already): its set-up (TCP, then SCRAM: four round trips across a WAN) then costs the pause
+/// nothing. Bounded by `limit`: a frozen postmaster never answers it, and the proof then
+/// waits for it only as long as its time box.
+pub(super) fn open_ahead(run_id: &str, to: &Member, limit: Duration) {
+    let ep = to.endpoint();
+    let opening = tokio::spawn(async move {
+        tokio::time::timeout(limit, connect(&ep))
+            .await
+            .map_err(|_| anyhow!("no answer within {limit:?}"))?
+    });
+    AHEAD.remember(run_id, to.name(), opening);
+}
+
+/// One sample of the target. The first is taken on a kept connection while a new one is
+/// opened (or, when `stop` opened it ahead, finishes opening): the postmaster must fork a
+/// backend for it, which shows the target alive as a whole since the fence (a frozen
 /// postmaster still has its old backends and walreceiver answering, and would then never
-/// carry out the promotion). Its set-up (TCP, then SCRAM: three round trips across a WAN)
-/// runs beside the sample on the kept connection, which is taken when both came; later
-/// samples ask the new connection. It is opened here, at the moment of the proof, not ahead
-/// beside the stop: a postmaster frozen after that opening would pass (the hang-target
-/// rehearsal freezes it right after the fence, and was then promoted into a hang).
-async fn position(to: &Member, fresh: &mut Option<Client>) -> Result<Position> {
+/// carry out the promotion; the hang-target rehearsal freezes it right after the fence).
+/// Later samples ask the new connection. A postmaster that freezes after that is caught by
+/// the promotion's own time limit, past the point of no return: the old primary stays down
+/// and staged, and the run stops for the operator.
+async fn position(
+    to: &Member,
+    fresh: &mut Option<Client>,
+    ahead: &mut Option<Ahead>,
+) -> Result<Position> {
     if let Some(c) = fresh.take().filter(|c| !c.is_closed()) {
         let at = position_on(&c).await;
         if at.is_ok() {
@@ -173,7 +197,15 @@ async fn position(to: &Member, fresh: &mut Option<Client>) -> Result<Position> {
         return at;
     }
     let ep = to.endpoint();
-    let (opened, kept) = tokio::join!(connect(&ep), async {
+    let opening = async {
+        match ahead.take() {
+            Some(opening) => opening
+                .await
+                .map_err(|e| anyhow!("opening a connection: {e}"))?,
+            None => connect(&ep).await,
+        }
+    };
+    let (opened, kept) = tokio::join!(opening, async {
         let s = session(&ep).await?;
         let at = position_on(&s).await?;
         s.keep();
@@ -223,6 +255,7 @@ impl Step for Proof {
         };
         let mut last: Option<Position>;
         let mut fresh: Option<Client> = None;
+        let mut ahead = AHEAD.take(&cx.run_id, to);
         loop {
             // The target may be briefly unreachable; that is "not yet", until the time box.
             // A hung target (frozen host, cut link) must not outlast the time box either.
@@ -230,7 +263,12 @@ impl Step for Proof {
                 .timeout
                 .saturating_sub(t.elapsed())
                 .max(Duration::from_millis(200));
-            let sample = match tokio::time::timeout(left, position(&self.d.to, &mut fresh)).await {
+            let sample = match tokio::time::timeout(
+                left,
+                position(&self.d.to, &mut fresh, &mut ahead),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => Err(anyhow!("no answer within {left:?}")),
             };

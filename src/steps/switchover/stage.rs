@@ -2,7 +2,7 @@
 //! (standby.signal, primary_conninfo, slot), so that no restart can ever bring it up as a
 //! second primary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
@@ -10,13 +10,15 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::guard::{self, IfSilent, Writable};
+use super::memo::Memo;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::host::{Cmd, FileWrite};
 use crate::pg::server::{RunState, StopMode};
 use crate::pg::{connect, session, sql};
 use crate::steps::id::StepId;
-use crate::steps::member::PASSFILE;
+use crate::steps::member::{Member, PASSFILE};
+use tokio::task::JoinHandle;
 
 pub struct Stage(pub Direction);
 
@@ -83,34 +85,56 @@ fn parse_seen(text: &str) -> Option<Seen> {
     })
 }
 
+/// One round trip to the old primary's host (inside the write pause every one counts).
+async fn inspect(m: &Member, backup: &Path) -> Result<Seen> {
+    let auto = m.node.data_dir.join("postgresql.auto.conf");
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        INSPECT.into(),
+        "migrate-stage".into(),
+        auto.display().to_string(),
+        backup.display().to_string(),
+    ];
+    argv.extend(m.server()?.status_argv());
+    let out = m.host.run(&Cmd::new(argv)).await?;
+    parse_seen(&out.stdout_text()).ok_or_else(|| {
+        anyhow!(
+            "on {}: cannot inspect {}: {}",
+            m.host.describe(),
+            m.node.data_dir.display(),
+            out.stderr_tail()
+        )
+    })
+}
+
+/// The inspection `stop` started as soon as the old primary was down, by run and node.
+static INSPECTED: Memo<JoinHandle<Result<Seen>>> = Memo::new();
+
+/// Start stage's inspection of the stopped old primary's host now, beside the proof (which
+/// asks only the target): its round trip then costs the pause nothing. What it saw is as
+/// good as a look taken just before the write: the write does not depend on the server's
+/// state either way, and a server started by hand after the look is caught by the
+/// promotion's guard, which asks the old primary itself.
+pub(super) fn inspect_ahead(cx: &Cx, d: &Direction) {
+    let (m, backup) = (d.from.clone(), Stage::backup(d, cx));
+    let looking = tokio::spawn(async move { inspect(&m, &backup).await });
+    INSPECTED.remember(&cx.run_id, d.from.name(), looking);
+}
+
 impl Stage {
-    /// One round trip to the old primary's host (inside the write pause every one counts).
+    /// What the inspection started ahead saw, else (none, or it failed) a look now.
     async fn inspect(&self, cx: &Cx) -> Result<Seen> {
-        let m = &self.0.from;
-        let auto = m.node.data_dir.join("postgresql.auto.conf");
-        let mut argv = vec![
-            "sh".to_string(),
-            "-c".into(),
-            INSPECT.into(),
-            "migrate-stage".into(),
-            auto.display().to_string(),
-            self.backup(cx).display().to_string(),
-        ];
-        argv.extend(m.server()?.status_argv());
-        let out = m.host.run(&Cmd::new(argv)).await?;
-        parse_seen(&out.stdout_text()).ok_or_else(|| {
-            anyhow!(
-                "on {}: cannot inspect {}: {}",
-                m.host.describe(),
-                m.node.data_dir.display(),
-                out.stderr_tail()
-            )
-        })
+        if let Some(looking) = INSPECTED.take(&cx.run_id, self.0.from.name()) {
+            if let Ok(Ok(seen)) = looking.await {
+                return Ok(seen);
+            }
+        }
+        inspect(&self.0.from, &Self::backup(&self.0, cx)).await
     }
 
-    fn backup(&self, cx: &Cx) -> PathBuf {
-        self.0
-            .from
+    fn backup(d: &Direction, cx: &Cx) -> PathBuf {
+        d.from
             .node
             .data_dir
             .join(format!("postgresql.auto.conf.migrate-{}", cx.run_id))
@@ -173,7 +197,7 @@ impl Step for Stage {
             // files, all in one call.
             let mut files = Vec::new();
             if !seen.backup {
-                files.push(FileWrite::new(self.backup(cx), current.clone(), 0o600));
+                files.push(FileWrite::new(Self::backup(&self.0, cx), current.clone(), 0o600));
             }
             files.extend(m.standby_files(&current, crate::steps::member::Port::Keep)?);
             // The slot on the target and the files on the old primary's host at the same
@@ -218,7 +242,7 @@ impl Step for Stage {
                     }
                 }
                 let data = &m.node.data_dir;
-                let backup = self.backup(cx);
+                let backup = Self::backup(&self.0, cx);
                 if m.host.exists(&backup).await? {
                     let original = m.host.read_file(&backup).await?;
                     m.host
