@@ -199,6 +199,22 @@ impl<'de> serde::Deserialize<'de> for StepId {
 mod tests {
     use super::*;
 
+    /// The write pause runs from holding the clients to releasing them; the old primary's
+    /// start as a standby (`reverse`) comes after, outside it (issue 19).
+    #[test]
+    fn the_pause_is_hold_to_release_and_reverse_follows_it() {
+        let pause = StepId::pause();
+        assert_eq!(pause.first(), Some(&StepId::Hold));
+        assert_eq!(pause.last(), Some(&StepId::Release));
+        assert!(!pause.contains(&StepId::Reverse));
+        let at = |id: &StepId| StepId::SWITCHOVER.iter().position(|s| s == id);
+        assert!(at(&StepId::Release) < at(&StepId::Reverse));
+        assert!(
+            at(&StepId::Stage) < at(&StepId::Promote),
+            "staged before the promotion"
+        );
+    }
+
     #[test]
     fn every_id_reads_back_as_itself() {
         let mut all: Vec<StepId> = StepId::fixed().cloned().collect();
