@@ -88,6 +88,9 @@ fn a_rehearsal_reports_pauses_and_loses_no_commit() {
         let pause = s["write_pause_ms"].as_f64().unwrap();
         assert!(pause > 0.0, "a switchover pauses writes: {s}");
         assert!(s["certificate_pause_ms"].as_i64().unwrap() > 0, "{s}");
+        // The commit that ends the pause comes after the release, within the pause.
+        let after = s["after_release_ms"].as_f64().unwrap();
+        assert!(after < pause, "{s}");
         for node in ["old", "new", "new_replica", "dr"] {
             assert_eq!(s["missing"][node], 0, "{switch} on {node}: {s}");
         }

@@ -99,6 +99,11 @@ fn show(ui: &Ui, r: &Report) {
                 .map(|v| format!("{v} ms"))
                 .unwrap_or_else(|| "-".into())
         }),
+        row("first commit after the release", &|s| {
+            s.after_release_ms
+                .map(|v| format!("{v:.0} ms"))
+                .unwrap_or_else(|| "-".into())
+        }),
         row("client errors", &|s| {
             if s.errors == 0 {
                 "0".into()

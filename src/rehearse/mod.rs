@@ -25,7 +25,7 @@ use fault::{
     crash_server, install_traffic_switch, resume_server, step_started, step_succeeded, stop_server,
     traffic_switch_route, Fault, FaultReport, JournalWatch, RunSummary,
 };
-use report::{client_gaps, error_kinds, longest_gap, quantile, Report, Switch};
+use report::{after_release, client_gaps, error_kinds, longest_gap, quantile, Report, Switch};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -257,6 +257,9 @@ impl Rehearsal<'_> {
                 client_pause_p99_ms: quantile(&gaps, 0.99),
                 client_pause_max_ms: gaps.iter().copied().fold(0.0, f64::max),
                 certificate_pause_ms: cert.as_ref().map(|c| c.write_pause_ms),
+                after_release_ms: cert
+                    .as_ref()
+                    .and_then(|c| after_release(&report.acks, c.released_at)),
                 acked: report
                     .acks
                     .iter()

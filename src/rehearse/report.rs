@@ -58,6 +58,10 @@ pub struct Switch {
     pub client_pause_max_ms: f64,
     /// From the certificate: held (or fenced) to released, as the tool measured it.
     pub certificate_pause_ms: Option<i64>,
+    /// From the release (the certificate's `released_at`) to the commit that ended the
+    /// pause: the clients' way back, through the route's new server connections (across a
+    /// WAN several round trips of connection set-up). `None` without a certificate.
+    pub after_release_ms: Option<f64>,
     pub acked: usize,
     pub errors: usize,
     pub error_kinds: BTreeMap<String, usize>,
@@ -80,6 +84,16 @@ pub fn longest_gap(acks: &[Ack], from: DateTime<Utc>, to: DateTime<Utc>) -> f64 
         }
     }
     worst
+}
+
+/// From `released_at` to the first acknowledged commit after it, in ms (the commit that
+/// ends the pause); `None` when none came.
+pub fn after_release(acks: &[Ack], released_at: DateTime<Utc>) -> Option<f64> {
+    acks.iter()
+        .map(|a| a.at)
+        .filter(|&at| at >= released_at)
+        .min()
+        .map(|first| ms(first - released_at))
 }
 
 /// Each client's longest gap overlapping `[from, to]`.
@@ -206,6 +220,9 @@ mod tests {
         assert_eq!(per, vec![390.0, 1100.0]);
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
+        // Released at 300: the pause (20 → 400) ended 100 ms later.
+        assert_eq!(after_release(&acks, at(300)), Some(100.0));
+        assert_eq!(after_release(&acks, at(1600)), None);
     }
 
     #[test]
