@@ -707,17 +707,54 @@ async fn old_primary_restarted_by_hand_between_proof_and_promote_is_never_double
     let w = writer(&chain);
     let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
     cutover_paused_before(&chain, StepId::Stage).await;
+    start_old_by_hand(&chain).await;
+    let out = chain.run(&["resume"], None).await;
+    crate::support::assert_exit_at(&out, Exit::NotReady, "the resumed cutover aborts");
+    assert_restarted_old_is_never_doubled(&chain, &out, w, sampler).await;
+}
+
+/// The same within one run: started by hand while the proof runs, after `stop` has started
+/// stage's look at its host (so that look still says stopped). The status read in the
+/// staging's own call sees it run; it is never promoted beside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_primary_restarted_by_hand_during_the_proof_in_one_run_is_never_doubled() {
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    chain.plan_ok().await;
+    let w = writer(&chain);
+    let sampler = crate::support::PrimarySampler::start(all_nodes(&chain));
+    let out = cutover_with_fault_at(&chain, "stage:before", async {
+        chain
+            .wait_for_step("cutover", &StepId::Stage, "in_doubt")
+            .await;
+        start_old_by_hand(&chain).await;
+    })
+    .await;
+    crate::support::assert_exit_at(&out, Exit::NotReady, "the cutover aborts");
+    assert_restarted_old_is_never_doubled(&chain, &out, w, sampler).await;
+}
+
+async fn start_old_by_hand(chain: &Chain) {
     let old = chain.lab.lab.server("old");
     old.start(&chain.lab.lab.server_log("old"), Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(
-        in_recovery(&chain, "old").await,
+        in_recovery(chain, "old").await,
         Some(false),
         "old runs as a primary again"
     );
-    let out = chain.run(&["resume"], None).await;
-    crate::support::assert_exit_at(&out, Exit::NotReady, "the resumed cutover aborts");
+}
+
+/// After a run that found the old primary started again by hand before the promotion: it
+/// aborted, nothing promoted, no standby.signal beside the running primary, which serves
+/// unfenced; never two primaries, nothing lost.
+async fn assert_restarted_old_is_never_doubled(
+    chain: &Chain,
+    out: &std::process::Output,
+    w: Writer,
+    sampler: crate::support::PrimarySampler,
+) {
     assert!(
         text(&out.stderr).contains("runs again after the proof"),
         "{}",
@@ -728,7 +765,7 @@ async fn old_primary_restarted_by_hand_between_proof_and_promote_is_never_double
     assert_eq!(v["state"], "aborted");
     assert_eq!(v["point_of_no_return"], serde_json::Value::Null);
     assert_eq!(
-        in_recovery(&chain, "new").await,
+        in_recovery(chain, "new").await,
         Some(true),
         "new was not promoted"
     );
@@ -741,11 +778,11 @@ async fn old_primary_restarted_by_hand_between_proof_and_promote_is_never_double
             .exists(),
         "standby.signal beside a running primary"
     );
-    assert_old_serves_unfenced(&chain).await;
+    assert_old_serves_unfenced(chain).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = w.stop().await;
     sampler.assert_never_two("old restarted by hand").await;
-    assert_no_loss(&chain, &report, "old restarted by hand").await;
+    assert_no_loss(chain, &report, "old restarted by hand").await;
 }
 
 /// The target promoted from outside before the tool's promotion (an HA manager on the new

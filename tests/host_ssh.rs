@@ -241,6 +241,41 @@ async fn commands_over_ssh_share_one_master_and_survive_losing_it() {
     );
 }
 
+/// A check after a batch runs once the files are in place, in the same call, and its status
+/// and output come back as its own; a write that fails runs no check and says which files.
+#[tokio::test]
+async fn a_check_after_a_batch_sees_the_files_and_runs_only_if_they_landed() {
+    use migrate::host::FileWrite;
+    let sshd = Sshd::start();
+    let host = sshd.host();
+    let dir = sshd.dir.path().join("then");
+    std::fs::create_dir(&dir).unwrap();
+    let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    std::os::unix::fs::chown(&dir, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    let signal = dir.join("standby.signal");
+    let files = [FileWrite::new(signal.clone(), Vec::new(), 0o600)];
+    let check = Cmd::new([
+        "sh".to_string(),
+        "-c".into(),
+        "ls \"$1\"; exit 3".into(),
+        "check".into(),
+        signal.display().to_string(),
+    ]);
+    let out = host.write_files_then(&files, &check).await.unwrap();
+    assert_eq!(out.code, Some(3));
+    assert_eq!(out.stdout_text().trim(), signal.display().to_string());
+    let marker = dir.join("checked");
+    let nowhere = [FileWrite::new(
+        dir.join("no/such/dir/f"),
+        b"x".to_vec(),
+        0o600,
+    )];
+    let touch = Cmd::new(["touch", &marker.display().to_string()]);
+    let err = host.write_files_then(&nowhere, &touch).await.unwrap_err();
+    assert!(format!("{err:#}").contains("no/such/dir/f"), "{err:#}");
+    assert!(!marker.exists(), "the check ran after a failed write");
+}
+
 /// A batch of files in one round trip: each replaced atomically with its mode, contents byte
 /// for byte (quotes, newlines, binary, empty), in order, no temporary file left; a batch over
 /// 64 KiB goes file by file and lands the same.

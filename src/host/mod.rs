@@ -119,6 +119,15 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// [`Host::write_files`], then `then` once every file is durable, and its output: a check
+    /// that must see the host as it is *after* the write (the stopped old primary still stopped
+    /// once `standby.signal` is in place). A remote host does both in one round trip; `then`
+    /// does not run when a write fails.
+    async fn write_files_then(&self, files: &[FileWrite], then: &Cmd) -> Result<Output> {
+        self.write_files(files).await?;
+        self.run(then).await
+    }
+
     /// Remove a file; a missing file is not an error.
     async fn remove_file(&self, path: &Path) -> Result<()>;
 

@@ -143,6 +143,33 @@ fn write_many_cmd(files: &[FileWrite]) -> Cmd {
     Cmd::new(argv).stdin(stdin)
 }
 
+/// What [`write_many_then_cmd`]'s script prints once every file is written and synced.
+const WRITTEN: &str = "migrate-files-written";
+
+/// [`write_many_cmd`], then `then` in the same script (its status is the script's; it reads
+/// no stdin, which carried the files).
+fn write_many_then_cmd(files: &[FileWrite], then: &Cmd) -> Cmd {
+    let mut cmd = write_many_cmd(files);
+    cmd.argv[2] = format!(
+        "{WRITE_MANY_SCRIPT}echo {WRITTEN}\nset +e\n{} </dev/null\n",
+        shell_join(&then.argv)
+    );
+    cmd.timeout = cmd.timeout.max(then.timeout);
+    cmd
+}
+
+/// Pure: `then`'s own output from [`write_many_then_cmd`]'s, or None when the files were not
+/// all written (the marker never printed: `then` did not run).
+fn after_written(out: &Output) -> Option<Output> {
+    let marker = format!("{WRITTEN}\n");
+    let rest = out.stdout.strip_prefix(marker.as_bytes())?;
+    Some(Output {
+        code: out.code,
+        stdout: rest.to_vec(),
+        stderr: out.stderr.clone(),
+    })
+}
+
 impl RemoteHost {
     pub fn ssh(
         host: &str,
@@ -414,6 +441,29 @@ impl Host for RemoteHost {
         self.run_ok(&write_many_cmd(files)).await.map(|_| ())
     }
 
+    async fn write_files_then(&self, files: &[FileWrite], then: &Cmd) -> Result<Output> {
+        let small = files.iter().map(|f| f.contents.len()).sum::<usize>() <= BATCH_MAX;
+        // What the script cannot carry (an environment, stdin of its own) goes in two calls.
+        if files.is_empty() || !small || !then.env.is_empty() || then.stdin.is_some() {
+            self.write_files(files).await?;
+            return self.run(then).await;
+        }
+        let out = self.run(&write_many_then_cmd(files, then)).await?;
+        after_written(&out).ok_or_else(|| {
+            anyhow::anyhow!(
+                "on {}: writing {} failed ({}): {}",
+                self.label,
+                files
+                    .iter()
+                    .map(|f| f.path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                out.status_text(),
+                out.stderr_tail()
+            )
+        })
+    }
+
     async fn exists(&self, path: &Path) -> Result<bool> {
         let out = self
             .run(&Cmd::new(["test", "-e", &path.display().to_string()]))
@@ -471,6 +521,28 @@ pub fn docker_failure(code: Option<i32>, stderr: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_check_after_a_write_is_read_only_once_the_files_are_written() {
+        let out = |code, stdout: &str| Output {
+            code,
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: b"e".to_vec(),
+        };
+        let after = after_written(&out(Some(3), "migrate-files-written\nstate\n")).unwrap();
+        assert_eq!(
+            (after.code, after.stdout_text()),
+            (Some(3), "state\n".into())
+        );
+        // The write failed (set -e): the marker never came, whatever the status.
+        assert!(after_written(&out(Some(0), "")).is_none());
+        assert!(after_written(&out(Some(1), "migrate-files-written")).is_none());
+        let cmd = write_many_then_cmd(
+            &[FileWrite::new("/d/standby.signal", Vec::new(), 0o600)],
+            &Cmd::new(["pg_ctl", "status", "-D", "/d ir"]),
+        );
+        assert!(cmd.argv[2].ends_with("set +e\npg_ctl status -D '/d ir' </dev/null\n"));
+    }
 
     #[test]
     fn docker_exec_failures_are_told_apart_from_the_commands_own() {

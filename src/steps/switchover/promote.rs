@@ -109,9 +109,17 @@ impl Step for Promote {
         // Both asked at once: this runs inside the write pause.
         let (target, checked) = tokio::join!(guard::writable(&self.d.to), async {
             match self.others {
-                Others::Staged => {
-                    guard::none_writable(&[&self.d.demoted()], &before, IfSilent::Refuse).await
-                }
+                // Seen down by stage, after its standby.signal was durable, a moment ago in
+                // this process: no start can make it writable since. Else asked now.
+                Others::Staged => match super::stage::down_since_staged(cx, &self.d) {
+                    Some(seen) => {
+                        tracing::debug!(node = self.d.from.name(), seen, "not asked again");
+                        Ok(())
+                    }
+                    None => {
+                        guard::none_writable(&[&self.d.demoted()], &before, IfSilent::Refuse).await
+                    }
+                },
                 Others::Failover => crate::steps::failover::before_promotion(&self.d, cx).await,
             }
         });

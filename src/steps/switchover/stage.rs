@@ -3,7 +3,7 @@
 //! second primary.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use async_trait::async_trait;
@@ -108,14 +108,52 @@ async fn inspect(m: &Member, backup: &Path) -> Result<Seen> {
     })
 }
 
+/// What the status read right after the staging says.
+#[derive(Debug, PartialEq, Eq)]
+enum Staged {
+    /// Down once standby.signal was durable: from then on every start is a standby's.
+    Down,
+    /// Running, or no status: only the server's own answer tells a primary started by hand
+    /// before the files landed from a standby started after.
+    AskIt,
+}
+
+/// Pure: what the status after the write means.
+fn staged_while(after: Option<RunState>) -> Staged {
+    match after {
+        Some(RunState::Stopped) | Some(RunState::NoCluster) => Staged::Down,
+        Some(RunState::Running) | None => Staged::AskIt,
+    }
+}
+
+/// When this process saw the old primary down with its staging durable, by run and node:
+/// the promotion's guard takes it instead of asking the old primary's host again inside the
+/// pause (see [`down_since_staged`]).
+static STAGED_DOWN: Memo<Instant> = Memo::new();
+
+/// How old stage's sighting may be for the promotion to use it.
+const STAGED_FRESH: Duration = Duration::from_secs(2);
+
+/// Whether `stage` in this process saw `d.from` down after its standby.signal was durable,
+/// within [`STAGED_FRESH`]: a start since then, by hand or by a service manager, brings it up
+/// as the target's standby, never writable. A resumed run has no sighting and asks.
+pub(super) fn down_since_staged(cx: &Cx, d: &Direction) -> Option<String> {
+    let seen = STAGED_DOWN.take(&cx.run_id, d.from.name())?;
+    (seen.elapsed() <= STAGED_FRESH).then(|| {
+        format!(
+            "down with standby.signal in place, seen by stage {} ms ago",
+            seen.elapsed().as_millis()
+        )
+    })
+}
+
 /// The inspection `stop` started as soon as the old primary was down, by run and node.
 static INSPECTED: Memo<JoinHandle<Result<Seen>>> = Memo::new();
 
 /// Start stage's inspection of the stopped old primary's host now, beside the proof (which
 /// asks only the target): its round trip then costs the pause nothing. What it saw is as
-/// good as a look taken just before the write: the write does not depend on the server's
-/// state either way, and a server started by hand after the look is caught by the
-/// promotion's guard, which asks the old primary itself.
+/// good as a look taken just before the write for what the write needs (the settings, the
+/// backup); whether the server still stays down is read again after the write, in its call.
 pub(super) fn inspect_ahead(cx: &Cx, d: &Direction) {
     let (m, backup) = (d.from.clone(), Stage::backup(d, cx));
     let looking = tokio::spawn(async move { inspect(&m, &backup).await });
@@ -208,9 +246,28 @@ impl Step for Stage {
                 c.keep();
                 anyhow::Ok(())
             };
-            let (slot, written) = tokio::join!(slot, m.host.write_files(&files));
+            // The server's status is read by the write's own call, after the files are
+            // durable: the look above is as old as the proof, and a server started by hand
+            // since then must not be taken for a stopped one.
+            let status = Cmd::new(self.0.from.server()?.status_argv());
+            let (slot, written) = tokio::join!(slot, m.host.write_files_then(&files, &status));
             slot?;
-            written?;
+            let after = RunState::from_status(written?.code);
+            match staged_while(after) {
+                Staged::Down => {
+                    STAGED_DOWN.remember(&cx.run_id, self.0.from.name(), Instant::now())
+                }
+                Staged::AskIt => match guard::writable(&self.0.from).await {
+                    // Started by hand once standby.signal was in place, or staged by an
+                    // earlier attempt and restarted since: it runs as a standby.
+                    Writable::No(_) => {}
+                    w => bail!(
+                        "{from} runs again after the proof ({w:?}): it was started by someone after it was stopped, so it may hold writes {to} never received; nothing is promoted and the staging is undone",
+                        from = self.0.from.name(),
+                        to = self.0.to.name()
+                    ),
+                },
+            }
             Ok(StageOut {
                 slot: m.slot(),
                 on: self.0.to.name().to_string(),
@@ -268,6 +325,16 @@ impl Step for Stage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a status that says stopped (or no cluster at all) after the write spares asking
+    /// the server; running or unreadable, the server itself must answer.
+    #[test]
+    fn only_a_server_seen_down_after_the_staging_is_taken_as_down() {
+        assert_eq!(staged_while(Some(RunState::Stopped)), Staged::Down);
+        assert_eq!(staged_while(Some(RunState::NoCluster)), Staged::Down);
+        assert_eq!(staged_while(Some(RunState::Running)), Staged::AskIt);
+        assert_eq!(staged_while(None), Staged::AskIt);
+    }
 
     #[test]
     fn the_inspection_reads_state_backup_and_settings() {
