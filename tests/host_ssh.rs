@@ -7,6 +7,15 @@ use migrate::host::{Cmd, Host};
 
 use crate::support::sshd::Sshd;
 
+/// A directory in the sshd's own folder that the remote user (postgres) owns.
+fn postgres_dir(sshd: &Sshd, name: &str) -> std::path::PathBuf {
+    let dir = sshd.dir.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    std::os::unix::fs::chown(&dir, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    dir
+}
+
 #[tokio::test]
 async fn ssh_runs_commands_and_files_as_the_remote_user() {
     let sshd = Sshd::start();
@@ -29,10 +38,8 @@ async fn ssh_runs_commands_and_files_as_the_remote_user() {
     assert_eq!(out.stdout_text(), "over ssh stdin");
 
     // Files: atomic write with a mode, read back, existence.
-    let dir = sshd.dir.path().join("remote");
-    std::fs::create_dir(&dir).unwrap();
+    let dir = postgres_dir(&sshd, "remote");
     let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-    std::os::unix::fs::chown(&dir, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
     let file = dir.join("postgresql.auto.conf");
     host.write_file(&file, b"primary_slot_name = 'migrate_old'\n", 0o640, None)
         .await
@@ -248,10 +255,7 @@ async fn a_check_after_a_batch_sees_the_files_and_runs_only_if_they_landed() {
     use migrate::host::FileWrite;
     let sshd = Sshd::start();
     let host = sshd.host();
-    let dir = sshd.dir.path().join("then");
-    std::fs::create_dir(&dir).unwrap();
-    let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-    std::os::unix::fs::chown(&dir, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    let dir = postgres_dir(&sshd, "then");
     let signal = dir.join("standby.signal");
     let files = [FileWrite::new(signal.clone(), Vec::new(), 0o600)];
     let check = Cmd::new([
@@ -284,10 +288,7 @@ async fn a_batch_of_files_lands_in_one_call_exactly() {
     use migrate::host::FileWrite;
     let sshd = Sshd::start();
     let host = sshd.host();
-    let dir = sshd.dir.path().join("batch");
-    std::fs::create_dir(&dir).unwrap();
-    let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-    std::os::unix::fs::chown(&dir, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    let dir = postgres_dir(&sshd, "batch");
     let tricky = b"primary_conninfo = 'it''s $(touch /tmp/pwned) `x`'\n\0\xff\n".to_vec();
     let big = vec![b'x'; 70 * 1024];
     for (name, files) in [
@@ -335,10 +336,8 @@ async fn a_batch_of_files_lands_in_one_call_exactly() {
 async fn a_rewrite_over_ssh_keeps_mode_and_owner_in_one_call() {
     let sshd = Sshd::start();
     let host = sshd.host();
-    let dir = sshd.dir.path().join("cfg");
-    std::fs::create_dir(&dir).unwrap();
+    let dir = postgres_dir(&sshd, "cfg");
     let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-    std::os::unix::fs::chown(&dir, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
     let file = dir.join("pgbouncer.ini");
     std::fs::write(&file, "[databases]\napp = host=10.0.0.1\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
@@ -393,10 +392,7 @@ async fn the_kept_remote_shell_bounds_commands_on_the_far_side() {
     let sshd = Sshd::start();
     let host = sshd.host();
     host.prepare().await;
-    let dir = sshd.dir.path().join("shell");
-    std::fs::create_dir(&dir).unwrap();
-    let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-    std::os::unix::fs::chown(&dir, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    let dir = postgres_dir(&sshd, "shell");
     let pidfile = dir.join("pid");
 
     let out = host
