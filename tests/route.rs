@@ -236,6 +236,68 @@ async fn pgbouncer_raises_query_wait_timeout_while_holding() {
     r.verify(old).await.unwrap();
 }
 
+/// What PgBouncer's console shows `app` pointing at (what it loaded, not what the file says).
+async fn pgbouncer_app_port(lab: &migrate::lab::Lab) -> String {
+    let mut ep = lab.app_endpoint();
+    ep.conninfo = ep.conninfo.with("dbname", "pgbouncer");
+    let c = connect(&ep).await.unwrap();
+    c.simple_query("SHOW DATABASES")
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get("name") == Some("app") => {
+                r.get("port").map(str::to_string)
+            }
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// The repointed pgbouncer.ini written ahead (beside the promotion) changes nothing clients
+/// see: PgBouncer still points where it did until `point` RELOADs it. `point` does not take
+/// the file on trust: one edited meanwhile is caught by the console's own view after the
+/// RELOAD, and the next attempt writes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pgbouncer_repoint_prepared_ahead_is_loaded_only_by_point_and_checked() {
+    let lab = crate::support::TestLab::up().await;
+    let spec = migrate::spec::load(&lab.lab.spec_path()).unwrap();
+    let r = migrate::route::open(&spec.routes).unwrap().remove(0);
+    let (old, new) = (spec.node("old").unwrap(), spec.node("new").unwrap());
+    let ini_path = lab.lab.dir.join("pgbouncer/pgbouncer.ini");
+    let (old_port, new_port) = (
+        lab.lab.port("old").to_string(),
+        lab.lab.port("new").to_string(),
+    );
+    r.prepare_point(old, new).await.unwrap();
+    let ini = std::fs::read_to_string(&ini_path).unwrap();
+    assert!(ini.contains(&format!("port={new_port}")), "{ini}");
+    assert_eq!(
+        pgbouncer_app_port(&lab.lab).await,
+        old_port,
+        "not loaded yet"
+    );
+    let pointed = r.point(old, new).await.unwrap();
+    assert_eq!(pointed["app"]["port"], new_port.as_str(), "{pointed}");
+    assert_eq!(pgbouncer_app_port(&lab.lab).await, new_port);
+
+    // Prepared back to old, then the file edited by hand before `point`.
+    r.prepare_point(new, old).await.unwrap();
+    let prepared = std::fs::read_to_string(&ini_path).unwrap();
+    std::fs::write(
+        &ini_path,
+        prepared.replace(&format!("port={old_port}"), &format!("port={new_port}")),
+    )
+    .unwrap();
+    let err = r.point(new, old).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("still points at port"),
+        "{err:#}"
+    );
+    r.point(new, old).await.unwrap();
+    assert_eq!(pgbouncer_app_port(&lab.lab).await, old_port);
+}
+
 /// A route plugin whose actions fail while `fail-<action>` exists in its directory; it
 /// remembers the node it points at in `points_at`.
 const FLAKY_PLUGIN: &str = r#"#!/usr/bin/env python3

@@ -34,6 +34,14 @@ pub trait Router: Send + Sync {
     async fn release(&self) -> Result<()> {
         Ok(())
     }
+    /// The part of `point` that no client sees until `point` runs (a configuration file
+    /// written, not loaded), done ahead: started beside the promotion, once its point of no
+    /// return is journaled, so that its round trips cost the write pause nothing. Only a
+    /// shortcut: `point` does all of it itself when this did not run or failed. Default:
+    /// nothing to prepare.
+    async fn prepare_point(&self, _from: &Node, _to: &Node) -> Result<()> {
+        Ok(())
+    }
     /// Point at `to`, which replaces `from`. Idempotent: pointing again at `to` is a no-op.
     async fn point(&self, from: &Node, to: &Node) -> Result<Value>;
     /// Prove that the route reaches `to` as a writable primary: through the route itself where

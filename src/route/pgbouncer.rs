@@ -76,26 +76,16 @@ impl PgBouncer {
     }
 
     fn remember_ini(&self, bytes: &[u8]) {
-        seen_ini()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(self.ini_key(), bytes.to_vec());
-    }
-
-    /// The pgbouncer.ini read before (by `hold`, before clients were held), taken: used once,
-    /// with a compare-and-swap write.
-    fn take_seen_ini(&self) -> Option<Vec<u8>> {
-        seen_ini()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.ini_key())
+        SEEN_INI.put(self.ini_key(), bytes);
     }
 
     /// The repointed file written: from the text read before the hold when it is still what
     /// the file holds (one round trip inside the pause), else read again and rewritten.
     /// Returns the text the file now holds.
     async fn write_repointed(&self, repoint: impl Fn(&str) -> String) -> Result<String> {
-        if let Some(seen) = self.take_seen_ini() {
+        // The pgbouncer.ini read before (by `hold`, before clients were held), used once,
+        // with a compare-and-swap write.
+        if let Some(seen) = SEEN_INI.take(&self.ini_key()) {
             let out = repoint(&String::from_utf8_lossy(&seen));
             if let Ok(true) = self
                 .host
@@ -119,12 +109,7 @@ impl PgBouncer {
 
     /// pgbouncer.ini as this process last read or wrote it, else read now.
     async fn last_ini(&self) -> Result<String> {
-        let known = seen_ini()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&self.ini_key())
-            .cloned();
-        match known {
+        match SEEN_INI.get(&self.ini_key()) {
             Some(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
             None => self.ini().await,
         }
@@ -179,6 +164,12 @@ impl PgBouncer {
             set_wait_timeout(c, s).await?;
         }
         Ok(())
+    }
+
+    /// `ini` with the managed `[databases]` entries pointed at `to`.
+    fn repointed(&self, ini: &str, to: &Node) -> String {
+        let (host, port) = (to.conninfo.host(), to.conninfo.port().to_string());
+        repoint_ini(ini, &self.cfg.databases, host, &port)
     }
 
     /// pgbouncer.ini's `query_wait_timeout` (default 120 s), to go back to after the release.
@@ -281,13 +272,41 @@ pub fn repoint_ini(ini: &str, databases: &[String], host: &str, port: &str) -> S
     out
 }
 
-/// What this process last read of each PgBouncer's config file, by (host, path).
-type SeenIni = std::collections::HashMap<(String, std::path::PathBuf), Vec<u8>>;
+/// A config file's text as this process last knew it, by (host, path).
+struct IniCache(std::sync::OnceLock<std::sync::Mutex<IniByFile>>);
 
-fn seen_ini() -> &'static std::sync::Mutex<SeenIni> {
-    static S: std::sync::OnceLock<std::sync::Mutex<SeenIni>> = std::sync::OnceLock::new();
-    S.get_or_init(Default::default)
+type IniByFile = std::collections::HashMap<(String, std::path::PathBuf), Vec<u8>>;
+
+impl IniCache {
+    const fn new() -> IniCache {
+        IniCache(std::sync::OnceLock::new())
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, IniByFile> {
+        self.0
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put(&self, key: (String, std::path::PathBuf), text: &[u8]) {
+        self.map().insert(key, text.to_vec());
+    }
+
+    fn get(&self, key: &(String, std::path::PathBuf)) -> Option<Vec<u8>> {
+        self.map().get(key).cloned()
+    }
+
+    fn take(&self, key: &(String, std::path::PathBuf)) -> Option<Vec<u8>> {
+        self.map().remove(key)
+    }
 }
+
+/// What this process last read or wrote of each PgBouncer's config file.
+static SEEN_INI: IniCache = IniCache::new();
+
+/// The repointed file `prepare_point` wrote (not yet RELOADed), for `point` to take.
+static PREPARED_INI: IniCache = IniCache::new();
 
 /// A `[databases]` value with only its `host=` and `port=` values replaced (added when
 /// missing); every other token (`password=`, `auth_user=`, `pool_size=`, …) stays as written.
@@ -451,14 +470,24 @@ impl Router for PgBouncer {
         Ok(())
     }
 
+    async fn prepare_point(&self, _from: &Node, to: &Node) -> Result<()> {
+        let ini = self.write_repointed(|ini| self.repointed(ini, to)).await?;
+        PREPARED_INI.put(self.ini_key(), ini.as_bytes());
+        Ok(())
+    }
+
     async fn point(&self, _from: &Node, to: &Node) -> Result<Value> {
-        let (host, port) = (
-            to.conninfo.host().to_string(),
-            to.conninfo.port().to_string(),
-        );
-        let ini = self
-            .write_repointed(|ini| repoint_ini(ini, &self.cfg.databases, &host, &port))
-            .await?;
+        let port = to.conninfo.port().to_string();
+        // Written by `prepare_point` beside the promotion and pointing at `to`: only the RELOAD
+        // is left (whose SHOW DATABASES below checks what PgBouncer loaded). Else written now.
+        let prepared = PREPARED_INI
+            .take(&self.ini_key())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .filter(|ini| self.repointed(ini, to) == *ini);
+        let ini = match prepared {
+            Some(ini) => ini,
+            None => self.write_repointed(|ini| self.repointed(ini, to)).await?,
+        };
         let c = self.console().await?;
         // RELOAD, the held clients' wait limit it resets stretched again (from the file just
         // written), and the console's own view after both, sent back to back: one round trip,

@@ -137,6 +137,9 @@ impl Step for Promote {
     }
     async fn apply(&self, cx: &Cx) -> Result<PromoteOut> {
         let t = Instant::now();
+        // Past the point of no return (journaled before this runs): the routes' preparation
+        // runs beside the promotion, on other hosts.
+        super::route::prepare_ahead(cx, &self.d);
         let c = self
             .d
             .bounded("connect to the target", session(&self.d.to.endpoint()))

@@ -7,7 +7,9 @@ use anyhow::{bail, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::task::JoinHandle;
 
+use super::memo::Memo;
 use super::retry::{where_it_points, with_retries};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
@@ -15,6 +17,28 @@ use crate::pg::connect;
 use crate::steps::id::StepId;
 
 pub struct VerifyPrimary(pub Direction);
+
+/// Every route's `prepare_point`, started by the promotion once its point of no return is
+/// journaled, by run and target (see [`prepare_ahead`]).
+static PREPARED: Memo<JoinHandle<()>> = Memo::new();
+
+/// Start every route's preparation (PgBouncer: the repointed pgbouncer.ini written, not
+/// loaded) beside the promotion: past its point of no return the only way is forward, and
+/// nothing a client sees changes before `route` runs. A failure is left to `route`, which
+/// then does the whole of it; a resumed run prepares nothing.
+pub(super) fn prepare_ahead(cx: &Cx, d: &Direction) {
+    let Ok(routers) = d.routers() else { return };
+    if routers.is_empty() {
+        return;
+    }
+    let (from, to, limit) = (d.from.node.clone(), d.to.node.clone(), d.limit);
+    let preparing = tokio::spawn(async move {
+        for r in &routers {
+            let _ = tokio::time::timeout(limit, r.prepare_point(&from, &to)).await;
+        }
+    });
+    PREPARED.remember(&cx.run_id, d.to.name(), preparing);
+}
 
 /// One route after the switch, in its provider's own terms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +95,11 @@ impl Step for VerifyPrimary {
         Kind::NothingToUndo
     }
     async fn apply(&self, cx: &Cx) -> Result<RouteOut> {
+        if let Some(preparing) = PREPARED.take(&cx.run_id, self.0.to.name()) {
+            // Done by now as a rule (it ran beside the promotion); one still under way is
+            // waited for rather than raced by a second write of the same file.
+            let _ = tokio::time::timeout(self.0.limit, preparing).await;
+        }
         let routers = self.0.routers()?;
         let primary = self.0.to.name().to_string();
         if !routers.is_empty() {
