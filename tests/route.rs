@@ -236,6 +236,49 @@ async fn pgbouncer_raises_query_wait_timeout_while_holding() {
     r.verify(old).await.unwrap();
 }
 
+/// A `query_wait_timeout` set in an `%include`d file (pgbouncer.ini itself does not set it) is
+/// the one the release goes back to, not PgBouncer's default read from pgbouncer.ini.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbouncer_restores_a_wait_limit_set_in_an_included_file() {
+    let lab = crate::support::TestLab::up().await;
+    let spec = migrate::spec::load(&lab.lab.spec_path()).unwrap();
+    let budget = spec.cutover.pause_budget().as_secs();
+    let dir = lab.lab.dir.join("pgbouncer");
+    let extra = dir.join("extra.ini");
+    std::fs::write(&extra, "query_wait_timeout = 30\n").unwrap();
+    let ini = dir.join("pgbouncer.ini");
+    let mut text = std::fs::read_to_string(&ini).unwrap();
+    assert!(!text.contains("query_wait_timeout"), "{text}");
+    text.push_str(&format!("%include {}\n", extra.display()));
+    std::fs::write(&ini, text).unwrap();
+    let mut console = lab.lab.app_endpoint();
+    console.conninfo = console.conninfo.with("dbname", "pgbouncer");
+    connect(&console)
+        .await
+        .unwrap()
+        .simple_query("RELOAD")
+        .await
+        .unwrap();
+    assert_eq!(
+        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
+        "30"
+    );
+    let r = migrate::route::open(&spec.routes).unwrap().remove(0);
+    let old = spec.node("old").unwrap();
+    r.hold().await.unwrap();
+    r.point(old, old).await.unwrap();
+    assert_eq!(
+        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
+        (budget + 1).to_string(),
+        "raised while held, after the RELOAD too"
+    );
+    r.release().await.unwrap();
+    assert_eq!(
+        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
+        "30"
+    );
+}
+
 /// What PgBouncer's console shows `app` pointing at (what it loaded, not what the file says).
 async fn pgbouncer_app_port(lab: &migrate::lab::Lab) -> String {
     let mut ep = lab.app_endpoint();

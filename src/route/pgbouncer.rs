@@ -71,12 +71,12 @@ impl PgBouncer {
     }
 
     /// Where this process keeps the last pgbouncer.ini it read from this host and path.
-    fn ini_key(&self) -> (String, std::path::PathBuf) {
+    fn ini_key(&self) -> FileKey {
         (self.host.describe(), self.cfg.config.clone())
     }
 
     fn remember_ini(&self, bytes: &[u8]) {
-        SEEN_INI.put(self.ini_key(), bytes);
+        SEEN_INI.put(self.ini_key(), bytes.to_vec());
     }
 
     /// The repointed file written: from the text read before the hold when it is still what
@@ -135,32 +135,29 @@ impl PgBouncer {
         out
     }
 
-    async fn check_pool_mode(&self, c: &Client) -> Result<()> {
-        for row in Self::rows(c, "SHOW CONFIG").await? {
-            let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-            if get("key") == Some("pool_mode") && get("value") == Some("session") {
-                bail!("PgBouncer runs pool_mode = session: PAUSE would wait for every client to disconnect; use transaction pooling for the cutover");
-            }
+    fn check_pool_mode(config: &[Vec<(String, String)>]) -> Result<()> {
+        if config_value(config, "pool_mode").as_deref() == Some("session") {
+            bail!("PgBouncer runs pool_mode = session: PAUSE would wait for every client to disconnect; use transaction pooling for the cutover");
         }
         Ok(())
     }
 
     /// Held clients are disconnected after `query_wait_timeout`: raise it above the cutover's
-    /// pause budget while they are held (0 means no limit). A `RELOAD` resets it, so this runs
-    /// again after the repoint.
-    async fn stretch_wait_timeout(&self, c: &Client) -> Result<()> {
-        let config = Self::rows(c, "SHOW CONFIG").await?;
-        self.stretch_wait_timeout_from(c, config).await
-    }
-
-    /// The same, from `SHOW CONFIG` rows already read.
-    async fn stretch_wait_timeout_from(
+    /// pause budget while they are held (0 means no limit), from `SHOW CONFIG`'s rows. The
+    /// value in force is remembered as the configured one (to go back to), unless it is this
+    /// tool's own stretch left by an earlier attempt. A `RELOAD` resets it, so the repoint
+    /// stretches again.
+    async fn stretch_wait_timeout(
         &self,
         c: &Client,
-        config: Vec<Vec<(String, String)>>,
+        config: &[Vec<(String, String)>],
     ) -> Result<()> {
-        let now = config_value(config, "query_wait_timeout").and_then(|v| seconds(&v));
-        if let Some(s) = stretch_to(now, self.cfg.pause_budget.as_secs()) {
+        let budget = self.cfg.pause_budget.as_secs();
+        let now = wait_timeout_in(config);
+        if let Some(configured) = configured_at_hold(now, budget) {
+            CONFIGURED_WAIT.put(self.ini_key(), configured);
+        }
+        if let Some(s) = stretch_to(now, budget) {
             set_wait_timeout(c, s).await?;
         }
         Ok(())
@@ -172,12 +169,15 @@ impl PgBouncer {
         repoint_ini(ini, &self.cfg.databases, host, &port)
     }
 
-    /// pgbouncer.ini's `query_wait_timeout` (default 120 s), to go back to after the release.
+    /// The configured `query_wait_timeout`, to go back to after the release: as PgBouncer
+    /// showed it after loading its configuration (an `%include`d file counts), else as
+    /// pgbouncer.ini sets it (a resumed run; PgBouncer's default is 120 s).
     async fn configured_wait_timeout(&self) -> Result<u64> {
+        if let Some(seen) = CONFIGURED_WAIT.get(&self.ini_key()) {
+            return Ok(seen);
+        }
         let ini = self.last_ini().await?;
-        Ok(ini_setting(&ini, "pgbouncer", "query_wait_timeout")
-            .and_then(|v| seconds(&v))
-            .unwrap_or(120))
+        Ok(ini_wait_timeout(&ini).unwrap_or(120))
     }
 }
 
@@ -187,16 +187,35 @@ fn stretch_to(now: Option<u64>, budget: u64) -> Option<u64> {
     now.filter(|&s| s != 0 && s < budget).map(|_| budget + 1)
 }
 
-/// Pure: the same after a RELOAD of `ini` (PgBouncer's default is 120 s).
-fn stretched_wait(ini: &str, budget: u64) -> Option<u64> {
-    let configured =
-        ini_setting(ini, "pgbouncer", "query_wait_timeout").map_or(Some(120), |v| seconds(&v));
+/// Pure: the same after a RELOAD: from the configured value as seen before (`known`), else as
+/// `ini` sets it (PgBouncer's default is 120 s).
+fn stretched_wait(known: Option<u64>, ini: &str, budget: u64) -> Option<u64> {
+    let configured = match known {
+        Some(k) => Some(k),
+        None => {
+            ini_setting(ini, "pgbouncer", "query_wait_timeout").map_or(Some(120), |v| seconds(&v))
+        }
+    };
     stretch_to(configured, budget)
 }
 
+/// Pure: what the value in force at the hold says of the configured one: itself, unless it is
+/// this tool's own stretch (`budget + 1`) left by an earlier attempt.
+fn configured_at_hold(now: Option<u64>, budget: u64) -> Option<u64> {
+    now.filter(|&s| s != budget + 1)
+}
+
+fn wait_timeout_in(config: &[Vec<(String, String)>]) -> Option<u64> {
+    config_value(config, "query_wait_timeout").and_then(|v| seconds(&v))
+}
+
+fn ini_wait_timeout(ini: &str) -> Option<u64> {
+    ini_setting(ini, "pgbouncer", "query_wait_timeout").and_then(|v| seconds(&v))
+}
+
 /// Pure: one setting's value among `SHOW CONFIG`'s rows.
-fn config_value(rows: Vec<Vec<(String, String)>>, key: &str) -> Option<String> {
-    rows.into_iter().find_map(|row| {
+fn config_value(rows: &[Vec<(String, String)>], key: &str) -> Option<String> {
+    rows.iter().find_map(|row| {
         let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         (get("key").as_deref() == Some(key))
             .then(|| get("value"))
@@ -272,41 +291,45 @@ pub fn repoint_ini(ini: &str, databases: &[String], host: &str, port: &str) -> S
     out
 }
 
-/// A config file's text as this process last knew it, by (host, path).
-struct IniCache(std::sync::OnceLock<std::sync::Mutex<IniByFile>>);
+/// What this process knows of a PgBouncer, by its config file (host, path).
+struct ByFile<T>(std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<FileKey, T>>>);
 
-type IniByFile = std::collections::HashMap<(String, std::path::PathBuf), Vec<u8>>;
+type FileKey = (String, std::path::PathBuf);
 
-impl IniCache {
-    const fn new() -> IniCache {
-        IniCache(std::sync::OnceLock::new())
+impl<T: Clone> ByFile<T> {
+    const fn new() -> ByFile<T> {
+        ByFile(std::sync::OnceLock::new())
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, IniByFile> {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<FileKey, T>> {
         self.0
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn put(&self, key: (String, std::path::PathBuf), text: &[u8]) {
-        self.map().insert(key, text.to_vec());
+    fn put(&self, key: FileKey, value: T) {
+        self.map().insert(key, value);
     }
 
-    fn get(&self, key: &(String, std::path::PathBuf)) -> Option<Vec<u8>> {
+    fn get(&self, key: &FileKey) -> Option<T> {
         self.map().get(key).cloned()
     }
 
-    fn take(&self, key: &(String, std::path::PathBuf)) -> Option<Vec<u8>> {
+    fn take(&self, key: &FileKey) -> Option<T> {
         self.map().remove(key)
     }
 }
 
 /// What this process last read or wrote of each PgBouncer's config file.
-static SEEN_INI: IniCache = IniCache::new();
+static SEEN_INI: ByFile<Vec<u8>> = ByFile::new();
 
 /// The repointed file `prepare_point` wrote (not yet RELOADed), for `point` to take.
-static PREPARED_INI: IniCache = IniCache::new();
+static PREPARED_INI: ByFile<Vec<u8>> = ByFile::new();
+
+/// The configured `query_wait_timeout` as PgBouncer showed it (at the hold, after the
+/// repoint's RELOAD), to go back to on release.
+static CONFIGURED_WAIT: ByFile<u64> = ByFile::new();
 
 /// A `[databases]` value with only its `host=` and `port=` values replaced (added when
 /// missing); every other token (`password=`, `auth_user=`, `pool_size=`, …) stays as written.
@@ -420,8 +443,9 @@ impl Router for PgBouncer {
 
     async fn hold(&self) -> Result<()> {
         let c = self.console().await?;
-        self.check_pool_mode(&c).await?;
-        self.stretch_wait_timeout(&c).await?;
+        let config = Self::rows(&c, "SHOW CONFIG").await?;
+        Self::check_pool_mode(&config)?;
+        self.stretch_wait_timeout(&c, &config).await?;
         // One database after the other, not pipelined: PgBouncer leaves a second command
         // that arrived while a PAUSE waited unread until more input comes (measured: the
         // hold then never completes).
@@ -472,7 +496,7 @@ impl Router for PgBouncer {
 
     async fn prepare_point(&self, _from: &Node, to: &Node) -> Result<()> {
         let ini = self.write_repointed(|ini| self.repointed(ini, to)).await?;
-        PREPARED_INI.put(self.ini_key(), ini.as_bytes());
+        PREPARED_INI.put(self.ini_key(), ini.into_bytes());
         Ok(())
     }
 
@@ -489,17 +513,22 @@ impl Router for PgBouncer {
             None => self.write_repointed(|ini| self.repointed(ini, to)).await?,
         };
         let c = self.console().await?;
-        // RELOAD, the held clients' wait limit it resets stretched again (from the file just
-        // written), and the console's own view after both, sent back to back: one round trip,
-        // the console answers them in order.
+        // RELOAD, the configuration it loaded, the held clients' wait limit it resets
+        // stretched again (from the configured value seen at the hold, else the file just
+        // written), and the console's own view, sent back to back: one round trip, the
+        // console answers them in order.
+        let budget = self.cfg.pause_budget.as_secs();
+        let known = CONFIGURED_WAIT.get(&self.ini_key());
+        let stretching = stretched_wait(known, &ini, budget);
         let stretch = async {
-            match stretched_wait(&ini, self.cfg.pause_budget.as_secs()) {
+            match stretching {
                 Some(seconds) => set_wait_timeout(&c, seconds).await,
                 None => Ok(()),
             }
         };
-        let (reloaded, stretched, databases) = tokio::join!(
+        let (reloaded, config, stretched, databases) = tokio::join!(
             c.simple_query("RELOAD"),
+            Self::rows(&c, "SHOW CONFIG"),
             stretch,
             Self::rows(&c, "SHOW DATABASES")
         );
@@ -510,6 +539,15 @@ impl Router for PgBouncer {
             )
         })?;
         stretched?;
+        // What was loaded is the configured value (an `%include`d file counts): the one to go
+        // back to, and, where the guess above missed a limit the held clients could hit, the
+        // one to stretch now.
+        if let Some(configured) = wait_timeout_in(&config?) {
+            CONFIGURED_WAIT.put(self.ini_key(), configured);
+            if let (Some(seconds), None) = (stretch_to(Some(configured), budget), stretching) {
+                set_wait_timeout(&c, seconds).await?;
+            }
+        }
         let mut seen = serde_json::Map::new();
         for row in databases? {
             let get = |k: &str| {
@@ -551,7 +589,9 @@ impl Router for PgBouncer {
 
 #[cfg(test)]
 mod tests {
-    use super::{entry_host_port, repoint_entry, repoint_ini, stretch_to, stretched_wait};
+    use super::{
+        configured_at_hold, entry_host_port, repoint_entry, repoint_ini, stretch_to, stretched_wait,
+    };
 
     #[test]
     fn held_clients_outlast_the_budget_after_a_reload() {
@@ -560,14 +600,24 @@ mod tests {
         assert_eq!(stretch_to(Some(0), 200), None, "0 is no limit");
         assert_eq!(stretch_to(None, 200), None);
         let ini = "[databases]\napp = host=a\n[pgbouncer]\nquery_wait_timeout = 30\n";
-        assert_eq!(stretched_wait(ini, 200), Some(201));
+        assert_eq!(stretched_wait(None, ini, 200), Some(201));
         assert_eq!(
-            stretched_wait("[pgbouncer]\nlisten_port = 1\n", 200),
+            stretched_wait(None, "[pgbouncer]\nlisten_port = 1\n", 200),
             Some(201)
         );
-        assert_eq!(stretched_wait("[pgbouncer]\nlisten_port = 1\n", 100), None);
+        assert_eq!(
+            stretched_wait(None, "[pgbouncer]\nlisten_port = 1\n", 100),
+            None
+        );
         let unlimited = "[pgbouncer]\nquery_wait_timeout = 0\n";
-        assert_eq!(stretched_wait(unlimited, 200), None);
+        assert_eq!(stretched_wait(None, unlimited, 200), None);
+        // What PgBouncer showed at the hold wins over the file (an %include may set it).
+        assert_eq!(stretched_wait(Some(0), ini, 200), None);
+        assert_eq!(stretched_wait(Some(5), unlimited, 200), Some(201));
+        // The value in force at the hold is the configured one, unless it is our own stretch.
+        assert_eq!(configured_at_hold(Some(30), 200), Some(30));
+        assert_eq!(configured_at_hold(Some(201), 200), None);
+        assert_eq!(configured_at_hold(None, 200), None);
     }
 
     #[test]
