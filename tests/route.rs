@@ -182,21 +182,38 @@ async fn an_aborted_cutover_releases_the_held_clients() {
     assert!(missing.is_empty());
 }
 
-async fn pgbouncer_setting(lab: &migrate::lab::Lab, key: &str) -> String {
+/// The lab PgBouncer's admin console.
+async fn pgbouncer_console(lab: &migrate::lab::Lab) -> tokio_postgres::Client {
     let mut ep = lab.app_endpoint();
     ep.conninfo = ep.conninfo.with("dbname", "pgbouncer");
-    let c = connect(&ep).await.unwrap();
-    c.simple_query("SHOW CONFIG")
+    connect(&ep).await.unwrap()
+}
+
+/// Column `want` of the row of console command `show` whose column `by` is `key`.
+async fn pgbouncer_shows(
+    lab: &migrate::lab::Lab,
+    show: &str,
+    by: &str,
+    key: &str,
+    want: &str,
+) -> String {
+    pgbouncer_console(lab)
+        .await
+        .simple_query(show)
         .await
         .unwrap()
         .into_iter()
         .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(key) => {
-                r.get(1).map(str::to_string)
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(by) == Some(key) => {
+                r.get(want).map(str::to_string)
             }
             _ => None,
         })
         .unwrap()
+}
+
+async fn pgbouncer_setting(lab: &migrate::lab::Lab, key: &str) -> String {
+    pgbouncer_shows(lab, "SHOW CONFIG", "key", key, "value").await
 }
 
 /// Held clients are dropped after query_wait_timeout (120 s by default): it is raised above
@@ -251,11 +268,8 @@ async fn pgbouncer_restores_a_wait_limit_set_in_an_included_file() {
     assert!(!text.contains("query_wait_timeout"), "{text}");
     text.push_str(&format!("%include {}\n", extra.display()));
     std::fs::write(&ini, text).unwrap();
-    let mut console = lab.lab.app_endpoint();
-    console.conninfo = console.conninfo.with("dbname", "pgbouncer");
-    connect(&console)
+    pgbouncer_console(&lab.lab)
         .await
-        .unwrap()
         .simple_query("RELOAD")
         .await
         .unwrap();
@@ -281,20 +295,7 @@ async fn pgbouncer_restores_a_wait_limit_set_in_an_included_file() {
 
 /// What PgBouncer's console shows `app` pointing at (what it loaded, not what the file says).
 async fn pgbouncer_app_port(lab: &migrate::lab::Lab) -> String {
-    let mut ep = lab.app_endpoint();
-    ep.conninfo = ep.conninfo.with("dbname", "pgbouncer");
-    let c = connect(&ep).await.unwrap();
-    c.simple_query("SHOW DATABASES")
-        .await
-        .unwrap()
-        .into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) if r.get("name") == Some("app") => {
-                r.get("port").map(str::to_string)
-            }
-            _ => None,
-        })
-        .unwrap()
+    pgbouncer_shows(lab, "SHOW DATABASES", "name", "app", "port").await
 }
 
 /// The repointed pgbouncer.ini written ahead (beside the promotion) changes nothing clients
