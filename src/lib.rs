@@ -12,6 +12,7 @@ pub mod ha;
 pub mod hooks;
 pub mod host;
 pub mod lab;
+mod memo;
 pub mod pg;
 pub mod plans;
 pub mod preflight;

@@ -234,23 +234,33 @@ async fn pgbouncer_raises_query_wait_timeout_while_holding() {
         pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
         "120"
     );
+    assert_wait_limit_raised_while_held(&lab.lab, r.as_ref(), old, budget, "120").await;
+    r.verify(old).await.unwrap();
+}
+
+/// Hold, repoint (at the same node) and release through `r`: `query_wait_timeout` is above
+/// the budget after the hold and after the RELOAD, and `configured` after the release.
+async fn assert_wait_limit_raised_while_held(
+    lab: &migrate::lab::Lab,
+    r: &dyn migrate::route::Router,
+    node: &migrate::spec::Node,
+    budget: u64,
+    configured: &str,
+) {
+    let raised = (budget + 1).to_string();
     r.hold().await.unwrap();
+    assert_eq!(pgbouncer_setting(lab, "query_wait_timeout").await, raised);
+    r.point(node, node).await.unwrap();
     assert_eq!(
-        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
-        (budget + 1).to_string()
-    );
-    r.point(old, old).await.unwrap();
-    assert_eq!(
-        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
-        (budget + 1).to_string(),
+        pgbouncer_setting(lab, "query_wait_timeout").await,
+        raised,
         "still raised after the RELOAD"
     );
     r.release().await.unwrap();
     assert_eq!(
-        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
-        "120"
+        pgbouncer_setting(lab, "query_wait_timeout").await,
+        configured
     );
-    r.verify(old).await.unwrap();
 }
 
 /// A `query_wait_timeout` set in an `%include`d file (pgbouncer.ini itself does not set it) is
@@ -279,18 +289,7 @@ async fn pgbouncer_restores_a_wait_limit_set_in_an_included_file() {
     );
     let r = migrate::route::open(&spec.routes).unwrap().remove(0);
     let old = spec.node("old").unwrap();
-    r.hold().await.unwrap();
-    r.point(old, old).await.unwrap();
-    assert_eq!(
-        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
-        (budget + 1).to_string(),
-        "raised while held, after the RELOAD too"
-    );
-    r.release().await.unwrap();
-    assert_eq!(
-        pgbouncer_setting(&lab.lab, "query_wait_timeout").await,
-        "30"
-    );
+    assert_wait_limit_raised_while_held(&lab.lab, r.as_ref(), old, budget, "30").await;
 }
 
 /// What PgBouncer's console shows `app` pointing at (what it loaded, not what the file says).

@@ -11,6 +11,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::Router;
 use crate::host::Host;
+use crate::memo::Memo;
 use crate::pg::{session, Endpoint, Session};
 use crate::spec::{Node, PgBouncerRoute};
 
@@ -71,12 +72,29 @@ impl PgBouncer {
     }
 
     /// Where this process keeps the last pgbouncer.ini it read from this host and path.
-    fn ini_key(&self) -> FileKey {
-        (self.host.describe(), self.cfg.config.clone())
+    fn ini_key(&self) -> (String, String) {
+        (self.host.describe(), self.cfg.config.display().to_string())
+    }
+
+    /// What `memo` holds for this PgBouncer (by its config file), left in place.
+    fn known<T: Clone>(&self, memo: &Memo<T>) -> Option<T> {
+        let (host, file) = self.ini_key();
+        memo.get(&host, &file)
+    }
+
+    /// What `memo` holds for this PgBouncer, taken.
+    fn taken<T>(&self, memo: &Memo<T>) -> Option<T> {
+        let (host, file) = self.ini_key();
+        memo.take(&host, &file)
+    }
+
+    fn keep<T>(&self, memo: &Memo<T>, value: T) {
+        let (host, file) = self.ini_key();
+        memo.remember(&host, &file, value);
     }
 
     fn remember_ini(&self, bytes: &[u8]) {
-        SEEN_INI.put(self.ini_key(), bytes.to_vec());
+        self.keep(&SEEN_INI, bytes.to_vec());
     }
 
     /// The repointed file written: from the text read before the hold when it is still what
@@ -85,7 +103,7 @@ impl PgBouncer {
     async fn write_repointed(&self, repoint: impl Fn(&str) -> String) -> Result<String> {
         // The pgbouncer.ini read before (by `hold`, before clients were held), used once,
         // with a compare-and-swap write.
-        if let Some(seen) = SEEN_INI.take(&self.ini_key()) {
+        if let Some(seen) = self.taken(&SEEN_INI) {
             let out = repoint(&String::from_utf8_lossy(&seen));
             if let Ok(true) = self
                 .host
@@ -109,7 +127,7 @@ impl PgBouncer {
 
     /// pgbouncer.ini as this process last read or wrote it, else read now.
     async fn last_ini(&self) -> Result<String> {
-        match SEEN_INI.get(&self.ini_key()) {
+        match self.known(&SEEN_INI) {
             Some(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
             None => self.ini().await,
         }
@@ -155,7 +173,7 @@ impl PgBouncer {
         let budget = self.cfg.pause_budget.as_secs();
         let now = wait_timeout_in(config);
         if let Some(configured) = configured_at_hold(now, budget) {
-            CONFIGURED_WAIT.put(self.ini_key(), configured);
+            self.keep(&CONFIGURED_WAIT, configured);
         }
         if let Some(s) = stretch_to(now, budget) {
             set_wait_timeout(c, s).await?;
@@ -173,7 +191,7 @@ impl PgBouncer {
     /// showed it after loading its configuration (an `%include`d file counts), else as
     /// pgbouncer.ini sets it (a resumed run; PgBouncer's default is 120 s).
     async fn configured_wait_timeout(&self) -> Result<u64> {
-        if let Some(seen) = CONFIGURED_WAIT.get(&self.ini_key()) {
+        if let Some(seen) = self.known(&CONFIGURED_WAIT) {
             return Ok(seen);
         }
         let ini = self.last_ini().await?;
@@ -190,12 +208,9 @@ fn stretch_to(now: Option<u64>, budget: u64) -> Option<u64> {
 /// Pure: the same after a RELOAD: from the configured value as seen before (`known`), else as
 /// `ini` sets it (PgBouncer's default is 120 s).
 fn stretched_wait(known: Option<u64>, ini: &str, budget: u64) -> Option<u64> {
-    let configured = match known {
-        Some(k) => Some(k),
-        None => {
-            ini_setting(ini, "pgbouncer", "query_wait_timeout").map_or(Some(120), |v| seconds(&v))
-        }
-    };
+    let configured = known.or_else(|| {
+        ini_setting(ini, "pgbouncer", "query_wait_timeout").map_or(Some(120), |v| seconds(&v))
+    });
     stretch_to(configured, budget)
 }
 
@@ -291,45 +306,15 @@ pub fn repoint_ini(ini: &str, databases: &[String], host: &str, port: &str) -> S
     out
 }
 
-/// What this process knows of a PgBouncer, by its config file (host, path).
-struct ByFile<T>(std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<FileKey, T>>>);
-
-type FileKey = (String, std::path::PathBuf);
-
-impl<T: Clone> ByFile<T> {
-    const fn new() -> ByFile<T> {
-        ByFile(std::sync::OnceLock::new())
-    }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<FileKey, T>> {
-        self.0
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn put(&self, key: FileKey, value: T) {
-        self.map().insert(key, value);
-    }
-
-    fn get(&self, key: &FileKey) -> Option<T> {
-        self.map().get(key).cloned()
-    }
-
-    fn take(&self, key: &FileKey) -> Option<T> {
-        self.map().remove(key)
-    }
-}
-
 /// What this process last read or wrote of each PgBouncer's config file.
-static SEEN_INI: ByFile<Vec<u8>> = ByFile::new();
+static SEEN_INI: Memo<Vec<u8>> = Memo::new();
 
 /// The repointed file `prepare_point` wrote (not yet RELOADed), for `point` to take.
-static PREPARED_INI: ByFile<Vec<u8>> = ByFile::new();
+static PREPARED_INI: Memo<Vec<u8>> = Memo::new();
 
 /// The configured `query_wait_timeout` as PgBouncer showed it (at the hold, after the
 /// repoint's RELOAD), to go back to on release.
-static CONFIGURED_WAIT: ByFile<u64> = ByFile::new();
+static CONFIGURED_WAIT: Memo<u64> = Memo::new();
 
 /// A `[databases]` value with only its `host=` and `port=` values replaced (added when
 /// missing); every other token (`password=`, `auth_user=`, `pool_size=`, …) stays as written.
@@ -496,7 +481,7 @@ impl Router for PgBouncer {
 
     async fn prepare_point(&self, _from: &Node, to: &Node) -> Result<()> {
         let ini = self.write_repointed(|ini| self.repointed(ini, to)).await?;
-        PREPARED_INI.put(self.ini_key(), ini.into_bytes());
+        self.keep(&PREPARED_INI, ini.into_bytes());
         Ok(())
     }
 
@@ -504,8 +489,8 @@ impl Router for PgBouncer {
         let port = to.conninfo.port().to_string();
         // Written by `prepare_point` beside the promotion and pointing at `to`: only the RELOAD
         // is left (whose SHOW DATABASES below checks what PgBouncer loaded). Else written now.
-        let prepared = PREPARED_INI
-            .take(&self.ini_key())
+        let prepared = self
+            .taken(&PREPARED_INI)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .filter(|ini| self.repointed(ini, to) == *ini);
         let ini = match prepared {
@@ -518,7 +503,7 @@ impl Router for PgBouncer {
         // written), and the console's own view, sent back to back: one round trip, the
         // console answers them in order.
         let budget = self.cfg.pause_budget.as_secs();
-        let known = CONFIGURED_WAIT.get(&self.ini_key());
+        let known = self.known(&CONFIGURED_WAIT);
         let stretching = stretched_wait(known, &ini, budget);
         let stretch = async {
             match stretching {
@@ -543,7 +528,7 @@ impl Router for PgBouncer {
         // back to, and, where the guess above missed a limit the held clients could hit, the
         // one to stretch now.
         if let Some(configured) = wait_timeout_in(&config?) {
-            CONFIGURED_WAIT.put(self.ini_key(), configured);
+            self.keep(&CONFIGURED_WAIT, configured);
             if let (Some(seconds), None) = (stretch_to(Some(configured), budget), stretching) {
                 set_wait_timeout(&c, seconds).await?;
             }

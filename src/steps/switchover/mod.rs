@@ -13,7 +13,6 @@ pub mod followers;
 pub mod guard;
 pub mod ha;
 pub mod hold;
-mod memo;
 pub mod promote;
 pub mod proof;
 pub mod release;
@@ -25,6 +24,9 @@ pub mod stop;
 pub mod window;
 
 use std::future::Future;
+
+/// The steps' in-process hand-overs (see [`crate::memo`]).
+use crate::memo;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};

@@ -1,27 +1,39 @@
-//! What one step of this process hands the next inside the write pause, by run and node,
-//! deliberately not journaled: only the process that saw it happen may skip looking again. A
-//! resumed run looks afresh (between a crash and the resume anything may have been done by
-//! hand).
+//! What one step of this process hands the next inside the write pause, by a pair of keys (a
+//! run and a node; a host and a file), deliberately not journaled: only the process that saw
+//! it happen may skip looking again. A resumed run looks afresh (between a crash and the
+//! resume anything may have been done by hand).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-pub(super) struct Memo<T = String>(Mutex<BTreeMap<(String, String), T>>);
+pub(crate) struct Memo<T = String>(Mutex<BTreeMap<(String, String), T>>);
 
 impl<T> Memo<T> {
-    pub(super) const fn new() -> Memo<T> {
+    pub(crate) const fn new() -> Memo<T> {
         Memo(Mutex::new(BTreeMap::new()))
     }
 
-    pub(super) fn remember(&self, run_id: &str, node: &str, text: T) {
+    pub(crate) fn remember(&self, run_id: &str, node: &str, text: T) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((run_id.to_string(), node.to_string()), text);
     }
 
+    /// What is remembered for `node` in `run_id`, left in place.
+    pub(crate) fn get(&self, run_id: &str, node: &str) -> Option<T>
+    where
+        T: Clone,
+    {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(run_id.to_string(), node.to_string()))
+            .cloned()
+    }
+
     /// What was remembered for `node` in `run_id`, once.
-    pub(super) fn take(&self, run_id: &str, node: &str) -> Option<T> {
+    pub(crate) fn take(&self, run_id: &str, node: &str) -> Option<T> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
