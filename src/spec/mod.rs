@@ -389,7 +389,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Spec, SpecError> {
         Ok(de) => serde_path_to_error::deserialize(de).map_err(|e| v.serde_error(text, e))?,
         Err(e) => return Err(v.toml_error(text, &e)),
     };
-    v.spec(raw)
+    let spec = v.spec(raw)?;
+    // A last look at every string, after the fields' own checks (which name the part of a
+    // value that is wrong): no field can then forget one.
+    if let Ok(doc) = toml::from_str::<toml::Table>(text) {
+        if let Some((field, c)) = values::first_unprintable(&doc) {
+            return Err(v.err(
+                field,
+                format!("the value contains the unprintable character {c:?}"),
+                "write it without line breaks, tabs, escape or invisible formatting characters (bidirectional overrides, zero-width spaces)",
+            ));
+        }
+    }
+    Ok(spec)
 }
 
 struct Validator {
@@ -454,8 +466,9 @@ const SSH_COMMAND_OPTIONS: &[&str] = &[
 const NODE_FIX_KNOWN_ROLES: &str = "role is one of \"primary\", \"target\", \"replica\"";
 
 impl Validator {
-    /// Every refusal goes through here: the field and the problem quote spec text, so both are
-    /// escaped (no raw control character reaches a terminal) and cut to a readable length.
+    /// Every refusal goes through here: the field and the problem quote spec text, so all three
+    /// are escaped (no raw control character, not even a line break, reaches a terminal) and
+    /// cut to a readable length.
     fn err(
         &self,
         field: impl Into<String>,
@@ -465,8 +478,8 @@ impl Validator {
         SpecError {
             file: self.file.clone(),
             field: values::shown(&field.into(), values::QUOTE_MAX),
-            problem: values::shown_lines(&problem.into(), 4 * values::QUOTE_MAX),
-            fix: values::shown_lines(&fix.into(), 4 * values::QUOTE_MAX),
+            problem: values::shown(&problem.into(), 4 * values::QUOTE_MAX),
+            fix: values::shown(&fix.into(), 4 * values::QUOTE_MAX),
         }
     }
 
@@ -1385,21 +1398,28 @@ impl Validator {
                 ))
             }
         }
+        // Each node is walked up once: a walk stops at a node an earlier walk showed to end at
+        // the primary (linear in the nodes, however deep a hostile chain).
+        let mut reaches_primary = BTreeSet::new();
         for start in nodes.keys() {
             let mut seen = vec![start.as_str()];
+            let mut on_walk = BTreeSet::from([start.as_str()]);
             let mut cur = start.as_str();
             while let Some(up) = nodes[cur].upstream.as_deref() {
-                if seen.contains(&up) {
-                    seen.push(up);
+                if reaches_primary.contains(up) {
+                    break;
+                }
+                seen.push(up);
+                if !on_walk.insert(up) {
                     return Err(self.err(
                         format!("nodes.{cur}.upstream"),
-                        format!("replication cycle: {}", seen.join(" -> ")),
+                        format!("replication cycle: {}", cycle_shown(&seen)),
                         "every chain of upstreams must end at the primary",
                     ));
                 }
-                seen.push(up);
                 cur = up;
             }
+            reaches_primary.extend(seen);
         }
         let mut ports = BTreeMap::new();
         let mut dirs = BTreeSet::new();
@@ -1469,15 +1489,16 @@ fn order_nodes(mut nodes: BTreeMap<String, Node>) -> Vec<Node> {
         .map(|n| n.name.clone())
         .expect("validated");
     out.push(nodes.remove(&primary).expect("present"));
+    // Children by parent, siblings by name (the map is ordered): one pass, not one per parent.
+    let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in nodes.values() {
+        if let Some(up) = &n.upstream {
+            children.entry(up.clone()).or_default().push(n.name.clone());
+        }
+    }
     let mut i = 0;
     while i < out.len() {
-        let parent = out[i].name.clone();
-        let children: Vec<String> = nodes
-            .values()
-            .filter(|n| n.upstream.as_deref() == Some(&parent))
-            .map(|n| n.name.clone())
-            .collect();
-        for c in children {
+        for c in children.remove(&out[i].name).unwrap_or_default() {
             out.push(nodes.remove(&c).expect("present"));
         }
         i += 1;
@@ -1485,5 +1506,21 @@ fn order_nodes(mut nodes: BTreeMap<String, Node>) -> Vec<Node> {
     out
 }
 
+/// A cycle's walk for a message: the nodes up to the repeat, at most a screenful of them.
+fn cycle_shown(walk: &[&str]) -> String {
+    const SHOWN: usize = 12;
+    if walk.len() <= SHOWN {
+        return walk.join(" -> ");
+    }
+    format!(
+        "{} -> … ({} more) -> {}",
+        walk[..SHOWN - 2].join(" -> "),
+        walk.len() - SHOWN,
+        walk[walk.len() - 2..].join(" -> ")
+    )
+}
+
+#[cfg(test)]
+mod mutations;
 #[cfg(test)]
 mod tests;

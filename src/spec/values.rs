@@ -76,7 +76,7 @@ pub fn shown(text: &str, max: usize) -> String {
             out.push_str(&format!("… ({left} more characters)"));
             break;
         }
-        if c.is_control() && c != '\n' {
+        if unprintable(c) && c != '\n' {
             out.extend(c.escape_default());
         } else if c == '\n' {
             out.push_str("\\n");
@@ -87,18 +87,60 @@ pub fn shown(text: &str, max: usize) -> String {
     out
 }
 
-/// Like [`shown`] but keeps line breaks (for whole multi-line messages).
-pub fn shown_lines(text: &str, max: usize) -> String {
-    text.split('\n')
-        .map(|l| shown(l, max))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The first control character in `text`, if any (they never belong in a name, a user, a
+/// path or a conninfo value), or invisible formatting character (see [`unprintable`]).
+pub fn control_char(text: &str) -> Option<char> {
+    text.chars().find(|&c| unprintable(c))
 }
 
-/// The first control character in `text`, if any (they never belong in a name, a user, a
-/// path or a conninfo value).
-pub fn control_char(text: &str) -> Option<char> {
-    text.chars().find(|c| c.is_control())
+/// A control character (C0, DEL, C1), or one of Unicode's invisible formatting characters: the
+/// bidirectional overrides and isolates that make text read otherwise than it is (U+202E shows
+/// `db-old` for what is another name), zero-width characters, line and paragraph separators,
+/// the byte-order mark. None belongs in a spec's names, paths or arguments.
+pub fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{ad}' | '\u{61c}' | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}')
+}
+
+/// The first string (or key) anywhere in a spec document that holds an [`unprintable`]
+/// character, as its dotted path and the character. The one place such text may stay is a
+/// plugin's `config` table (an exec route's, a fence's): handed to the plugin as JSON, where
+/// it is escaped, and opaque to migrate (a PEM block may need its line breaks).
+pub fn first_unprintable(doc: &toml::Table) -> Option<(String, char)> {
+    fn walk(v: &toml::Value, at: &str) -> Option<(String, char)> {
+        match v {
+            toml::Value::String(s) => control_char(s).map(|c| (at.to_string(), c)),
+            toml::Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| walk(v, &format!("{at}[{i}]"))),
+            toml::Value::Table(t) => in_table(t, at),
+            _ => None,
+        }
+    }
+    fn in_table(t: &toml::Table, at: &str) -> Option<(String, char)> {
+        t.iter().find_map(|(k, v)| {
+            let here = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if let Some(c) = control_char(k) {
+                return Some((here, c));
+            }
+            if k == "config" && v.is_table() {
+                return None;
+            }
+            walk(v, &here)
+        })
+    }
+    in_table(doc, "")
 }
 
 /// `/a/./b//c/../d` → `/a/b/d`, without touching the file system (the path is on another
@@ -197,7 +239,37 @@ mod tests {
         let s = shown(&long, 10);
         assert!(s.starts_with("xxxxxxxxxx… (9999990 more"), "{s}");
         assert!(s.len() < 60);
-        assert_eq!(shown_lines("a\nb\u{7}", 10), "a\nb\\u{7}");
+        assert_eq!(shown("db\u{202e}dlo", 50), "db\\u{202e}dlo");
+    }
+
+    #[test]
+    fn invisible_characters_are_found_anywhere_but_in_a_plugins_config() {
+        let doc = |text: &str| -> toml::Table { toml::from_str(text).unwrap() };
+        assert_eq!(first_unprintable(&doc("a = \"x\"\n[b]\nc = [\"y\"]")), None);
+        assert_eq!(
+            first_unprintable(&doc(
+                "[nodes.old]\nhost = { options = [\"a\", \"b\\u202e\"] }"
+            )),
+            Some(("nodes.old.host.options[1]".into(), '\u{202e}'))
+        );
+        assert_eq!(
+            first_unprintable(&doc("[nodes.\"a\\u0000\"]\nx = 1")),
+            Some(("nodes.a\u{0}".into(), '\u{0}'))
+        );
+        assert_eq!(
+            first_unprintable(&doc("[[route]]\nconfig = { pem = \"a\\nb\" }")),
+            None
+        );
+        assert_eq!(
+            first_unprintable(&doc("[clone]\nconfig = \"/a\\nb\"")),
+            Some(("clone.config".into(), '\n'))
+        );
+        for c in ['\u{1b}', '\u{85}', '\u{200b}', '\u{2066}', '\u{feff}'] {
+            assert!(unprintable(c), "{c:?}");
+        }
+        for c in ['é', '💥', ' ', 'ß'] {
+            assert!(!unprintable(c), "{c:?}");
+        }
     }
 
     #[test]
