@@ -156,6 +156,31 @@ fn lab_status_without_a_lab_says_how_to_make_one() {
 }
 
 #[test]
+fn wan_links_without_the_lab_of_separate_hosts_are_refused_before_anything_is_made() {
+    for args in [
+        &["lab", "up", "--rtt", "30ms"][..],
+        &["rehearse", "--bandwidth", "100mbit"][..],
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("lab");
+        let mut all = args.to_vec();
+        all.extend(["--dir", dir.to_str().unwrap()]);
+        let out = migrate(&all);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("add --hosts ssh"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(),
+            "{args:?}: a lab was made in {}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
 fn lab_up_in_a_folder_the_server_user_cannot_enter_is_refused_naming_it() {
     if !nix::unistd::geteuid().is_root() {
         return; // only root runs the servers as another user

@@ -10,6 +10,9 @@ use crate::ui::Ui;
 pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
     match action {
         LabAction::Up(args) => {
+            if args.wan.wan().is_some() && args.hosts != crate::lab::Hosts::Ssh {
+                anyhow::bail!("--rtt, --bandwidth and --loss shape the links between the sites of --hosts ssh; add --hosts ssh");
+            }
             let lab = Lab::new_with_major(
                 &args.dir.dir,
                 args.base_port,
@@ -17,9 +20,6 @@ pub async fn run(action: &LabAction, ui: &Ui) -> Result<Exit> {
                 args.hosts,
                 args.pg,
             )?;
-            if args.wan.wan().is_some() && args.hosts != crate::lab::Hosts::Ssh {
-                anyhow::bail!("--rtt, --bandwidth and --loss shape the links between the sites of --hosts ssh; add --hosts ssh");
-            }
             let status = lab.up().await?;
             for n in &status.notes {
                 ui.line(n);

@@ -80,6 +80,10 @@ pub async fn run(opts: &Options, note: Notes<'_>) -> Result<Report> {
             );
         }
     }
+    if opts.wan.is_some() && opts.hosts != crate::lab::Hosts::Ssh {
+        // Said before a lab is made: the shaping would only fail once the lab is up.
+        bail!("--rtt, --bandwidth and --loss shape the links between the sites of the lab of separate hosts: add --hosts ssh");
+    }
     if opts.dir.join("lab-state.json").exists() {
         bail!(
             "{} holds a lab already; give an empty or new directory (--dir)",
