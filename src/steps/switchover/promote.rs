@@ -107,7 +107,20 @@ impl Step for Promote {
         let (from, to) = (self.d.from.name(), self.d.to.name());
         let before = format!("promoting {to}");
         // Both asked at once: this runs inside the write pause.
-        let (target, checked) = tokio::join!(guard::writable(&self.d.to), async {
+        let target = async {
+            match self.others {
+                // Seen in recovery by stage, after the proof, a moment ago in this process.
+                Others::Staged => match super::stage::recovering_since_staged(cx, &self.d) {
+                    Some(seen) => {
+                        tracing::debug!(node = self.d.to.name(), seen, "not asked again");
+                        Writable::No(seen)
+                    }
+                    None => guard::writable(&self.d.to).await,
+                },
+                Others::Failover => guard::writable(&self.d.to).await,
+            }
+        };
+        let (target, checked) = tokio::join!(target, async {
             match self.others {
                 // Seen down by stage, after its standby.signal was durable, a moment ago in
                 // this process: no start can make it writable since. Else asked now.

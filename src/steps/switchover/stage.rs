@@ -138,10 +138,33 @@ const STAGED_FRESH: Duration = Duration::from_secs(2);
 /// within [`STAGED_FRESH`]: a start since then, by hand or by a service manager, brings it up
 /// as the target's standby, never writable. A resumed run has no sighting and asks.
 pub(super) fn down_since_staged(cx: &Cx, d: &Direction) -> Option<String> {
-    let seen = STAGED_DOWN.take(&cx.run_id, d.from.name())?;
+    fresh(
+        STAGED_DOWN.take(&cx.run_id, d.from.name())?,
+        "down with standby.signal in place",
+    )
+}
+
+/// When this process saw the target in recovery, after the proof, in the round trip that made
+/// its slot for the old primary, by run and node (see [`recovering_since_staged`]).
+static TARGET_RECOVERING: Memo<Instant> = Memo::new();
+
+/// Whether `stage` in this process saw `d.to` still in recovery within [`STAGED_FRESH`]: the
+/// promotion's guard takes it for "not promoted from outside" instead of asking again inside
+/// the pause (a promotion from outside since then is taken by `pg_promote` as already done,
+/// as it would be in the moment between the guard's own look and the request). A resumed run
+/// has no sighting and asks.
+pub(super) fn recovering_since_staged(cx: &Cx, d: &Direction) -> Option<String> {
+    fresh(
+        TARGET_RECOVERING.take(&cx.run_id, d.to.name())?,
+        "in recovery",
+    )
+}
+
+/// A sighting of stage's, described, if it is at most [`STAGED_FRESH`] old.
+fn fresh(seen: Instant, what: &str) -> Option<String> {
     (seen.elapsed() <= STAGED_FRESH).then(|| {
         format!(
-            "down with standby.signal in place, seen by stage {} ms ago",
+            "{what}, seen by stage {} ms ago",
             seen.elapsed().as_millis()
         )
     })
@@ -242,7 +265,18 @@ impl Step for Stage {
             // time: two hosts, two round trips that need not wait for each other.
             let slot = async {
                 let c = session(&self.0.to.endpoint()).await?;
-                sql::create_physical_slot(&c, &m.slot()).await?;
+                // Whether the target is still a standby rides in the same round trip, sent
+                // after the slot's statement on the one connection (the promotion's guard
+                // then need not ask: see recovering_since_staged).
+                let name = m.slot();
+                let (made, recovering) = tokio::join!(
+                    sql::create_physical_slot(&c, &name),
+                    sql::one(&c, "SELECT pg_is_in_recovery()")
+                );
+                made?;
+                if recovering.is_ok_and(|r| r.get::<_, bool>(0)) {
+                    TARGET_RECOVERING.remember(&cx.run_id, self.0.to.name(), Instant::now());
+                }
                 c.keep();
                 anyhow::Ok(())
             };
