@@ -254,12 +254,19 @@ pub fn check(spec: &Spec) -> Result<(), SpecError> {
     for f in files(spec) {
         let problem = match f.kind {
             FileKind::Secret => secret_problem(&f.path, euid),
-            FileKind::Trust => std::fs::metadata(&f.path).err().map(|e| {
-                (
+            FileKind::Trust => match std::fs::metadata(&f.path) {
+                Err(e) => Some((
                     format!("{} cannot be read: {e}", f.path.display()),
                     "create it or correct the path".to_string(),
-                )
-            }),
+                )),
+                // A pipe or a device would block whoever reads it (a TLS set-up inside the
+                // pause, ssh): only a file (or a link to one) is taken.
+                Ok(m) if !m.is_file() => Some((
+                    format!("{} is not a regular file", f.path.display()),
+                    "point at the certificate or known_hosts file itself".to_string(),
+                )),
+                Ok(_) => None,
+            },
             FileKind::Program => program_problem(&f.path),
         };
         if let Some((problem, fix)) = problem {

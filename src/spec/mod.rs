@@ -362,7 +362,38 @@ pub fn load(path: &Path) -> Result<Spec, SpecError> {
 /// The most of a spec file read: far more than any real spec, and a bound for `-f /dev/zero`.
 const SPEC_LIMIT: u64 = 64 << 20;
 
+/// How long a spec that is not a regular file (a pipe, `<(…)`, a device) may take to arrive.
+const SPEC_ARRIVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn read_capped(path: &Path) -> Result<String, String> {
+    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    let bytes = if regular {
+        read_bytes_capped(path)?
+    } else {
+        // Opening a FIFO nobody writes to, or reading one that stays silent, blocks for
+        // ever: the read runs on a thread of its own and is given up after SPEC_ARRIVAL
+        // (the thread stays blocked; the process ends without it).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let owned = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_bytes_capped(&owned));
+        });
+        rx.recv_timeout(SPEC_ARRIVAL).map_err(|_| {
+            format!(
+                "the spec is not a regular file and nothing arrived from it within {}s (a named pipe without a writer?)",
+                SPEC_ARRIVAL.as_secs()
+            )
+        })??
+    };
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the spec is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+fn read_bytes_capped(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let f = std::fs::File::open(path).map_err(|e| format!("cannot read the spec: {e}"))?;
     let mut bytes = Vec::new();
@@ -372,12 +403,7 @@ fn read_capped(path: &Path) -> Result<String, String> {
     if bytes.len() as u64 > SPEC_LIMIT {
         return Err(format!("the spec is larger than {} MiB", SPEC_LIMIT >> 20));
     }
-    String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "the spec is not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        )
-    })
+    Ok(bytes)
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Spec, SpecError> {
