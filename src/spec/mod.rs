@@ -589,7 +589,7 @@ impl Validator {
         let at = e
             .span()
             .map(|s| line_col(text, s.start))
-            .unwrap_or_default();
+            .unwrap_or_else(|| "(the document)".into());
         self.err(
             at,
             e.message().trim(),

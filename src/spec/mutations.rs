@@ -533,3 +533,19 @@ fn a_cycle_thousands_of_nodes_long_is_named_briefly() {
     assert!(e.problem.contains("more"), "{e}");
     assert!(e.to_string().len() < 1024, "{} bytes", e.to_string().len());
 }
+
+/// Nesting and dotted keys far past any real spec: refused by the TOML reader's own limits,
+/// with a message that still names a place.
+#[test]
+fn nesting_past_the_readers_limits_is_refused_naming_a_place() {
+    let deep = 100_000;
+    for text in [
+        format!("name = {}{}\n", "[".repeat(deep), "]".repeat(deep)),
+        format!("name = {}1{}\n", "{a = ".repeat(deep), "}".repeat(deep)),
+        format!("name = \"x\"\n{}b = 1\n", "a.".repeat(deep)),
+    ] {
+        let e = parse(Path::new("/srv/deep.toml"), &text).unwrap_err();
+        assert!(!e.field.trim().is_empty(), "{e}");
+        assert!(e.to_string().len() < 1024, "{e}");
+    }
+}
