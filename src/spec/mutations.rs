@@ -326,6 +326,20 @@ fn accepted(what: &str, spec: &Spec) {
             excerpt(&debug, esc)
         );
     }
+    for node in &spec.nodes {
+        // Positional arguments of pg_ctlcluster and systemctl: an option there changes the
+        // command.
+        let word = match &node.service {
+            crate::pg::service::Service::PgCtlCluster { cluster, .. } => cluster.as_str(),
+            crate::pg::service::Service::Systemd { unit } => unit.as_str(),
+            crate::pg::service::Service::PgCtl => "",
+        };
+        assert!(
+            !word.starts_with('-'),
+            "{what}: service {:?} accepted",
+            node.service
+        );
+    }
     let routes = spec.routes.iter().filter_map(|r| match r {
         Route::PgBouncer(p) => Some(&p.host),
         Route::HaProxy(h) => Some(&h.host),
