@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use crate::pg::{connect, Endpoint, Lsn};
+use crate::pg::{session, Endpoint, Lsn};
 
 /// One replication hop, upstream → node.
 #[derive(Debug, Clone)]
@@ -76,7 +76,11 @@ pub async fn sample_hop(hop: &Hop) -> HopSample {
         node: hop.node.name.clone(),
         state: HopState::Down { reason },
     };
-    let node = match with_timeout(connect(&hop.node)).await {
+    // Kept connections (see `pg::session`): a sample every few hundred ms would otherwise
+    // set up a connection per node and hop each time (four round trips each across a WAN).
+    // A connection is kept only once its questions were answered; any error or time-out
+    // drops it, and the next sample connects afresh.
+    let node = match with_timeout(session(&hop.node)).await {
         Ok(c) => c,
         Err(e) => {
             return down(format!(
@@ -94,7 +98,7 @@ pub async fn sample_hop(hop: &Hop) -> HopSample {
     })
     .await;
     match receiver {
-        Ok(Some(status)) if status == "streaming" => {}
+        Ok(Some(status)) if status == "streaming" => node.keep(),
         Ok(Some(status)) => {
             return down(format!("the walreceiver on {} is {status}", hop.node.name))
         }
@@ -106,7 +110,7 @@ pub async fn sample_hop(hop: &Hop) -> HopSample {
             ))
         }
     }
-    let up = match with_timeout(connect(&hop.upstream)).await {
+    let up = match with_timeout(session(&hop.upstream)).await {
         Ok(c) => c,
         Err(e) => {
             return down(format!(
@@ -166,6 +170,7 @@ pub async fn sample_hop(hop: &Hop) -> HopSample {
             hop.upstream.name, hop.node.name
         ));
     };
+    up.keep();
     HopSample {
         upstream: hop.upstream.name.clone(),
         node: hop.node.name.clone(),
@@ -266,26 +271,22 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_string()
 }
 
+/// One position asked of `ep` on its kept connection (dropped on an error or a time-out).
+async fn lsn_on(ep: &Endpoint, sql: &str) -> Option<Lsn> {
+    let c = with_timeout(session(ep)).await.ok()?;
+    let lsn = with_timeout(crate::pg::sql::lsn(&c, sql)).await.ok()?;
+    c.keep();
+    lsn
+}
+
 /// Sample every hop, and every node's replay position against the primary's current position.
 pub async fn sample_chain(primary: &Endpoint, hops: &[Hop]) -> ChainSample {
-    let primary_lsn = match with_timeout(connect(primary)).await {
-        Ok(c) => crate::pg::sql::lsn(&c, "SELECT pg_current_wal_lsn()::text")
-            .await
-            .ok()
-            .flatten(),
-        Err(_) => None,
-    };
+    let primary_lsn = lsn_on(primary, "SELECT pg_current_wal_lsn()::text").await;
     let mut samples = Vec::new();
     let mut nodes = Vec::new();
     for hop in hops {
         samples.push(sample_hop(hop).await);
-        let replay = match with_timeout(connect(&hop.node)).await {
-            Ok(c) => crate::pg::sql::lsn(&c, "SELECT pg_last_wal_replay_lsn()::text")
-                .await
-                .ok()
-                .flatten(),
-            Err(_) => None,
-        };
+        let replay = lsn_on(&hop.node, "SELECT pg_last_wal_replay_lsn()::text").await;
         nodes.push(NodeLag {
             node: hop.node.name.clone(),
             replay_lsn: replay,
