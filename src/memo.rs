@@ -13,31 +13,32 @@ impl<T> Memo<T> {
         Memo(Mutex::new(BTreeMap::new()))
     }
 
-    pub(crate) fn remember(&self, run_id: &str, node: &str, text: T) {
+    /// Remember `value` under the pair (a run and a node, or a host and a file).
+    pub(crate) fn remember(&self, outer: &str, inner: &str, value: T) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((run_id.to_string(), node.to_string()), text);
+            .insert((outer.to_string(), inner.to_string()), value);
     }
 
-    /// What is remembered for `node` in `run_id`, left in place.
-    pub(crate) fn get(&self, run_id: &str, node: &str) -> Option<T>
+    /// What is remembered under the pair, left in place.
+    pub(crate) fn get(&self, outer: &str, inner: &str) -> Option<T>
     where
         T: Clone,
     {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(run_id.to_string(), node.to_string()))
+            .get(&(outer.to_string(), inner.to_string()))
             .cloned()
     }
 
-    /// What was remembered for `node` in `run_id`, once.
-    pub(crate) fn take(&self, run_id: &str, node: &str) -> Option<T> {
+    /// What was remembered under the pair, once.
+    pub(crate) fn take(&self, outer: &str, inner: &str) -> Option<T> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(run_id.to_string(), node.to_string()))
+            .remove(&(outer.to_string(), inner.to_string()))
     }
 }
 

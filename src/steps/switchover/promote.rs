@@ -107,17 +107,19 @@ impl Step for Promote {
         let (from, to) = (self.d.from.name(), self.d.to.name());
         let before = format!("promoting {to}");
         // Both asked at once: this runs inside the write pause.
+        // In a switchover, seen in recovery by stage, after the proof, a moment ago in this
+        // process: not asked again.
+        let seen = match self.others {
+            Others::Staged => super::stage::recovering_since_staged(cx, &self.d),
+            Others::Failover => None,
+        };
         let target = async {
-            match self.others {
-                // Seen in recovery by stage, after the proof, a moment ago in this process.
-                Others::Staged => match super::stage::recovering_since_staged(cx, &self.d) {
-                    Some(seen) => {
-                        tracing::debug!(node = self.d.to.name(), seen, "not asked again");
-                        Writable::No(seen)
-                    }
-                    None => guard::writable(&self.d.to).await,
-                },
-                Others::Failover => guard::writable(&self.d.to).await,
+            match seen {
+                Some(seen) => {
+                    tracing::debug!(node = self.d.to.name(), seen, "not asked again");
+                    Writable::No(seen)
+                }
+                None => guard::writable(&self.d.to).await,
             }
         };
         let (target, checked) = tokio::join!(target, async {
