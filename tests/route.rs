@@ -292,6 +292,78 @@ async fn pgbouncer_restores_a_wait_limit_set_in_an_included_file() {
     assert_wait_limit_raised_while_held(&lab.lab, r.as_ref(), old, budget, "30").await;
 }
 
+/// PgBouncer marks a pool as failing to log in when a PAUSE closes one of its server
+/// connections still logging in (pgbouncer PR #420); after RESUME that pool then opened no
+/// server connection for `server_login_retry` and its held clients waited that long (seen in
+/// a rehearsal: 14 s after the release). Here a login is caught by the hold on purpose (the
+/// old primary's logins wait on a lock of `pg_database`), with the retry delay set to 60 s:
+/// the held client is answered once released, well inside it, and the delay is 60 s again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_catches_a_server_login_does_not_stall_the_released_clients() {
+    let lab = crate::support::TestLab::up().await;
+    let spec = migrate::spec::load(&lab.lab.spec_path()).unwrap();
+    let ini = lab.lab.dir.join("pgbouncer/pgbouncer.ini");
+    let text = std::fs::read_to_string(&ini).unwrap();
+    assert!(!text.contains("server_login_retry"), "{text}");
+    std::fs::write(
+        &ini,
+        text.replace("[pgbouncer]\n", "[pgbouncer]\nserver_login_retry = 60\n"),
+    )
+    .unwrap();
+    let console = pgbouncer_console(&lab.lab).await;
+    console.simple_query("RELOAD").await.unwrap();
+    assert_eq!(
+        pgbouncer_setting(&lab.lab, "server_login_retry").await,
+        "60"
+    );
+    let r = migrate::route::open(&spec.routes).unwrap().remove(0);
+    // A hold and a release first: PgBouncer keeps no server connection after a PAUSE, so the
+    // client below needs a new one.
+    r.hold().await.unwrap();
+    r.release().await.unwrap();
+
+    let locker = connect(&lab.lab.endpoint("old", "postgres")).await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE pg_database IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let app = lab.lab.app_endpoint();
+    let client = tokio::spawn(async move {
+        let c = connect(&app).await?;
+        c.simple_query("SELECT 1").await?;
+        anyhow::Ok(())
+    });
+    // Until PgBouncer has a server connection of `app` logging in (it waits on the lock).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let servers = console.simple_query("SHOW SERVERS").await.unwrap();
+        let logging_in = servers.iter().any(|m| {
+            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get("database") == Some("app"))
+        });
+        if logging_in {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no server login began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.hold().await.unwrap();
+    locker.batch_execute("COMMIT").await.unwrap();
+    r.release().await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(30), client).await;
+    assert!(
+        matches!(answered, Ok(Ok(Ok(())))),
+        "the held client was not answered within 30 s of the release (server_login_retry is 60 s): {answered:?}"
+    );
+    assert_eq!(
+        pgbouncer_setting(&lab.lab, "server_login_retry").await,
+        "60",
+        "the configured retry delay is set back"
+    );
+}
+
 /// What PgBouncer's console shows `app` pointing at (what it loaded, not what the file says).
 async fn pgbouncer_app_port(lab: &migrate::lab::Lab) -> String {
     pgbouncer_shows(lab, "SHOW DATABASES", "name", "app", "port").await

@@ -197,6 +197,33 @@ impl PgBouncer {
         let ini = self.last_ini().await?;
         Ok(ini_wait_timeout(&ini).unwrap_or(120))
     }
+
+    /// `server_login_retry` as PgBouncer shows it (at the hold, after a RELOAD), kept as the
+    /// configured value unless it is 0: the release's own setting, left by a run that died
+    /// between its two round trips (the file then tells).
+    fn remember_login_retry(&self, config: &[Vec<(String, String)>]) {
+        if let Some(seen) = config_value(config, "server_login_retry").and_then(|v| seconds(&v)) {
+            if seen != 0 {
+                self.keep(&CONFIGURED_RETRY, seen);
+            }
+        }
+    }
+
+    /// The configured `server_login_retry` to go back to after the release.
+    async fn configured_login_retry(&self) -> Result<u64> {
+        if let Some(seen) = self.known(&CONFIGURED_RETRY) {
+            return Ok(seen);
+        }
+        let ini = self.last_ini().await?;
+        Ok(login_retry_in_ini(&ini))
+    }
+}
+
+/// Pure: `server_login_retry` as pgbouncer.ini sets it, else PgBouncer's default (15 s).
+fn login_retry_in_ini(ini: &str) -> u64 {
+    ini_setting(ini, "pgbouncer", "server_login_retry")
+        .and_then(|v| seconds(&v))
+        .unwrap_or(15)
 }
 
 /// Pure: the `query_wait_timeout` to set so that held clients outlast `budget` seconds, from
@@ -239,11 +266,16 @@ fn config_value(rows: &[Vec<(String, String)>], key: &str) -> Option<String> {
 }
 
 async fn set_wait_timeout(c: &Client, seconds: u64) -> Result<()> {
-    c.simple_query(&format!("SET query_wait_timeout = {seconds}"))
+    set_seconds(c, "query_wait_timeout", seconds).await
+}
+
+/// `SET key = seconds` on the console: in force until the next RELOAD or SET.
+async fn set_seconds(c: &Client, key: &str, seconds: u64) -> Result<()> {
+    c.simple_query(&format!("SET {key} = {seconds}"))
         .await
         .map_err(|e| {
             anyhow!(
-                "PgBouncer SET query_wait_timeout: {}",
+                "PgBouncer SET {key}: {}",
                 crate::pg::conn::error_chain_text(&e)
             )
         })?;
@@ -315,6 +347,10 @@ static PREPARED_INI: Memo<Vec<u8>> = Memo::new();
 /// The configured `query_wait_timeout` as PgBouncer showed it (at the hold, after the
 /// repoint's RELOAD), to go back to on release.
 static CONFIGURED_WAIT: Memo<u64> = Memo::new();
+
+/// The configured `server_login_retry` as PgBouncer showed it (never 0: see
+/// `remember_login_retry`), to set back after the release.
+static CONFIGURED_RETRY: Memo<u64> = Memo::new();
 
 /// A `[databases]` value with only its `host=` and `port=` values replaced (added when
 /// missing); every other token (`password=`, `auth_user=`, `pool_size=`, …) stays as written.
@@ -430,6 +466,7 @@ impl Router for PgBouncer {
         let c = self.console().await?;
         let config = Self::rows(&c, "SHOW CONFIG").await?;
         Self::check_pool_mode(&config)?;
+        self.remember_login_retry(&config);
         self.stretch_wait_timeout(&c, &config).await?;
         // One database after the other, not pipelined: PgBouncer leaves a second command
         // that arrived while a PAUSE waited unread until more input comes (measured: the
@@ -454,13 +491,29 @@ impl Router for PgBouncer {
 
     async fn release(&self) -> Result<()> {
         let configured = self.configured_wait_timeout().await?;
+        let retry = self.configured_login_retry().await?;
         let c = self.console().await?;
-        // Every RESUME, then the held clients' wait limit back to the configured one, sent
-        // back to back (one round trip): unlike PAUSE, RESUME never waits, so the console
-        // answers each in turn.
+        // A PAUSE that found a server connection still logging in closed it and marked its
+        // pool as failing to log in (PgBouncer 1.18 and later, pgbouncer PR #420): after the
+        // RESUME that pool opens no server connection for `server_login_retry` (15 s by
+        // default) and its held clients wait that long. So the retry delay is 0 while the
+        // RESUMEs are read: PgBouncer launches the held clients' server connections in the
+        // same turn of its event loop, before the configured delay is set back one round
+        // trip later (after the clients are released, so outside the pause).
+        //
+        // The retry delay, every RESUME, then the held clients' wait limit back to the
+        // configured one, sent back to back (one round trip; the console answers each in
+        // turn, and futures joined are first polled, so sent, in the order written): unlike
+        // PAUSE, RESUME never waits.
         let client: &Client = &c;
-        let (sent, restored) =
+        let (unblocked, sent, restored) =
             tokio::join!(
+                async {
+                    match retry {
+                        0 => Ok(()),
+                        _ => set_seconds(client, "server_login_retry", 0).await,
+                    }
+                },
                 futures_util::future::join_all(self.cfg.databases.iter().map(|db| async move {
                     (db, client.simple_query(&format!("RESUME {db}")).await)
                 })),
@@ -475,6 +528,10 @@ impl Router for PgBouncer {
             }
         }
         restored?;
+        unblocked?;
+        if retry != 0 {
+            set_seconds(client, "server_login_retry", retry).await?;
+        }
         c.keep();
         Ok(())
     }
@@ -527,7 +584,9 @@ impl Router for PgBouncer {
         // What was loaded is the configured value (an `%include`d file counts): the one to go
         // back to, and, where the guess above missed a limit the held clients could hit, the
         // one to stretch now.
-        if let Some(configured) = wait_timeout_in(&config?) {
+        let config = config?;
+        self.remember_login_retry(&config);
+        if let Some(configured) = wait_timeout_in(&config) {
             self.keep(&CONFIGURED_WAIT, configured);
             if let (Some(seconds), None) = (stretch_to(Some(configured), budget), stretching) {
                 set_wait_timeout(&c, seconds).await?;
@@ -575,8 +634,27 @@ impl Router for PgBouncer {
 #[cfg(test)]
 mod tests {
     use super::{
-        configured_at_hold, entry_host_port, repoint_entry, repoint_ini, stretch_to, stretched_wait,
+        configured_at_hold, entry_host_port, login_retry_in_ini, repoint_entry, repoint_ini,
+        stretch_to, stretched_wait,
     };
+
+    #[test]
+    fn the_login_retry_to_go_back_to_is_the_files_else_the_default() {
+        assert_eq!(
+            login_retry_in_ini("[pgbouncer]\nserver_login_retry = 3\n"),
+            3
+        );
+        assert_eq!(login_retry_in_ini("[pgbouncer]\nlisten_port = 1\n"), 15);
+        assert_eq!(
+            login_retry_in_ini("[databases]\nserver_login_retry = 4\n[pgbouncer]\n"),
+            15,
+            "only the [pgbouncer] section's"
+        );
+        assert_eq!(
+            login_retry_in_ini("[pgbouncer]\nserver_login_retry = 0\n"),
+            0
+        );
+    }
 
     #[test]
     fn held_clients_outlast_the_budget_after_a_reload() {
