@@ -249,6 +249,14 @@ async fn assert_wait_limit_raised_while_held(
 ) {
     let raised = (budget + 1).to_string();
     r.hold().await.unwrap();
+    // Each managed database paused (their PAUSEs go out at once, on consoles of their own).
+    for db in ["app", "postgres"] {
+        assert_eq!(
+            pgbouncer_shows(lab, "SHOW DATABASES", "name", db, "paused").await,
+            "1",
+            "{db} is not paused"
+        );
+    }
     assert_eq!(pgbouncer_setting(lab, "query_wait_timeout").await, raised);
     r.point(node, node).await.unwrap();
     assert_eq!(
@@ -261,6 +269,13 @@ async fn assert_wait_limit_raised_while_held(
         pgbouncer_setting(lab, "query_wait_timeout").await,
         configured
     );
+    for db in ["app", "postgres"] {
+        assert_eq!(
+            pgbouncer_shows(lab, "SHOW DATABASES", "name", db, "paused").await,
+            "0",
+            "{db} is still paused"
+        );
+    }
 }
 
 /// A `query_wait_timeout` set in an `%include`d file (pgbouncer.ini itself does not set it) is

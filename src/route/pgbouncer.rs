@@ -42,6 +42,15 @@ impl PgBouncer {
             .context("connect to the PgBouncer admin console")
     }
 
+    /// A console of its own for `PAUSE db` (see `hold`), kept like the main one.
+    async fn pause_console(&self, db: &str) -> Result<Session> {
+        let mut ep = self.endpoint("pgbouncer");
+        ep.name = format!("pgbouncer (PAUSE {db})");
+        session(&ep)
+            .await
+            .context("connect to the PgBouncer admin console")
+    }
+
     async fn rows(c: &Client, sql: &str) -> Result<Vec<Vec<(String, String)>>> {
         let msgs = c
             .simple_query(sql)
@@ -463,29 +472,48 @@ impl Router for PgBouncer {
     }
 
     async fn hold(&self) -> Result<()> {
-        let c = self.console().await?;
-        let config = Self::rows(&c, "SHOW CONFIG").await?;
+        // One console per database, all opened before the first PAUSE (outside the pause):
+        // the PAUSEs then go out at once, one per connection. Not pipelined on one console:
+        // PgBouncer leaves a second command that arrived while a PAUSE waited unread until
+        // more input comes (measured: the hold then never completes); one after the other,
+        // each database after the first would add a round trip to the pause.
+        let consoles =
+            futures_util::future::try_join_all(self.cfg.databases.iter().enumerate().map(
+                |(i, db)| async move {
+                    match i {
+                        0 => self.console().await,
+                        _ => self.pause_console(db).await,
+                    }
+                },
+            ))
+            .await?;
+        let Some(c) = consoles.first() else {
+            bail!("the PgBouncer route names no database to hold");
+        };
+        let config = Self::rows(c, "SHOW CONFIG").await?;
         Self::check_pool_mode(&config)?;
         self.remember_login_retry(&config);
-        self.stretch_wait_timeout(&c, &config).await?;
-        // One database after the other, not pipelined: PgBouncer leaves a second command
-        // that arrived while a PAUSE waited unread until more input comes (measured: the
-        // hold then never completes).
-        for db in &self.cfg.databases {
-            match c.simple_query(&format!("PAUSE {db}")).await {
-                Ok(_) => {}
-                Err(e)
-                    if e.to_string().contains("already")
-                        || format!("{e:?}").contains("already") => {}
-                Err(e) => {
-                    return Err(anyhow!(
+        self.stretch_wait_timeout(c, &config).await?;
+        let paused = futures_util::future::join_all(self.cfg.databases.iter().zip(&consoles).map(
+            |(db, c)| async move {
+                match c.simple_query(&format!("PAUSE {db}")).await {
+                    Ok(_) => Ok(()),
+                    Err(e)
+                        if e.to_string().contains("already")
+                            || format!("{e:?}").contains("already") =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(anyhow!(
                         "PgBouncer PAUSE {db}: {}",
                         crate::pg::conn::error_chain_text(&e)
-                    ))
+                    )),
                 }
-            }
-        }
-        c.keep();
+            },
+        ))
+        .await;
+        paused.into_iter().collect::<Result<Vec<()>>>()?;
+        consoles.into_iter().for_each(Session::keep);
         Ok(())
     }
 
