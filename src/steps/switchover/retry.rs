@@ -16,14 +16,28 @@ pub fn backoff(retry: usize) -> Option<Duration> {
     BACKOFF_MS.get(retry).map(|ms| Duration::from_millis(*ms))
 }
 
-pub async fn with_retries<T, F, Fut>(cx: &Cx, step: &StepId, what: &str, mut f: F) -> Result<T>
+///
+/// Each try is bounded by `limit`: a provider that stops answering mid-call (a link cut after
+/// the request went out: a kept console connection would wait for TCP to give up, many
+/// minutes) fails that try, and the next one starts afresh (a kept connection dropped by the
+/// cancelled try is not handed out again).
+pub async fn with_retries<T, F, Fut>(
+    cx: &Cx,
+    step: &StepId,
+    what: &str,
+    limit: Duration,
+    mut f: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
     let mut retry = 0;
     loop {
-        match f().await {
+        let tried = tokio::time::timeout(limit, f())
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {limit:?}")));
+        match tried {
             Ok(v) => return Ok(v),
             Err(e) => match backoff(retry) {
                 Some(wait) => {
@@ -47,11 +61,18 @@ where
 
 /// What a route points at, for a failure message (the provider may be what is failing).
 pub async fn where_it_points(r: &dyn crate::route::Router) -> String {
-    match r.current().await {
-        Ok(v) => format!("{} still points at {v}", r.describe()),
-        Err(e) => format!("{} cannot even be read ({e:#})", r.describe()),
+    match tokio::time::timeout(READ_LIMIT, r.current()).await {
+        Ok(Ok(v)) => format!("{} still points at {v}", r.describe()),
+        Ok(Err(e)) => format!("{} cannot even be read ({e:#})", r.describe()),
+        Err(_) => format!(
+            "{} cannot even be read (no answer within {READ_LIMIT:?})",
+            r.describe()
+        ),
     }
 }
+
+/// How long a failure message waits to read where a route points.
+const READ_LIMIT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
@@ -63,5 +84,27 @@ mod tests {
         assert_eq!(waits, vec![500, 1000, 2000, 4000, 8000]);
         assert_eq!(backoff(5), None);
         assert!(BACKOFF_MS.windows(2).all(|w| w[1] == 2 * w[0]));
+    }
+
+    /// A try that never answers is given up at the limit and tried again.
+    #[tokio::test]
+    async fn a_try_that_never_answers_is_cut_at_the_limit_and_retried() {
+        let cx = Cx::new("t".into(), Default::default(), Default::default(), None);
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let got = with_retries(
+            &cx,
+            &StepId::Release,
+            "release",
+            Duration::from_millis(50),
+            || async {
+                match tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                    0 => std::future::pending().await,
+                    n => Ok(n),
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, 1, "the second try answered");
     }
 }

@@ -104,19 +104,23 @@ impl Step for VerifyPrimary {
         let primary = self.0.to.name().to_string();
         if !routers.is_empty() {
             let (from, to) = (&self.0.from.node, &self.0.to.node);
+            let limit = self.0.limit;
             let mut routes = Vec::new();
             for r in &routers {
                 let what = format!("point {} at {}", r.describe(), to.name);
-                let points_at =
-                    match with_retries(cx, &StepId::Route, &what, || r.point(from, to)).await {
-                        Ok(v) => v,
-                        Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),
-                    };
+                let points_at = match with_retries(cx, &StepId::Route, &what, limit, || {
+                    r.point(from, to)
+                })
+                .await
+                {
+                    Ok(v) => v,
+                    Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),
+                };
                 let verified = if r.holds() {
                     Value::Null
                 } else {
                     let what = format!("verify {} reaches {}", r.describe(), to.name);
-                    match with_retries(cx, &StepId::Route, &what, || r.verify(to)).await {
+                    match with_retries(cx, &StepId::Route, &what, limit, || r.verify(to)).await {
                         Ok(v) => v,
                         Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),
                     }
