@@ -215,15 +215,22 @@ impl WalSender {
 
 async fn read_walsender(up: &Client, application_name: &str) -> anyhow::Result<Option<WalSender>> {
     with_timeout(async {
-        let upstream_lsn = crate::pg::sql::lsn(up, UPSTREAM_LSN).await?;
-        let row = up
-            .query_opt(
-                "SELECT state, sent_lsn::text, flush_lsn::text, replay_lsn::text,
-                        (extract(epoch FROM clock_timestamp() - reply_time) * 1000)::bigint
-                   FROM pg_stat_replication WHERE application_name = $1 ORDER BY backend_start DESC LIMIT 1",
-                &[&application_name],
-            )
-            .await?;
+        // Both questions in one round trip: pipelined on the connection, and the walsender's
+        // row asked with its parameter's type given (`query_typed`: no separate prepare).
+        let walsender = async {
+            let mut rows = up
+                .query_typed(
+                    "SELECT state, sent_lsn::text, flush_lsn::text, replay_lsn::text,
+                            (extract(epoch FROM clock_timestamp() - reply_time) * 1000)::bigint
+                       FROM pg_stat_replication WHERE application_name = $1 ORDER BY backend_start DESC LIMIT 1",
+                    &[(&application_name, tokio_postgres::types::Type::TEXT)],
+                )
+                .await?;
+            anyhow::Ok((!rows.is_empty()).then(|| rows.remove(0)))
+        };
+        let (upstream_lsn, row) =
+            tokio::join!(crate::pg::sql::lsn(up, UPSTREAM_LSN), walsender);
+        let (upstream_lsn, row) = (upstream_lsn?, row?);
         Ok(row.map(|row| {
             let lsn = |i: usize| {
                 row.get::<_, Option<String>>(i)
