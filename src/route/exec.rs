@@ -109,6 +109,10 @@ impl Router for Exec {
         format!("exec {} ({})", self.cfg.name, self.cfg.command[0])
     }
 
+    fn own_limit(&self) -> Option<std::time::Duration> {
+        Some(self.cfg.timeout)
+    }
+
     async fn current(&self) -> Result<Value> {
         self.call("current", None, None).await
     }

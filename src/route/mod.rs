@@ -24,6 +24,11 @@ pub trait Router: Send + Sync {
     fn holds(&self) -> bool {
         false
     }
+    /// The time limit the provider puts on each of its own calls, where the spec sets one (an
+    /// `exec` plugin's `timeout`): a caller's bound on a try must not cut it shorter.
+    fn own_limit(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// What it points at now (journaled before any change).
     async fn current(&self) -> Result<Value>;
     /// Hold clients where the provider can. Idempotent.

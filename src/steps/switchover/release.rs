@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::retry::{where_it_points, with_retries};
+use super::retry::{try_limit, where_it_points, with_retries};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::steps::id::StepId;
@@ -58,7 +58,14 @@ impl Step for Release {
         let routers = self.0.routers()?;
         for r in &routers {
             let what = format!("release clients at {}", r.describe());
-            with_retries(cx, &StepId::Release, &what, self.0.limit, || r.release()).await?;
+            with_retries(
+                cx,
+                &StepId::Release,
+                &what,
+                try_limit(self.0.limit, r.own_limit()),
+                || r.release(),
+            )
+            .await?;
         }
         let released_at = Utc::now();
         let until_released_ms = t.elapsed().as_millis() as u64;
@@ -66,8 +73,14 @@ impl Step for Release {
         for r in routers.iter().filter(|r| r.holds()) {
             let to = &self.0.to.node;
             let what = format!("verify {} reaches {}", r.describe(), to.name);
-            let v = match with_retries(cx, &StepId::Release, &what, self.0.limit, || r.verify(to))
-                .await
+            let v = match with_retries(
+                cx,
+                &StepId::Release,
+                &what,
+                try_limit(self.0.limit, r.own_limit()),
+                || r.verify(to),
+            )
+            .await
             {
                 Ok(v) => v,
                 Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),

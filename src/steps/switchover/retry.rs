@@ -59,6 +59,13 @@ where
     }
 }
 
+/// Pure: the bound on one try of a route's call: the switchover's time box, or the provider's
+/// own limit on its calls (an `exec` plugin's `timeout`) with a margin to report its own
+/// time-out, whichever is longer.
+pub fn try_limit(time_box: Duration, own: Option<Duration>) -> Duration {
+    own.map_or(time_box, |own| time_box.max(own + Duration::from_secs(5)))
+}
+
 /// What a route points at, for a failure message (the provider may be what is failing).
 pub async fn where_it_points(r: &dyn crate::route::Router) -> String {
     match tokio::time::timeout(READ_LIMIT, r.current()).await {
@@ -84,6 +91,14 @@ mod tests {
         assert_eq!(waits, vec![500, 1000, 2000, 4000, 8000]);
         assert_eq!(backoff(5), None);
         assert!(BACKOFF_MS.windows(2).all(|w| w[1] == 2 * w[0]));
+    }
+
+    #[test]
+    fn a_providers_own_longer_limit_is_not_cut_short() {
+        let s = Duration::from_secs;
+        assert_eq!(try_limit(s(30), None), s(30));
+        assert_eq!(try_limit(s(30), Some(s(300))), s(305));
+        assert_eq!(try_limit(s(30), Some(s(10))), s(30));
     }
 
     /// A try that never answers is given up at the limit and tried again.

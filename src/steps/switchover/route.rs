@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use super::memo::Memo;
-use super::retry::{where_it_points, with_retries};
+use super::retry::{try_limit, where_it_points, with_retries};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::pg::connect;
@@ -108,7 +108,8 @@ impl Step for VerifyPrimary {
             let mut routes = Vec::new();
             for r in &routers {
                 let what = format!("point {} at {}", r.describe(), to.name);
-                let points_at = match with_retries(cx, &StepId::Route, &what, limit, || {
+                let bound = try_limit(limit, r.own_limit());
+                let points_at = match with_retries(cx, &StepId::Route, &what, bound, || {
                     r.point(from, to)
                 })
                 .await
@@ -120,7 +121,7 @@ impl Step for VerifyPrimary {
                     Value::Null
                 } else {
                     let what = format!("verify {} reaches {}", r.describe(), to.name);
-                    match with_retries(cx, &StepId::Route, &what, limit, || r.verify(to)).await {
+                    match with_retries(cx, &StepId::Route, &what, bound, || r.verify(to)).await {
                         Ok(v) => v,
                         Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),
                     }
