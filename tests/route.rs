@@ -331,11 +331,22 @@ async fn a_hold_that_catches_a_server_login_does_not_stall_the_released_clients(
         pgbouncer_setting(&lab.lab, "server_login_retry").await,
         "60"
     );
+    // As a run killed between the release's two round trips would leave it: 0 in force. The
+    // hold must not take that for the configured value; the release sets the file's back.
+    console
+        .simple_query("SET server_login_retry = 0")
+        .await
+        .unwrap();
     let r = migrate::route::open(&spec.routes).unwrap().remove(0);
     // A hold and a release first: PgBouncer keeps no server connection after a PAUSE, so the
     // client below needs a new one.
     r.hold().await.unwrap();
     r.release().await.unwrap();
+    assert_eq!(
+        pgbouncer_setting(&lab.lab, "server_login_retry").await,
+        "60",
+        "a 0 left by a killed release is not taken for the configured value"
+    );
 
     let locker = connect(&lab.lab.endpoint("old", "postgres")).await.unwrap();
     locker

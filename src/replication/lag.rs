@@ -218,7 +218,7 @@ async fn read_walsender(up: &Client, application_name: &str) -> anyhow::Result<O
         // Both questions in one round trip: pipelined on the connection, and the walsender's
         // row asked with its parameter's type given (`query_typed`: no separate prepare).
         let walsender = async {
-            let mut rows = up
+            let rows = up
                 .query_typed(
                     "SELECT state, sent_lsn::text, flush_lsn::text, replay_lsn::text,
                             (extract(epoch FROM clock_timestamp() - reply_time) * 1000)::bigint
@@ -226,7 +226,7 @@ async fn read_walsender(up: &Client, application_name: &str) -> anyhow::Result<O
                     &[(&application_name, tokio_postgres::types::Type::TEXT)],
                 )
                 .await?;
-            anyhow::Ok((!rows.is_empty()).then(|| rows.remove(0)))
+            anyhow::Ok(rows.into_iter().next())
         };
         let (upstream_lsn, row) =
             tokio::join!(crate::pg::sql::lsn(up, UPSTREAM_LSN), walsender);

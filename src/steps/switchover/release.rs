@@ -58,14 +58,8 @@ impl Step for Release {
         let routers = self.0.routers()?;
         for r in &routers {
             let what = format!("release clients at {}", r.describe());
-            with_retries(
-                cx,
-                &StepId::Release,
-                &what,
-                try_limit(self.0.limit, r.own_limit()),
-                || r.release(),
-            )
-            .await?;
+            let bound = try_limit(self.0.limit, r.own_limit());
+            with_retries(cx, &StepId::Release, &what, bound, || r.release()).await?;
         }
         let released_at = Utc::now();
         let until_released_ms = t.elapsed().as_millis() as u64;
@@ -73,15 +67,8 @@ impl Step for Release {
         for r in routers.iter().filter(|r| r.holds()) {
             let to = &self.0.to.node;
             let what = format!("verify {} reaches {}", r.describe(), to.name);
-            let v = match with_retries(
-                cx,
-                &StepId::Release,
-                &what,
-                try_limit(self.0.limit, r.own_limit()),
-                || r.verify(to),
-            )
-            .await
-            {
+            let bound = try_limit(self.0.limit, r.own_limit());
+            let v = match with_retries(cx, &StepId::Release, &what, bound, || r.verify(to)).await {
                 Ok(v) => v,
                 Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),
             };
