@@ -68,6 +68,7 @@ impl Writer {
     /// `eps`: where to write; on every (re)connect the first that is a primary is used, so the
     /// writer follows a switchover without a traffic layer.
     pub fn start(eps: Vec<Endpoint>, clients: i32, pause: Duration) -> Writer {
+        let eps: Vec<Endpoint> = eps.into_iter().map(as_application).collect();
         let (stop, rx) = watch::channel(false);
         let report = Arc::new(Mutex::new(WriterReport::default()));
         let tasks = (0..clients)
@@ -102,6 +103,18 @@ impl Writer {
         let r = self.report.lock().expect("report").clone();
         r
     }
+}
+
+/// The writer is the application, not the tool: without this its sessions would carry the
+/// tool's default `application_name` ("migrate"), which the fence and the hold's list of
+/// blockers leave alone as the tool's own. An empty name, the server's default: most drivers
+/// send none unless told to (libpq, psycopg, pgx, node-postgres; JDBC does). An endpoint that
+/// names one keeps it.
+fn as_application(mut ep: Endpoint) -> Endpoint {
+    if ep.conninfo.get("application_name").is_none() {
+        ep.conninfo.set("application_name", "");
+    }
+    ep
 }
 
 async fn connect_primary(eps: &[Endpoint]) -> Result<tokio_postgres::Client> {

@@ -153,8 +153,9 @@ impl Step for Promote {
     async fn apply(&self, cx: &Cx) -> Result<PromoteOut> {
         let t = Instant::now();
         // Past the point of no return (journaled before this runs): the routes' preparation
-        // runs beside the promotion, on other hosts.
-        super::route::prepare_ahead(cx, &self.d);
+        // runs beside the promotion, on other hosts. In a switchover `hold` holds the clients
+        // of every route that can (see prepare_ahead).
+        super::route::prepare_ahead(cx, &self.d, self.others == Others::Staged);
         let c = self
             .d
             .bounded("connect to the target", session(&self.d.to.endpoint()))

@@ -18,26 +18,73 @@ use crate::steps::id::StepId;
 
 pub struct VerifyPrimary(pub Direction);
 
-/// Every route's `prepare_point`, started by the promotion once its point of no return is
-/// journaled, by run and target (see [`prepare_ahead`]).
-static PREPARED: Memo<JoinHandle<()>> = Memo::new();
+/// What was done ahead for each route, beside the promotion, by run and target (see
+/// [`prepare_ahead`]): for a route that holds clients, where it points once pointed (None: not
+/// pointed ahead, or that failed); for any other, its preparation only (always None).
+static PREPARED: Memo<JoinHandle<Vec<Option<Value>>>> = Memo::new();
 
-/// Start every route's preparation (PgBouncer: the repointed pgbouncer.ini written, not
-/// loaded) beside the promotion: past its point of no return the only way is forward, and
-/// nothing a client sees changes before `route` runs. A failure is left to `route`, which
-/// then does the whole of it; a resumed run prepares nothing.
-pub(super) fn prepare_ahead(cx: &Cx, d: &Direction) {
+/// Start, beside the promotion, once its point of no return is journaled, the part of each
+/// route's switch that no client sees before the release: past that point the only way is
+/// forward, and across a WAN each round trip taken out of `route` is one less inside the
+/// pause.
+/// - A route whose clients this run holds (PgBouncer, paused by `hold`, `clients_held`) is
+///   pointed outright: its RELOAD changes nothing any client sees until the release's RESUME,
+///   which runs only after the promotion is proven. Not in a failover: nothing holds clients
+///   there, and a pooler pointed at a target still in recovery would send them to a
+///   read-only server.
+/// - Any other route only prepares (PgBouncer: pgbouncer.ini written, not loaded): DNS, NAT or
+///   HAProxy take effect at once.
+///
+/// A failure is left to `route`, which then does the whole of it with its retries; a resumed
+/// run does nothing ahead.
+pub(super) fn prepare_ahead(cx: &Cx, d: &Direction, clients_held: bool) {
     let Ok(routers) = d.routers() else { return };
     if routers.is_empty() {
         return;
     }
     let (from, to, limit) = (d.from.node.clone(), d.to.node.clone(), d.limit);
     let preparing = tokio::spawn(async move {
+        let mut pointed = Vec::new();
         for r in &routers {
-            let _ = tokio::time::timeout(limit, r.prepare_point(&from, &to)).await;
+            if ahead(clients_held, r.holds()) == Ahead::Point {
+                let bound = try_limit(limit, r.own_limit());
+                let done = tokio::time::timeout(bound, r.point(&from, &to)).await;
+                pointed.push(match done {
+                    Ok(Ok(v)) => Some(v),
+                    Ok(Err(e)) => {
+                        tracing::debug!(route = r.describe(), "pointing ahead failed: {e:#}");
+                        None
+                    }
+                    Err(_) => None,
+                });
+            } else {
+                let _ = tokio::time::timeout(limit, r.prepare_point(&from, &to)).await;
+                pointed.push(None);
+            }
         }
+        pointed
     });
     PREPARED.remember(&cx.run_id, d.to.name(), preparing);
+}
+
+/// What is done ahead, beside the promotion, for one route.
+#[derive(Debug, PartialEq, Eq)]
+enum Ahead {
+    /// Pointed outright: its clients are held until the release.
+    Point,
+    /// Only what no client sees (a file written, not loaded).
+    Prepare,
+}
+
+/// Pure: a route is pointed beside the promotion only where this run holds its clients and the
+/// route really holds them (a pooler's PAUSE); anything else would send clients to a server
+/// still in recovery.
+fn ahead(clients_held: bool, route_holds: bool) -> Ahead {
+    if clients_held && route_holds {
+        Ahead::Point
+    } else {
+        Ahead::Prepare
+    }
 }
 
 /// One route after the switch, in its provider's own terms.
@@ -83,7 +130,7 @@ impl Step for VerifyPrimary {
                 .collect::<Vec<_>>()
                 .join("; "),
             action: format!(
-                "point each route at {} (retried with backoff), then verify it",
+                "point each route at {} (retried with backoff), then verify it; a route whose clients are held is pointed beside the promotion, past its point of no return (they stay held until the release)",
                 self.0.to.name()
             ),
             proof: "the provider shows the new target; a connection through the route reaches the new primary, writable"
@@ -95,27 +142,35 @@ impl Step for VerifyPrimary {
         Kind::NothingToUndo
     }
     async fn apply(&self, cx: &Cx) -> Result<RouteOut> {
-        if let Some(preparing) = PREPARED.take(&cx.run_id, self.0.to.name()) {
-            // Done by now as a rule (it ran beside the promotion); one still under way is
-            // waited for rather than raced by a second write of the same file.
-            let _ = tokio::time::timeout(self.0.limit, preparing).await;
-        }
+        // Done by now as a rule (it ran beside the promotion); one still under way is waited
+        // for rather than raced by a second write of the same file.
+        let ahead = match PREPARED.take(&cx.run_id, self.0.to.name()) {
+            Some(preparing) => match tokio::time::timeout(self.0.limit, preparing).await {
+                Ok(Ok(pointed)) => pointed,
+                _ => Vec::new(),
+            },
+            None => Vec::new(),
+        };
         let routers = self.0.routers()?;
         let primary = self.0.to.name().to_string();
         if !routers.is_empty() {
             let (from, to) = (&self.0.from.node, &self.0.to.node);
             let limit = self.0.limit;
             let mut routes = Vec::new();
-            for r in &routers {
+            for (i, r) in routers.iter().enumerate() {
                 let what = format!("point {} at {}", r.describe(), to.name);
                 let bound = try_limit(limit, r.own_limit());
-                let points_at = match with_retries(cx, &StepId::Route, &what, bound, || {
-                    r.point(from, to)
-                })
-                .await
-                {
-                    Ok(v) => v,
-                    Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),
+                let points_at = match ahead.get(i).cloned().flatten() {
+                    // Pointed beside the promotion; what it loaded was checked then.
+                    Some(v) => v,
+                    None => {
+                        match with_retries(cx, &StepId::Route, &what, bound, || r.point(from, to))
+                            .await
+                        {
+                            Ok(v) => v,
+                            Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),
+                        }
+                    }
                 };
                 let verified = if r.holds() {
                     Value::Null
@@ -153,5 +208,20 @@ impl Step for VerifyPrimary {
             routes: Vec::new(),
             system_identifier: Some(r.get(1)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a holding route whose clients this run holds is pointed before the promotion is
+    /// proven: not in a failover (nothing held), never DNS, NAT or HAProxy (live at once).
+    #[test]
+    fn only_a_route_whose_clients_are_held_is_pointed_beside_the_promotion() {
+        assert_eq!(ahead(true, true), Ahead::Point);
+        assert_eq!(ahead(true, false), Ahead::Prepare);
+        assert_eq!(ahead(false, true), Ahead::Prepare);
+        assert_eq!(ahead(false, false), Ahead::Prepare);
     }
 }
