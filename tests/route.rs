@@ -331,8 +331,9 @@ async fn a_hold_that_catches_a_server_login_does_not_stall_the_released_clients(
         pgbouncer_setting(&lab.lab, "server_login_retry").await,
         "60"
     );
-    // As a run killed between the release's two round trips would leave it: 0 in force. The
-    // hold must not take that for the configured value; the release sets the file's back.
+    // As a run killed between the release and its settling would leave it: 0 in force. The
+    // hold must not take that for the configured value; the release step (release, then
+    // settle) sets the file's back.
     console
         .simple_query("SET server_login_retry = 0")
         .await
@@ -342,6 +343,7 @@ async fn a_hold_that_catches_a_server_login_does_not_stall_the_released_clients(
     // client below needs a new one.
     r.hold().await.unwrap();
     r.release().await.unwrap();
+    r.settle().await.unwrap();
     assert_eq!(
         pgbouncer_setting(&lab.lab, "server_login_retry").await,
         "60",
@@ -378,6 +380,7 @@ async fn a_hold_that_catches_a_server_login_does_not_stall_the_released_clients(
     r.hold().await.unwrap();
     locker.batch_execute("COMMIT").await.unwrap();
     r.release().await.unwrap();
+    r.settle().await.unwrap();
     let answered = tokio::time::timeout(Duration::from_secs(30), client).await;
     assert!(
         matches!(answered, Ok(Ok(Ok(())))),

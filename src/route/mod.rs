@@ -39,6 +39,11 @@ pub trait Router: Send + Sync {
     async fn release(&self) -> Result<()> {
         Ok(())
     }
+    /// What the release leaves to do once the clients go, outside the pause (PgBouncer: its
+    /// configured `server_login_retry` back). Idempotent; run after every `release`.
+    async fn settle(&self) -> Result<()> {
+        Ok(())
+    }
     /// The part of `point` that no client sees until `point` runs (a configuration file
     /// written, not loaded), done ahead: started beside the promotion, once its point of no
     /// return is journaled, so that its round trips cost the write pause nothing. Only a

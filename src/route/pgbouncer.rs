@@ -526,8 +526,8 @@ impl Router for PgBouncer {
         // RESUME that pool opens no server connection for `server_login_retry` (15 s by
         // default) and its held clients wait that long. So the retry delay is 0 while the
         // RESUMEs are read: PgBouncer launches the held clients' server connections in the
-        // same turn of its event loop, before the configured delay is set back one round
-        // trip later (after the clients are released, so outside the pause).
+        // same turn of its event loop, before `settle` sets the configured delay back one
+        // round trip later (after the clients are released, so outside the pause).
         //
         // The retry delay, every RESUME, then the held clients' wait limit back to the
         // configured one, sent back to back (one round trip; the console answers each in
@@ -557,10 +557,17 @@ impl Router for PgBouncer {
         }
         restored?;
         unblocked?;
-        if retry != 0 {
-            set_seconds(client, "server_login_retry", retry).await?;
-        }
         c.keep();
+        Ok(())
+    }
+
+    async fn settle(&self) -> Result<()> {
+        let retry = self.configured_login_retry().await?;
+        if retry != 0 {
+            let c = self.console().await?;
+            set_seconds(&c, "server_login_retry", retry).await?;
+            c.keep();
+        }
         Ok(())
     }
 

@@ -162,6 +162,13 @@ impl Step for Hold {
                 .and_then(|released| released)
                 .with_context(|| format!("release clients at {}", r.describe()))?;
         }
+        for r in self.d.routers()? {
+            tokio::time::timeout(self.timeout, r.settle())
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {:?}", self.timeout))
+                .and_then(|settled| settled)
+                .with_context(|| format!("settle {} after the release", r.describe()))?;
+        }
         Ok(())
     }
 }
@@ -215,8 +222,12 @@ async fn switch_wal_and_ship(d: &Direction) {
 impl Hold {
     /// Best effort, each under the time limit: used when the hold itself failed.
     async fn release_all(&self) {
-        for r in self.d.routers().unwrap_or_default() {
+        let routers = self.d.routers().unwrap_or_default();
+        for r in &routers {
             let _ = tokio::time::timeout(self.timeout, r.release()).await;
+        }
+        for r in &routers {
+            let _ = tokio::time::timeout(self.timeout, r.settle()).await;
         }
     }
 }

@@ -43,7 +43,7 @@ impl Step for Release {
     fn describe(&self) -> Description {
         Description {
             host: "every route".into(),
-            action: "release held clients (PgBouncer: RESUME db), then connect through each holding route"
+            action: "release held clients (PgBouncer: RESUME db), settle each route (PgBouncer: server_login_retry back), then connect through each holding route"
                 .into(),
             proof: "through the route: pg_is_in_recovery() = false on the new primary's port"
                 .into(),
@@ -63,6 +63,11 @@ impl Step for Release {
         }
         let released_at = Utc::now();
         let until_released_ms = t.elapsed().as_millis() as u64;
+        for r in &routers {
+            let what = format!("settle {} after the release", r.describe());
+            let bound = try_limit(self.0.limit, r.own_limit());
+            with_retries(cx, &StepId::Release, &what, bound, || r.settle()).await?;
+        }
         let mut verified = Vec::new();
         for r in routers.iter().filter(|r| r.holds()) {
             let to = &self.0.to.node;
