@@ -155,19 +155,21 @@ impl Step for Hold {
         Ok(HoldOut { held_at, previous })
     }
     async fn compensate(&self, _: &Cx, _: Option<HoldOut>) -> Result<()> {
-        for r in self.d.routers()? {
-            tokio::time::timeout(self.timeout, r.release())
-                .await
-                .map_err(|_| anyhow::anyhow!("no answer within {:?}", self.timeout))
-                .and_then(|released| released)
-                .with_context(|| format!("release clients at {}", r.describe()))?;
-        }
-        for r in self.d.routers()? {
-            tokio::time::timeout(self.timeout, r.settle())
-                .await
-                .map_err(|_| anyhow::anyhow!("no answer within {:?}", self.timeout))
-                .and_then(|settled| settled)
-                .with_context(|| format!("settle {} after the release", r.describe()))?;
+        let routers = self.d.routers()?;
+        // Every route released first, then each settled (PgBouncer: its retry delay back once
+        // the clients have gone), as the release step does.
+        for settle in [false, true] {
+            for r in &routers {
+                let call = if settle { r.settle() } else { r.release() };
+                tokio::time::timeout(self.timeout, call)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no answer within {:?}", self.timeout))
+                    .and_then(|done| done)
+                    .with_context(|| match settle {
+                        false => format!("release clients at {}", r.describe()),
+                        true => format!("settle {} after the release", r.describe()),
+                    })?;
+            }
         }
         Ok(())
     }

@@ -3,6 +3,8 @@
 //! through after the release: while paused it would block). Without a route: verify the new
 //! primary directly.
 
+use std::time::Duration;
+
 use anyhow::{bail, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -142,16 +144,26 @@ impl Step for VerifyPrimary {
         Kind::NothingToUndo
     }
     async fn apply(&self, cx: &Cx) -> Result<RouteOut> {
+        let routers = self.0.routers()?;
         // Done by now as a rule (it ran beside the promotion); one still under way is waited
-        // for rather than raced by a second write of the same file.
+        // for, as long as its calls may take one after the other, rather than raced by a
+        // second call to the same provider; past that it is stopped before `route` calls.
         let ahead = match PREPARED.take(&cx.run_id, self.0.to.name()) {
-            Some(preparing) => match tokio::time::timeout(self.0.limit, preparing).await {
-                Ok(Ok(pointed)) => pointed,
-                _ => Vec::new(),
-            },
+            Some(mut preparing) => {
+                let longest: Duration = routers
+                    .iter()
+                    .map(|r| try_limit(self.0.limit, r.own_limit()))
+                    .sum();
+                match tokio::time::timeout(longest, &mut preparing).await {
+                    Ok(Ok(pointed)) => pointed,
+                    _ => {
+                        preparing.abort();
+                        Vec::new()
+                    }
+                }
+            }
             None => Vec::new(),
         };
-        let routers = self.0.routers()?;
         let primary = self.0.to.name().to_string();
         if !routers.is_empty() {
             let (from, to) = (&self.0.from.node, &self.0.to.node);
