@@ -203,3 +203,25 @@ pub async fn missing_acks(ep: &Endpoint, acks: &[Ack]) -> Result<Vec<(i32, i64)>
         .filter(|k| !have.contains(k))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::Conninfo;
+
+    fn endpoint(conninfo: &str) -> Endpoint {
+        Endpoint::new("app", Conninfo::parse(conninfo).unwrap(), None)
+    }
+
+    /// The writer never goes by the tool's name (the fence spares `migrate%` sessions); a name
+    /// the endpoint gives is kept.
+    #[test]
+    fn the_writer_sends_no_name_of_its_own_and_keeps_a_given_one() {
+        let bare = as_application(endpoint("host=h port=1 user=u dbname=app"));
+        assert_eq!(bare.conninfo.get("application_name"), Some(""));
+        let named = as_application(endpoint(
+            "host=h port=1 user=u dbname=app application_name=shop",
+        ));
+        assert_eq!(named.conninfo.get("application_name"), Some("shop"));
+    }
+}
