@@ -72,6 +72,12 @@ async fn a_cutover_and_rollback_through_pgbouncer_hold_clients_without_errors() 
         (0o640, owner),
         "pgbouncer.ini lost its mode or owner"
     );
+    // The release step settled PgBouncer: its retry delay is the configured one again (the lab
+    // sets none: PgBouncer's default, 15 s), not the 0 it had for the RESUMEs.
+    assert_eq!(
+        pgbouncer_setting(&chain.lab.lab, "server_login_retry").await,
+        "15"
+    );
     let at_cutover = w.acked();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -85,6 +91,10 @@ async fn a_cutover_and_rollback_through_pgbouncer_hold_clients_without_errors() 
         pgbouncer_points_at(&chain).contains(&format!("port={}", chain.lab.lab.port("old"))),
         "{}",
         pgbouncer_points_at(&chain)
+    );
+    assert_eq!(
+        pgbouncer_setting(&chain.lab.lab, "server_login_retry").await,
+        "15"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = w.stop().await;
