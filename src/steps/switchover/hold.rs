@@ -155,23 +155,7 @@ impl Step for Hold {
         Ok(HoldOut { held_at, previous })
     }
     async fn compensate(&self, _: &Cx, _: Option<HoldOut>) -> Result<()> {
-        let routers = self.d.routers()?;
-        // Every route released first, then each settled (PgBouncer: its retry delay back once
-        // the clients have gone), as the release step does.
-        for settle in [false, true] {
-            for r in &routers {
-                let call = if settle { r.settle() } else { r.release() };
-                tokio::time::timeout(self.timeout, call)
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no answer within {:?}", self.timeout))
-                    .and_then(|done| done)
-                    .with_context(|| match settle {
-                        false => format!("release clients at {}", r.describe()),
-                        true => format!("settle {} after the release", r.describe()),
-                    })?;
-            }
-        }
-        Ok(())
+        self.release_then_settle(&self.d.routers()?).await
     }
 }
 
@@ -222,15 +206,36 @@ async fn switch_wal_and_ship(d: &Direction) {
 }
 
 impl Hold {
-    /// Best effort, each under the time limit: used when the hold itself failed.
+    /// Best effort: used when the hold itself failed.
     async fn release_all(&self) {
-        let routers = self.d.routers().unwrap_or_default();
-        for r in &routers {
-            let _ = tokio::time::timeout(self.timeout, r.release()).await;
+        let _ = self
+            .release_then_settle(&self.d.routers().unwrap_or_default())
+            .await;
+    }
+
+    /// Every route released, then each settled (PgBouncer: its retry delay back once the
+    /// clients have gone), as the release step does; each call under the hold's time limit.
+    /// Every route is tried even when one fails (its clients need not wait on another's
+    /// provider); the first failure is the answer.
+    async fn release_then_settle(&self, routers: &[Box<dyn crate::route::Router>]) -> Result<()> {
+        let mut first_failure = None;
+        for settle in [false, true] {
+            for r in routers {
+                let call = if settle { r.settle() } else { r.release() };
+                let done = tokio::time::timeout(self.timeout, call)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no answer within {:?}", self.timeout))
+                    .and_then(|done| done)
+                    .with_context(|| match settle {
+                        false => format!("release clients at {}", r.describe()),
+                        true => format!("settle {} after the release", r.describe()),
+                    });
+                if let Err(e) = done {
+                    first_failure.get_or_insert(e);
+                }
+            }
         }
-        for r in &routers {
-            let _ = tokio::time::timeout(self.timeout, r.settle()).await;
-        }
+        first_failure.map_or(Ok(()), Err)
     }
 }
 

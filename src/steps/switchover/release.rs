@@ -56,23 +56,24 @@ impl Step for Release {
     async fn apply(&self, cx: &Cx) -> Result<ReleaseOut> {
         let t = Instant::now();
         let routers = self.0.routers()?;
-        for r in &routers {
+        let bounds: Vec<_> = routers
+            .iter()
+            .map(|r| try_limit(self.0.limit, r.own_limit()))
+            .collect();
+        for (r, &bound) in routers.iter().zip(&bounds) {
             let what = format!("release clients at {}", r.describe());
-            let bound = try_limit(self.0.limit, r.own_limit());
             with_retries(cx, &StepId::Release, &what, bound, || r.release()).await?;
         }
         let released_at = Utc::now();
         let until_released_ms = t.elapsed().as_millis() as u64;
-        for r in &routers {
+        for (r, &bound) in routers.iter().zip(&bounds) {
             let what = format!("settle {} after the release", r.describe());
-            let bound = try_limit(self.0.limit, r.own_limit());
             with_retries(cx, &StepId::Release, &what, bound, || r.settle()).await?;
         }
         let mut verified = Vec::new();
-        for r in routers.iter().filter(|r| r.holds()) {
+        for (r, &bound) in routers.iter().zip(&bounds).filter(|(r, _)| r.holds()) {
             let to = &self.0.to.node;
             let what = format!("verify {} reaches {}", r.describe(), to.name);
-            let bound = try_limit(self.0.limit, r.own_limit());
             let v = match with_retries(cx, &StepId::Release, &what, bound, || r.verify(to)).await {
                 Ok(v) => v,
                 Err(e) => bail!("{e:#}. {}", where_it_points(r.as_ref()).await),

@@ -16,10 +16,11 @@ pub fn backoff(retry: usize) -> Option<Duration> {
     BACKOFF_MS.get(retry).map(|ms| Duration::from_millis(*ms))
 }
 
-/// `f` tried, then retried with backoff while it fails. Each try is bounded by `limit`: a provider that stops answering mid-call (a link cut after
-/// the request went out: a kept console connection would wait for TCP to give up, many
-/// minutes) fails that try, and the next one starts afresh (a kept connection dropped by the
-/// cancelled try is not handed out again).
+/// `f` tried, then retried with backoff while it fails. Each try is bounded by `limit`: a
+/// provider that stops answering mid-call (a link cut after the request went out: a kept
+/// console connection would wait for TCP to give up, many minutes) fails that try, and the
+/// next one starts afresh (a kept connection dropped by the cancelled try is not handed out
+/// again).
 pub async fn with_retries<T, F, Fut>(
     cx: &Cx,
     step: &StepId,
