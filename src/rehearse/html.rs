@@ -103,15 +103,19 @@ pub fn timeline(
     })
 }
 
-/// Pure: the longest run of empty bins, in ms (what the chart shows as the gap).
-pub fn empty_run_ms(bins: &[u32]) -> f64 {
-    let mut best = 0usize;
-    let mut run = 0usize;
-    for b in bins {
-        run = if *b == 0 { run + 1 } else { 0 };
-        best = best.max(run);
+/// Pure: the run of empty bins the chart draws around `at_ms` (on the chart's axis, which
+/// starts at `start_ms`), in ms: what the chart shows as the gap there. Not the longest
+/// empty run anywhere: a stall within the margin (a busy neighbour on a two-core host) can
+/// be longer than a short pause, and would be drawn as a second gap.
+pub fn empty_run_at_ms(bins: &[u32], start_ms: f64, at_ms: f64) -> f64 {
+    let i = ((at_ms - start_ms) / BIN_MS).floor();
+    if i < 0.0 || i as usize >= bins.len() || bins[i as usize] != 0 {
+        return 0.0;
     }
-    best as f64 * BIN_MS
+    let i = i as usize;
+    let before = bins[..i].iter().rev().take_while(|b| **b == 0).count();
+    let after = bins[i..].iter().take_while(|b| **b == 0).count();
+    (before + after) as f64 * BIN_MS
 }
 
 fn esc(s: &str) -> String {
@@ -351,18 +355,23 @@ mod tests {
 
     #[test]
     fn the_chart_data_shows_the_longest_gap_as_empty_bins() {
-        // A commit every 2 ms, none between 1000 and 1350 ms.
-        let acks: Vec<DateTime<Utc>> = (0..2000)
+        // A commit every 2 ms, none between 1000 and 1350 ms, nor (a stall outside the
+        // switchover's window, longer than its pause) between 1600 and 2000.
+        let acks: Vec<DateTime<Utc>> = (0..2300)
             .step_by(2)
-            .filter(|ms| !(1000..1350).contains(ms))
+            .filter(|ms| !(1000..1350).contains(ms) && !(1600..2000).contains(ms))
             .map(at)
             .collect();
         let steps = vec![("hold".to_string(), at(1001), at(1020))];
         let t = timeline("cutover", &acks, (at(900), at(1500)), &steps).unwrap();
         assert_eq!(t.pause_ms, 352.0);
-        // The gap in bins is the pause, to within a bin on each side.
-        let shown = empty_run_ms(&t.bins);
+        // The gap in bins at the pause is the pause, to within a bin on each side.
+        let shown = empty_run_at_ms(&t.bins, t.start_ms, t.pause_ms / 2.0);
         assert!((t.pause_ms - shown).abs() <= 2.0 * BIN_MS, "{shown}");
+        // The stall is drawn as its own gap, not joined to the pause's.
+        let stall = empty_run_at_ms(&t.bins, t.start_ms, 800.0);
+        assert!((stall - 400.0).abs() <= 2.0 * BIN_MS, "{stall}");
+        assert_eq!(empty_run_at_ms(&t.bins, t.start_ms, 400.0), 0.0);
         assert_eq!(
             t.bins.iter().map(|b| *b as usize).sum::<usize>(),
             acks.len()
