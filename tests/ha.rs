@@ -91,6 +91,32 @@ impl Repmgr {
             .unwrap();
         let r = Repmgr { dir, bin };
         r.ok(&["-f", &r.conf("old"), "primary", "register"]);
+        // `standby register` reads repmgr's node records on the standby itself: wait until
+        // it has replayed all `primary register` wrote (CI once lost that race).
+        let written: String = connect(&chain.ep("old"))
+            .await
+            .unwrap()
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let standby = connect(&chain.ep("new")).await.unwrap();
+        let t = Instant::now();
+        while !standby
+            .query_one(
+                "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                &[&written],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "new has not replayed up to {written} in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         r.ok(&[
             "-f",
             &r.conf("new"),
