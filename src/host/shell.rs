@@ -210,14 +210,24 @@ fn give_back(socket: &Path, s: Shell) {
     p.entry(socket.to_path_buf()).or_default().push(s);
 }
 
-/// Start a shell for the master at `socket` ahead of need (`argv`: the ssh command that runs
-/// [`AGENT`]); nothing is waited for.
+/// How many idle shells a master is given ahead of need: inside the pause two commands go to
+/// one host at once (the old primary's stop, and the staging's look that waits there for it),
+/// and a command that finds no idle shell pays a new session's set-up (a round trip or two).
+const READY: usize = 2;
+
+/// Start shells for the master at `socket` ahead of need, up to [`READY`] idle ones (`argv`:
+/// the ssh command that runs [`AGENT`]); nothing is waited for.
 pub fn open(socket: &Path, argv: &[String]) {
-    if take(socket).map(|s| give_back(socket, s)).is_some() {
-        return;
-    }
-    if let Ok(s) = Shell::spawn(argv) {
-        give_back(socket, s);
+    let idle = {
+        let mut p = pool().lock().unwrap_or_else(|e| e.into_inner());
+        let idle = p.entry(socket.to_path_buf()).or_default();
+        idle.retain_mut(|s| s.alive());
+        idle.len()
+    };
+    for _ in idle..READY {
+        if let Ok(s) = Shell::spawn(argv) {
+            give_back(socket, s);
+        }
     }
 }
 

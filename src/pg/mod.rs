@@ -1,6 +1,7 @@
 //! Talking to PostgreSQL: conninfo parsing, secrets, TLS and connections.
 
 pub mod advisory;
+pub mod alive;
 pub mod conn;
 pub mod conninfo;
 pub mod lsn;

@@ -21,6 +21,7 @@ pub mod reverse;
 pub mod route;
 pub mod stage;
 pub mod stop;
+mod watch;
 pub mod window;
 
 use std::future::Future;

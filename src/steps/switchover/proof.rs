@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::fence::FenceOut;
 use super::memo::Memo;
 use super::stop::FRESH_CONTROL;
+use super::watch::Watch;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::host::Cmd;
@@ -138,7 +139,7 @@ pub(crate) fn parse_controldata(text: &str, node: &str) -> Result<Control> {
 }
 
 /// The target's received and replayed positions, timeline and recovery state, on `c`.
-async fn position_on(c: &Client) -> Result<Position> {
+pub(super) async fn position_on(c: &Client) -> Result<Position> {
     let r = sql::one(
         c,
         "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, timeline_id::bigint, pg_is_in_recovery()
@@ -157,23 +158,23 @@ async fn position_on(c: &Client) -> Result<Position> {
     })
 }
 
-/// A new connection to the target, opened by `stop` as the old primary's shutdown begins,
-/// for the proof's first sample (see [`open_ahead`]), by run and target.
-type Ahead = tokio::task::JoinHandle<Result<Client>>;
-static AHEAD: Memo<Ahead> = Memo::new();
+/// The target watched from the start of `stop` (see [`Watch`]), by run and target.
+static AHEAD: Memo<Watch> = Memo::new();
 
-/// Open the new connection the proof needs while the old primary stops (clients are held
-/// already): its set-up (TCP, then SCRAM: four round trips across a WAN) then costs the pause
-/// nothing. Bounded by `limit`: a frozen postmaster never answers it, and the proof then
-/// waits for it only as long as its time box.
+/// Watch the target while the old primary stops (clients are held already): the new
+/// connection's set-up (TCP, then SCRAM: four round trips across a WAN) and the first sample
+/// past the shutdown checkpoint then cost the pause nothing. Bounded by `limit`: a frozen
+/// postmaster never answers it, and the proof then waits for it only as long as its time box.
 pub(super) fn open_ahead(run_id: &str, to: &Member, limit: Duration) {
-    let ep = to.endpoint();
-    let opening = tokio::spawn(async move {
-        tokio::time::timeout(limit, connect(&ep))
-            .await
-            .map_err(|_| anyhow!("no answer within {limit:?}"))?
-    });
-    AHEAD.remember(run_id, to.name(), opening);
+    AHEAD.remember(run_id, to.name(), Watch::start(to.endpoint(), limit));
+}
+
+/// One sample of the target on the kept connection.
+async fn ask(ep: &crate::pg::Endpoint) -> Result<Position> {
+    let s = session(ep).await?;
+    let at = position_on(&s).await?;
+    s.keep();
+    Ok(at)
 }
 
 /// One sample of the target. The first is taken on a kept connection while a new one is
@@ -184,11 +185,7 @@ pub(super) fn open_ahead(run_id: &str, to: &Member, limit: Duration) {
 /// Later samples ask the new connection. A postmaster that freezes after that is caught by
 /// the promotion's own time limit, past the point of no return: the old primary stays down
 /// and staged, and the run stops for the operator.
-async fn position(
-    to: &Member,
-    fresh: &mut Option<Client>,
-    ahead: &mut Option<Ahead>,
-) -> Result<Position> {
+async fn position(to: &Member, fresh: &mut Option<Client>) -> Result<Position> {
     if let Some(c) = fresh.take().filter(|c| !c.is_closed()) {
         let at = position_on(&c).await;
         if at.is_ok() {
@@ -197,15 +194,7 @@ async fn position(
         return at;
     }
     let ep = to.endpoint();
-    let opening = async {
-        match ahead.take() {
-            Some(opening) => opening
-                .await
-                .map_err(|e| anyhow!("opening a connection: {e}"))?,
-            None => connect(&ep).await,
-        }
-    };
-    let (opened, kept) = tokio::join!(opening, async {
+    let (opened, kept) = tokio::join!(connect(&ep), async {
         let s = session(&ep).await?;
         let at = position_on(&s).await?;
         s.keep();
@@ -253,9 +242,12 @@ impl Step for Proof {
             Some(text) => parse_controldata(&text, from)?,
             None => controldata(&self.d.from).await?,
         };
-        let mut last: Option<Position>;
+        let mut last: Option<Position> = None;
         let mut fresh: Option<Client> = None;
-        let mut ahead = AHEAD.take(&cx.run_id, to);
+        // Watched since the stop began, in this process: its newest sample first, then each
+        // newer one. Without a watch (a resumed run), or once it ends, samples asked here.
+        let mut watch = AHEAD.take(&cx.run_id, to);
+        let mut asked = false;
         loop {
             // The target may be briefly unreachable; that is "not yet", until the time box.
             // A hung target (frozen host, cut link) must not outlast the time box either.
@@ -263,14 +255,42 @@ impl Step for Proof {
                 .timeout
                 .saturating_sub(t.elapsed())
                 .max(Duration::from_millis(200));
-            let sample = match tokio::time::timeout(
-                left,
-                position(&self.d.to, &mut fresh, &mut ahead),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(anyhow!("no answer within {left:?}")),
+            let watched = match watch.as_mut() {
+                Some(w) => match w.forks(left).await {
+                    Err(e) => Some(Err(e)),
+                    // The newest sample (taken before the stop's answer came back, or the
+                    // first one after).
+                    Ok(()) if last.is_none() => w.next(left).await,
+                    // Not yet, once: the watch's next sample or one asked now, whichever
+                    // comes first (on a LAN asking beats the watch's next tick).
+                    Ok(()) if !asked => {
+                        asked = true;
+                        let ep = self.d.to.endpoint();
+                        tokio::select! {
+                            s = w.next(left) => s,
+                            a = tokio::time::timeout(left, ask(&ep)) => Some(match a {
+                                Ok(r) => r.map_err(|e| format!("{e:#}")),
+                                Err(_) => Err(format!("no answer within {left:?}")),
+                            }),
+                        }
+                    }
+                    Ok(()) => w.next(left).await,
+                },
+                None => None,
+            };
+            let sample = match watched {
+                Some(Ok(at)) => Ok(at),
+                Some(Err(e)) => {
+                    watch = None;
+                    Err(anyhow!(e))
+                }
+                None => {
+                    watch = None;
+                    match tokio::time::timeout(left, position(&self.d.to, &mut fresh)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(anyhow!("no answer within {left:?}")),
+                    }
+                }
             };
             match sample {
                 Ok(at) => {
@@ -307,7 +327,9 @@ impl Step for Proof {
                     shown(rp)
                 );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if watch.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
 }

@@ -46,9 +46,17 @@ struct Seen {
     auto: Option<Vec<u8>>,
 }
 
-/// `sh -c` script: $1 postgresql.auto.conf, $2 the backup, then the status command. Prints
-/// `state=<code>`, `backup=0|1`, `auto=absent|unreadable|<base64 lines follow>`.
-const INSPECT: &str = r#"auto=$1; backup=$2; shift 2
+/// `sh -c` script: $1 postgresql.auto.conf, $2 the backup, $3 the data directory, $4 how many
+/// 10 ms steps to wait for a running postmaster (its pid file's) to exit first, then the
+/// status command. Prints `state=<code>`, `backup=0|1`, `auto=absent|unreadable|<base64 lines
+/// follow>`.
+const INSPECT: &str = r#"auto=$1; backup=$2; data=$3; steps=$4; shift 4
+pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
+alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
+i=0
+while [ -n "$pid" ] && [ "$i" -lt "$steps" ] && [ -e "$data/postmaster.pid" ] && alive "$pid"; do
+  i=$((i + 1)); sleep 0.01 2>/dev/null || sleep 1
+done
 "$@" >/dev/null 2>&1; echo "state=$?"
 if [ -e "$backup" ]; then echo backup=1; else echo backup=0; fi
 if [ ! -e "$auto" ]; then echo auto=absent
@@ -85,8 +93,9 @@ fn parse_seen(text: &str) -> Option<Seen> {
     })
 }
 
-/// One round trip to the old primary's host (inside the write pause every one counts).
-async fn inspect(m: &Member, backup: &Path) -> Result<Seen> {
+/// One round trip to the old primary's host (inside the write pause every one counts), taken
+/// once its postmaster has exited (waited for up to `wait`).
+async fn inspect(m: &Member, backup: &Path, wait: Duration) -> Result<Seen> {
     let auto = m.node.data_dir.join("postgresql.auto.conf");
     let mut argv = vec![
         "sh".to_string(),
@@ -95,6 +104,8 @@ async fn inspect(m: &Member, backup: &Path) -> Result<Seen> {
         "migrate-stage".into(),
         auto.display().to_string(),
         backup.display().to_string(),
+        m.node.data_dir.display().to_string(),
+        (wait.as_millis() / 10).to_string(),
     ];
     argv.extend(m.server()?.status_argv());
     let out = m.host.run(&Cmd::new(argv)).await?;
@@ -170,16 +181,17 @@ fn fresh(seen: Instant, what: &str) -> Option<String> {
     })
 }
 
-/// The inspection `stop` started as soon as the old primary was down, by run and node.
+/// The inspection `stop` started as the old primary began to stop, by run and node.
 static INSPECTED: Memo<JoinHandle<Result<Seen>>> = Memo::new();
 
-/// Start stage's inspection of the stopped old primary's host now, beside the proof (which
-/// asks only the target): its round trip then costs the pause nothing. What it saw is as
-/// good as a look taken just before the write for what the write needs (the settings, the
-/// backup); whether the server still stays down is read again after the write, in its call.
-pub(super) fn inspect_ahead(cx: &Cx, d: &Direction) {
+/// Start stage's inspection of the old primary's host now, as its stop begins: the call waits
+/// on that host (up to `wait`) for the postmaster to exit, then looks, so its answer comes
+/// back with the stop's and its round trip costs the pause nothing. What it saw is as good as
+/// a look taken just before the write for what the write needs (the settings, the backup);
+/// whether the server still stays down is read again after the write, in its call.
+pub(super) fn inspect_ahead(cx: &Cx, d: &Direction, wait: Duration) {
     let (m, backup) = (d.from.clone(), Stage::backup(d, cx));
-    let looking = tokio::spawn(async move { inspect(&m, &backup).await });
+    let looking = tokio::spawn(async move { inspect(&m, &backup, wait).await });
     INSPECTED.remember(&cx.run_id, d.from.name(), looking);
 }
 
@@ -191,7 +203,7 @@ impl Stage {
                 return Ok(seen);
             }
         }
-        inspect(&self.0.from, &Self::backup(&self.0, cx)).await
+        inspect(&self.0.from, &Self::backup(&self.0, cx), Duration::ZERO).await
     }
 
     fn backup(d: &Direction, cx: &Cx) -> PathBuf {

@@ -72,7 +72,10 @@ impl Step for StopPrimary {
         // checkpoint, so a stop longer than the proof's time box is a hang, not work. On the
         // limit the abort (compensate) waits for the shutdown to end, then restarts.
         let limit = self.0.limit;
+        // What the next steps need, begun beside the stop: the proof's watch on the target,
+        // the staging's look at this host (which waits there for the postmaster to exit).
         super::proof::open_ahead(&cx.run_id, &self.0.to, limit);
+        super::stage::inspect_ahead(cx, &self.0, limit);
         let control = self
             .0
             .bounded(
@@ -86,7 +89,6 @@ impl Step for StopPrimary {
         if let Some(text) = control {
             FRESH_CONTROL.remember(&cx.run_id, self.0.from.name(), text);
         }
-        super::stage::inspect_ahead(cx, &self.0);
         Ok(StopOut {
             stopped_at: Some(Utc::now()),
         })
