@@ -218,3 +218,37 @@ async fn wrong_password_and_unreachable_server_are_explained_without_the_passwor
     );
     assert!(Path::new(&lab.lab.passfile()).exists());
 }
+
+/// `pg::alive::forks`: a running postmaster answers the cancel-request probe by forking (its
+/// child closes the socket); a frozen one (SIGSTOP: the kernel still completes the TCP
+/// handshake) never does, so the probe runs into its time limit; a closed port fails at once.
+#[tokio::test]
+async fn the_liveness_probe_tells_a_forking_postmaster_from_a_frozen_one() {
+    use std::time::Duration;
+    let lab = TestLab::up().await;
+    let tcp = Conninfo::parse(&format!("host=127.0.0.1 port={}", lab.lab.port("old"))).unwrap();
+    let limit = Duration::from_secs(3);
+    let probe = |c: Conninfo| async move {
+        tokio::time::timeout(limit, migrate::pg::alive::forks(&c)).await
+    };
+    assert!(matches!(probe(tcp.clone()).await, Ok(Ok(()))));
+    let socket = Conninfo::parse(&format!(
+        "host={} port={}",
+        lab.lab.socket_dir().display(),
+        lab.lab.port("old")
+    ))
+    .unwrap();
+    assert!(matches!(probe(socket).await, Ok(Ok(()))));
+    let pid = crate::support::postmaster_pid(&lab.lab.data_dir("old")).expect("old runs");
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let frozen = probe(tcp.clone()).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(
+        frozen.is_err(),
+        "a frozen postmaster was taken for alive: {frozen:?}"
+    );
+    assert!(matches!(probe(tcp).await, Ok(Ok(()))));
+    let closed = Conninfo::parse("host=127.0.0.1 port=1").unwrap();
+    assert!(matches!(probe(closed).await, Ok(Err(_))));
+}

@@ -6,7 +6,7 @@
 //! the probe then waits, so callers bound it. A full log-in shows the same at twice the
 //! cost (TCP, then SCRAM).
 //!
-//! The server logs one line per probe at LOG level before PostgreSQL 17 ("PID 0 in cancel
+//! The server logs one line per probe at LOG level ("PID 0 in cancel
 //! request did not match any process").
 
 use anyhow::{anyhow, Result};
