@@ -558,7 +558,21 @@ async fn crash_matrix_of_the_failover() {
         .await
         .unwrap();
         chain.wait_caught_up_from(primary).await;
-        chain.kill_server(primary).await;
+        // Lost by a fast stop, not a kill: the matrix is about the tool's crash points, and a
+        // kill races the primary's own WAL (a checkpoint or a running-xacts record written
+        // between the catch-up and the kill reaches one standby and not the other; the
+        // failover then rightly asks for --accept-loss, as CI once saw). A fast stop waits
+        // for its standbys to have everything.
+        chain
+            .lab
+            .lab
+            .server(primary)
+            .stop(
+                migrate::pg::server::StopMode::Fast,
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
 
         let out = chain
             .run(&["failover", "--yes", "--to", standby], Some(&at))
