@@ -803,6 +803,14 @@ async fn assert_restarted_old_is_never_doubled(
             .exists(),
         "standby.signal beside a running primary"
     );
+    // The staging wrote the repointed pgbouncer.ini (not loaded); its undo wrote it back, so
+    // the next RELOAD or restart of PgBouncer does not send clients to the standby.
+    let ini = std::fs::read_to_string(chain.lab.lab.dir.join("pgbouncer/pgbouncer.ini")).unwrap();
+    let app = ini.lines().find(|l| l.starts_with("app =")).unwrap();
+    assert!(
+        app.contains(&format!("port={}", chain.lab.lab.port("old"))),
+        "pgbouncer.ini left pointing away from the old primary: {app}"
+    );
     assert_old_serves_unfenced(chain).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = w.stop().await;

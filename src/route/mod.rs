@@ -45,8 +45,9 @@ pub trait Router: Send + Sync {
         Ok(())
     }
     /// The part of `point` that no client sees until `point` runs (a configuration file
-    /// written, not loaded), done ahead: started beside the promotion, once its point of no
-    /// return is journaled, so that its round trips cost the write pause nothing. Only a
+    /// written, not loaded), done ahead: by `stage` for a route that holds clients (undone,
+    /// by the same call towards `from`, with the staging), else beside the promotion once its
+    /// point of no return is journaled, so that its round trips cost the write pause nothing. Only a
     /// shortcut: `point` does all of it itself when this did not run or failed. Default:
     /// nothing to prepare.
     async fn prepare_point(&self, _from: &Node, _to: &Node) -> Result<()> {

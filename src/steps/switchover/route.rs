@@ -69,6 +69,50 @@ pub(super) fn prepare_ahead(cx: &Cx, d: &Direction, clients_held: bool) {
     PREPARED.remember(&cx.run_id, d.to.name(), preparing);
 }
 
+/// Write, inside `stage` (before the point of no return, clients held), what pointing each
+/// route that holds clients writes without loading it (PgBouncer: pgbouncer.ini repointed,
+/// not RELOADed), so that beside the promotion only the load is left: one round trip there
+/// instead of two. No client sees it: PgBouncer reads the file on RELOAD or a restart only
+/// (restarted in between, it would send clients to a standby, which refuses their writes).
+/// Best effort, each write bounded: `point` writes the file itself when this did not. The
+/// staging's undo writes it back ([`unstage_ahead`]).
+pub(super) async fn stage_ahead(d: &Direction) {
+    let Ok(routers) = d.routers() else { return };
+    let (from, to) = (&d.from.node, &d.to.node);
+    let writes = routers
+        .iter()
+        .filter(|r| ahead(true, r.holds()) == Ahead::Point)
+        .map(|r| async move {
+            let bound = try_limit(d.limit, r.own_limit());
+            match tokio::time::timeout(bound, r.prepare_point(from, to)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(route = r.describe(), "staging the repoint failed: {e:#}")
+                }
+                Err(_) => tracing::debug!(route = r.describe(), "staging the repoint timed out"),
+            }
+        });
+    futures_util::future::join_all(writes).await;
+}
+
+/// The undo of [`stage_ahead`]: each holding route's file pointing at the old primary again
+/// (a no-op where it still does). Never loaded in between, so nothing else is to undo.
+pub(super) async fn unstage_ahead(d: &Direction) -> Result<()> {
+    let (from, to) = (&d.from.node, &d.to.node);
+    for r in d.routers()? {
+        if ahead(true, r.holds()) == Ahead::Point {
+            let bound = try_limit(d.limit, r.own_limit());
+            tokio::time::timeout(bound, r.prepare_point(to, from))
+                .await
+                .map_err(|_| anyhow::anyhow!("{}: no answer within {bound:?}", r.describe()))?
+                .map_err(|e| {
+                    e.context(format!("point {} back at {}", r.describe(), d.from.name()))
+                })?;
+        }
+    }
+    Ok(())
+}
+
 /// What is done ahead, beside the promotion, for one route.
 #[derive(Debug, PartialEq, Eq)]
 enum Ahead {

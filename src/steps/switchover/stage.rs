@@ -225,14 +225,14 @@ impl Step for Stage {
         Description {
             host: format!("{} and {}", self.0.from.host_label(), self.0.to.name()),
             action: format!(
-                "on {to}: pg_create_physical_replication_slot('{slot}', true); on {from}: standby.signal, and in postgresql.auto.conf primary_conninfo = '{ci}', primary_slot_name = '{slot}', without the soft fence",
+                "on {to}: pg_create_physical_replication_slot('{slot}', true); on {from}: standby.signal, and in postgresql.auto.conf primary_conninfo = '{ci}', primary_slot_name = '{slot}', without the soft fence; each route that holds clients: its file repointed at {to}, not loaded (PgBouncer: pgbouncer.ini, RELOADed beside the promotion)",
                 to = self.0.to.name(),
                 from = self.0.from.name(),
                 slot = m.slot(),
                 ci = m.replication_conninfo(Some(&m.node.data_dir.join(PASSFILE).display().to_string())).map(|c| c.to_string()).unwrap_or_default(),
             ),
             proof: "standby.signal exists on the stopped node".into(),
-            undo: "stop it if it runs as a standby, restore postgresql.auto.conf, remove standby.signal, drop the slot".into(),
+            undo: "stop it if it runs as a standby, restore postgresql.auto.conf, remove standby.signal, write each holding route's file back (PgBouncer: pgbouncer.ini, never loaded), drop the slot".into(),
         }
     }
     fn kind(&self) -> Kind {
@@ -296,7 +296,13 @@ impl Step for Stage {
             // durable: the look above is as old as the proof, and a server started by hand
             // since then must not be taken for a stopped one.
             let status = Cmd::new(self.0.from.server()?.status_argv());
-            let (slot, written) = tokio::join!(slot, m.host.write_files_then(&files, &status));
+            // And, on a third host, the repointed pgbouncer.ini (written, not loaded): beside
+            // the promotion only its RELOAD is then left.
+            let (slot, written, ()) = tokio::join!(
+                slot,
+                m.host.write_files_then(&files, &status),
+                super::route::stage_ahead(&self.0)
+            );
             slot?;
             let after = RunState::from_status(written?.code);
             match staged_while(after) {
@@ -354,6 +360,9 @@ impl Step for Stage {
                     m.host.remove_file(&backup).await?;
                 }
                 m.host.remove_file(&data.join("standby.signal")).await?;
+                // The routes' files written by the staging, back to the old primary (never
+                // loaded: PgBouncer still points there).
+                super::route::unstage_ahead(&self.0).await?;
                 // Best effort: the slot is on the target, which may be what failed. Left behind it
                 // only retains WAL on a standby that is not promoted; `plan` lists migrate_* slots.
                 let slot = self.0.demoted().slot();
