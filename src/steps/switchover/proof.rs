@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::fence::FenceOut;
 use super::memo::Memo;
 use super::stop::FRESH_CONTROL;
-use super::watch::Watch;
+use super::watch::{Sample, Watch};
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Step};
 use crate::host::Cmd;
@@ -161,24 +161,43 @@ pub(super) async fn position_on(c: &Client) -> Result<Position> {
 /// The target watched from the start of `stop` (see [`Watch`]), by run and target.
 static AHEAD: Memo<Watch> = Memo::new();
 
-/// Watch the target while the old primary stops (clients are held already): the new
-/// connection's set-up (TCP, then SCRAM: four round trips across a WAN) and the first sample
-/// past the shutdown checkpoint then cost the pause nothing. Bounded by `limit`: a frozen
-/// postmaster never answers it, and the proof then waits for it only as long as its time box.
+/// Watch the target while the old primary stops (clients are held already): the liveness
+/// probe and the first sample past the shutdown checkpoint then cost the pause nothing.
+/// Bounded by `limit`: a frozen postmaster never answers the probe, and the proof then waits
+/// for it only as long as its time box.
 pub(super) fn open_ahead(run_id: &str, to: &Member, limit: Duration) {
     AHEAD.remember(run_id, to.name(), Watch::start(to.endpoint(), limit));
 }
 
-/// One sample of the target on the kept connection.
-async fn ask(ep: &crate::pg::Endpoint) -> Result<Position> {
-    let s = session(ep).await?;
-    let at = position_on(&s).await?;
-    s.keep();
-    Ok(at)
+/// End the watch `open_ahead` started (the stop failed: no proof will take it).
+pub(super) fn close_ahead(run_id: &str, to: &Member) {
+    drop(AHEAD.take(run_id, to.name()));
 }
 
-/// One sample of the target. The first is taken on a kept connection while a new one is
-/// opened (or, when `stop` opened it ahead, finishes opening): the postmaster must fork a
+/// The watch's next sample or one asked now on the kept connection, whichever comes first.
+/// The connection stays kept when the watch wins (the ask is only cut short): dropping it
+/// would make the next step pay a new connection's set-up.
+async fn next_or_ask(w: &mut Watch, ep: &crate::pg::Endpoint, left: Duration) -> Option<Sample> {
+    let s = match tokio::time::timeout(left, session(ep)).await {
+        Ok(Ok(s)) => s,
+        _ => return w.next(left).await,
+    };
+    let (got, asked_ok) = tokio::select! {
+        n = w.next(left) => (n, true),
+        a = tokio::time::timeout(left, position_on(&s)) => match a {
+            Ok(Ok(at)) => (Some(Ok(at)), true),
+            Ok(Err(e)) => (Some(Err(format!("{e:#}"))), false),
+            Err(_) => (Some(Err(format!("no answer within {left:?}"))), false),
+        },
+    };
+    if asked_ok {
+        s.keep();
+    }
+    got
+}
+
+/// One sample of the target without a watch (a resumed run, or the watch ended). The first
+/// is taken on a kept connection while a new one is opened: the postmaster must fork a
 /// backend for it, which shows the target alive as a whole since the fence (a frozen
 /// postmaster still has its old backends and walreceiver answering, and would then never
 /// carry out the promotion; the hang-target rehearsal freezes it right after the fence).
@@ -265,14 +284,7 @@ impl Step for Proof {
                     // comes first (on a LAN asking beats the watch's next tick).
                     Ok(()) if !asked => {
                         asked = true;
-                        let ep = self.d.to.endpoint();
-                        tokio::select! {
-                            s = w.next(left) => s,
-                            a = tokio::time::timeout(left, ask(&ep)) => Some(match a {
-                                Ok(r) => r.map_err(|e| format!("{e:#}")),
-                                Err(_) => Err(format!("no answer within {left:?}")),
-                            }),
-                        }
+                        next_or_ask(w, &self.d.to.endpoint(), left).await
                     }
                     Ok(()) => w.next(left).await,
                 },

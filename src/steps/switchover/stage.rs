@@ -190,17 +190,34 @@ static INSPECTED: Memo<JoinHandle<Result<Seen>>> = Memo::new();
 /// a look taken just before the write for what the write needs (the settings, the backup);
 /// whether the server still stays down is read again after the write, in its call.
 pub(super) fn inspect_ahead(cx: &Cx, d: &Direction, wait: Duration) {
+    // Within a quick command's limit (a longer one would open an ssh session of its own).
+    let wait = wait.min(crate::host::QUICK.saturating_sub(Duration::from_secs(10)));
     let (m, backup) = (d.from.clone(), Stage::backup(d, cx));
     let looking = tokio::spawn(async move { inspect(&m, &backup, wait).await });
     INSPECTED.remember(&cx.run_id, d.from.name(), looking);
 }
 
+/// Stop waiting for the inspection `inspect_ahead` started (the stop failed: no staging will
+/// take it). Its remote call ends by its own wait.
+pub(super) fn close_ahead(cx: &Cx, d: &Direction) {
+    if let Some(looking) = INSPECTED.take(&cx.run_id, d.from.name()) {
+        looking.abort();
+    }
+}
+
 impl Stage {
-    /// What the inspection started ahead saw, else (none, or it failed) a look now.
+    /// What the inspection started ahead saw when it saw the server down, else (none, it
+    /// failed, or its wait ran out before a slow shutdown ended) a look now: only a look taken
+    /// now may call the old primary running again.
     async fn inspect(&self, cx: &Cx) -> Result<Seen> {
         if let Some(looking) = INSPECTED.take(&cx.run_id, self.0.from.name()) {
             if let Ok(Ok(seen)) = looking.await {
-                return Ok(seen);
+                if matches!(
+                    seen.state,
+                    Some(RunState::Stopped) | Some(RunState::NoCluster)
+                ) {
+                    return Ok(seen);
+                }
             }
         }
         inspect(&self.0.from, &Self::backup(&self.0, cx), Duration::ZERO).await
@@ -360,9 +377,6 @@ impl Step for Stage {
                     m.host.remove_file(&backup).await?;
                 }
                 m.host.remove_file(&data.join("standby.signal")).await?;
-                // The routes' files written by the staging, back to the old primary (never
-                // loaded: PgBouncer still points there).
-                super::route::unstage_ahead(&self.0).await?;
                 // Best effort: the slot is on the target, which may be what failed. Left behind it
                 // only retains WAL on a standby that is not promoted; `plan` lists migrate_* slots.
                 let slot = self.0.demoted().slot();
@@ -371,7 +385,10 @@ impl Step for Stage {
                     sql::drop_inactive_slot(&c, &slot).await
                 })
                 .await;
-                Ok(())
+                // Last, so that a route's provider that does not answer leaves nothing else
+                // undone: the routes' files written by the staging, back to the old primary
+                // (never loaded: PgBouncer still points there).
+                super::route::unstage_ahead(&self.0).await
             })
             .await
     }

@@ -76,7 +76,7 @@ impl Step for StopPrimary {
         // the staging's look at this host (which waits there for the postmaster to exit).
         super::proof::open_ahead(&cx.run_id, &self.0.to, limit);
         super::stage::inspect_ahead(cx, &self.0, limit);
-        let control = self
+        let stopped = self
             .0
             .bounded(
                 "stopping the old primary",
@@ -85,7 +85,16 @@ impl Step for StopPrimary {
                     .server()?
                     .stop_and_read_control(StopMode::Fast, limit),
             )
-            .await?;
+            .await;
+        let control = match stopped {
+            Ok(control) => control,
+            Err(e) => {
+                // Nothing will take what was begun for the next steps: end it now.
+                super::proof::close_ahead(&cx.run_id, &self.0.to);
+                super::stage::close_ahead(cx, &self.0);
+                return Err(e);
+            }
+        };
         if let Some(text) = control {
             FRESH_CONTROL.remember(&cx.run_id, self.0.from.name(), text);
         }

@@ -132,8 +132,9 @@ async fn sample(
                 in_flight.push(async move { (n, position_on(c).await) });
             }
             Some((n, at)) = in_flight.next() => {
-                // One connection answers in order; kept in order all the same.
-                if !newer(newest, n) {
+                // One connection answers in order, but answers ready together may be
+                // yielded in any order: an older one never replaces a newer.
+                if n <= newest {
                     continue;
                 }
                 newest = n;
@@ -146,23 +147,5 @@ async fn sample(
             _ = tokio::time::sleep_until(deadline) => return true,
             _ = tx.closed() => return true,
         }
-    }
-}
-
-/// Pure: is the answer to sample `n` newer than the newest kept so far?
-fn newer(newest: u64, n: u64) -> bool {
-    n > newest
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_later_sample_replaces_the_kept_one() {
-        assert!(newer(0, 1));
-        assert!(newer(3, 4));
-        assert!(!newer(4, 4));
-        assert!(!newer(5, 4));
     }
 }
