@@ -288,7 +288,7 @@ async fn repmgrd_is_paused_around_each_switch_and_told_the_new_topology() {
         "cutover",
         &["cutover", "--yes", "--force-window"],
         &StepId::Stop,
-        &StepId::Fence,
+        &StepId::Hold,
         async || {
             r.wait_daemons(true, "paused while the cutover fences");
             chain.kill_server("new").await;

@@ -62,7 +62,7 @@ async fn a_gate_hook_saying_no_aborts_before_hold_and_an_event_hook_hears_every_
         .map(|s| s["id"].as_str().unwrap())
         .collect();
     assert!(
-        !started.contains(&"hold") && !started.contains(&"fence"),
+        !started.contains(&"hold") && !started.contains(&"stop"),
         "{started:?}"
     );
     // Nothing changed: old takes writes through PgBouncer, unfenced.

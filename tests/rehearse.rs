@@ -203,14 +203,14 @@ fn assert_stopped_past_the_promotion_then_completed(f: &serde_json::Value) {
     assert_eq!(f["run"]["outcome"], "completed", "{f:#}");
 }
 
-/// Aborted before the point of no return, with the stop, the fence and the hold undone.
+/// Aborted before the point of no return, with the stop (the fence) and the hold undone.
 #[track_caller]
 fn assert_undone_before_the_promotion(f: &serde_json::Value) {
     assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
     assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
     assert_eq!(
         undone(f),
-        [StepId::Stop, StepId::Fence, StepId::Hold].map(|s| s.to_string()),
+        [StepId::Stop, StepId::Hold].map(|s| s.to_string()),
         "{f:#}"
     );
 }
@@ -330,7 +330,7 @@ fn a_target_killed_while_the_old_primary_is_staged_is_undone() {
     assert!(f["run"]["point_of_no_return"].is_null(), "{f:#}");
     assert_eq!(f["run"]["outcome"], "aborted", "{f:#}");
     let undone = undone(&f);
-    for step in [StepId::Stop, StepId::Fence, StepId::Hold] {
+    for step in [StepId::Stop, StepId::Hold] {
         assert!(
             undone.contains(&step.to_string()),
             "{step} not undone: {f:#}"

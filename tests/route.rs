@@ -165,13 +165,13 @@ async fn an_aborted_cutover_releases_the_held_clients() {
     let mut child = tokio::process::Command::new(crate::support::migrate_bin());
     child
         .args(["cutover", "--yes", "--force-window", "-f", chain.spec()])
-        .env("MIGRATE_WAIT_AT", "fence:before")
+        .env("MIGRATE_WAIT_AT", "stop:before")
         .env("MIGRATE_WAIT_FILE", chain.lab.lab.dir.join("go"));
     let run = child.output();
     let fault = async {
-        // The fence is up: now the target's server goes away.
+        // Clients are held, the stop is next: now the target's server goes away.
         chain
-            .wait_for_step("cutover", &StepId::Fence, "in_doubt")
+            .wait_for_step("cutover", &StepId::Stop, "in_doubt")
             .await;
         chain.kill_server("new").await;
         std::fs::write(chain.lab.lab.dir.join("go"), "").unwrap();

@@ -125,7 +125,6 @@ fn show(ui: &Ui, r: &Report) {
     ];
     for k in [
         "hold",
-        "fence",
         "stop",
         "proof",
         "stage",

@@ -41,6 +41,9 @@ pub struct Plan {
     pub operation: String,
     pub steps: Vec<Box<dyn DynStep>>,
     pub on_failure: OnFailure,
+    /// Steps this version no longer plans but an earlier version's journal may hold: put
+    /// back where that journal has them when its run is resumed (see `fit`).
+    pub retired: Vec<Box<dyn DynStep>>,
 }
 
 impl Plan {
@@ -49,11 +52,41 @@ impl Plan {
             operation: operation.into(),
             steps: Vec::new(),
             on_failure: OnFailure::Stop,
+            retired: Vec::new(),
         }
     }
 
     pub fn push<S: Step + 'static>(&mut self, step: S) {
         self.steps.push(boxed(step));
+    }
+
+    /// A step earlier versions planned here and this one no longer does (see `retired`).
+    pub fn retire<S: Step + 'static>(&mut self, step: S) {
+        self.retired.push(boxed(step));
+    }
+
+    /// Each retired step that `recorded` holds, put back into the plan after the step the
+    /// journal has before it (first when none), so that the run goes on as it was planned.
+    fn restore_retired(&mut self, recorded: &[PlannedStep]) {
+        for (at, r) in recorded.iter().enumerate() {
+            if self.steps.iter().any(|s| s.id() == r.id) {
+                continue;
+            }
+            let Some(k) = self.retired.iter().position(|s| s.id() == r.id) else {
+                continue;
+            };
+            let step = self.retired.remove(k);
+            let before = at
+                .checked_sub(1)
+                .and_then(|p| self.steps.iter().position(|s| s.id() == recorded[p].id));
+            let i = before.map_or(0, |i| i + 1);
+            if let OnFailure::Abort { keep } = &mut self.on_failure {
+                if i < *keep {
+                    *keep += 1;
+                }
+            }
+            self.steps.insert(i, step);
+        }
     }
 
     /// From the next step on, a failure before the point of no return is undone at once; the
@@ -87,10 +120,12 @@ impl Plan {
 
     /// Make this plan the one a journal recorded: the same steps, or (a journal of an older
     /// version, whose `cutover` ran its chain as a run of its own) the same steps as this plan's
-    /// tail, whose head is then dropped; and in the order the journal planned them (an older
+    /// tail, whose head is then dropped, with any retired step it holds put back; and in the
+    /// order the journal planned them (an older
     /// version ran `reverse` before the release): a run goes on as it was planned. `false`
     /// when they differ otherwise.
     fn fit(&mut self, recorded: &[PlannedStep]) -> bool {
+        self.restore_retired(recorded);
         let Some(skip) = self.steps.len().checked_sub(recorded.len()) else {
             return false;
         };
@@ -741,6 +776,59 @@ mod tests {
             "nothing may be undone"
         );
         assert_eq!(r.run(None).await.unwrap(), Outcome::Completed);
+    }
+
+    /// A run journaled by a version that planned a step this one retired resumes with that
+    /// step where its journal has it, and only then; undoing it undoes that step too.
+    #[tokio::test]
+    async fn a_retired_step_is_put_back_for_a_journal_that_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::default();
+        let (tx, _rx) = events::channel();
+        let f = |id, kind| Fake {
+            id,
+            kind,
+            log: log.clone(),
+            unsafe_probe: false,
+        };
+        let older = || {
+            let mut p = Plan::new("test");
+            p.abort_from_here();
+            p.push(f("hold", Kind::Reversible));
+            p.push(f("fence", Kind::Reversible));
+            p.push(f("stop", Kind::Reversible));
+            p
+        };
+        let today = || {
+            let mut p = Plan::new("test");
+            p.abort_from_here();
+            p.push(f("hold", Kind::Reversible));
+            p.retire(f("fence", Kind::Reversible));
+            p.push(f("stop", Kind::Reversible));
+            p
+        };
+        // Journaled by the older plan, stopped after its fence.
+        let mut r = Runner::start(older(), inv(dir.path()), tx.clone()).unwrap();
+        r.pause_before(Some("stop".into())).unwrap();
+        r.run(None).await.unwrap_err();
+        drop(r);
+        let mut r = Runner::resume(today(), inv(dir.path()), tx.clone()).unwrap();
+        assert_eq!(r.plan.ids(), ["hold", "fence", "stop"]);
+        r.rollback().await.unwrap();
+        let undone: Vec<String> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("undo"))
+            .cloned()
+            .collect();
+        assert_eq!(undone, ["undo fence true", "undo hold true"]);
+        // A journal without it: the retired step stays out.
+        let dir = tempfile::tempdir().unwrap();
+        let r = Runner::start(today(), inv(dir.path()), tx.clone()).unwrap();
+        drop(r);
+        let r = Runner::resume(today(), inv(dir.path()), tx).unwrap();
+        assert_eq!(r.plan.ids(), ["hold", "stop"]);
     }
 
     #[tokio::test]

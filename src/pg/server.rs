@@ -168,19 +168,23 @@ impl Server {
     /// file gone or the postmaster gone. The same call first looks whether a postmaster runs
     /// at all, so a stop costs one round trip to the host.
     pub async fn stop(&self, mode: StopMode, timeout: Duration) -> Result<()> {
-        self.stop_then(mode, timeout, None).await.map(|_| ())
+        self.stop_then(mode, timeout, None, false).await.map(|_| ())
     }
 
-    /// Stop and wait, then read the control file (`pg_controldata` in the C locale) in the same
-    /// round trip: the switchover's proof needs it right after the stop, inside the pause.
-    /// `None` when the control file could not be read (the caller reads it itself).
-    pub async fn stop_and_read_control(
+    /// The switchover's fence, in one round trip inside the pause: stop and wait (the fast
+    /// shutdown ends every client session), write the soft fence into the stopped server's
+    /// `postgresql.auto.conf` (`default_transaction_read_only = 'on'`, as `ALTER SYSTEM` would:
+    /// a start by hand before the staging comes up read-only by default, P4), then read the
+    /// control file (`pg_controldata` in the C locale), which the proof needs right after.
+    /// `None` when the control file could not be read (the caller reads it itself). The soft
+    /// fence is best effort: it is not the guarantee (P1), the stop is.
+    pub async fn fence_stop_and_read_control(
         &self,
         mode: StopMode,
         timeout: Duration,
     ) -> Result<Option<String>> {
         let out = self
-            .stop_then(mode, timeout, Some(self.tool("pg_controldata")))
+            .stop_then(mode, timeout, Some(self.tool("pg_controldata")), true)
             .await?;
         Ok(out.filter(|t| t.contains("Database cluster state:")))
     }
@@ -190,6 +194,7 @@ impl Server {
         mode: StopMode,
         timeout: Duration,
         controldata: Option<String>,
+        soft_fence: bool,
     ) -> Result<Option<String>> {
         let steps = (timeout.as_millis() / 10).max(100).to_string();
         let mut argv = vec![
@@ -200,6 +205,7 @@ impl Server {
             self.data(),
             steps,
             controldata.clone().unwrap_or_default(),
+            if soft_fence { "fence" } else { "" }.into(),
         ];
         argv.extend(
             self.service
@@ -289,11 +295,17 @@ impl TimelineHistory {
 }
 
 /// `sh -c` script: $1 data directory, $2 how many 10 ms waits at most, $3 pg_controldata to
-/// run once stopped (empty: none), then the command that asks the server to stop. No
-/// postmaster (no pid file, or its process gone: /proc also answers for another user's
-/// process) means nothing to stop. A `sleep` without fractions (some busybox builds) falls
-/// back to whole seconds.
-const STOP_AND_WAIT: &str = r#"data=$1; steps=$2; ctl=$3; shift 3
+/// run once stopped (empty: none), $4 `fence` to write the soft fence once stopped (empty:
+/// not), then the command that asks the server to stop. No postmaster (no pid file, or its
+/// process gone: /proc also answers for another user's process) means nothing to stop. A
+/// `sleep` without fractions (some busybox builds) falls back to whole seconds.
+///
+/// The soft fence is written only once no postmaster runs (a running server's file is
+/// `ALTER SYSTEM`'s), into a copy made with `cp -p` (the owner and mode stay the server's
+/// when this runs as root for a service manager) that replaces the file by a rename; any
+/// earlier `default_transaction_read_only` line goes. A failure is said on stderr and is not
+/// the stop's.
+const STOP_AND_WAIT: &str = r#"data=$1; steps=$2; ctl=$3; fence=$4; shift 4
 pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
 alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
 if [ -n "$pid" ] && alive "$pid"; then
@@ -304,6 +316,12 @@ if [ -n "$pid" ] && alive "$pid"; then
     if [ "$i" -gt "$steps" ]; then echo "the server did not stop in time" >&2; exit 1; fi
     sleep 0.01 2>/dev/null || sleep 1
   done
+fi
+auto="$data/postgresql.auto.conf"
+if [ -n "$fence" ] && [ -f "$auto" ]; then
+  t="$auto.migrate-fence"
+  if cp -p "$auto" "$t" && { grep -v '^[[:space:]]*default_transaction_read_only[[:space:]]*=' "$auto"; echo "default_transaction_read_only = 'on'"; } > "$t" && mv -f "$t" "$auto"; then :
+  else rm -f "$t"; echo "the soft fence was not written into $auto" >&2; fi
 fi
 if [ -n "$ctl" ]; then LC_ALL=C "$ctl" -D "$data"; fi"#;
 

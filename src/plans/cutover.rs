@@ -94,7 +94,8 @@ pub fn plan(spec: &Arc<Spec>, operation: &str, force_window: bool) -> Result<Pla
         timeout: spec.cutover.hold_timeout,
         policy: spec.cutover.hold,
     });
-    plan.push(Fence(d.clone()));
+    // The soft fence's own step of earlier versions, for their journals only.
+    plan.retire(Fence(d.clone()));
     plan.push(StopPrimary(d.clone()));
     plan.push(Proof {
         d: d.clone(),

@@ -19,8 +19,8 @@ use crate::steps::StepId;
 pub enum Fault {
     /// The target crashes while `replicate` waits for the chain to catch up.
     KillTargetDuringCatchup,
-    /// The target stops right after the old primary is fenced: the proof cannot come, the
-    /// time box must abort and undo the cutover.
+    /// The target stops as the old primary is fenced (clients held, the stop next): the
+    /// proof cannot come, the time box must abort and undo the cutover.
     StopTargetAfterFence,
     /// The tool itself is killed right after the promotion: `resume` must finish the cutover.
     CrashToolAfterPromote,
@@ -30,7 +30,7 @@ pub enum Fault {
     /// A client sits idle in a transaction through PgBouncer: the hold cannot complete, times
     /// out, clients resume on the old primary and the cutover aborts naming the session.
     IdleInTransactionClient,
-    /// The target's postmaster is stopped (SIGSTOP) right after the fence: it takes
+    /// The target's postmaster is stopped (SIGSTOP) as the old primary is fenced: it takes
     /// connections and answers nothing. The proof's time box aborts; nothing hangs.
     HangTarget,
     /// The old primary is started again by hand after the proof (the cutover paused before
@@ -52,7 +52,7 @@ pub enum Fault {
     /// the chain to catch up (ssh lab): the gate waits, the monitor says why, `status` shows
     /// the WAL the slot retains; restored, the run finishes.
     CutLinkDuringCatchup,
-    /// The same link is cut right after the fence: the target never receives the old
+    /// The same link is cut as the old primary is fenced: the target never receives the old
     /// primary's last WAL, the proof's time box aborts and undoes the cutover.
     CutLinkBeforeProof,
     /// The tool loses the old datacenter right after the hold: nothing can be proven, so

@@ -700,22 +700,18 @@ impl Rehearsal<'_> {
             && undone(StepId::Hold)
             && match fault {
                 Fault::StopTargetAfterFence | Fault::HangTarget => {
-                    failed_at(StepId::Proof) && undone(StepId::Fence) && undone(StepId::Stop)
+                    failed_at(StepId::Proof) && undone(StepId::Stop)
                 }
                 Fault::CutLinkBeforeProof => {
-                    (failed_at(StepId::Stop) || failed_at(StepId::Proof))
-                        && undone(StepId::Fence)
-                        && undone(StepId::Stop)
+                    (failed_at(StepId::Stop) || failed_at(StepId::Proof)) && undone(StepId::Stop)
                 }
                 // Whatever step found the old primary out of reach, nothing was promoted and
                 // everything done was undone.
                 Fault::CutToolFromOldDc => {
-                    stopped_with.point_of_no_return.is_none() && undone(StepId::Fence)
+                    stopped_with.point_of_no_return.is_none() && undone(StepId::Stop)
                 }
-                Fault::RestartOldAfterProof => failed_at(StepId::Stage) && undone(StepId::Fence),
-                Fault::KillTargetDuringStage => {
-                    failed_at(StepId::Stage) && undone(StepId::Fence) && undone(StepId::Stop)
-                }
+                Fault::RestartOldAfterProof => failed_at(StepId::Stage) && undone(StepId::Stop),
+                Fault::KillTargetDuringStage => failed_at(StepId::Stage) && undone(StepId::Stop),
                 Fault::IdleInTransactionClient => failed_at(StepId::Hold) && named_idle,
                 _ => failed_at(StepId::Hold),
             };
@@ -1307,10 +1303,10 @@ pub fn default_dir() -> Result<PathBuf> {
 /// goes on (`None`: a fault injected at another moment, or none).
 fn paused_before(fault: Fault) -> Option<StepId> {
     match fault {
-        Fault::StopTargetAfterFence | Fault::HangTarget | Fault::CutLinkBeforeProof => {
-            Some(StepId::Stop)
-        }
-        Fault::CutToolFromOldDc => Some(StepId::Fence),
+        Fault::StopTargetAfterFence
+        | Fault::HangTarget
+        | Fault::CutLinkBeforeProof
+        | Fault::CutToolFromOldDc => Some(StepId::Stop),
         _ => None,
     }
 }

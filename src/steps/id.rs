@@ -20,6 +20,7 @@ pub enum StepId {
     /// The catch-up gate inside a cutover.
     Gate,
     Hold,
+    /// The soft fence's own step in earlier versions' journals (now part of `stop`).
     Fence,
     Stop,
     Proof,
@@ -57,8 +58,10 @@ pub enum StepId {
 }
 
 impl StepId {
-    /// The ids that name no node and are not switchover steps.
-    const OTHERS: [StepId; 14] = [
+    /// The ids that name no node and are not steps of the switchover (`Fence`: only in
+    /// earlier versions' journals).
+    const OTHERS: [StepId; 15] = [
+        StepId::Fence,
         StepId::Catchup,
         StepId::Approve,
         StepId::HaPause,
@@ -81,11 +84,10 @@ impl StepId {
     }
 
     /// The switchover's steps, in the order a cutover or switchback runs them.
-    pub const SWITCHOVER: [StepId; 13] = [
+    pub const SWITCHOVER: [StepId; 12] = [
         StepId::Window,
         StepId::Gate,
         StepId::Hold,
-        StepId::Fence,
         StepId::Stop,
         StepId::Proof,
         StepId::Stage,
@@ -99,7 +101,7 @@ impl StepId {
 
     /// The steps inside the write pause, in order: from holding the clients to releasing them.
     pub fn pause() -> &'static [StepId] {
-        &Self::SWITCHOVER[2..10]
+        &Self::SWITCHOVER[2..9]
     }
 
     /// The name, and the node for the per-node steps.

@@ -1,5 +1,8 @@
-//! `fence`, the soft fence: read-only by default, client sessions ended.
-//! Not the guarantee (P1): stopping the server is.
+//! `fence`, the soft fence as a step of its own (read-only by default, client sessions ended
+//! over SQL), as earlier versions planned it. No longer planned: `stop`'s call writes the soft
+//! fence once the server is down (see `stop.rs` for why), and `hold` reads the target's
+//! timeline. Kept as a retired step (`Plan::retire`) so that a run an earlier version
+//! journaled with it resumes or is undone as it was planned.
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;

@@ -18,7 +18,7 @@ use crate::steps::id::StepId;
 /// The most the checkpoint before the hold may take.
 const PRE_CHECKPOINT: Duration = Duration::from_secs(300);
 
-/// How long reaching a server before the hold may take (an unreachable one is for the fence
+/// How long reaching a server before the hold may take (an unreachable one is for the stop
 /// to report, inside the time box).
 const REACH: Duration = Duration::from_secs(5);
 
@@ -44,6 +44,10 @@ pub struct HoldOut {
     /// The write pause starts here.
     pub held_at: DateTime<Utc>,
     pub previous: Vec<RoutePoint>,
+    /// The target's timeline while it still streamed (P6), for the proof. Journals of earlier
+    /// versions have it in the fence's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_timeline: Option<i64>,
 }
 
 #[async_trait]
@@ -64,11 +68,16 @@ impl Step for Hold {
                     .collect::<Vec<_>>()
                     .join("; ")
             },
-            action: if routers.is_empty() {
-                "no route: nothing to hold".into()
-            } else {
-                "record where each route points, then hold its clients (PgBouncer: PAUSE db)".into()
-            },
+            action: format!(
+                "CHECKPOINT on {from}, beside it the timeline {to} streams on (pg_stat_wal_receiver); pg_switch_wal() and its padding shipped; then {}",
+                if routers.is_empty() {
+                    "no route: nothing to hold"
+                } else {
+                    "record where each route points, and hold its clients (PgBouncer: PAUSE db)"
+                },
+                from = self.d.from.name(),
+                to = self.d.to.name()
+            ),
             proof: format!(
                 "the hold command returned within {:?} (PAUSE returns once no transaction runs); otherwise clients are resumed and the cutover aborts, naming the sessions that blocked it{}",
                 self.timeout,
@@ -92,15 +101,19 @@ impl Step for Hold {
         // then finds little to write (on a busy primary its dirty buffers were most of `stop`).
         // Best effort and bounded: it only moves work out of the pause. Reaching the server is
         // bounded like the kept connections above (an unreachable old primary is for the
-        // fence to report), the checkpoint itself by PRE_CHECKPOINT.
+        // stop to report), the checkpoint itself by PRE_CHECKPOINT. The target's timeline is
+        // read beside it.
         let from = self.d.from.endpoint();
-        if let Ok(Ok(c)) = tokio::time::timeout(REACH, crate::pg::session(&from)).await {
-            if let Ok(Ok(())) =
-                tokio::time::timeout(PRE_CHECKPOINT, c.batch_execute("CHECKPOINT")).await
-            {
-                c.keep();
+        let checkpoint = async {
+            if let Ok(Ok(c)) = tokio::time::timeout(REACH, crate::pg::session(&from)).await {
+                if let Ok(Ok(())) =
+                    tokio::time::timeout(PRE_CHECKPOINT, c.batch_execute("CHECKPOINT")).await
+                {
+                    c.keep();
+                }
             }
-        }
+        };
+        let (to_timeline, ()) = tokio::join!(streamed_timeline(&self.d), checkpoint);
         switch_wal_and_ship(&self.d).await;
         let held_at = Utc::now();
         let mut previous = Vec::new();
@@ -152,11 +165,30 @@ impl Step for Hold {
                 }
             );
         }
-        Ok(HoldOut { held_at, previous })
+        Ok(HoldOut {
+            held_at,
+            previous,
+            to_timeline,
+        })
     }
     async fn compensate(&self, _: &Cx, _: Option<HoldOut>) -> Result<()> {
         self.release_then_settle(&self.d.routers()?).await
     }
+}
+
+/// The timeline the target receives on while its walreceiver still runs, for the proof (P6):
+/// once the old primary is down there is no receiver row, and a standby's control file lags.
+/// Read beside the checkpoint, before clients are held (it cannot change before the stop: it
+/// is the old primary's), and journaled, so a resumed run has it too. Bounded; `None` when
+/// the target does not answer or no walreceiver runs (the proof then reads it otherwise).
+async fn streamed_timeline(d: &Direction) -> Option<i64> {
+    let read = async {
+        let c = crate::pg::session(&d.to.endpoint()).await.ok()?;
+        let tli = sql::walreceiver(&c).await.ok().flatten();
+        c.keep();
+        tli.map(|(_, tli)| i64::from(tli))
+    };
+    tokio::time::timeout(REACH, read).await.ok().flatten()
 }
 
 /// A fresh WAL segment on the old primary, and its padding shipped to the target, before
@@ -164,7 +196,7 @@ impl Step for Hold {
 /// - the old primary, started later as the new one's standby, streams from the start of the
 ///   segment that holds its shutdown checkpoint: without a switch that is up to a whole
 ///   segment (16 MB) fetched again inside the pause;
-/// - a switch *inside* the pause (where the fence had it) makes the walsender ship the rest of
+/// - a switch *inside* the pause (where the soft fence's step once had it) makes the walsender ship the rest of
 ///   the segment, zeros, before a fast shutdown may end: across a 30 ms WAN that was eight
 ///   round trips of `stop`.
 ///

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::fence::FenceOut;
+use super::hold::HoldOut;
 use super::memo::Memo;
 use super::stop::FRESH_CONTROL;
 use super::watch::{Sample, Watch};
@@ -64,7 +65,7 @@ pub enum Verdict {
 }
 
 /// Pure: does this sample prove the target has every byte? `journaled_tli` is the target's
-/// timeline read while it still streamed (the fence's record), preferred to the control
+/// timeline read while it still streamed (`hold`'s record), preferred to the control
 /// file's.
 pub fn verdict(
     from: &str,
@@ -198,9 +199,9 @@ async fn next_or_ask(w: &mut Watch, ep: &crate::pg::Endpoint, left: Duration) ->
 
 /// One sample of the target without a watch (a resumed run, or the watch ended). The first
 /// is taken on a kept connection while a new one is opened: the postmaster must fork a
-/// backend for it, which shows the target alive as a whole since the fence (a frozen
+/// backend for it, which shows the target alive as a whole since the stop began (a frozen
 /// postmaster still has its old backends and walreceiver answering, and would then never
-/// carry out the promotion; the hang-target rehearsal freezes it right after the fence).
+/// carry out the promotion; the hang-target rehearsal freezes it right after the hold).
 /// Later samples ask the new connection. A postmaster that freezes after that is caught by
 /// the promotion's own time limit, past the point of no return: the old primary stays down
 /// and staged, and the run stops for the operator.
@@ -252,9 +253,16 @@ impl Step for Proof {
     }
     async fn apply(&self, cx: &Cx) -> Result<ProofOut> {
         let t = Instant::now();
-        let journaled_tli = cx
-            .find::<FenceOut>(&StepId::Fence)?
-            .and_then(|f| f.to_timeline);
+        let journaled_tli = match cx
+            .find::<HoldOut>(&StepId::Hold)?
+            .and_then(|h| h.to_timeline)
+        {
+            Some(tli) => Some(tli),
+            // A journal of an earlier version, whose fence step read it.
+            None => cx
+                .find::<FenceOut>(&StepId::Fence)?
+                .and_then(|f| f.to_timeline),
+        };
         let (from, to) = (self.d.from.name(), self.d.to.name());
         // Read by the stop's own call when this process stopped it; else read now.
         let ctl = match FRESH_CONTROL.take(&cx.run_id, from) {

@@ -1,9 +1,16 @@
-//! `stop`, the hard fence: a clean fast shutdown, which waits for connected standbys to receive
-//! everything, shutdown checkpoint included.
+//! `stop`, the fence: a clean fast shutdown, which ends every client session and waits for
+//! connected standbys to receive everything, shutdown checkpoint included (the hard fence),
+//! then, in the same call, the soft fence written into the stopped server's
+//! `postgresql.auto.conf` (`default_transaction_read_only`, P4).
+//!
+//! The soft fence was a step of its own, `ALTER SYSTEM` and the sessions terminated over SQL
+//! just before the stop: one round trip inside the write pause that bought nothing the stop
+//! does not (clients are held, the fast shutdown terminates every session). Across a WAN each
+//! round trip there costs the whole RTT (issue 19).
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,6 +19,7 @@ use super::guard::{self, IfSilent, Writable};
 use super::memo::Memo;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Probe, Step};
+use crate::pg::connect;
 use crate::pg::server::{RunState, StopMode};
 use crate::steps::id::StepId;
 
@@ -48,9 +56,15 @@ impl Step for StopPrimary {
     fn describe(&self) -> Description {
         Description {
             host: self.0.from.host_label(),
-            action: format!("{} -m fast, and wait", self.0.from.server_words("stop")),
+            action: format!(
+                "{} -m fast, and wait; then default_transaction_read_only = 'on' in its postgresql.auto.conf (the soft fence)",
+                self.0.from.server_words("stop")
+            ),
             proof: format!("{}: not running", self.0.from.server_words("status")),
-            undo: format!("{} (as primary again)", self.0.from.server_words("start")),
+            undo: format!(
+                "{} (as primary again); ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()",
+                self.0.from.server_words("start")
+            ),
         }
     }
     fn kind(&self) -> Kind {
@@ -83,7 +97,7 @@ impl Step for StopPrimary {
                 self.0
                     .from
                     .server()?
-                    .stop_and_read_control(StopMode::Fast, limit),
+                    .fence_stop_and_read_control(StopMode::Fast, limit),
             )
             .await;
         let control = match stopped {
@@ -142,6 +156,14 @@ impl Step for StopPrimary {
                 .start(&self.0.from.node.log_file, Duration::from_secs(300))
                 .await?;
         }
-        Ok(())
+        self.0
+            .bounded("unfence", async {
+                let c = connect(&self.0.from.endpoint()).await.context("unfence")?;
+                c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
+                    .await?;
+                c.batch_execute("SELECT pg_reload_conf()").await?;
+                Ok(())
+            })
+            .await
     }
 }
