@@ -67,6 +67,22 @@ impl Server {
             .status_argv(&self.tool("pg_ctl"), &self.data_dir)
     }
 
+    /// The status, once a postmaster whose control file says `shut down` has exited (waited
+    /// for up to `wait`); see [`STATUS_ONCE_DOWN`].
+    pub fn status_once_down_argv(&self, wait: Duration) -> Vec<String> {
+        let mut argv = vec![
+            "sh".to_string(),
+            "-c".into(),
+            STATUS_ONCE_DOWN.into(),
+            "migrate-status".into(),
+            self.data(),
+            (wait.as_millis() / 10).to_string(),
+            self.tool("pg_controldata"),
+        ];
+        argv.extend(self.status_argv());
+        argv
+    }
+
     pub async fn state(&self) -> Result<RunState> {
         let out = self.host.run(&Cmd::new(self.status_argv())).await?;
         Ok(match RunState::from_status(out.code) {
@@ -178,6 +194,10 @@ impl Server {
     /// control file (`pg_controldata` in the C locale), which the proof needs right after.
     /// `None` when the control file could not be read (the caller reads it itself). The soft
     /// fence is best effort: it is not the guarantee (P1), the stop is.
+    ///
+    /// It answers once the shutdown checkpoint is written, before the postmaster has exited:
+    /// the walsenders' last round trip to their standbys is left, which the proof waits for
+    /// anyway by looking at the target (see [`STOP_AND_WAIT`]).
     pub async fn fence_stop_and_read_control(
         &self,
         mode: StopMode,
@@ -300,18 +320,25 @@ impl TimelineHistory {
 /// process gone: /proc also answers for another user's process) means nothing to stop. A
 /// `sleep` without fractions (some busybox builds) falls back to whole seconds.
 ///
-/// The soft fence is written only once no postmaster runs (a running server's file is
-/// `ALTER SYSTEM`'s), into a copy made with `cp -p` (the owner and mode stay the server's
+/// With the soft fence (the switchover's stop) the wait also ends once the control file says
+/// `shut down`: the shutdown checkpoint is written, and what is left of the shutdown is the
+/// walsenders' wait for their standbys to confirm it, one round trip to the target that the
+/// proof's own look at the target covers (a later start cannot begin before the postmaster
+/// has exited, and the staging waits for that on the host: [`STATUS_ONCE_DOWN`]).
+///
+/// The soft fence is written only once the shutdown checkpoint is (no backend is left to
+/// run `ALTER SYSTEM`: a running server's file is its own), into a copy made with `cp -p` (the owner and mode stay the server's
 /// when this runs as root for a service manager) that replaces the file by a rename; any
 /// earlier `default_transaction_read_only` line goes. A failure is said on stderr and is not
 /// the stop's.
 const STOP_AND_WAIT: &str = r#"data=$1; steps=$2; ctl=$3; fence=$4; shift 4
 pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
 alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
+written() { [ -n "$fence" ] && [ -n "$ctl" ] && LC_ALL=C "$ctl" -D "$data" 2>/dev/null | grep -q '^Database cluster state: *shut down$'; }
 if [ -n "$pid" ] && alive "$pid"; then
   "$@" || exit $?
   i=0
-  while [ -e "$data/postmaster.pid" ] && alive "$pid"; do
+  while [ -e "$data/postmaster.pid" ] && alive "$pid" && ! written; do
     i=$((i + 1))
     if [ "$i" -gt "$steps" ]; then echo "the server did not stop in time" >&2; exit 1; fi
     sleep 0.01 2>/dev/null || sleep 1
@@ -324,6 +351,21 @@ if [ -n "$fence" ] && [ -f "$auto" ]; then
   else rm -f "$t"; echo "the soft fence was not written into $auto" >&2; fi
 fi
 if [ -n "$ctl" ]; then LC_ALL=C "$ctl" -D "$data"; fi"#;
+
+/// `sh -c` script: $1 data directory, $2 how many 10 ms waits at most, $3 pg_controldata,
+/// then the status command, run once the postmaster named by the pid file has exited if its
+/// control file says `shut down` (a postmaster that wrote its shutdown checkpoint is on its
+/// way out; one that runs on, a server started anew, is not waited for). The staging's look
+/// at the old primary after `standby.signal` is durable: see [`STOP_AND_WAIT`].
+const STATUS_ONCE_DOWN: &str = r#"data=$1; steps=$2; ctl=$3; shift 3
+pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
+alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
+written() { LC_ALL=C "$ctl" -D "$data" 2>/dev/null | grep -q '^Database cluster state: *shut down$'; }
+i=0
+while [ -n "$pid" ] && [ "$i" -lt "$steps" ] && [ -e "$data/postmaster.pid" ] && alive "$pid" && written; do
+  i=$((i + 1)); sleep 0.01 2>/dev/null || sleep 1
+done
+exec "$@""#;
 
 /// Where the PostgreSQL server binaries are on this machine: `PG_BIN`, else
 /// `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.

@@ -41,33 +41,53 @@ pub struct StageOut {
 #[derive(Debug, PartialEq)]
 struct Seen {
     state: Option<RunState>,
+    /// Its postmaster still runs but has written its shutdown checkpoint (the control file
+    /// says `shut down`): it is on its way out, waiting for its walsenders' last confirmation,
+    /// and no server can start there before it has exited.
+    stopping: bool,
     backup: bool,
     /// None: the file exists and cannot be read.
     auto: Option<Vec<u8>>,
 }
 
 /// `sh -c` script: $1 postgresql.auto.conf, $2 the backup, $3 the data directory, $4 how many
-/// 10 ms steps to wait for a running postmaster (its pid file's) to exit first, then the
-/// status command. Prints `state=<code>`, `backup=0|1`, `auto=absent|unreadable|<base64 lines
-/// follow>`.
-const INSPECT: &str = r#"auto=$1; backup=$2; data=$3; steps=$4; shift 4
+/// 10 ms steps to wait for a running postmaster (its pid file's) to exit or to have written
+/// its shutdown checkpoint first, $5 pg_controldata, then the status command. Prints
+/// `state=<code>`, `stopping=0|1` (still running, its control file saying `shut down`),
+/// `backup=0|1`, `auto=absent|unreadable|<base64 lines follow>`.
+const INSPECT: &str = r#"auto=$1; backup=$2; data=$3; steps=$4; ctl=$5; shift 5
 pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
 alive() { kill -0 "$1" 2>/dev/null || [ -d "/proc/$1" ]; }
+written() { LC_ALL=C "$ctl" -D "$data" 2>/dev/null | grep -q '^Database cluster state: *shut down$'; }
 i=0
-while [ -n "$pid" ] && [ "$i" -lt "$steps" ] && [ -e "$data/postmaster.pid" ] && alive "$pid"; do
+while [ -n "$pid" ] && [ "$i" -lt "$steps" ] && [ -e "$data/postmaster.pid" ] && alive "$pid" && ! written; do
   i=$((i + 1)); sleep 0.01 2>/dev/null || sleep 1
 done
 "$@" >/dev/null 2>&1; echo "state=$?"
+if [ -n "$pid" ] && alive "$pid" && written; then echo stopping=1; else echo stopping=0; fi
 if [ -e "$backup" ]; then echo backup=1; else echo backup=0; fi
 if [ ! -e "$auto" ]; then echo auto=absent
 elif [ ! -r "$auto" ]; then echo auto=unreadable
 else echo auto=; base64 < "$auto" || echo unreadable; fi"#;
+
+/// Pure: whether what the inspection saw lets the staging go on: the server stopped (or no
+/// cluster at all), or its postmaster on its way out with the shutdown checkpoint written
+/// (nothing can start there before it exits; the status after the write waits for that).
+/// Whether it stays down is read again after the write, in the write's own call.
+fn down_for_staging(seen: &Seen) -> bool {
+    match seen.state {
+        Some(RunState::Stopped) | Some(RunState::NoCluster) => true,
+        Some(RunState::Running) => seen.stopping,
+        None => false,
+    }
+}
 
 /// Read INSPECT's output (a pure function, unit-tested).
 fn parse_seen(text: &str) -> Option<Seen> {
     use base64::Engine;
     let mut lines = text.lines();
     let state = RunState::from_status(lines.next()?.strip_prefix("state=")?.parse().ok());
+    let stopping = lines.next()?.strip_prefix("stopping=")? == "1";
     let backup = lines.next()? == "backup=1";
     let auto = match lines.next()?.strip_prefix("auto=")? {
         "absent" => Some(Vec::new()),
@@ -88,6 +108,7 @@ fn parse_seen(text: &str) -> Option<Seen> {
     };
     Some(Seen {
         state,
+        stopping,
         backup,
         auto,
     })
@@ -106,6 +127,7 @@ async fn inspect(m: &Member, backup: &Path, wait: Duration) -> Result<Seen> {
         backup.display().to_string(),
         m.node.data_dir.display().to_string(),
         (wait.as_millis() / 10).to_string(),
+        m.server()?.tool("pg_controldata"),
     ];
     argv.extend(m.server()?.status_argv());
     let out = m.host.run(&Cmd::new(argv)).await?;
@@ -181,6 +203,10 @@ fn fresh(seen: Instant, what: &str) -> Option<String> {
     })
 }
 
+/// The longest a staging call waits on the old primary's host for its postmaster: within a
+/// quick command's limit (a longer one would open an ssh session of its own).
+const AHEAD_WAIT_MAX: Duration = crate::host::QUICK.saturating_sub(Duration::from_secs(10));
+
 /// The inspection `stop` started as the old primary began to stop, by run and node.
 static INSPECTED: Memo<JoinHandle<Result<Seen>>> = Memo::new();
 
@@ -190,8 +216,7 @@ static INSPECTED: Memo<JoinHandle<Result<Seen>>> = Memo::new();
 /// a look taken just before the write for what the write needs (the settings, the backup);
 /// whether the server still stays down is read again after the write, in its call.
 pub(super) fn inspect_ahead(cx: &Cx, d: &Direction, wait: Duration) {
-    // Within a quick command's limit (a longer one would open an ssh session of its own).
-    let wait = wait.min(crate::host::QUICK.saturating_sub(Duration::from_secs(10)));
+    let wait = wait.min(AHEAD_WAIT_MAX);
     let (m, backup) = (d.from.clone(), Stage::backup(d, cx));
     let looking = tokio::spawn(async move { inspect(&m, &backup, wait).await });
     INSPECTED.remember(&cx.run_id, d.from.name(), looking);
@@ -212,10 +237,7 @@ impl Stage {
     async fn inspect(&self, cx: &Cx) -> Result<Seen> {
         if let Some(looking) = INSPECTED.take(&cx.run_id, self.0.from.name()) {
             if let Ok(Ok(seen)) = looking.await {
-                if matches!(
-                    seen.state,
-                    Some(RunState::Stopped) | Some(RunState::NoCluster)
-                ) {
+                if down_for_staging(&seen) {
                     return Ok(seen);
                 }
             }
@@ -262,7 +284,7 @@ impl Step for Stage {
             // Staged only while stopped: a server started again by hand (or by a service manager)
             // after the proof is a primary taking writes that the target never saw. A status
             // that cannot be read is not "stopped".
-            if seen.state != Some(RunState::Stopped) && seen.state != Some(RunState::NoCluster) {
+            if !down_for_staging(&seen) {
                 match guard::writable(&self.0.from).await {
                     // Staged by an earlier attempt and restarted since: it came up as a standby.
                     Writable::No(_) if cx.in_doubt() => {}
@@ -311,8 +333,10 @@ impl Step for Stage {
             };
             // The server's status is read by the write's own call, after the files are
             // durable: the look above is as old as the proof, and a server started by hand
-            // since then must not be taken for a stopped one.
-            let status = Cmd::new(self.0.from.server()?.status_argv());
+            // since then must not be taken for a stopped one. A postmaster that has written
+            // its shutdown checkpoint (the stop answers then) is waited for there until it
+            // has exited.
+            let status = Cmd::new(self.0.from.server()?.status_once_down_argv(AHEAD_WAIT_MAX));
             // And, on a third host, the repointed pgbouncer.ini (written, not loaded): beside
             // the promotion only its RELOAD is then left.
             let (slot, written, ()) = tokio::join!(
@@ -408,42 +432,65 @@ mod tests {
         assert_eq!(staged_while(None), Staged::AskIt);
     }
 
+    /// A running postmaster is down for the staging only while it is on its way out (its
+    /// shutdown checkpoint written); a status that could not be read never is.
+    #[test]
+    fn only_a_stopped_or_stopping_server_is_staged() {
+        let seen = |state, stopping| Seen {
+            state,
+            stopping,
+            backup: false,
+            auto: Some(Vec::new()),
+        };
+        assert!(down_for_staging(&seen(Some(RunState::Stopped), false)));
+        assert!(down_for_staging(&seen(Some(RunState::NoCluster), false)));
+        assert!(down_for_staging(&seen(Some(RunState::Running), true)));
+        assert!(!down_for_staging(&seen(Some(RunState::Running), false)));
+        assert!(!down_for_staging(&seen(None, true)));
+        assert_eq!(
+            parse_seen("state=0\nstopping=1\nbackup=0\nauto=absent\n")
+                .map(|s| (s.state, s.stopping)),
+            Some((Some(RunState::Running), true))
+        );
+    }
+
     #[test]
     fn the_inspection_reads_state_backup_and_settings() {
         // "port = 5432\nprimary_slot_name = 'x'\n" in base64, wrapped as base64(1) wraps.
-        let text = "state=3\nbackup=0\nauto=\ncG9ydCA9IDU0MzIKcHJpbWFyeV9zbG90X25h\nbWUgPSAneCcK\n";
+        let text = "state=3\nstopping=0\nbackup=0\nauto=\ncG9ydCA9IDU0MzIKcHJpbWFyeV9zbG90X25h\nbWUgPSAneCcK\n";
         assert_eq!(
             parse_seen(text),
             Some(Seen {
                 state: Some(RunState::Stopped),
+                stopping: false,
                 backup: false,
                 auto: Some(b"port = 5432\nprimary_slot_name = 'x'\n".to_vec()),
             })
         );
-        let running = parse_seen("state=0\nbackup=1\nauto=absent\n").unwrap();
+        let running = parse_seen("state=0\nstopping=0\nbackup=1\nauto=absent\n").unwrap();
         assert_eq!(running.state, Some(RunState::Running));
         assert!(running.backup);
         assert_eq!(running.auto, Some(Vec::new()));
         // A status that fails is no state at all (never "stopped").
         assert_eq!(
-            parse_seen("state=1\nbackup=0\nauto=absent\n")
+            parse_seen("state=1\nstopping=0\nbackup=0\nauto=absent\n")
                 .unwrap()
                 .state,
             None
         );
         assert_eq!(
-            parse_seen("state=3\nbackup=0\nauto=unreadable\n")
+            parse_seen("state=3\nstopping=0\nbackup=0\nauto=unreadable\n")
                 .unwrap()
                 .auto,
             None
         );
         assert_eq!(
-            parse_seen("state=3\nbackup=0\nauto=\nunreadable\n")
+            parse_seen("state=3\nstopping=0\nbackup=0\nauto=\nunreadable\n")
                 .unwrap()
                 .auto,
             None
         );
         assert_eq!(parse_seen("ssh: connect refused"), None);
-        assert_eq!(parse_seen("state=3\nbackup=0\n"), None);
+        assert_eq!(parse_seen("state=3\nstopping=0\nbackup=0\n"), None);
     }
 }
