@@ -211,7 +211,8 @@ const AHEAD_WAIT_MAX: Duration = crate::host::QUICK.saturating_sub(Duration::fro
 static INSPECTED: Memo<JoinHandle<Result<Seen>>> = Memo::new();
 
 /// Start stage's inspection of the old primary's host now, as its stop begins: the call waits
-/// on that host (up to `wait`) for the postmaster to exit, then looks, so its answer comes
+/// on that host (up to `wait`) for the postmaster to exit or to have written its shutdown
+/// checkpoint (as the stop's own call does), then looks, so its answer comes
 /// back with the stop's and its round trip costs the pause nothing. What it saw is as good as
 /// a look taken just before the write for what the write needs (the settings, the backup);
 /// whether the server still stays down is read again after the write, in its call.

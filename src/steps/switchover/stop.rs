@@ -3,6 +3,12 @@
 //! then, in the same call, the soft fence written into the stopped server's
 //! `postgresql.auto.conf` (`default_transaction_read_only`, P4).
 //!
+//! The call answers once the control file says `shut down`: the postmaster then has one act
+//! left, its walsenders' wait for the standbys' confirmation of that checkpoint (a round trip
+//! to the target), and the proof waits for the target's own positions past it anyway (P2). So
+//! "stop done" means the shutdown checkpoint is written and no server can start there before
+//! that postmaster exits, which the staging's call waits for on the host.
+//!
 //! The soft fence was a step of its own, `ALTER SYSTEM` and the sessions terminated over SQL
 //! just before the stop: one round trip inside the write pause that bought nothing the stop
 //! does not (clients are held, the fast shutdown terminates every session). Across a WAN each
@@ -87,7 +93,8 @@ impl Step for StopPrimary {
         // limit the abort (compensate) waits for the shutdown to end, then restarts.
         let limit = self.0.limit;
         // What the next steps need, begun beside the stop: the proof's watch on the target,
-        // the staging's look at this host (which waits there for the postmaster to exit).
+        // the staging's look at this host (which waits there, as the stop does, for the
+        // shutdown checkpoint to be written).
         super::proof::open_ahead(&cx.run_id, &self.0.to, limit);
         super::stage::inspect_ahead(cx, &self.0, limit);
         let stopped = self
