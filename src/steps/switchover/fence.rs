@@ -90,14 +90,20 @@ impl Step for Fence {
             .await
     }
     async fn compensate(&self, _: &Cx, _: Option<FenceOut>) -> Result<()> {
-        self.0
-            .bounded("unfence", async {
-                let c = connect(&self.0.from.endpoint()).await.context("unfence")?;
-                c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
-                    .await?;
-                c.batch_execute("SELECT pg_reload_conf()").await?;
-                Ok(())
-            })
-            .await
+        unfence(&self.0).await
     }
+}
+
+/// The soft fence undone on the old primary, running again: `ALTER SYSTEM RESET
+/// default_transaction_read_only` and a reload, bounded (the undo of `stop`, which writes it,
+/// and of the retired step).
+pub(super) async fn unfence(d: &Direction) -> Result<()> {
+    d.bounded("unfence", async {
+        let c = connect(&d.from.endpoint()).await.context("unfence")?;
+        c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
+            .await?;
+        c.batch_execute("SELECT pg_reload_conf()").await?;
+        Ok(())
+    })
+    .await
 }

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -25,7 +25,6 @@ use super::guard::{self, IfSilent, Writable};
 use super::memo::Memo;
 use super::Direction;
 use crate::engine::{Cx, Description, Kind, Probe, Step};
-use crate::pg::connect;
 use crate::pg::server::{RunState, StopMode};
 use crate::steps::id::StepId;
 
@@ -163,14 +162,6 @@ impl Step for StopPrimary {
                 .start(&self.0.from.node.log_file, Duration::from_secs(300))
                 .await?;
         }
-        self.0
-            .bounded("unfence", async {
-                let c = connect(&self.0.from.endpoint()).await.context("unfence")?;
-                c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
-                    .await?;
-                c.batch_execute("SELECT pg_reload_conf()").await?;
-                Ok(())
-            })
-            .await
+        super::fence::unfence(&self.0).await
     }
 }
