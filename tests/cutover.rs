@@ -1873,3 +1873,61 @@ async fn watch_on_a_terminal_shows_the_cutover_advancing() {
         "the last frame does not show the promotion: {states:?}"
     );
 }
+
+/// The switchover's stop answers once the shutdown checkpoint is written, while its
+/// postmaster still waits for the standby to confirm it (here: the target's walreceiver
+/// frozen), with the soft fence already in postgresql.auto.conf; the staging's status after
+/// its write waits on the host until that postmaster has exited, and only then says stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stop_answers_at_the_shutdown_checkpoint_and_the_staging_waits_for_the_exit() {
+    use migrate::host::Cmd;
+    use migrate::pg::server::{RunState, StopMode};
+    use nix::sys::signal::{kill, Signal};
+    let chain = Chain::new().await;
+    chain.replicate_ok().await;
+    let new = connect(&chain.ep("new")).await.unwrap();
+    let receiver: i32 = new
+        .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let receiver = nix::unistd::Pid::from_raw(receiver);
+    let lab = &chain.lab.lab;
+    let old = lab.server("old");
+    let postmaster = crate::support::postmaster_pid(&lab.data_dir("old")).expect("old runs");
+    kill(receiver, Signal::SIGSTOP).unwrap();
+    let stopped = old
+        .fence_stop_and_read_control(StopMode::Fast, Duration::from_secs(30))
+        .await;
+    let lingering = nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster), None).is_ok();
+    let auto = std::fs::read_to_string(lab.data_dir("old").join("postgresql.auto.conf"));
+    // What the staging runs after its write, started while the confirmation is still held.
+    let host = lab.node_host("old");
+    let argv = old.status_once_down_argv(Duration::from_secs(30));
+    let status = tokio::spawn(async move { host.run(&Cmd::new(argv)).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waited = !status.is_finished();
+    kill(receiver, Signal::SIGCONT).unwrap();
+    let status = status.await.unwrap().unwrap();
+    let control = stopped
+        .unwrap()
+        .expect("pg_controldata read by the stop's call");
+    assert!(
+        control.contains("shut down"),
+        "the stop's call read: {control}"
+    );
+    assert!(
+        lingering,
+        "the stop waited for the postmaster's exit, not for the shutdown checkpoint"
+    );
+    assert!(
+        auto.unwrap()
+            .contains("default_transaction_read_only = 'on'"),
+        "the soft fence is written by the stop's call"
+    );
+    assert!(
+        waited,
+        "the status after the staging's write did not wait for the stopping postmaster"
+    );
+    assert_eq!(RunState::from_status(status.code), Some(RunState::Stopped));
+}

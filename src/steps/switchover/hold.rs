@@ -184,7 +184,7 @@ impl Step for Hold {
 async fn streamed_timeline(d: &Direction) -> Option<i64> {
     let read = async {
         let c = crate::pg::session(&d.to.endpoint()).await.ok()?;
-        let tli = sql::walreceiver(&c).await.ok().flatten();
+        let tli = sql::walreceiver(&c).await.ok()?;
         c.keep();
         tli.map(|(_, tli)| i64::from(tli))
     };
